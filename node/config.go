@@ -1,0 +1,261 @@
+package node
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+
+	"github.com/spf13/pflag"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"sigs.k8s.io/yaml"
+)
+
+// DefaultTaint keeps pods off the node unless they tolerate it, so mixed clusters offload only pods that opt in.
+const DefaultTaint = "virtual-kubelet.io/provider=i2kit:NoSchedule"
+
+// Backends lists the backends a node can run pods on. "none" runs no pod: pods stay Pending with the reason.
+var Backends = []string{"none"}
+
+// Config is the node's configuration, from a YAML file (strictly decoded) and flags; flags win.
+type Config struct {
+	// Kubeconfig is the path of the kubeconfig to reach the cluster; empty means in-cluster configuration.
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+	// NodeName is the Node object's name.
+	NodeName string `json:"nodeName,omitempty"`
+	// Backend runs the pods' VMs: one of Backends.
+	Backend string `json:"backend,omitempty"`
+	// Capacity is what the node offers the scheduler; allocatable equals capacity.
+	Capacity Capacity `json:"capacity,omitempty"`
+	// Labels are added to the node's standard labels (and may override them).
+	Labels map[string]string `json:"labels,omitempty"`
+	// Taints in kubectl's form key[=value]:Effect; nil means [DefaultTaint], empty means none.
+	Taints []string `json:"taints"`
+	// ListenAddress and Port are where the kubelet API is served over HTTPS.
+	ListenAddress string `json:"listenAddress,omitempty"`
+	Port          int    `json:"port,omitempty"`
+	// InternalIP is the node address the apiserver uses to reach the kubelet API; by default the first global
+	// unicast IPv4 address of this host.
+	InternalIP string `json:"internalIP,omitempty"`
+	// TLSCertFile and TLSKeyFile are the kubelet API's serving certificate; when empty a self-signed one is made
+	// at start (the apiserver accepts it unless it runs with --kubelet-certificate-authority).
+	TLSCertFile string `json:"tlsCertFile,omitempty"`
+	TLSKeyFile  string `json:"tlsKeyFile,omitempty"`
+	// ClientCAFile verifies client certificates on the kubelet API; when empty the cluster's client CA is read
+	// from the kube-system/extension-apiserver-authentication ConfigMap.
+	ClientCAFile string `json:"clientCAFile,omitempty"`
+	// PodCIDR is the range pod VM addresses come from.
+	PodCIDR string `json:"podCIDR,omitempty"`
+}
+
+// Capacity is the node's resources as Kubernetes quantities.
+type Capacity struct {
+	CPU              string `json:"cpu,omitempty"`
+	Memory           string `json:"memory,omitempty"`
+	Pods             string `json:"pods,omitempty"`
+	EphemeralStorage string `json:"ephemeral-storage,omitempty"`
+}
+
+// DefaultConfig is the configuration before the file and flags apply.
+func DefaultConfig() Config {
+	return Config{
+		Kubeconfig:    os.Getenv("KUBECONFIG"),
+		NodeName:      "i2kit",
+		Backend:       "none",
+		Capacity:      Capacity{CPU: "8", Memory: "32Gi", Pods: "110", EphemeralStorage: "100Gi"},
+		ListenAddress: "0.0.0.0",
+		Port:          10250,
+		PodCIDR:       "10.88.0.0/16",
+	}
+}
+
+// LoadFile decodes a YAML configuration file over c; an unknown field is an error that names it.
+func (c *Config) LoadFile(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("reading config file, %w", err)
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		return nil
+	}
+	if err := yaml.UnmarshalStrict(b, c); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	return nil
+}
+
+// Flags binds the configuration's flags; Apply copies the ones the user set onto a configuration, so that a
+// configuration file can sit between defaults and flags.
+type Flags struct {
+	fs   *pflag.FlagSet
+	vals Config
+	copy map[string]func(dst *Config)
+}
+
+// AddFlags registers the node's flags on fs.
+func AddFlags(fs *pflag.FlagSet) *Flags {
+	f := &Flags{fs: fs, vals: DefaultConfig(), copy: map[string]func(*Config){}}
+	v := &f.vals
+	str := func(name string, field func(*Config) *string, usage string) {
+		p := field(v)
+		fs.StringVar(p, name, *p, usage)
+		f.copy[name] = func(dst *Config) { *field(dst) = *p }
+	}
+	str("kubeconfig", func(c *Config) *string { return &c.Kubeconfig }, "kubeconfig to reach the cluster (default $KUBECONFIG; empty: in-cluster)")
+	str("node-name", func(c *Config) *string { return &c.NodeName }, "name of the Node object")
+	str("backend", func(c *Config) *string { return &c.Backend }, "backend that runs pod VMs: "+strings.Join(Backends, ", "))
+	str("cpu", func(c *Config) *string { return &c.Capacity.CPU }, "node CPU capacity")
+	str("memory", func(c *Config) *string { return &c.Capacity.Memory }, "node memory capacity")
+	str("pods", func(c *Config) *string { return &c.Capacity.Pods }, "node pod capacity")
+	str("ephemeral-storage", func(c *Config) *string { return &c.Capacity.EphemeralStorage }, "node ephemeral-storage capacity")
+	str("listen-address", func(c *Config) *string { return &c.ListenAddress }, "address the kubelet API listens on")
+	str("internal-ip", func(c *Config) *string { return &c.InternalIP }, "node InternalIP the apiserver reaches the kubelet API at (default: first global IPv4 of this host)")
+	str("tls-cert-file", func(c *Config) *string { return &c.TLSCertFile }, "kubelet API serving certificate (default: self-signed at start)")
+	str("tls-key-file", func(c *Config) *string { return &c.TLSKeyFile }, "kubelet API serving key")
+	str("client-ca-file", func(c *Config) *string { return &c.ClientCAFile }, "CA for client certificates (default: kube-system/extension-apiserver-authentication)")
+	str("pod-cidr", func(c *Config) *string { return &c.PodCIDR }, "range pod VM addresses come from")
+	fs.IntVar(&v.Port, "port", v.Port, "port of the kubelet API")
+	f.copy["port"] = func(dst *Config) { dst.Port = v.Port }
+	fs.StringToStringVar(&v.Labels, "labels", nil, "extra node labels, key=value,...")
+	f.copy["labels"] = func(dst *Config) { dst.Labels = v.Labels }
+	fs.StringSliceVar(&v.Taints, "taints", nil, "node taints key[=value]:Effect,... (default "+DefaultTaint+"; --taints= for none)")
+	f.copy["taints"] = func(dst *Config) {
+		dst.Taints = []string{}
+		for _, t := range v.Taints {
+			if t != "" {
+				dst.Taints = append(dst.Taints, t)
+			}
+		}
+	}
+	return f
+}
+
+// Apply copies every flag the user set onto c.
+func (f *Flags) Apply(c *Config) {
+	f.fs.Visit(func(fl *pflag.Flag) {
+		if cp, ok := f.copy[fl.Name]; ok {
+			cp(c)
+		}
+	})
+}
+
+// Validate checks the configuration and fills derived defaults (InternalIP, taints); an error names the field.
+func (c *Config) Validate() error {
+	if c.NodeName == "" {
+		return fmt.Errorf("nodeName: must not be empty")
+	}
+	if errs := validation.IsDNS1123Subdomain(c.NodeName); len(errs) > 0 {
+		return fmt.Errorf("nodeName %q: %s", c.NodeName, strings.Join(errs, "; "))
+	}
+	if !contains(Backends, c.Backend) {
+		return fmt.Errorf("backend %q: unknown, want one of %s", c.Backend, strings.Join(Backends, ", "))
+	}
+	for _, q := range []struct{ field, val string }{
+		{"capacity.cpu", c.Capacity.CPU}, {"capacity.memory", c.Capacity.Memory},
+		{"capacity.pods", c.Capacity.Pods}, {"capacity.ephemeral-storage", c.Capacity.EphemeralStorage},
+	} {
+		v, err := resource.ParseQuantity(q.val)
+		if err != nil {
+			return fmt.Errorf("%s %q: %w", q.field, q.val, err)
+		}
+		if v.Sign() <= 0 {
+			return fmt.Errorf("%s %q: must be positive", q.field, q.val)
+		}
+	}
+	for k, v := range c.Labels {
+		if errs := validation.IsQualifiedName(k); len(errs) > 0 {
+			return fmt.Errorf("labels: key %q: %s", k, strings.Join(errs, "; "))
+		}
+		if errs := validation.IsValidLabelValue(v); len(errs) > 0 {
+			return fmt.Errorf("labels: value %q of %q: %s", v, k, strings.Join(errs, "; "))
+		}
+	}
+	if c.Taints == nil {
+		c.Taints = []string{DefaultTaint}
+	}
+	if _, err := ParseTaints(c.Taints); err != nil {
+		return err
+	}
+	if net.ParseIP(c.ListenAddress) == nil {
+		return fmt.Errorf("listenAddress %q: not an IP address", c.ListenAddress)
+	}
+	if c.Port < 1 || c.Port > 65535 {
+		return fmt.Errorf("port %d: out of range 1-65535", c.Port)
+	}
+	if c.InternalIP == "" {
+		ip, err := firstGlobalIPv4()
+		if err != nil {
+			return fmt.Errorf("internalIP: not set and %w", err)
+		}
+		c.InternalIP = ip
+	}
+	if net.ParseIP(c.InternalIP) == nil {
+		return fmt.Errorf("internalIP %q: not an IP address", c.InternalIP)
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return fmt.Errorf("tlsCertFile and tlsKeyFile: set both or neither")
+	}
+	for _, f := range []struct{ field, path string }{
+		{"tlsCertFile", c.TLSCertFile}, {"tlsKeyFile", c.TLSKeyFile}, {"clientCAFile", c.ClientCAFile}, {"kubeconfig", c.Kubeconfig},
+	} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return fmt.Errorf("%s: %w", f.field, err)
+		}
+	}
+	if _, _, err := net.ParseCIDR(c.PodCIDR); err != nil {
+		return fmt.Errorf("podCIDR %q: %w", c.PodCIDR, err)
+	}
+	return nil
+}
+
+// ParseTaints parses taints in kubectl's form key[=value]:Effect.
+func ParseTaints(specs []string) ([]corev1.Taint, error) {
+	var out []corev1.Taint
+	for _, s := range specs {
+		kv, effect, ok := strings.Cut(s, ":")
+		if !ok {
+			return nil, fmt.Errorf("taints: %q: want key[=value]:Effect", s)
+		}
+		k, v, _ := strings.Cut(kv, "=")
+		if errs := validation.IsQualifiedName(k); len(errs) > 0 {
+			return nil, fmt.Errorf("taints: %q: key: %s", s, strings.Join(errs, "; "))
+		}
+		if errs := validation.IsValidLabelValue(v); len(errs) > 0 {
+			return nil, fmt.Errorf("taints: %q: value: %s", s, strings.Join(errs, "; "))
+		}
+		e := corev1.TaintEffect(effect)
+		if e != corev1.TaintEffectNoSchedule && e != corev1.TaintEffectPreferNoSchedule && e != corev1.TaintEffectNoExecute {
+			return nil, fmt.Errorf("taints: %q: effect %q: want NoSchedule, PreferNoSchedule or NoExecute", s, effect)
+		}
+		out = append(out, corev1.Taint{Key: k, Value: v, Effect: e})
+	}
+	return out, nil
+}
+
+func firstGlobalIPv4() (string, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return "", fmt.Errorf("listing addresses, %w", err)
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && n.IP.IsGlobalUnicast() {
+			return n.IP.String(), nil
+		}
+	}
+	return "", fmt.Errorf("this host has no global unicast IPv4 address")
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,133 @@
+// Package node runs an i2kit virtual node: it registers the Node, renews its Lease, serves the kubelet API with
+// a kubelet's authentication and authorization, and hands the pods bound to it to the provider.
+package node
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path"
+	"strconv"
+	"time"
+
+	"github.com/virtual-kubelet/virtual-kubelet/log"
+	vknode "github.com/virtual-kubelet/virtual-kubelet/node"
+	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
+	corev1 "k8s.io/api/core/v1"
+	utilnet "k8s.io/apimachinery/pkg/util/net"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/i2kit/i2kit/internal/version"
+	"github.com/i2kit/i2kit/provider"
+)
+
+// Run validates c, registers the node and serves until ctx ends, then stops every controller and server it
+// started before returning. A configuration error names the field.
+func Run(ctx context.Context, c Config) error {
+	if err := c.Validate(); err != nil {
+		return fmt.Errorf("invalid configuration: %w", err)
+	}
+	spec, err := Spec(c)
+	if err != nil {
+		return fmt.Errorf("invalid configuration: %w", err)
+	}
+	restCfg, err := restConfig(c.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	restCfg.UserAgent = "i2kit-node/" + version.Version
+	// A dialer of our own keeps client-go from sharing its cached transport with others, so that the node can
+	// close its connections when it stops and leave nothing behind.
+	restCfg.Dial = (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	httpClient, err := rest.HTTPClientFor(restCfg)
+	if err != nil {
+		return fmt.Errorf("creating API client, %w", err)
+	}
+	defer utilnet.CloseIdleConnectionsFor(httpClient.Transport)
+	client, err := kubernetes.NewForConfigAndClient(restCfg, httpClient)
+	if err != nil {
+		return fmt.Errorf("creating clientset, %w", err)
+	}
+	auth, err := kubeletAuth(ctx, c, client)
+	if err != nil {
+		return err
+	}
+	cert, err := servingCert(c)
+	if err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	defer broadcaster.Shutdown()
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events(corev1.NamespaceAll)})
+	events := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "kubelet", Host: c.NodeName})
+
+	if c.Kubeconfig != "" {
+		// nodeutil.NewNode builds a default client from $KUBECONFIG before applying options, and warns when it
+		// cannot; point it at the same kubeconfig so that it does not report a failure that is not one.
+		os.Setenv("KUBECONFIG", c.Kubeconfig) //nolint:errcheck
+	}
+	mux := http.NewServeMux()
+	newProvider := func(pc nodeutil.ProviderConfig) (nodeutil.Provider, vknode.NodeProvider, error) {
+		p := provider.New(provider.Config{NodeName: c.NodeName, InternalIP: c.InternalIP, Events: events})
+		return p, nodeProvider{}, nil
+	}
+	n, err := nodeutil.NewNode(c.NodeName, newProvider,
+		nodeutil.WithClient(client),
+		nodeutil.AttachProviderRoutes(mux),
+		nodeutil.WithTLSConfig(func(t *tls.Config) error {
+			t.Certificates = []tls.Certificate{cert}
+			return nil
+		}),
+		func(nc *nodeutil.NodeConfig) error {
+			nc.NodeSpec = *spec
+			nc.HTTPListenAddr = net.JoinHostPort(c.ListenAddress, strconv.Itoa(c.Port))
+			nc.Handler = handler(auth, mux)
+			nc.EventRecorder = events
+			nc.InformerResyncPeriod = time.Minute
+			// virtual-kubelet's resolver refuses status.podIP and status.hostIP; the provider resolves env itself.
+			nc.SkipDownwardAPIResolution = true
+			return nil
+		},
+	)
+	if err != nil {
+		return fmt.Errorf("creating node, %w", err)
+	}
+	log.G(ctx).WithField("node", c.NodeName).WithField("kubelet-api", path.Join(c.InternalIP, strconv.Itoa(c.Port))).Info("starting i2kit node")
+	err = n.Run(ctx)
+	if ctx.Err() != nil { // a requested stop is not a failure
+		return nil
+	}
+	return err
+}
+
+// nodeProvider reports the node's health: the node is as healthy as this process is.
+type nodeProvider struct{}
+
+func (nodeProvider) Ping(ctx context.Context) error                       { return ctx.Err() }
+func (nodeProvider) NotifyNodeStatus(context.Context, func(*corev1.Node)) {}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig: not set and no in-cluster configuration, %w", err)
+		}
+		return cfg, nil
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+	}
+	return cfg, nil
+}

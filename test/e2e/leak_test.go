@@ -1,0 +1,45 @@
+package e2e
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/i2kit/i2kit/node"
+	"github.com/i2kit/i2kit/test/harness"
+)
+
+// TestNodeStopsWithoutLeaks runs the node in this process, stops it as SIGTERM does (by ending its context) and
+// checks that Run returns promptly and leaves no goroutine behind.
+func TestNodeStopsWithoutLeaks(t *testing.T) {
+	// The test's own client connects first, so that its connection is not counted as the node's.
+	if _, err := env.Client.Discovery().ServerVersion(); err != nil {
+		t.Fatal(err)
+	}
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	cfg := node.DefaultConfig()
+	cfg.Kubeconfig = env.Plane.KubeconfigPath()
+	cfg.NodeName = "i2kit-leak"
+	cfg.InternalIP = harness.NodeIP
+	cfg.Port = 10260
+	cfg.ClientCAFile = filepath.Join(env.Plane.PKIDir(), "ca.crt")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- node.Run(ctx, cfg) }()
+	if _, err := env.WaitNodeReady(context.Background(), cfg.NodeName, 10*time.Second); err != nil {
+		cancel()
+		t.Fatalf("node not ready: %v (Run: %v)", err, <-done)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run after stop: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Run did not return within 15 s of its context ending")
+	}
+}
