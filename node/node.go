@@ -17,7 +17,6 @@ import (
 	vknode "github.com/virtual-kubelet/virtual-kubelet/node"
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
 	corev1 "k8s.io/api/core/v1"
-	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -44,14 +43,15 @@ func Run(ctx context.Context, c Config) error {
 		return err
 	}
 	restCfg.UserAgent = "i2kit-node/" + version.Version
-	// A dialer of our own keeps client-go from sharing its cached transport with others, so that the node can
-	// close its connections when it stops and leave nothing behind.
-	restCfg.Dial = (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	// A dialer of our own keeps client-go from sharing its cached transport with others, and lets the node close
+	// every connection it opened when it stops.
+	dial := newDialer()
+	defer dial.CloseAll()
+	restCfg.Dial = dial.DialContext
 	httpClient, err := rest.HTTPClientFor(restCfg)
 	if err != nil {
 		return fmt.Errorf("creating API client, %w", err)
 	}
-	defer utilnet.CloseIdleConnectionsFor(httpClient.Transport)
 	client, err := kubernetes.NewForConfigAndClient(restCfg, httpClient)
 	if err != nil {
 		return fmt.Errorf("creating clientset, %w", err)

@@ -131,7 +131,7 @@ func deployment(name string, tolerate bool) *appsv1.Deployment {
 			Selector: &metav1.LabelSelector{MatchLabels: labels},
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "registry.local/web:1"}}},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "registry.local/web:1"}}},
 			},
 		},
 	}
@@ -180,7 +180,7 @@ func testTolerantDeployment(t *testing.T, nodeName string) {
 		return true, nil
 	})
 	if err != nil {
-		t.Fatalf("3 pods bound with status: %v: %+v", err, pods(t, "tolerant"))
+		t.Fatalf("3 pods bound with status: %v: %s", err, summarize(pods(t, "tolerant")))
 	}
 	for _, p := range pods(t, "tolerant") {
 		w := p.Status.ContainerStatuses[0].State.Waiting
@@ -428,4 +428,12 @@ func TestDevUpDown(t *testing.T) {
 	if _, err := env.Client.CoreV1().Namespaces().Get(ctx, "default", metav1.GetOptions{}); err != nil {
 		t.Errorf("first plane after the second stopped: %v", err)
 	}
+}
+
+func summarize(ps []corev1.Pod) string {
+	var b strings.Builder
+	for _, p := range ps {
+		fmt.Fprintf(&b, "\n  %s node=%q phase=%s containers=%d", p.Name, p.Spec.NodeName, p.Status.Phase, len(p.Status.ContainerStatuses))
+	}
+	return b.String()
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 )
@@ -49,7 +50,7 @@ func (e *Env) StartNode(t *testing.T, name string, port int, extra ...string) *N
 		if t.Failed() {
 			t.Logf("i2kit node log:\n%s", n.log.String())
 		}
-		e.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) //nolint:errcheck
+		e.DeleteNode(t, name)
 	})
 	return n
 }
@@ -131,4 +132,17 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// DeleteNode removes a Node and its Lease, so that a stopped node takes no pods of later tests.
+func (e *Env) DeleteNode(t *testing.T, name string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := e.Client.CoreV1().Nodes().Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		t.Errorf("deleting node %s: %v", name, err)
+	}
+	err := e.Client.CoordinationV1().Leases(corev1.NamespaceNodeLease).Delete(ctx, name, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		t.Errorf("deleting lease %s: %v", name, err)
+	}
 }

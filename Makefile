@@ -1,0 +1,46 @@
+# i2kit — every Kubernetes pod its own microVM.
+# `make demo` runs the main job on one machine; `make test` runs the tests. Both install what they need.
+
+SHELL   := /bin/bash
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo v0.1.0-dev)
+LDFLAGS := -X github.com/i2kit/i2kit/internal/version.Version=$(VERSION)
+I2KIT   := bin/i2kit
+UNIT_PKGS = $(shell $(GO) list ./... | grep -v /test/)
+
+.PHONY: all build deps controlplane test unit e2e lint bench demo demo-down clean
+
+all: build
+
+build: ## the i2kit binary
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(I2KIT) ./cmd/i2kit
+
+deps: ## system packages (Debian): installed only when missing
+	scripts/deps.sh
+
+controlplane: build ## build etcd and the Kubernetes binaries into the versioned cache (once per machine)
+	$(I2KIT) dev build
+
+test: deps lint unit e2e ## everything: lint, unit tests, end-to-end tests against a real control plane
+
+unit: ## unit tests (no control plane, no root)
+	$(GO) test -count=1 -race $(UNIT_PKGS)
+
+e2e: deps controlplane ## end-to-end tests: real control plane, in a network namespace (root)
+	$(GO) test -count=1 -timeout 30m -v ./test/e2e/...
+
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+bench: deps controlplane ## benchmarks, medians printed
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 5x -timeout 30m ./...
+
+demo: deps controlplane ## local control plane + i2kit node in a network namespace
+	scripts/demo.sh up
+
+demo-down: ## stop everything the demo started
+	scripts/demo.sh down
+
+clean:
+	rm -rf bin

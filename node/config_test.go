@@ -1,0 +1,111 @@
+package node
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+)
+
+func validConfig() Config {
+	c := DefaultConfig()
+	c.Kubeconfig = ""
+	c.InternalIP = "198.18.0.10"
+	return c
+}
+
+func TestValidateNamesTheField(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		mutate func(*Config)
+		want   string // "" means valid
+	}{
+		{"defaults", func(*Config) {}, ""},
+		{"empty node name", func(c *Config) { c.NodeName = "" }, "nodeName: must not be empty"},
+		{"bad node name", func(c *Config) { c.NodeName = "Not_A_Name" }, `nodeName "Not_A_Name"`},
+		{"unknown backend", func(c *Config) { c.Backend = "xen" }, `backend "xen": unknown`},
+		{"bad cpu", func(c *Config) { c.Capacity.CPU = "many" }, `capacity.cpu "many"`},
+		{"zero memory", func(c *Config) { c.Capacity.Memory = "0" }, `capacity.memory "0": must be positive`},
+		{"bad pods", func(c *Config) { c.Capacity.Pods = "" }, "capacity.pods"},
+		{"bad label key", func(c *Config) { c.Labels = map[string]string{"a b": "c"} }, `labels: key "a b"`},
+		{"bad label value", func(c *Config) { c.Labels = map[string]string{"a": "b c"} }, `labels: value "b c"`},
+		{"taint without effect", func(c *Config) { c.Taints = []string{"k=v"} }, `taints: "k=v": want key[=value]:Effect`},
+		{"taint bad effect", func(c *Config) { c.Taints = []string{"k=v:Never"} }, `effect "Never"`},
+		{"no taints", func(c *Config) { c.Taints = []string{} }, ""},
+		{"listen address", func(c *Config) { c.ListenAddress = "localhost" }, `listenAddress "localhost"`},
+		{"port", func(c *Config) { c.Port = 70000 }, "port 70000"},
+		{"internal ip", func(c *Config) { c.InternalIP = "10.0.0" }, `internalIP "10.0.0"`},
+		{"half a key pair", func(c *Config) { c.TLSCertFile = "x.crt" }, "tlsCertFile and tlsKeyFile: set both or neither"},
+		{"missing cert file", func(c *Config) { c.TLSCertFile, c.TLSKeyFile = "/nonexistent.crt", "/nonexistent.key" }, "tlsCertFile: "},
+		{"missing client ca", func(c *Config) { c.ClientCAFile = "/nonexistent" }, "clientCAFile: "},
+		{"missing kubeconfig", func(c *Config) { c.Kubeconfig = "/nonexistent" }, "kubeconfig: "},
+		{"pod cidr", func(c *Config) { c.PodCIDR = "10.88.0.0" }, `podCIDR "10.88.0.0"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := validConfig()
+			tc.mutate(&c)
+			err := c.Validate()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("unexpected error: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestValidateDefaultsTheTaint(t *testing.T) {
+	c := validConfig()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Taints) != 1 || c.Taints[0] != DefaultTaint {
+		t.Fatalf("taints = %v, want [%s]", c.Taints, DefaultTaint)
+	}
+}
+
+func TestLoadFileIsStrict(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name, yaml, want string
+	}{
+		{"unknown top-level field", "nodeName: a\nbakend: none\n", `unknown field "bakend"`},
+		{"unknown nested field", "capacity:\n  gpus: 2\n", `unknown field "gpus"`},
+		{"wrong type", "port: eighty\n", "port"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(dir, "c.yaml")
+			os.WriteFile(p, []byte(tc.yaml), 0o600) //nolint:errcheck
+			c := DefaultConfig()
+			err := c.LoadFile(p)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestFlagsOverrideFileOverridesDefaults(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(p, []byte("nodeName: from-file\nport: 11250\ncapacity:\n  cpu: \"4\"\ntaints: [\"a=b:NoExecute\"]\nlabels: {zone: a}\n"), 0o600) //nolint:errcheck
+	fs := pflag.NewFlagSet("node", pflag.ContinueOnError)
+	flags := AddFlags(fs)
+	if err := fs.Parse([]string{"--node-name", "from-flag", "--memory", "8Gi", "--taints="}); err != nil {
+		t.Fatal(err)
+	}
+	c := DefaultConfig()
+	if err := c.LoadFile(p); err != nil {
+		t.Fatal(err)
+	}
+	flags.Apply(&c)
+	if c.NodeName != "from-flag" || c.Port != 11250 || c.Capacity.CPU != "4" || c.Capacity.Memory != "8Gi" ||
+		c.Capacity.Pods != "110" || c.Labels["zone"] != "a" {
+		t.Errorf("merged config = %+v", c)
+	}
+	if c.Taints == nil || len(c.Taints) != 0 {
+		t.Errorf("--taints= gave %#v, want an empty, non-nil list (no taints)", c.Taints)
+	}
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# deps.sh installs the Debian packages i2kit's tests and demo need, only those missing.
+set -euo pipefail
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v go >/dev/null || { echo "deps.sh: Go is required (https://go.dev/dl); this machine's image has it in /usr/local/go" >&2; exit 1; }
+[ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then echo "deps.sh: missing ${need[*]}; run as root to install them" >&2; exit 1; fi
+  echo "deps.sh: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
