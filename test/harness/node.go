@@ -33,7 +33,7 @@ type Node struct {
 
 // StartNode runs `i2kit node` with the plane's admin kubeconfig, NodeIP and the given extra flags, and stops it
 // (SIGTERM) when the test ends.
-func (e *Env) StartNode(t *testing.T, name string, port int, extra ...string) *Node {
+func (e *Env) StartNode(t testing.TB, name string, port int, extra ...string) *Node {
 	t.Helper()
 	args := append([]string{"node", "--kubeconfig", e.Plane.KubeconfigPath(), "--node-name", name,
 		"--internal-ip", NodeIP, "--port", strconv.Itoa(port)}, extra...)
@@ -56,7 +56,7 @@ func (e *Env) StartNode(t *testing.T, name string, port int, extra ...string) *N
 }
 
 // Stop sends SIGTERM and waits for the exit; it returns the process's error (nil for exit code 0).
-func (n *Node) Stop(t *testing.T, timeout time.Duration) error {
+func (n *Node) Stop(t testing.TB, timeout time.Duration) error {
 	t.Helper()
 	select {
 	case <-n.done:
@@ -108,7 +108,7 @@ func (e *Env) KubectlRun(ctx context.Context, args ...string) (string, error) {
 }
 
 // WriteFile writes a file in the run's scratch directory and returns its path.
-func (e *Env) WriteFile(t *testing.T, name, content string) string {
+func (e *Env) WriteFile(t testing.TB, name, content string) string {
 	t.Helper()
 	p := filepath.Join(e.Dir, name)
 	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
@@ -135,7 +135,7 @@ func (s *syncBuffer) String() string {
 }
 
 // DeleteNode removes a Node and its Lease, so that a stopped node takes no pods of later tests.
-func (e *Env) DeleteNode(t *testing.T, name string) {
+func (e *Env) DeleteNode(t testing.TB, name string) {
 	t.Helper()
 	ctx := context.Background()
 	if err := e.Client.CoreV1().Nodes().Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
