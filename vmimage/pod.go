@@ -1,0 +1,38 @@
+package vmimage
+
+import (
+	corev1 "k8s.io/api/core/v1"
+)
+
+// FromPod turns a Pod into the Spec of its VM image. It is a pure function of what is code in the pod — container
+// images, commands, arguments, working directories — so that a Deployment's replicas and a pod's restarts share
+// one image. Env values, Secrets, ConfigMaps, tokens and the pod's identity are runtime data sent to the agent
+// after boot; none of them enter the spec. Init containers become onboot containers in order; sidecar init
+// containers (restartPolicy Always) run for the pod's life and become services, ahead of the app containers.
+func FromPod(pod *corev1.Pod) *Spec {
+	s := &Spec{}
+	var sidecars []Container
+	for _, c := range pod.Spec.InitContainers {
+		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+			sidecars = append(sidecars, fromContainer(c))
+			continue
+		}
+		s.Onboot = append(s.Onboot, fromContainer(c))
+	}
+	s.Services = append(sidecars, s.Services...)
+	for _, c := range pod.Spec.Containers {
+		s.Services = append(s.Services, fromContainer(c))
+	}
+	s.SetDefaults()
+	return s
+}
+
+func fromContainer(c corev1.Container) Container {
+	return Container{
+		Name:       c.Name,
+		Image:      c.Image,
+		Command:    append([]string(nil), c.Command...),
+		Args:       append([]string(nil), c.Args...),
+		WorkingDir: c.WorkingDir,
+	}
+}
