@@ -19,6 +19,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/i2kit/i2kit/internal/cachedir"
 )
 
 // Versions of the control plane components. Every k8s.io library module of i2kit is aligned with KubernetesVersion.
@@ -41,19 +43,8 @@ var stagingModules = []string{
 	"pod-security-admission", "sample-apiserver", "sample-cli-plugin", "sample-controller", "streaming",
 }
 
-// CacheDir is the root of i2kit's build cache: $I2KIT_CACHE, else $XDG_CACHE_HOME/i2kit, else ~/.cache/i2kit.
-func CacheDir() string {
-	if d := os.Getenv("I2KIT_CACHE"); d != "" {
-		return d
-	}
-	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
-		return filepath.Join(d, "i2kit")
-	}
-	if h, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(h, ".cache", "i2kit")
-	}
-	return filepath.Join(os.TempDir(), "i2kit-cache")
-}
+// CacheDir is the root of i2kit's build cache (see internal/cachedir).
+func CacheDir() string { return cachedir.Root() }
 
 // DefaultBinDir is the versioned directory Build fills when no other is given.
 func DefaultBinDir() string {

@@ -1,0 +1,41 @@
+// Package agent is the guest side of a pod VM: i2kit-agent runs as PID 1, mounts the VM's filesystems and (in
+// later versions) runs the pod's containers and serves the provider over one narrow, versioned protocol.
+package agent
+
+// ConfigPath is where the image builder puts the image's configuration in the initramfs.
+const ConfigPath = "/etc/i2kit/image.json"
+
+// ImagesDir is where each container image's filesystem is mounted, read-only, by container name.
+const ImagesDir = "/run/i2kit/images"
+
+// ReadyMarker starts the console line the agent prints when the VM is ready; tests and backends wait for it.
+const ReadyMarker = "I2KIT_AGENT_READY"
+
+// ImageConfig is what the builder tells the agent about an image.
+type ImageConfig struct {
+	// Version of this format.
+	Version int `json:"version"`
+	// Disks are the read-only container image filesystems, found by their erofs UUID whatever the order in which
+	// the hypervisor attaches them.
+	Disks []Disk `json:"disks"`
+	// Containers lists what to run, by name; Disk indexes Disks.
+	Containers []Container `json:"containers"`
+}
+
+// Disk is one container image filesystem.
+type Disk struct {
+	UUID   string `json:"uuid"`   // erofs superblock UUID, canonical text form
+	Digest string `json:"digest"` // image manifest digest it was built from
+	Size   int64  `json:"size"`
+}
+
+// Container is one container of the image.
+type Container struct {
+	Name       string   `json:"name"`
+	Disk       int      `json:"disk"`
+	Onboot     bool     `json:"onboot,omitempty"`
+	Command    []string `json:"command,omitempty"`
+	Args       []string `json:"args,omitempty"`
+	Env        []string `json:"env,omitempty"`
+	WorkingDir string   `json:"workingDir,omitempty"`
+}

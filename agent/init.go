@@ -1,0 +1,137 @@
+package agent
+
+import (
+	"bufio"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Init performs PID 1's duties for this version of the agent: mount the basic filesystems, mount every container
+// image read-only under ImagesDir, print ReadyMarker to console, then wait for "poweroff" on the console and power
+// the VM off. It returns only on error.
+func Init(console io.ReadWriter) error {
+	for _, m := range []struct{ src, dst, fstype string }{
+		{"proc", "/proc", "proc"}, {"sysfs", "/sys", "sysfs"}, {"devtmpfs", "/dev", "devtmpfs"},
+		{"tmpfs", "/run", "tmpfs"}, {"tmpfs", "/tmp", "tmpfs"},
+	} {
+		if err := os.MkdirAll(m.dst, 0o755); err != nil {
+			return err
+		}
+		if err := syscall.Mount(m.src, m.dst, m.fstype, syscall.MS_NOSUID, ""); err != nil && !errors.Is(err, syscall.EBUSY) {
+			return fmt.Errorf("mounting %s, %w", m.dst, err)
+		}
+	}
+	b, err := os.ReadFile(ConfigPath)
+	if err != nil {
+		return fmt.Errorf("reading image configuration, %w", err)
+	}
+	var cfg ImageConfig
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return fmt.Errorf("decoding %s, %w", ConfigPath, err)
+	}
+	mounted, err := mountImages(cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(console, "%s %s\n", ReadyMarker, strings.Join(mounted, " "))
+	sc := bufio.NewScanner(console)
+	for sc.Scan() {
+		if strings.TrimSpace(sc.Text()) == "poweroff" {
+			break
+		}
+	}
+	fmt.Fprintln(console, "i2kit-agent: powering off")
+	syscall.Sync()
+	return syscall.Reboot(syscall.LINUX_REBOOT_CMD_POWER_OFF)
+}
+
+// mountImages finds each disk by its erofs UUID among the virtio block devices and mounts it read-only at
+// ImagesDir/<container>. It returns "name=entry,entry,..." per container, listing the image root.
+func mountImages(cfg ImageConfig) ([]string, error) {
+	byUUID, err := waitDisks(cfg.Disks, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, c := range cfg.Containers {
+		if c.Disk < 0 || c.Disk >= len(cfg.Disks) {
+			return nil, fmt.Errorf("container %s: disk %d out of range", c.Name, c.Disk)
+		}
+		dst := filepath.Join(ImagesDir, c.Name)
+		if err := os.MkdirAll(dst, 0o755); err != nil {
+			return nil, err
+		}
+		dev := byUUID[cfg.Disks[c.Disk].UUID]
+		if err := syscall.Mount(dev, dst, "erofs", syscall.MS_RDONLY|syscall.MS_NODEV, ""); err != nil {
+			return nil, fmt.Errorf("mounting %s at %s, %w", dev, dst, err)
+		}
+		ents, _ := os.ReadDir(dst)
+		names := make([]string, 0, len(ents))
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		sort.Strings(names)
+		out = append(out, c.Name+"="+strings.Join(names, ","))
+	}
+	return out, nil
+}
+
+// waitDisks maps every wanted UUID to a /dev/vdX, waiting for devices that the kernel is still probing.
+func waitDisks(disks []Disk, timeout time.Duration) (map[string]string, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		found := map[string]string{}
+		devs, _ := filepath.Glob("/sys/block/vd*")
+		for _, d := range devs {
+			dev := "/dev/" + filepath.Base(d)
+			if u, err := ErofsUUID(dev); err == nil {
+				found[u] = dev
+			}
+		}
+		var missing []string
+		for _, d := range disks {
+			if _, ok := found[d.UUID]; !ok {
+				missing = append(missing, d.UUID)
+			}
+		}
+		if len(missing) == 0 {
+			return found, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("image disks not found: %v (have %v)", missing, found)
+		}
+		time.Sleep(20 * time.Millisecond) // the guest kernel is still probing devices
+	}
+}
+
+// ErofsUUID reads the UUID of the erofs filesystem on dev (superblock at 1024, UUID at offset 48).
+func ErofsUUID(dev string) (string, error) {
+	f, err := os.Open(dev)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sb := make([]byte, 80)
+	if _, err := f.ReadAt(sb, 1024); err != nil {
+		return "", err
+	}
+	if sb[0] != 0xe2 || sb[1] != 0xe1 || sb[2] != 0xf5 || sb[3] != 0xe0 { // EROFS_SUPER_MAGIC_V1, little endian
+		return "", errors.New("not erofs")
+	}
+	return FormatUUID(sb[48:64]), nil
+}
+
+// FormatUUID renders 16 bytes in the canonical 8-4-4-4-12 form.
+func FormatUUID(b []byte) string {
+	h := hex.EncodeToString(b)
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}

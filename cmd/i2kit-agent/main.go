@@ -1,0 +1,25 @@
+// Command i2kit-agent is PID 1 of every pod VM (static, no cgo). See package agent.
+package main
+
+import (
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/i2kit/i2kit/agent"
+)
+
+func main() {
+	console, err := os.OpenFile("/dev/console", os.O_RDWR, 0)
+	if err != nil {
+		console = os.Stdout
+	}
+	if err := agent.Init(console); err != nil {
+		fmt.Fprintf(console, "i2kit-agent: %v\n", err)
+		time.Sleep(time.Second) // let the console drain before the kernel panics on init's exit
+		syscall.Sync()
+		syscall.Reboot(syscall.LINUX_REBOOT_CMD_POWER_OFF) //nolint:errcheck
+		os.Exit(1)
+	}
+}

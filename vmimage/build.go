@@ -1,0 +1,388 @@
+package vmimage
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/i2kit/i2kit/agent"
+)
+
+// Format is an output format of a pod VM image.
+type Format struct {
+	Name        string
+	Description string
+}
+
+// Formats is the table of output formats. Only `direct` is built so far; the cloud formats (raw-bios, raw-efi)
+// are the next step and are refused with a clear error until then.
+var Formats = []Format{
+	{"direct", "uncompressed vmlinux (PVH) + gzip initramfs (agent only) + one read-only erofs disk per container image, for QEMU microvm"},
+}
+
+// FormatNames lists the formats Ensure accepts.
+func FormatNames() []string {
+	out := make([]string, len(Formats))
+	for i, f := range Formats {
+		out[i] = f.Name
+	}
+	return out
+}
+
+// Builder makes images from specs: it resolves container images to digests, computes the cache key from the
+// canonical inputs, and builds what the store does not hold. Concurrent Ensure calls for one key build once.
+type Builder struct {
+	Store    *Store
+	Source   *Source
+	Kernel   string // path of the kernel (vmlinux)
+	Agent    string // path of the static i2kit-agent binary
+	Progress Progress
+
+	flight singleflight.Group
+	hashes sync.Map // path → fileHash, so that a cache hit does not re-read the kernel
+}
+
+type fileHash struct {
+	size  int64
+	mtime time.Time
+	sum   string
+}
+
+// inputs are everything that determines an image's bytes; their digest is the image's key.
+type inputs struct {
+	Format       string           `json:"format"`
+	Platform     string           `json:"platform"`
+	Kernel       string           `json:"kernel"`
+	Cmdline      string           `json:"cmdline"`
+	Agent        string           `json:"agent"`
+	RootfsFormat string           `json:"rootfsFormat"`
+	Containers   []agentContainer `json:"containers"`
+	Digests      []string         `json:"digests"`
+	Files        []File           `json:"files"`
+}
+
+type agentContainer = agent.Container
+
+// Ensure returns the image for spec in format, building it on a cache miss.
+func (b *Builder) Ensure(ctx context.Context, spec *Spec, format string) (*Image, error) {
+	if !contains(FormatNames(), format) {
+		return nil, fmt.Errorf("format %q: unknown, want one of %s", format, strings.Join(FormatNames(), ", "))
+	}
+	s := *spec
+	s.SetDefaults()
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	if s.Kernel.Image != DefaultKernel {
+		return nil, fmt.Errorf("kernel.image %q: only %s is supported so far", s.Kernel.Image, DefaultKernel)
+	}
+	p := b.progress()
+	resolved, err := b.resolveAll(ctx, &s)
+	if err != nil {
+		return nil, err
+	}
+	in, err := b.inputs(&s, format, resolved)
+	if err != nil {
+		return nil, err
+	}
+	canon, _ := json.Marshal(in)
+	sum := sha256.Sum256(canon)
+	key := hex.EncodeToString(sum[:])
+	if img, ok := b.Store.Get(key); ok {
+		return img, nil
+	}
+	// The build outlives any one caller, who may stop waiting: another caller may be waiting on it.
+	ch := b.flight.DoChan(key, func() (any, error) {
+		if img, ok := b.Store.Get(key); ok {
+			return img, nil
+		}
+		return b.build(context.WithoutCancel(ctx), key, &s, format, in, resolved, p)
+	})
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*Image), nil
+	}
+}
+
+func (b *Builder) progress() Progress {
+	if b.Progress == nil {
+		return noProgress{}
+	}
+	return b.Progress
+}
+
+// resolveAll pins every distinct container image in parallel.
+func (b *Builder) resolveAll(ctx context.Context, s *Spec) (map[string]*Resolved, error) {
+	var list []string
+	refs := map[string]*Resolved{}
+	for _, c := range append(append([]Container(nil), s.Onboot...), s.Services...) {
+		if _, ok := refs[c.Image]; !ok {
+			refs[c.Image] = nil
+			list = append(list, c.Image)
+		}
+	}
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	for _, ref := range list {
+		g.Go(func() error {
+			r, err := b.Source.Resolve(gctx, ref)
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			refs[ref] = r
+			mu.Unlock()
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	return refs, nil
+}
+
+func (b *Builder) inputs(s *Spec, format string, resolved map[string]*Resolved) (*inputs, error) {
+	kh, err := b.hashFile(b.Kernel)
+	if err != nil {
+		return nil, fmt.Errorf("kernel: %w", err)
+	}
+	ah, err := b.hashFile(b.Agent)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	in := &inputs{Format: format, Platform: b.Source.platform().String(), Kernel: kh, Cmdline: s.Kernel.Cmdline,
+		Agent: ah, RootfsFormat: RootfsFormat, Files: s.Files}
+	diskIdx := map[string]int{}
+	add := func(c Container, onboot bool) {
+		d := resolved[c.Image].Digest.String()
+		i, ok := diskIdx[d]
+		if !ok {
+			i = len(in.Digests)
+			diskIdx[d] = i
+			in.Digests = append(in.Digests, d)
+		}
+		in.Containers = append(in.Containers, agent.Container{Name: c.Name, Disk: i, Onboot: onboot, Command: c.Command,
+			Args: c.Args, Env: c.Env, WorkingDir: c.WorkingDir})
+	}
+	for _, c := range s.Onboot {
+		add(c, true)
+	}
+	for _, c := range s.Services {
+		add(c, false)
+	}
+	return in, nil
+}
+
+func (b *Builder) hashFile(path string) (string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", err
+	}
+	if v, ok := b.hashes.Load(path); ok {
+		h := v.(fileHash)
+		if h.size == fi.Size() && h.mtime.Equal(fi.ModTime()) {
+			return h.sum, nil
+		}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	d := sha256.New()
+	if _, err := io.Copy(d, f); err != nil {
+		return "", err
+	}
+	sum := "sha256:" + hex.EncodeToString(d.Sum(nil))
+	b.hashes.Store(path, fileHash{fi.Size(), fi.ModTime(), sum})
+	return sum, nil
+}
+
+// build makes the image for key. Work happens in the store's tmp/ and is committed atomically; blobs are shared
+// and built once.
+func (b *Builder) build(ctx context.Context, key string, s *Spec, format string, in *inputs,
+	resolved map[string]*Resolved, p Progress) (*Image, error) {
+	kernelBlob := "kernel-" + strings.TrimPrefix(in.Kernel, "sha256:")
+	diskBlobs := make([]string, len(in.Digests))
+	uuids := make([]string, len(in.Digests))
+	for i, d := range in.Digests {
+		sum := sha256.Sum256([]byte(d + "\x00" + RootfsFormat))
+		diskBlobs[i] = "disk-" + hex.EncodeToString(sum[:]) + ".erofs"
+		uuids[i] = agent.FormatUUID(sum[:16])
+	}
+	release := b.Store.holdBlobs(append([]string{kernelBlob}, diskBlobs...))
+	defer release()
+
+	if err := b.ensureBlob(kernelBlob, func(tmp string) error { return copyFile(b.Kernel, tmp) }); err != nil {
+		return nil, fmt.Errorf("storing kernel, %w", err)
+	}
+	byDigest := map[string]*Resolved{}
+	for _, r := range resolved {
+		byDigest[r.Digest.String()] = r
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	for i, d := range in.Digests {
+		g.Go(func() error {
+			r := byDigest[d]
+			_, err, _ := b.flight.Do("disk/"+diskBlobs[i], func() (any, error) {
+				return nil, b.ensureBlob(diskBlobs[i], func(tmp string) error {
+					remoteImg, err := r.Open(gctx)
+					if err != nil {
+						return err
+					}
+					img, err := fetchLayers(gctx, remoteImg, filepath.Join(b.Store.Dir(), "layers"), p)
+					if err != nil {
+						return err
+					}
+					task := "rootfs " + r.Ref
+					p.Start(task, 0)
+					err = buildRootfs(gctx, img, filepath.Dir(tmp), tmp, uuids[i])
+					p.Done(task, err)
+					return err
+				})
+			})
+			if err != nil {
+				return fmt.Errorf("image %s: %w", r.Ref, err)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+
+	dir, err := b.Store.tmpDir("image-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir) // a no-op once committed
+	cfg := agent.ImageConfig{Version: 1, Containers: in.Containers}
+	img := &Image{Key: key, Format: format, Spec: *s, Created: time.Now().UTC(), Kernel: b.Store.blobPath(kernelBlob),
+		Initramfs: filepath.Join(b.Store.Dir(), "images", key, "initramfs.cpio.gz")}
+	for i, d := range in.Digests {
+		fi, err := os.Stat(b.Store.blobPath(diskBlobs[i]))
+		if err != nil {
+			return nil, err
+		}
+		cfg.Disks = append(cfg.Disks, agent.Disk{UUID: uuids[i], Digest: d, Size: fi.Size()})
+		img.Disks = append(img.Disks, DiskFile{Path: b.Store.blobPath(diskBlobs[i]), Ref: byDigest[d].Ref, Digest: d, UUID: uuids[i], Size: fi.Size()})
+	}
+	if err := b.writeInitramfs(filepath.Join(dir, "initramfs.cpio.gz"), cfg, s.Files); err != nil {
+		return nil, err
+	}
+	img.Size = dirSize(dir) + fileSize(img.Kernel)
+	for _, d := range img.Disks {
+		img.Size += d.Size
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return b.Store.commit(dir, img)
+}
+
+func (b *Builder) ensureBlob(name string, create func(tmp string) error) error {
+	if _, err := os.Stat(b.Store.blobPath(name)); err == nil {
+		return nil
+	}
+	dir, err := b.Store.tmpDir("blob-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, name)
+	if err := create(tmp); err != nil {
+		return err
+	}
+	return b.Store.commitBlob(tmp, name)
+}
+
+// writeInitramfs writes the agent as /init, its configuration, and the spec's files.
+func (b *Builder) writeInitramfs(path string, cfg agent.ImageConfig, files []File) error {
+	agentBin, err := os.ReadFile(b.Agent)
+	if err != nil {
+		return fmt.Errorf("reading agent, %w", err)
+	}
+	cfgJSON, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return err
+	}
+	entries := []cpioEntry{
+		{Path: "init", Mode: cpioReg | 0o755, Data: agentBin},
+		{Path: strings.TrimPrefix(agent.ConfigPath, "/"), Mode: cpioReg | 0o644, Data: cfgJSON},
+	}
+	for _, f := range files {
+		mode := uint64(0o644)
+		if f.Mode != "" {
+			mode, _ = strconv.ParseUint(f.Mode, 8, 32)
+		}
+		entries = append(entries, cpioEntry{Path: f.Path, Mode: cpioReg | uint32(mode), Data: []byte(f.Contents)})
+	}
+	var buf bytes.Buffer
+	if err := writeInitramfs(&buf, entries); err != nil {
+		return fmt.Errorf("writing initramfs, %w", err)
+	}
+	return os.WriteFile(path, buf.Bytes(), 0o644)
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+func fileSize(p string) int64 {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+func dirSize(dir string) int64 {
+	var n int64
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() {
+			n += fi.Size()
+		}
+	}
+	return n
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
