@@ -8,12 +8,18 @@ LDFLAGS := -X github.com/i2kit/i2kit/internal/version.Version=$(VERSION)
 I2KIT   := bin/i2kit
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v /test/)
 
-.PHONY: all build deps controlplane test unit e2e lint bench demo demo-down clean
+.PHONY: all build agent deps kernel controlplane test unit e2e lint bench demo demo-down clean
 
 all: build
 
 build: ## the i2kit binary
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(I2KIT) ./cmd/i2kit
+
+agent: ## the static guest agent, PID 1 of every pod VM
+	CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o bin/i2kit-agent ./cmd/i2kit-agent
+
+kernel: deps ## the pod-VM kernel from Debian's linux-source-6.1 (cached by the config fragment's hash)
+	scripts/kernel.sh
 
 deps: ## system packages (Debian): installed only when missing
 	scripts/deps.sh
@@ -26,14 +32,14 @@ test: deps lint unit e2e ## everything: lint, unit tests, end-to-end tests again
 unit: ## unit tests (no control plane, no root)
 	$(GO) test -count=1 -race $(UNIT_PKGS)
 
-e2e: deps controlplane ## end-to-end tests: real control plane, in a network namespace (root)
-	$(GO) test -count=1 -timeout 30m -v ./test/e2e/...
+e2e: deps controlplane kernel ## end-to-end tests: real control plane in a network namespace (root), pod VMs under QEMU
+	$(GO) test -count=1 -timeout 30m -v ./test/e2e/... ./test/vm/...
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-bench: deps controlplane ## benchmarks, medians printed
+bench: deps controlplane kernel ## benchmarks, medians printed
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 5x -timeout 30m ./...
 
 demo: deps controlplane ## local control plane + i2kit node in a network namespace

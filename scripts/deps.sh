@@ -5,6 +5,8 @@ need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v go >/dev/null || { echo "deps.sh: Go is required (https://go.dev/dl); this machine's image has it in /usr/local/go" >&2; exit 1; }
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v mkfs.erofs >/dev/null || need+=(erofs-utils)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then echo "deps.sh: missing ${need[*]}; run as root to install them" >&2; exit 1; fi
   echo "deps.sh: installing ${need[*]}"

@@ -1,0 +1,167 @@
+// Package vm boots pod VM images under QEMU (KVM where the host has real hardware virtualisation, TCG here) and
+// checks what the guest agent reports on the serial console.
+package vm
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/i2kit/i2kit/agent"
+	"github.com/i2kit/i2kit/provider/qemu"
+	"github.com/i2kit/i2kit/vmimage"
+	"github.com/i2kit/i2kit/vmimage/kernel"
+)
+
+// buildAgent compiles the static agent for the guest.
+func buildAgent(t *testing.T, dir string) string {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	out := filepath.Join(dir, "i2kit-agent")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, "./cmd/i2kit-agent")
+	cmd.Dir = filepath.Join(filepath.Dir(file), "..", "..")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building agent: %v: %s", err, b)
+	}
+	return out
+}
+
+// ociLayout writes a one-layer image holding hello.txt and etc/os-release into an OCI layout.
+func ociLayout(t *testing.T, dir string) string {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, f := range []struct{ name, body string }{{"hello.txt", "hello from the image\n"}, {"etc/os-release", "ID=test\n"}} {
+		tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.body)), ModTime: time.Unix(1700000000, 0)}) //nolint:errcheck
+		tw.Write([]byte(f.body))                                                                                           //nolint:errcheck
+	}
+	tw.Close()
+	b := buf.Bytes()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err = mutate.ConfigFile(img, mustConfig(t, img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := layout.Write(filepath.Join(dir, "layout"), empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AppendImage(img); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(dir, "layout")
+}
+
+func TestDirectImageBootsToAgent(t *testing.T) {
+	vmlinux, err := kernel.Vmlinux()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Fatalf("qemu-system-x86_64 is required (make deps installs it): %v", err)
+	}
+	dir := t.TempDir()
+	st, err := vmimage.OpenStore(filepath.Join(dir, "store"), 10, 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &vmimage.Builder{Store: st, Source: &vmimage.Source{}, Kernel: vmlinux, Agent: buildAgent(t, dir)}
+	spec := &vmimage.Spec{Services: []vmimage.Container{{Name: "web", Image: "oci:" + ociLayout(t, dir)}}}
+	img, err := b.Ensure(context.Background(), spec, "direct")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var disks []string
+	for _, d := range img.Disks {
+		disks = append(disks, d.Path)
+	}
+	kvm := qemu.HostHasKVM()
+	args := qemu.Args(qemu.VM{Kernel: img.Kernel, Initramfs: img.Initramfs, Cmdline: img.Spec.Kernel.Cmdline,
+		Disks: disks, MemoryMiB: 128, CPUs: 1, KVM: kvm, TSCkHz: qemu.HostTSCkHz()})
+	ready, console := boot(t, args)
+	want := "web=etc,hello.txt"
+	if !strings.Contains(ready, want) {
+		t.Fatalf("ready line %q does not list the mounted image (%s)\nconsole:\n%s", ready, want, console())
+	}
+}
+
+// boot runs QEMU, waits for the agent's ready marker (returned), then asks the agent to power off and waits for
+// QEMU to exit. console returns everything the guest printed.
+func boot(t *testing.T, args []string) (ready string, console func() string) {
+	t.Helper()
+	cmd := exec.Command("qemu-system-x86_64", args...)
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = cmd.Stdout
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	lines := make(chan string)
+	done := make(chan error, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	console = func() string { return out.String() }
+	timeout := time.After(60 * time.Second)
+	for ready == "" {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("QEMU exited before the agent was ready: %v\n%s", cmd.Wait(), out.String())
+			}
+			out.WriteString(l + "\n")
+			if strings.HasPrefix(l, agent.ReadyMarker) {
+				ready = l
+			}
+		case <-timeout:
+			cmd.Process.Kill() //nolint:errcheck
+			t.Fatalf("no ready marker within 60 s:\n%s", out.String())
+		}
+	}
+	t.Logf("agent ready %s after exec(qemu) (kvm=%v)", time.Since(start).Round(time.Millisecond), qemu.HostHasKVM())
+	io.WriteString(stdin, "poweroff\n") //nolint:errcheck
+	go func() {
+		for l := range lines {
+			out.WriteString(l + "\n")
+		}
+		done <- cmd.Wait()
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("QEMU after poweroff: %v\n%s", err, out.String())
+		}
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill() //nolint:errcheck
+		t.Fatalf("the VM did not power off within 30 s:\n%s", out.String())
+	}
+	return ready, console
+}
