@@ -12,7 +12,7 @@ UNIT_PKGS = $(shell $(GO) list ./... | grep -v /test/)
 
 all: build
 
-build: ## the i2kit binary
+build: agent ## the i2kit binary (and the agent beside it)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(I2KIT) ./cmd/i2kit
 
 agent: ## the static guest agent, PID 1 of every pod VM
@@ -29,7 +29,7 @@ controlplane: build ## build etcd and the Kubernetes binaries into the versioned
 
 test: deps lint unit e2e ## everything: lint, unit tests, end-to-end tests against a real control plane
 
-unit: ## unit tests (no control plane, no root)
+unit: deps ## unit tests (no control plane; erofs-utils from make deps)
 	$(GO) test -count=1 -race $(UNIT_PKGS)
 
 e2e: deps controlplane kernel ## end-to-end tests: real control plane in a network namespace (root), pod VMs under QEMU

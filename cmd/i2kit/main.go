@@ -39,7 +39,7 @@ func main() {
 		cmd.SetContext(vklog.WithLogger(cmd.Context(), vklog.L))
 		return nil
 	}
-	root.AddCommand(nodeCmd(), devCmd())
+	root.AddCommand(nodeCmd(), devCmd(), imageCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "i2kit:", err)
 		os.Exit(1)
