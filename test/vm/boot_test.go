@@ -48,7 +48,7 @@ func ociLayout(t *testing.T, dir string) string {
 	tw := tar.NewWriter(&buf)
 	for _, f := range []struct{ name, body string }{{"hello.txt", "hello from the image\n"}, {"etc/os-release", "ID=test\n"}} {
 		tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.body)), ModTime: time.Unix(1700000000, 0)}) //nolint:errcheck
-		tw.Write([]byte(f.body))                                                                                           //nolint:errcheck
+		tw.Write([]byte(f.body))                                                                                            //nolint:errcheck
 	}
 	tw.Close()
 	b := buf.Bytes()
