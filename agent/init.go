@@ -85,13 +85,19 @@ func mountImages(cfg ImageConfig) ([]string, error) {
 	return out, nil
 }
 
-// waitDisks maps every wanted UUID to a /dev/vdX, waiting for devices that the kernel is still probing.
+// waitDisks maps every wanted UUID to a block device — a whole virtio, SCSI/SATA or NVMe disk (separate disks on
+// QEMU) or one of its partitions (the single disk of raw-bios/raw-efi images) — waiting for devices that the
+// kernel is still probing.
 func waitDisks(disks []Disk, timeout time.Duration) (map[string]string, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		found := map[string]string{}
-		devs, _ := filepath.Glob("/sys/block/vd*")
+		devs, _ := filepath.Glob("/sys/class/block/*")
 		for _, d := range devs {
+			n := filepath.Base(d)
+			if !strings.HasPrefix(n, "vd") && !strings.HasPrefix(n, "sd") && !strings.HasPrefix(n, "nvme") && !strings.HasPrefix(n, "xvd") {
+				continue
+			}
 			dev := "/dev/" + filepath.Base(d)
 			if u, err := ErofsUUID(dev); err == nil {
 				found[u] = dev

@@ -27,10 +27,11 @@ type Format struct {
 	Description string
 }
 
-// Formats is the table of output formats. Only `direct` is built so far; the cloud formats (raw-bios, raw-efi)
-// are the next step and are refused with a clear error until then.
+// Formats is the table of output formats: `direct` for QEMU, the raw disks for clouds (an AMI is made from them).
 var Formats = []Format{
 	{"direct", "uncompressed vmlinux (PVH) + gzip initramfs (agent only) + one read-only erofs disk per container image, for QEMU microvm"},
+	{"raw-bios", "one GPT disk: a FAT boot partition with syslinux, bzImage and initramfs, then one erofs partition per container image"},
+	{"raw-efi", "one GPT disk: an EFI system partition with a unified kernel image (systemd-boot stub), then one erofs partition per container image"},
 }
 
 // FormatNames lists the formats Ensure accepts.
@@ -47,7 +48,8 @@ func FormatNames() []string {
 type Builder struct {
 	Store    *Store
 	Source   *Source
-	Kernel   string // path of the kernel (vmlinux)
+	Kernel   string // path of the uncompressed kernel (vmlinux), for direct boot
+	BzImage  string // path of the compressed kernel, for the raw formats' boot loaders
 	Agent    string // path of the static i2kit-agent binary
 	Progress Progress
 
@@ -160,7 +162,10 @@ func (b *Builder) resolveAll(ctx context.Context, s *Spec) (map[string]*Resolved
 }
 
 func (b *Builder) inputs(s *Spec, format string, resolved map[string]*Resolved) (*inputs, error) {
-	kh, err := b.hashFile(b.Kernel)
+	if b.kernelFor(format) == "" {
+		return nil, fmt.Errorf("format %s: no kernel configured for it", format)
+	}
+	kh, err := b.hashFile(b.kernelFor(format))
 	if err != nil {
 		return nil, fmt.Errorf("kernel: %w", err)
 	}
@@ -189,6 +194,14 @@ func (b *Builder) inputs(s *Spec, format string, resolved map[string]*Resolved) 
 		add(c, false)
 	}
 	return in, nil
+}
+
+// kernelFor is the kernel file a format boots.
+func (b *Builder) kernelFor(format string) string {
+	if format == "direct" {
+		return b.Kernel
+	}
+	return b.BzImage
 }
 
 func (b *Builder) hashFile(path string) (string, error) {
@@ -231,7 +244,7 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format string,
 	release := b.Store.holdBlobs(append([]string{kernelBlob}, diskBlobs...))
 	defer release()
 
-	if err := b.ensureBlob(kernelBlob, func(tmp string) error { return copyFile(b.Kernel, tmp) }); err != nil {
+	if err := b.ensureBlob(kernelBlob, func(tmp string) error { return copyFile(b.kernelFor(format), tmp) }); err != nil {
 		return nil, fmt.Errorf("storing kernel, %w", err)
 	}
 	byDigest := map[string]*Resolved{}
@@ -287,6 +300,18 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format string,
 	}
 	if err := b.writeInitramfs(filepath.Join(dir, "initramfs.cpio.gz"), cfg, s.Files); err != nil {
 		return nil, err
+	}
+	if format != "direct" {
+		raw := filepath.Join(dir, "disk.raw")
+		task := "disk " + format
+		p.Start(task, 0)
+		err := writeRawDisk(ctx, raw, rawBoot{BzImage: img.Kernel, Initramfs: filepath.Join(dir, "initramfs.cpio.gz"),
+			Cmdline: s.Kernel.Cmdline, EFI: format == "raw-efi"}, diskPaths(img.Disks))
+		p.Done(task, err)
+		if err != nil {
+			return nil, fmt.Errorf("writing %s disk, %w", format, err)
+		}
+		img.Raw = filepath.Join(b.Store.Dir(), "images", key, "disk.raw")
 	}
 	img.Size = dirSize(dir) + fileSize(img.Kernel)
 	for _, d := range img.Disks {

@@ -25,6 +25,8 @@ type Image struct {
 	Kernel    string     `json:"kernel"`
 	Initramfs string     `json:"initramfs"`
 	Disks     []DiskFile `json:"disks"`
+	// Raw is the single bootable disk of the raw-bios and raw-efi formats.
+	Raw string `json:"raw,omitempty"`
 	// Size is the bytes of the image's own files plus its blobs.
 	Size int64 `json:"size"`
 }
@@ -326,7 +328,11 @@ func readManifest(dir string) (*Image, error) {
 	if img.Key != filepath.Base(dir) {
 		return nil, fmt.Errorf("manifest key %q does not match directory", img.Key)
 	}
-	for _, p := range append([]string{img.Kernel, img.Initramfs}, diskPaths(img.Disks)...) {
+	paths := append([]string{img.Kernel, img.Initramfs}, diskPaths(img.Disks)...)
+	if img.Raw != "" {
+		paths = append(paths, img.Raw)
+	}
+	for _, p := range paths {
 		if _, err := os.Stat(p); err != nil {
 			return nil, err
 		}

@@ -25,6 +25,7 @@ type imageFlags struct {
 	maxImages  int
 	maxBytes   string
 	kernel     string
+	bzImage    string
 	agent      string
 	insecure   []string
 	mirrors    []string
@@ -44,9 +45,14 @@ func (f *imageFlags) builder(progress vmimage.Progress) (*vmimage.Builder, error
 	if err != nil {
 		return nil, err
 	}
-	k := f.kernel
+	k, bz := f.kernel, f.bzImage
 	if k == "" {
 		if k, err = kernel.Vmlinux(); err != nil {
+			return nil, err
+		}
+	}
+	if bz == "" {
+		if bz, err = kernel.BzImage(); err != nil {
 			return nil, err
 		}
 	}
@@ -81,7 +87,7 @@ func (f *imageFlags) builder(progress vmimage.Progress) (*vmimage.Builder, error
 		}
 		src.Keychain = authn.NewMultiKeychain(kc, authn.DefaultKeychain)
 	}
-	return &vmimage.Builder{Store: st, Source: src, Kernel: k, Agent: a, Progress: progress}, nil
+	return &vmimage.Builder{Store: st, Source: src, Kernel: k, BzImage: bz, Agent: a, Progress: progress}, nil
 }
 
 func imageCmd() *cobra.Command {
@@ -128,7 +134,8 @@ func imageCmd() *cobra.Command {
 	build.Flags().StringVar(&podFile, "pod", "", "Pod manifest (YAML): its containers become the image's")
 	build.Flags().StringVar(&format, "format", "direct", "output format: "+strings.Join(vmimage.FormatNames(), ", "))
 	build.Flags().StringVarP(&outDir, "output", "o", "", "also copy the image's files into this directory")
-	build.Flags().StringVar(&f.kernel, "kernel", "", "kernel (vmlinux) to use (default: the one `make kernel` built)")
+	build.Flags().StringVar(&f.kernel, "kernel", "", "uncompressed kernel (vmlinux) for direct images (default: the one `make kernel` built)")
+	build.Flags().StringVar(&f.bzImage, "bzimage", "", "compressed kernel (bzImage) for raw images (default: the one `make kernel` built)")
 	build.Flags().StringVar(&f.agent, "agent", "", "i2kit-agent binary (default: beside this binary)")
 	build.Flags().StringSliceVar(&f.insecure, "insecure-registry", nil, "registry hosts served over plain HTTP")
 	build.Flags().StringSliceVar(&f.mirrors, "registry-mirror", nil, "registry=mirror, tried before the registry (repeatable)")
@@ -241,6 +248,9 @@ func export(img *vmimage.Image, dir string) error {
 	files := map[string]string{img.Kernel: "vmlinux", img.Initramfs: "initramfs.cpio.gz"}
 	for i, d := range img.Disks {
 		files[d.Path] = fmt.Sprintf("disk%d.erofs", i)
+	}
+	if img.Raw != "" {
+		files = map[string]string{img.Raw: "disk.raw"}
 	}
 	for src, name := range files {
 		dst := filepath.Join(dir, name)

@@ -28,7 +28,7 @@ import (
 )
 
 // buildAgent compiles the static agent for the guest.
-func buildAgent(t *testing.T, dir string) string {
+func buildAgent(t testing.TB, dir string) string {
 	t.Helper()
 	_, file, _, _ := runtime.Caller(0)
 	out := filepath.Join(dir, "i2kit-agent")
@@ -42,7 +42,7 @@ func buildAgent(t *testing.T, dir string) string {
 }
 
 // ociLayout writes a one-layer image holding hello.txt and etc/os-release into an OCI layout.
-func ociLayout(t *testing.T, dir string) string {
+func ociLayout(t testing.TB, dir string) string {
 	t.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -88,6 +88,11 @@ func TestDirectImageBootsToAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := &vmimage.Builder{Store: st, Source: &vmimage.Source{}, Kernel: vmlinux, Agent: buildAgent(t, dir)}
+	bzImage, err := kernel.BzImage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.BzImage = bzImage
 	spec := &vmimage.Spec{Services: []vmimage.Container{{Name: "web", Image: "oci:" + ociLayout(t, dir)}}}
 	img, err := b.Ensure(context.Background(), spec, "direct")
 	if err != nil {
@@ -105,11 +110,38 @@ func TestDirectImageBootsToAgent(t *testing.T) {
 	if !strings.Contains(ready, want) {
 		t.Fatalf("ready line %q does not list the mounted image (%s)\nconsole:\n%s", ready, want, console())
 	}
+
+	// The cloud formats: one disk, booted by firmware (SeaBIOS + syslinux, OVMF + the unified kernel image).
+	for _, format := range []string{"raw-bios", "raw-efi"} {
+		t.Run(format, func(t *testing.T) {
+			img, err := b.Ensure(context.Background(), spec, format)
+			if err != nil {
+				t.Fatal(err)
+			}
+			args := []string{"-M", "pc", "-m", "256M", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+				"-serial", "stdio", "-drive", "file=" + img.Raw + ",format=raw,if=virtio,snapshot=on"}
+			if kvm {
+				args = append(args, "-accel", "kvm", "-cpu", "host")
+			} else {
+				args = append(args, "-accel", "tcg")
+			}
+			if format == "raw-efi" {
+				args = append(args, "-bios", "/usr/share/ovmf/OVMF.fd")
+			}
+			ready, console := boot(t, args)
+			if !strings.Contains(ready, want) {
+				t.Fatalf("ready line %q does not list the mounted image (%s)\nconsole:\n%s", ready, want, console())
+			}
+		})
+	}
 }
 
 // boot runs QEMU, waits for the agent's ready marker (returned), then asks the agent to power off and waits for
 // QEMU to exit. console returns everything the guest printed.
-func boot(t *testing.T, args []string) (ready string, console func() string) {
+// bootTime is the last boot's time from exec(qemu) to the agent's ready marker.
+var bootTime time.Duration
+
+func boot(t testing.TB, args []string) (ready string, console func() string) {
 	t.Helper()
 	cmd := exec.Command("qemu-system-x86_64", args...)
 	stdin, _ := cmd.StdinPipe()
@@ -138,15 +170,16 @@ func boot(t *testing.T, args []string) (ready string, console func() string) {
 				t.Fatalf("QEMU exited before the agent was ready: %v\n%s", cmd.Wait(), out.String())
 			}
 			out.WriteString(l + "\n")
-			if strings.HasPrefix(l, agent.ReadyMarker) {
-				ready = l
+			if i := strings.Index(l, agent.ReadyMarker); i >= 0 { // firmware may leave escape codes before it
+				ready = l[i:]
 			}
 		case <-timeout:
 			cmd.Process.Kill() //nolint:errcheck
 			t.Fatalf("no ready marker within 60 s:\n%s", out.String())
 		}
 	}
-	t.Logf("agent ready %s after exec(qemu) (kvm=%v)", time.Since(start).Round(time.Millisecond), qemu.HostHasKVM())
+	bootTime = time.Since(start)
+	t.Logf("agent ready %s after exec(qemu) (kvm=%v)", bootTime.Round(time.Millisecond), qemu.HostHasKVM())
 	io.WriteString(stdin, "poweroff\n") //nolint:errcheck
 	go func() {
 		for l := range lines {

@@ -6,7 +6,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
-func mustConfig(t *testing.T, img v1.Image) *v1.ConfigFile {
+func mustConfig(t testing.TB, img v1.Image) *v1.ConfigFile {
 	t.Helper()
 	cf, err := img.ConfigFile()
 	if err != nil {
