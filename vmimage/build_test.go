@@ -360,7 +360,11 @@ func TestCacheHitMissAndEviction(t *testing.T) {
 	if a1.Key != a2.Key || rec.count("rootfs") != 1 {
 		t.Fatalf("second Ensure rebuilt: keys %s %s, %d rootfs builds", a1.Key, a2.Key, rec.count("rootfs"))
 	}
-	// A store reopened from disk knows the image: no rebuild.
+	// Another process cannot open the store while this one has it; reopened from disk, it knows the image.
+	if _, err := OpenStore(b.Store.Dir(), 2, 1<<30); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second open of a store in use: %v", err)
+	}
+	b.Store.Close()
 	st2, err := OpenStore(b.Store.Dir(), 2, 1<<30)
 	if err != nil {
 		t.Fatal(err)
@@ -368,6 +372,7 @@ func TestCacheHitMissAndEviction(t *testing.T) {
 	if _, ok := st2.Get(a1.Key); !ok {
 		t.Fatal("reopened store lost the image")
 	}
+	b.Store = st2
 
 	release, err := b.Store.Acquire(a1.Key) // a VM runs from a
 	if err != nil {
@@ -398,6 +403,7 @@ func TestCacheHitMissAndEviction(t *testing.T) {
 		t.Errorf("%d entries, want 2", n)
 	}
 	// A byte bound smaller than one image keeps only what is in use.
+	b.Store.Close()
 	small, err := OpenStore(b.Store.Dir(), 10, 1)
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
@@ -47,13 +48,15 @@ var ErrNotFound = errors.New("image not found")
 var ErrInUse = errors.New("image is in use")
 
 // Store keeps built images on disk under one directory, fronted by an LRU bounded by entries and bytes. It is
-// the only writer of that directory: builds work in tmp/ and are committed by an atomic rename, so a killed
+// the only writer of that directory (an exclusive lock keeps other processes out until Close): builds work in tmp/ and are committed by an atomic rename, so a killed
 // build leaves no entry; at open the LRU is rebuilt from disk and tmp/ is emptied. Eviction never removes an
 // image that is acquired (a running VM uses it), and re-checks under the lock before deleting.
 type Store struct {
 	dir        string
 	maxBytes   int64
 	maxEntries int
+
+	lock *os.File
 
 	mu       sync.Mutex
 	lru      *simplelru.LRU[string, *Image]
@@ -72,13 +75,27 @@ func OpenStore(dir string, maxEntries int, maxBytes int64) (*Store, error) {
 			return nil, fmt.Errorf("creating image store, %w", err)
 		}
 	}
+	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("opening image store lock, %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("image store %s is in use by another process, %w", dir, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			lock.Close()
+		}
+	}()
 	if err := os.RemoveAll(filepath.Join(dir, "tmp")); err != nil {
 		return nil, fmt.Errorf("cleaning image store, %w", err)
 	}
 	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
 		return nil, err
 	}
-	s := &Store{dir: dir, maxBytes: maxBytes, maxEntries: maxEntries, pins: map[string]int{}, building: map[string]int{}}
+	s := &Store{dir: dir, lock: lock, maxBytes: maxBytes, maxEntries: maxEntries, pins: map[string]int{}, building: map[string]int{}}
 	lru, err := simplelru.NewLRU[string, *Image](1<<30, nil)
 	if err != nil {
 		return nil, err
@@ -106,8 +123,12 @@ func OpenStore(dir string, maxEntries int, maxBytes int64) (*Store, error) {
 	s.gcBlobsLocked()
 	s.recountLocked()
 	s.evictLocked()
+	ok = true
 	return s, nil
 }
+
+// Close releases the store for other processes.
+func (s *Store) Close() error { return s.lock.Close() }
 
 // Dir is the store's directory.
 func (s *Store) Dir() string { return s.dir }
@@ -239,7 +260,7 @@ func (s *Store) commit(tmp string, img *Image) (*Image, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if old, ok := s.lru.Get(img.Key); ok { // built concurrently by another process's store: keep the first
+	if old, ok := s.lru.Get(img.Key); ok { // defensive: the builder's singleflight makes this unreachable
 		os.RemoveAll(tmp)
 		return old, nil
 	}
