@@ -13,7 +13,7 @@ func TestErofsUUIDReadsWhatMkfsWrote(t *testing.T) {
 	}
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src")
-	os.MkdirAll(src, 0o755)                                    //nolint:errcheck
+	os.MkdirAll(src, 0o755)                                   //nolint:errcheck
 	os.WriteFile(filepath.Join(src, "f"), []byte("x"), 0o644) //nolint:errcheck
 	img := filepath.Join(dir, "img.erofs")
 	const uuid = "0123abcd-4567-89ef-0123-456789abcdef"

@@ -137,7 +137,7 @@ func bootFiles(ctx context.Context, work string, b rawBoot) ([]bootFile, error) 
 	}
 	cmdline := filepath.Join(work, "cmdline")
 	osrel := filepath.Join(work, "os-release")
-	os.WriteFile(cmdline, []byte(b.Cmdline+"\x00"), 0o644)                        //nolint:errcheck
+	os.WriteFile(cmdline, []byte(b.Cmdline+"\x00"), 0o644)                  //nolint:errcheck
 	os.WriteFile(osrel, []byte("ID=i2kit\nNAME=\"i2kit pod VM\"\n"), 0o644) //nolint:errcheck
 	uki := filepath.Join(work, "BOOTX64.EFI")
 	// Section addresses follow the stub's convention (systemd 252): each well above the stub's own image.
