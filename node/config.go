@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -150,7 +151,7 @@ func (c *Config) Validate() error {
 	if errs := validation.IsDNS1123Subdomain(c.NodeName); len(errs) > 0 {
 		return fmt.Errorf("nodeName %q: %s", c.NodeName, strings.Join(errs, "; "))
 	}
-	if !contains(Backends, c.Backend) {
+	if !slices.Contains(Backends, c.Backend) {
 		return fmt.Errorf("backend %q: unknown, want one of %s", c.Backend, strings.Join(Backends, ", "))
 	}
 	for _, q := range []struct{ field, val string }{
@@ -249,13 +250,4 @@ func firstGlobalIPv4() (string, error) {
 		}
 	}
 	return "", fmt.Errorf("this host has no global unicast IPv4 address")
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -80,7 +81,7 @@ type agentContainer = agent.Container
 
 // Ensure returns the image for spec in format, building it on a cache miss.
 func (b *Builder) Ensure(ctx context.Context, spec *Spec, format string) (*Image, error) {
-	if !contains(FormatNames(), format) {
+	if !slices.Contains(FormatNames(), format) {
 		return nil, fmt.Errorf("format %q: unknown, want one of %s", format, strings.Join(FormatNames(), ", "))
 	}
 	s := *spec
@@ -401,13 +402,4 @@ func dirSize(dir string) int64 {
 		}
 	}
 	return n
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
