@@ -39,9 +39,6 @@ func BenchmarkDirectBoot(b *testing.B) {
 	}
 	initrdGz := size(b, img.Initramfs)
 	initrd := gunzippedSize(b, img.Initramfs)
-	const mb = 1e6
-	b.ReportMetric(float64(size(b, bz)+initrdGz)/mb, "MB-compressed-kernel+initramfs")
-	b.ReportMetric(float64(size(b, img.Kernel)+initrd)/mb, "MB-vmlinux+initramfs")
 	var disks []string
 	for _, d := range img.Disks {
 		disks = append(disks, d.Path)
@@ -56,6 +53,10 @@ func BenchmarkDirectBoot(b *testing.B) {
 	}
 	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
 	b.ReportMetric(float64(ds[len(ds)/2].Milliseconds()), "ms-boot-to-agent(median)")
+	// After the loop: ResetTimer drops metrics reported before it.
+	const mb = 1e6
+	b.ReportMetric(float64(size(b, bz)+initrdGz)/mb, "MB-bzImage+initramfs.gz")
+	b.ReportMetric(float64(size(b, img.Kernel)+initrd)/mb, "MB-vmlinux+initramfs")
 }
 
 func size(b *testing.B, p string) int64 {
