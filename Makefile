@@ -20,6 +20,7 @@ agent: ## the static guest agent, PID 1 of every pod VM
 
 kernel: deps ## the pod-VM kernel from Debian's linux-source-6.1 (cached by the config fragment's hash)
 	scripts/kernel.sh
+	scripts/debian-kernel.sh
 
 deps: ## system packages (Debian): installed only when missing
 	scripts/deps.sh

@@ -15,6 +15,9 @@ const ReadyMarker = "I2KIT_AGENT_READY"
 type ImageConfig struct {
 	// Version of this format.
 	Version int `json:"version"`
+	// Modules are kernel modules (paths in the initramfs) to load in order before anything else: a modular
+	// kernel's virtio, filesystem and cloud drivers. Empty for the built-in podvm kernel.
+	Modules []string `json:"modules,omitempty"`
 	// Disks are the read-only container image filesystems, found by their erofs UUID whatever the order in which
 	// the hypervisor attaches them.
 	Disks []Disk `json:"disks"`

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Init performs PID 1's duties for this version of the agent: mount the basic filesystems, mount every container
@@ -38,6 +40,7 @@ func Init(console io.ReadWriter) error {
 	if err := json.Unmarshal(b, &cfg); err != nil {
 		return fmt.Errorf("decoding %s, %w", ConfigPath, err)
 	}
+	loadModules(console, cfg.Modules)
 	mounted, err := mountImages(cfg)
 	if err != nil {
 		return err
@@ -140,4 +143,21 @@ func ErofsUUID(dev string) (string, error) {
 func FormatUUID(b []byte) string {
 	h := hex.EncodeToString(b)
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+// loadModules loads kernel modules in order. A module that fails to load is reported and skipped: what needs it
+// (a disk, the network) then fails with its own, clearer error.
+func loadModules(console io.Writer, mods []string) {
+	for _, m := range mods {
+		f, err := os.Open(m)
+		if err != nil {
+			fmt.Fprintf(console, "i2kit-agent: module %s: %v\n", m, err)
+			continue
+		}
+		err = unix.FinitModule(int(f.Fd()), "", 0)
+		f.Close()
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			fmt.Fprintf(console, "i2kit-agent: loading module %s: %v\n", m, err)
+		}
+	}
 }

@@ -16,10 +16,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/i2kit/i2kit/agent"
+	"github.com/i2kit/i2kit/vmimage/kernel"
 )
 
 // Format is an output format of a pod VM image.
@@ -71,6 +73,7 @@ type inputs struct {
 	Kernel       string           `json:"kernel"`
 	Cmdline      string           `json:"cmdline"`
 	Agent        string           `json:"agent"`
+	Modules      []string         `json:"modules,omitempty"`
 	RootfsFormat string           `json:"rootfsFormat"`
 	Containers   []agentContainer `json:"containers"`
 	Digests      []string         `json:"digests"`
@@ -89,15 +92,16 @@ func (b *Builder) Ensure(ctx context.Context, spec *Spec, format string) (*Image
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
-	if s.Kernel.Image != DefaultKernel {
-		return nil, fmt.Errorf("kernel.image %q: only %s is supported so far", s.Kernel.Image, DefaultKernel)
-	}
 	p := b.progress()
+	kb, err := b.kernelBundle(ctx, s.Kernel.Image, format)
+	if err != nil {
+		return nil, fmt.Errorf("kernel.image %q: %w", s.Kernel.Image, err)
+	}
 	resolved, err := b.resolveAll(ctx, &s)
 	if err != nil {
 		return nil, err
 	}
-	in, err := b.inputs(&s, format, resolved)
+	in, err := b.inputs(&s, format, kb, resolved)
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +116,7 @@ func (b *Builder) Ensure(ctx context.Context, spec *Spec, format string) (*Image
 		if img, ok := b.Store.Get(key); ok {
 			return img, nil
 		}
-		return b.build(context.WithoutCancel(ctx), key, &s, format, in, resolved, p)
+		return b.build(context.WithoutCancel(ctx), key, &s, format, kb, in, resolved, p)
 	})
 	select {
 	case <-ctx.Done():
@@ -162,20 +166,25 @@ func (b *Builder) resolveAll(ctx context.Context, s *Spec) (map[string]*Resolved
 	return refs, nil
 }
 
-func (b *Builder) inputs(s *Spec, format string, resolved map[string]*Resolved) (*inputs, error) {
-	if b.kernelFor(format) == "" {
-		return nil, fmt.Errorf("format %s: no kernel configured for it", format)
-	}
-	kh, err := b.hashFile(b.kernelFor(format))
+func (b *Builder) inputs(s *Spec, format string, kb *kernel.Bundle, resolved map[string]*Resolved) (*inputs, error) {
+	kh, err := b.hashFile(kernelFor(kb, format))
 	if err != nil {
 		return nil, fmt.Errorf("kernel: %w", err)
+	}
+	var mods []string
+	for _, m := range kb.Modules {
+		h, err := b.hashFile(m)
+		if err != nil {
+			return nil, fmt.Errorf("kernel module: %w", err)
+		}
+		mods = append(mods, filepath.Base(m)+"@"+h)
 	}
 	ah, err := b.hashFile(b.Agent)
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	in := &inputs{Format: format, Platform: b.Source.platform().String(), Kernel: kh, Cmdline: s.Kernel.Cmdline,
-		Agent: ah, RootfsFormat: RootfsFormat, Files: s.Files}
+		Agent: ah, Modules: mods, RootfsFormat: RootfsFormat, Files: s.Files}
 	diskIdx := map[string]int{}
 	add := func(c Container, onboot bool) {
 		d := resolved[c.Image].Digest.String()
@@ -198,11 +207,90 @@ func (b *Builder) inputs(s *Spec, format string, resolved map[string]*Resolved) 
 }
 
 // kernelFor is the kernel file a format boots.
-func (b *Builder) kernelFor(format string) string {
+func kernelFor(kb *kernel.Bundle, format string) string {
 	if format == "direct" {
-		return b.Kernel
+		return kb.Vmlinux
 	}
-	return b.BzImage
+	return kb.BzImage
+}
+
+// kernelBundle resolves kernel.image: the podvm kernel the builder was given; "debian:<dir>", an extracted
+// linux-image package; or a LinuxKit kernel OCI image (kernel + kernel.tar), pulled like container images and
+// unpacked once into the store's kernels/ (kept: kernels are few). A modular kernel's vmlinux is extracted from
+// its bzImage once, for direct boot.
+func (b *Builder) kernelBundle(ctx context.Context, image, format string) (*kernel.Bundle, error) {
+	var kb *kernel.Bundle
+	switch {
+	case image == DefaultKernel:
+		kb = &kernel.Bundle{Vmlinux: b.Kernel, BzImage: b.BzImage}
+	case strings.HasPrefix(image, "debian:"):
+		var err error
+		if kb, err = kernel.FromDir(strings.TrimPrefix(image, "debian:")); err != nil {
+			return nil, err
+		}
+	default:
+		r, err := b.Source.Resolve(ctx, image)
+		if err != nil {
+			return nil, err
+		}
+		v, err, _ := b.flight.Do("kernel/"+r.Digest.Hex, func() (any, error) {
+			return b.unpackKernelImage(ctx, r)
+		})
+		if err != nil {
+			return nil, err
+		}
+		kb = v.(*kernel.Bundle)
+	}
+	if kernelFor(kb, format) != "" {
+		return kb, nil
+	}
+	if format != "direct" || kb.BzImage == "" {
+		return nil, fmt.Errorf("no kernel configured for format %s", format)
+	}
+	h, err := b.hashFile(kb.BzImage)
+	if err != nil {
+		return nil, err
+	}
+	vmlinux := filepath.Join(b.Store.Dir(), "kernels", "vmlinux-"+strings.TrimPrefix(h, "sha256:"))
+	if _, err := os.Stat(vmlinux); err != nil {
+		if _, err, _ = b.flight.Do(vmlinux, func() (any, error) {
+			tmp := vmlinux + ".part"
+			if err := kernel.ExtractVmlinux(kb.BzImage, tmp); err != nil {
+				return nil, err
+			}
+			return nil, os.Rename(tmp, vmlinux)
+		}); err != nil {
+			return nil, fmt.Errorf("extracting vmlinux, %w", err)
+		}
+	}
+	out := *kb
+	out.Vmlinux = vmlinux
+	return &out, nil
+}
+
+func (b *Builder) unpackKernelImage(ctx context.Context, r *Resolved) (*kernel.Bundle, error) {
+	dir := filepath.Join(b.Store.Dir(), "kernels", r.Digest.Hex)
+	if _, err := os.Stat(dir); err != nil {
+		img, err := r.Open(ctx)
+		if err != nil {
+			return nil, err
+		}
+		tmp, err := b.Store.tmpDir("kernel-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(tmp)
+		rc := mutate.Extract(img)
+		err = untar(ctx, rc, tmp)
+		rc.Close()
+		if err != nil {
+			return nil, fmt.Errorf("unpacking kernel image, %w", err)
+		}
+		if err := os.Rename(tmp, dir); err != nil {
+			return nil, err
+		}
+	}
+	return kernel.FromDir(dir)
 }
 
 func (b *Builder) hashFile(path string) (string, error) {
@@ -232,7 +320,7 @@ func (b *Builder) hashFile(path string) (string, error) {
 
 // build makes the image for key. Work happens in the store's tmp/ and is committed atomically; blobs are shared
 // and built once.
-func (b *Builder) build(ctx context.Context, key string, s *Spec, format string, in *inputs,
+func (b *Builder) build(ctx context.Context, key string, s *Spec, format string, kb *kernel.Bundle, in *inputs,
 	resolved map[string]*Resolved, p Progress) (*Image, error) {
 	kernelBlob := "kernel-" + strings.TrimPrefix(in.Kernel, "sha256:")
 	diskBlobs := make([]string, len(in.Digests))
@@ -245,7 +333,7 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format string,
 	release := b.Store.holdBlobs(append([]string{kernelBlob}, diskBlobs...))
 	defer release()
 
-	if err := b.ensureBlob(kernelBlob, func(tmp string) error { return copyFile(b.kernelFor(format), tmp) }); err != nil {
+	if err := b.ensureBlob(kernelBlob, func(tmp string) error { return copyFile(kernelFor(kb, format), tmp) }); err != nil {
 		return nil, fmt.Errorf("storing kernel, %w", err)
 	}
 	byDigest := map[string]*Resolved{}
@@ -299,7 +387,7 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format string,
 		cfg.Disks = append(cfg.Disks, agent.Disk{UUID: uuids[i], Digest: d, Size: fi.Size()})
 		img.Disks = append(img.Disks, DiskFile{Path: b.Store.blobPath(diskBlobs[i]), Ref: byDigest[d].Ref, Digest: d, UUID: uuids[i], Size: fi.Size()})
 	}
-	if err := b.writeInitramfs(filepath.Join(dir, "initramfs.cpio.gz"), cfg, s.Files); err != nil {
+	if err := b.writeInitramfs(filepath.Join(dir, "initramfs.cpio.gz"), &cfg, kb.Modules, s.Files); err != nil {
 		return nil, err
 	}
 	if format != "direct" {
@@ -340,20 +428,27 @@ func (b *Builder) ensureBlob(name string, create func(tmp string) error) error {
 	return b.Store.commitBlob(tmp, name)
 }
 
-// writeInitramfs writes the agent as /init, its configuration, and the spec's files.
-func (b *Builder) writeInitramfs(path string, cfg agent.ImageConfig, files []File) error {
+// writeInitramfs writes the agent as /init, the kernel modules it loads, its configuration, and the spec's files.
+func (b *Builder) writeInitramfs(path string, cfg *agent.ImageConfig, modules []string, files []File) error {
 	agentBin, err := os.ReadFile(b.Agent)
 	if err != nil {
 		return fmt.Errorf("reading agent, %w", err)
+	}
+	entries := []cpioEntry{{Path: "init", Mode: cpioReg | 0o755, Data: agentBin}}
+	for i, m := range modules {
+		data, err := os.ReadFile(m)
+		if err != nil {
+			return fmt.Errorf("reading kernel module, %w", err)
+		}
+		p := fmt.Sprintf("lib/modules/i2kit/%02d-%s", i, filepath.Base(m))
+		entries = append(entries, cpioEntry{Path: p, Mode: cpioReg | 0o644, Data: data})
+		cfg.Modules = append(cfg.Modules, "/"+p)
 	}
 	cfgJSON, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		return err
 	}
-	entries := []cpioEntry{
-		{Path: "init", Mode: cpioReg | 0o755, Data: agentBin},
-		{Path: strings.TrimPrefix(agent.ConfigPath, "/"), Mode: cpioReg | 0o644, Data: cfgJSON},
-	}
+	entries = append(entries, cpioEntry{Path: strings.TrimPrefix(agent.ConfigPath, "/"), Mode: cpioReg | 0o644, Data: cfgJSON})
 	for _, f := range files {
 		mode := uint64(0o644)
 		if f.Mode != "" {

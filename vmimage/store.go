@@ -70,7 +70,7 @@ func OpenStore(dir string, maxEntries int, maxBytes int64) (*Store, error) {
 	if maxEntries <= 0 || maxBytes <= 0 {
 		return nil, fmt.Errorf("image store: maxEntries and maxBytes must be positive")
 	}
-	for _, d := range []string{"images", "blobs", "layers"} {
+	for _, d := range []string{"images", "blobs", "layers", "kernels"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			return nil, fmt.Errorf("creating image store, %w", err)
 		}

@@ -198,3 +198,92 @@ func boot(t testing.TB, args []string) (ready string, console func() string) {
 	}
 	return ready, console
 }
+
+// TestAlternativeKernelsBoot boots the same image with Debian's stock kernel — modules loaded by the agent — given
+// as an extracted package (debian:<dir>) and as a LinuxKit kernel OCI image (kernel + kernel.tar).
+func TestAlternativeKernelsBoot(t *testing.T) {
+	deb, err := kernel.DebianDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	st, err := vmimage.OpenStore(filepath.Join(dir, "store"), 10, 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &vmimage.Builder{Store: st, Source: &vmimage.Source{}, Agent: buildAgent(t, dir)}
+	containers := []vmimage.Container{{Name: "web", Image: "oci:" + ociLayout(t, dir)}}
+	for _, k := range []struct{ name, image string }{
+		{"debian", "debian:" + deb},
+		{"linuxkit-oci", "oci:" + linuxkitKernelLayout(t, deb, dir)},
+	} {
+		t.Run(k.name, func(t *testing.T) {
+			img, err := b.Ensure(context.Background(), &vmimage.Spec{Kernel: vmimage.Kernel{Image: k.image}, Services: containers}, "direct")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var disks []string
+			for _, d := range img.Disks {
+				disks = append(disks, d.Path)
+			}
+			args := qemu.Args(qemu.VM{Kernel: img.Kernel, Initramfs: img.Initramfs, Cmdline: img.Spec.Kernel.Cmdline,
+				Disks: disks, MemoryMiB: 192, CPUs: 1, KVM: qemu.HostHasKVM(), TSCkHz: qemu.HostTSCkHz()})
+			ready, console := boot(t, args)
+			if !strings.Contains(ready, "web=etc,hello.txt") {
+				t.Fatalf("ready line %q does not list the mounted image\nconsole:\n%s", ready, console())
+			}
+		})
+	}
+}
+
+// linuxkitKernelLayout packages a Debian kernel the way LinuxKit kernel images are: /kernel (bzImage) and
+// /kernel.tar (lib/modules/...), as an OCI layout.
+func linuxkitKernelLayout(t *testing.T, deb, dir string) string {
+	t.Helper()
+	bz, _ := filepath.Glob(filepath.Join(deb, "boot", "vmlinuz-*"))
+	kbytes, err := os.ReadFile(bz[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var modTar bytes.Buffer
+	tw := tar.NewWriter(&modTar)
+	root := filepath.Join(deb, "lib", "modules")
+	filepath.Walk(root, func(p string, fi os.FileInfo, err error) error { //nolint:errcheck
+		if err != nil || !fi.Mode().IsRegular() || !(strings.HasSuffix(p, ".ko") || strings.Contains(p, "/modules.")) {
+			return nil
+		}
+		rel, _ := filepath.Rel(deb, p)
+		b, _ := os.ReadFile(p)
+		tw.WriteHeader(&tar.Header{Name: rel, Mode: 0o644, Size: int64(len(b))}) //nolint:errcheck
+		tw.Write(b)                                                              //nolint:errcheck
+		return nil
+	})
+	tw.Close()
+	var layer bytes.Buffer
+	lw := tar.NewWriter(&layer)
+	for _, f := range []struct {
+		name string
+		body []byte
+	}{{"kernel", kbytes}, {"kernel.tar", modTar.Bytes()}} {
+		lw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.body))}) //nolint:errcheck
+		lw.Write(f.body)                                                                 //nolint:errcheck
+	}
+	lw.Close()
+	lb := layer.Bytes()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(lb)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := layout.Write(filepath.Join(dir, "kernel-layout"), empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AppendImage(img); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(dir, "kernel-layout")
+}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 
 	"github.com/i2kit/i2kit/internal/cachedir"
 )
@@ -35,4 +36,14 @@ func artefact(name string) (string, error) {
 		return "", fmt.Errorf("pod-VM kernel not built (%s missing): run `make kernel`", p)
 	}
 	return p, nil
+}
+
+// DebianDir is the newest Debian stock kernel that `make kernel` (scripts/debian-kernel.sh) extracted.
+func DebianDir() (string, error) {
+	dirs, _ := filepath.Glob(filepath.Join(cachedir.Root(), "kernel", "debian-*", ".complete"))
+	if len(dirs) == 0 {
+		return "", fmt.Errorf("Debian kernel not fetched: run `make kernel`")
+	}
+	sort.Strings(dirs)
+	return filepath.Dir(dirs[len(dirs)-1]), nil
 }
