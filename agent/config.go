@@ -32,13 +32,14 @@ type Disk struct {
 	Size   int64  `json:"size"`
 }
 
-// Container is one container of the image.
+// Container is one container of the image, ready to run: the image's configuration merged with the spec's.
 type Container struct {
 	Name       string   `json:"name"`
 	Disk       int      `json:"disk"`
 	Onboot     bool     `json:"onboot,omitempty"`
-	Command    []string `json:"command,omitempty"`
-	Args       []string `json:"args,omitempty"`
+	Argv       []string `json:"argv"`
 	Env        []string `json:"env,omitempty"`
-	WorkingDir string   `json:"workingDir,omitempty"`
+	WorkingDir string   `json:"workingDir"`
+	// User is the image's user: "uid[:gid]" or a name looked up in the container's /etc/passwd and /etc/group.
+	User string `json:"user,omitempty"`
 }

@@ -45,7 +45,14 @@ func Init(console io.ReadWriter) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(console, "%s %s\n", ReadyMarker, strings.Join(mounted, " "))
+	if err := linkUp("lo"); err != nil {
+		return fmt.Errorf("bringing up lo, %w", err)
+	}
+	rt := &runtime{console: console, cfg: cfg}
+	if err := rt.start(); err != nil {
+		return err
+	}
+	rt.say("%s %s", ReadyMarker, strings.Join(mounted, " "))
 	sc := bufio.NewScanner(console)
 	for sc.Scan() {
 		if strings.TrimSpace(sc.Text()) == "poweroff" {
@@ -160,4 +167,22 @@ func loadModules(console io.Writer, mods []string) {
 			fmt.Fprintf(console, "i2kit-agent: loading module %s: %v\n", m, err)
 		}
 	}
+}
+
+// linkUp sets a network interface up.
+func linkUp(name string) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
 }

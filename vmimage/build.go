@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
@@ -75,12 +76,17 @@ type inputs struct {
 	Agent        string           `json:"agent"`
 	Modules      []string         `json:"modules,omitempty"`
 	RootfsFormat string           `json:"rootfsFormat"`
-	Containers   []agentContainer `json:"containers"`
+	Containers   []inputContainer `json:"containers"`
 	Digests      []string         `json:"digests"`
 	Files        []File           `json:"files"`
 }
 
-type agentContainer = agent.Container
+// inputContainer is a spec container placed in the image: which disk holds it and whether it runs onboot.
+type inputContainer struct {
+	Container
+	Onboot bool `json:"onboot,omitempty"`
+	Disk   int  `json:"disk"`
+}
 
 // Ensure returns the image for spec in format, building it on a cache miss.
 func (b *Builder) Ensure(ctx context.Context, spec *Spec, format string) (*Image, error) {
@@ -194,8 +200,7 @@ func (b *Builder) inputs(s *Spec, format string, kb *kernel.Bundle, resolved map
 			diskIdx[d] = i
 			in.Digests = append(in.Digests, d)
 		}
-		in.Containers = append(in.Containers, agent.Container{Name: c.Name, Disk: i, Onboot: onboot, Command: c.Command,
-			Args: c.Args, Env: c.Env, WorkingDir: c.WorkingDir})
+		in.Containers = append(in.Containers, inputContainer{Container: c, Onboot: onboot, Disk: i})
 	}
 	for _, c := range s.Onboot {
 		add(c, true)
@@ -376,7 +381,20 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format string,
 		return nil, err
 	}
 	defer os.RemoveAll(dir) // a no-op once committed
-	cfg := agent.ImageConfig{Version: 1, Containers: in.Containers}
+	cfg := agent.ImageConfig{Version: 1}
+	for _, c := range in.Containers {
+		r := byDigest[in.Digests[c.Disk]]
+		ocfg, err := imageConfig(ctx, r)
+		if err != nil {
+			return nil, fmt.Errorf("image %s: reading its configuration, %w", r.Ref, err)
+		}
+		run := runConfig(ocfg, c.Container)
+		if len(run.Argv) == 0 {
+			return nil, fmt.Errorf("container %s: image %s has no entrypoint or cmd, and the spec gives no command", c.Name, r.Ref)
+		}
+		cfg.Containers = append(cfg.Containers, agent.Container{Name: c.Name, Disk: c.Disk, Onboot: c.Onboot,
+			Argv: run.Argv, Env: run.Env, WorkingDir: run.WorkingDir, User: run.User})
+	}
 	img := &Image{Key: key, Format: format, Spec: *s, Created: time.Now().UTC(), Kernel: b.Store.blobPath(kernelBlob),
 		Initramfs: filepath.Join(b.Store.Dir(), "images", key, "initramfs.cpio.gz")}
 	for i, d := range in.Digests {
@@ -410,6 +428,19 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format string,
 		return nil, err
 	}
 	return b.Store.commit(dir, img)
+}
+
+// imageConfig fetches an image's run configuration (entrypoint, cmd, env, working directory, user).
+func imageConfig(ctx context.Context, r *Resolved) (*v1.Config, error) {
+	img, err := r.Open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	return &cf.Config, nil
 }
 
 func (b *Builder) ensureBlob(name string, create func(tmp string) error) error {

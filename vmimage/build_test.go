@@ -191,7 +191,7 @@ func newBuilder(t testing.TB, src *Source, maxEntries int, maxBytes int64) *Buil
 func spec(images ...string) *Spec {
 	s := &Spec{}
 	for i, img := range images {
-		s.Services = append(s.Services, Container{Name: fmt.Sprintf("c%d", i), Image: img})
+		s.Services = append(s.Services, Container{Name: fmt.Sprintf("c%d", i), Image: img, Command: []string{"/app"}})
 	}
 	return s
 }

@@ -11,6 +11,11 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == agent.ContainerInitArg {
+		err := agent.ContainerInit()
+		fmt.Fprintf(os.Stderr, "i2kit-agent: %v\n", err)
+		os.Exit(127)
+	}
 	console, err := os.OpenFile("/dev/console", os.O_RDWR, 0)
 	if err != nil {
 		console = os.Stdout

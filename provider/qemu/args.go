@@ -36,7 +36,7 @@ func Args(vm VM) []string {
 		cmdline += " tsc_early_khz=" + strconv.Itoa(vm.TSCkHz)
 	}
 	args := []string{
-		"-M", "microvm,x-option-roms=off,rtc=off,pcie=off", // isa-serial and ACPI stay on: console and poweroff
+		"-M", "microvm,x-option-roms=off,pcie=off", // isa-serial, RTC and ACPI stay on: console, clock, poweroff
 		"-accel", accel, "-cpu", cpu,
 		"-m", strconv.Itoa(vm.MemoryMiB) + "M", "-smp", strconv.Itoa(vm.CPUs),
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",

@@ -7,12 +7,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -41,14 +43,56 @@ func buildAgent(t testing.TB, dir string) string {
 	return out
 }
 
-// ociLayout writes a one-layer image holding hello.txt and etc/os-release into an OCI layout.
+var (
+	helloOnce sync.Once
+	helloBin  []byte
+	helloErr  error
+)
+
+// hello builds examples/hello statically, once per test process.
+func hello(t testing.TB) []byte {
+	t.Helper()
+	helloOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "hello-")
+		if err != nil {
+			helloErr = err
+			return
+		}
+		defer os.RemoveAll(dir)
+		_, file, _, _ := runtime.Caller(0)
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", filepath.Join(dir, "hello"), "./examples/hello")
+		cmd.Dir = filepath.Join(filepath.Dir(file), "..", "..")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			helloErr = fmt.Errorf("building examples/hello: %v: %s", err, b)
+			return
+		}
+		helloBin, helloErr = os.ReadFile(filepath.Join(dir, "hello"))
+	})
+	if helloErr != nil {
+		t.Fatal(helloErr)
+	}
+	return helloBin
+}
+
+// ociLayout writes a one-layer image into an OCI layout: the static examples/hello server as its entrypoint, a
+// user "app" (1000), and two plain files.
 func ociLayout(t testing.TB, dir string) string {
 	t.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	for _, f := range []struct{ name, body string }{{"hello.txt", "hello from the image\n"}, {"etc/os-release", "ID=test\n"}} {
-		tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.body)), ModTime: time.Unix(1700000000, 0)}) //nolint:errcheck
-		tw.Write([]byte(f.body))                                                                                            //nolint:errcheck
+	for _, f := range []struct {
+		name string
+		mode int64
+		body []byte
+	}{
+		{"hello", 0o755, hello(t)},
+		{"hello.txt", 0o644, []byte("hello from the image\n")},
+		{"etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n")},
+		{"etc/group", 0o644, []byte("root:x:0:\napp:x:1000:\n")},
+	} {
+		tw.WriteHeader(&tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.body)), ModTime: time.Unix(1700000000, 0)}) //nolint:errcheck
+		tw.Write(f.body)                                                                                                     //nolint:errcheck
 	}
 	tw.Close()
 	b := buf.Bytes()
@@ -60,7 +104,11 @@ func ociLayout(t testing.TB, dir string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, err = mutate.ConfigFile(img, mustConfig(t, img))
+	cfg := mustConfig(t, img)
+	cfg.Config.Entrypoint = []string{"/hello"}
+	cfg.Config.Env = []string{"PATH=/", "PORT=8080"}
+	cfg.Config.User = "app"
+	img, err = mutate.ConfigFile(img, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,8 +141,12 @@ func TestDirectImageBootsToAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.BzImage = bzImage
-	spec := &vmimage.Spec{Services: []vmimage.Container{{Name: "web", Image: "oci:" + ociLayout(t, dir)}}}
-	img, err := b.Ensure(context.Background(), spec, "direct")
+	layoutRef := "oci:" + ociLayout(t, dir)
+	spec := &vmimage.Spec{Services: []vmimage.Container{{Name: "web", Image: layoutRef}}}
+	// The first boot also runs a second container that reaches the first over the pod's shared loopback.
+	probe := &vmimage.Spec{Services: []vmimage.Container{{Name: "web", Image: layoutRef},
+		{Name: "probe", Image: layoutRef, Args: []string{"-get", "http://127.0.0.1:8080/"}}}}
+	img, err := b.Ensure(context.Background(), probe, "direct")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,8 +157,9 @@ func TestDirectImageBootsToAgent(t *testing.T) {
 	kvm := qemu.HostHasKVM()
 	args := qemu.Args(qemu.VM{Kernel: img.Kernel, Initramfs: img.Initramfs, Cmdline: img.Spec.Kernel.Cmdline,
 		Disks: disks, MemoryMiB: 128, CPUs: 1, KVM: kvm, TSCkHz: qemu.HostTSCkHz()})
-	ready, console := boot(t, args)
-	want := "web=etc,hello.txt"
+	// The image's entrypoint, env and user apply; the containers share the pod's network.
+	ready, console := boot(t, args, "hello: listening on :8080 as pod (uid 1000)", "[probe] 200 OK hello from pod")
+	want := "web=etc,hello,hello.txt"
 	if !strings.Contains(ready, want) {
 		t.Fatalf("ready line %q does not list the mounted image (%s)\nconsole:\n%s", ready, want, console())
 	}
@@ -136,12 +189,13 @@ func TestDirectImageBootsToAgent(t *testing.T) {
 	}
 }
 
-// boot runs QEMU, waits for the agent's ready marker (returned), then asks the agent to power off and waits for
-// QEMU to exit. console returns everything the guest printed.
+// boot runs QEMU, waits for the agent's ready marker (returned) and then for console lines containing each of
+// waitFor, then asks the agent to power off and waits for QEMU to exit. console returns everything the guest
+// printed.
 // bootTime is the last boot's time from exec(qemu) to the agent's ready marker.
 var bootTime time.Duration
 
-func boot(t testing.TB, args []string) (ready string, console func() string) {
+func boot(t testing.TB, args []string, waitFor ...string) (ready string, console func() string) {
 	t.Helper()
 	cmd := exec.Command("qemu-system-x86_64", args...)
 	stdin, _ := cmd.StdinPipe()
@@ -163,22 +217,29 @@ func boot(t testing.TB, args []string) (ready string, console func() string) {
 	}()
 	console = func() string { return out.String() }
 	timeout := time.After(60 * time.Second)
-	for ready == "" {
+	pending := append([]string(nil), waitFor...)
+	for ready == "" || len(pending) > 0 {
 		select {
 		case l, ok := <-lines:
 			if !ok {
 				t.Fatalf("QEMU exited before the agent was ready: %v\n%s", cmd.Wait(), out.String())
 			}
 			out.WriteString(l + "\n")
-			if i := strings.Index(l, agent.ReadyMarker); i >= 0 { // firmware may leave escape codes before it
+			if i := strings.Index(l, agent.ReadyMarker); i >= 0 && ready == "" { // firmware may leave escape codes before it
 				ready = l[i:]
+				bootTime = time.Since(start)
+			}
+			for i := 0; i < len(pending); i++ {
+				if strings.Contains(l, pending[i]) {
+					pending = append(pending[:i], pending[i+1:]...)
+					i--
+				}
 			}
 		case <-timeout:
 			cmd.Process.Kill() //nolint:errcheck
-			t.Fatalf("no ready marker within 60 s:\n%s", out.String())
+			t.Fatalf("no ready marker and %q within 60 s:\n%s", pending, out.String())
 		}
 	}
-	bootTime = time.Since(start)
 	t.Logf("agent ready %s after exec(qemu) (kvm=%v)", bootTime.Round(time.Millisecond), qemu.HostHasKVM())
 	io.WriteString(stdin, "poweroff\n") //nolint:errcheck
 	go func() {
@@ -229,7 +290,7 @@ func TestAlternativeKernelsBoot(t *testing.T) {
 			args := qemu.Args(qemu.VM{Kernel: img.Kernel, Initramfs: img.Initramfs, Cmdline: img.Spec.Kernel.Cmdline,
 				Disks: disks, MemoryMiB: 192, CPUs: 1, KVM: qemu.HostHasKVM(), TSCkHz: qemu.HostTSCkHz()})
 			ready, console := boot(t, args)
-			if !strings.Contains(ready, "web=etc,hello.txt") {
+			if !strings.Contains(ready, "web=etc,hello,hello.txt") {
 				t.Fatalf("ready line %q does not list the mounted image\nconsole:\n%s", ready, console())
 			}
 		})
