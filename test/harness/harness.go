@@ -40,6 +40,10 @@ type Env struct {
 // i2kit binary, starts the plane, runs the tests and stops everything it started.
 func Main(m *testing.M, portBase int, env **Env) {
 	if os.Getenv(netnsEnv) == "" {
+		if err := controlplane.Build(context.Background(), controlplane.DefaultBinDir(), os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, "building the control plane:", err)
+			os.Exit(1)
+		}
 		os.Exit(reexecInNetns())
 	}
 	code, err := run(m, portBase, env)
@@ -57,11 +61,6 @@ func reexecInNetns() int {
 		fmt.Fprintln(os.Stderr, "e2e tests need root (they create a network namespace); run `make e2e` as root")
 		return 1
 	}
-	ctx := context.Background()
-	if err := controlplane.Build(ctx, controlplane.DefaultBinDir(), os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "building the control plane:", err)
-		return 1
-	}
 	cmd := exec.Command("/proc/self/exe", os.Args[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(), netnsEnv+"=1")
@@ -76,11 +75,31 @@ func reexecInNetns() int {
 	return 0
 }
 
-func run(m *testing.M, portBase int, envp **Env) (int, error) {
+// NetnsMain runs m inside a new network namespace of its own (root needed), with lo up and NodeIP on it, for
+// tests that create bridges, TAPs and VMs: nothing they make is seen outside, and it all goes with the namespace.
+func NetnsMain(m *testing.M) {
+	if os.Getenv(netnsEnv) == "" {
+		os.Exit(reexecInNetns())
+	}
+	if err := setupNetns(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Exit(m.Run())
+}
+
+func setupNetns() error {
 	for _, args := range [][]string{{"link", "set", "lo", "up"}, {"addr", "add", NodeIP + "/32", "dev", "lo"}} {
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			return 1, fmt.Errorf("ip %v: %w: %s", args, err, out)
+			return fmt.Errorf("ip %v: %w: %s", args, err, out)
 		}
+	}
+	return nil
+}
+
+func run(m *testing.M, portBase int, envp **Env) (int, error) {
+	if err := setupNetns(); err != nil {
+		return 1, err
 	}
 	dir, err := os.MkdirTemp("", "i2kit-e2e-")
 	if err != nil {

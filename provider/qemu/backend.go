@@ -1,0 +1,436 @@
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/i2kit/i2kit/agent"
+)
+
+// State is where a VM is in its life. Pending → Booting → Running → Stopping → Terminated; a VM that exits on
+// its own (QEMU crash, guest panic, killed by hand) ends Failed.
+type State string
+
+const (
+	Booting    State = "Booting"
+	Running    State = "Running"
+	Stopping   State = "Stopping"
+	Terminated State = "Terminated"
+	Failed     State = "Failed"
+)
+
+// Status is a VM's observable state, reported to the provider on every change.
+type Status struct {
+	UID       string    `json:"uid"`
+	Namespace string    `json:"namespace"`
+	Name      string    `json:"name"`
+	IP        string    `json:"ip"`
+	State     State     `json:"state"`
+	Reason    string    `json:"reason,omitempty"`
+	Message   string    `json:"message,omitempty"`
+	Started   time.Time `json:"started"`
+	Ready     time.Time `json:"ready,omitempty"`
+	Pid       int       `json:"pid"`
+}
+
+// ErrNotFound is returned for pod UIDs the backend has no VM for.
+var ErrNotFound = errors.New("vm not found")
+
+// Config places the backend.
+type Config struct {
+	// RuntimeDir holds one directory per pod UID: the VM's record, QEMU's pid file and console socket, and the
+	// console log. It is rebuilt from what runs when the backend starts.
+	RuntimeDir string
+	// Bridge is the host bridge the pods' TAPs join; its address is the first of PodCIDR.
+	Bridge  string
+	PodCIDR string
+	// QEMU is the binary; qemu-system-x86_64 by default.
+	QEMU string
+}
+
+// Spec is what Launch needs for one pod.
+type Spec struct {
+	UID, Namespace, Name string
+	Kernel, Initramfs    string
+	Cmdline              string
+	Disks                []string
+	MemoryMiB, CPUs      int
+}
+
+// Backend runs pod VMs as QEMU microVMs on this machine. A VM's lifetime is the backend's, never a request's:
+// QEMU runs in a session of its own and survives a restart of the node, which adopts it.
+type Backend struct {
+	cfg    Config
+	net    *network
+	kvm    bool
+	tsc    int
+	notify func(Status)
+
+	mu  sync.Mutex
+	vms map[string]*vm
+}
+
+type vm struct {
+	mu      sync.Mutex
+	st      Status
+	dir     string
+	tap     string
+	exited  chan struct{}
+	console net.Conn
+}
+
+// New prepares the bridge and adopts the VMs that still run from RuntimeDir; records of VMs that are gone are
+// cleaned up. notify receives every status change; it must not block for long.
+func New(cfg Config, notify func(Status)) (*Backend, error) {
+	if cfg.QEMU == "" {
+		cfg.QEMU = "qemu-system-x86_64"
+	}
+	if _, err := exec.LookPath(cfg.QEMU); err != nil {
+		return nil, fmt.Errorf("qemu backend: %w (make deps installs qemu-system-x86)", err)
+	}
+	n, err := newNetwork(cfg.Bridge, cfg.PodCIDR)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.ensureBridge(); err != nil {
+		return nil, fmt.Errorf("qemu backend: bridge %s, %w", cfg.Bridge, err)
+	}
+	if err := os.MkdirAll(cfg.RuntimeDir, 0o700); err != nil {
+		return nil, err
+	}
+	b := &Backend{cfg: cfg, net: n, kvm: HostHasKVM(), tsc: HostTSCkHz(), notify: notify, vms: map[string]*vm{}}
+	b.adopt()
+	return b, nil
+}
+
+// adopt rebuilds the VM table from the runtime directory: live QEMU processes are adopted, never relaunched.
+func (b *Backend) adopt() {
+	ents, _ := os.ReadDir(b.cfg.RuntimeDir)
+	for _, e := range ents {
+		dir := filepath.Join(b.cfg.RuntimeDir, e.Name())
+		raw, err := os.ReadFile(filepath.Join(dir, "vm.json"))
+		var st Status
+		if err == nil {
+			err = json.Unmarshal(raw, &st)
+		}
+		if err != nil || !isQEMU(st.Pid) {
+			b.net.delTap(tapName(e.Name())) //nolint:errcheck
+			os.RemoveAll(dir)
+			continue
+		}
+		v := &vm{st: st, dir: dir, tap: tapName(st.UID), exited: make(chan struct{})}
+		b.vms[st.UID] = v
+		go b.watchConsole(v)
+		go b.waitPidfd(v)
+	}
+}
+
+// List returns every VM's status.
+func (b *Backend) List() []Status {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]Status, 0, len(b.vms))
+	for _, v := range b.vms {
+		v.mu.Lock()
+		out = append(out, v.st)
+		v.mu.Unlock()
+	}
+	return out
+}
+
+// Get returns a VM's status.
+func (b *Backend) Get(uid string) (Status, error) {
+	b.mu.Lock()
+	v, ok := b.vms[uid]
+	b.mu.Unlock()
+	if !ok {
+		return Status{}, fmt.Errorf("%w: %s", ErrNotFound, uid)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.st, nil
+}
+
+// Launch starts the VM for a pod. It is idempotent per UID: a second call returns the VM the first made.
+func (b *Backend) Launch(s Spec) (Status, error) {
+	b.mu.Lock()
+	if v, ok := b.vms[s.UID]; ok {
+		b.mu.Unlock()
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		return v.st, nil
+	}
+	ip, err := b.allocateLocked()
+	if err != nil {
+		b.mu.Unlock()
+		return Status{}, err
+	}
+	dir := filepath.Join(b.cfg.RuntimeDir, s.UID)
+	v := &vm{dir: dir, tap: tapName(s.UID), exited: make(chan struct{}),
+		st: Status{UID: s.UID, Namespace: s.Namespace, Name: s.Name, IP: ip.String(), State: Booting, Started: time.Now()}}
+	b.vms[s.UID] = v
+	b.mu.Unlock()
+
+	if err := b.start(v, s); err != nil {
+		b.mu.Lock()
+		delete(b.vms, s.UID)
+		b.mu.Unlock()
+		b.net.delTap(v.tap) //nolint:errcheck
+		os.RemoveAll(dir)
+		return Status{}, err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.st, nil
+}
+
+func (b *Backend) start(v *vm, s Spec) error {
+	if err := os.MkdirAll(v.dir, 0o700); err != nil {
+		return err
+	}
+	if err := b.net.addTap(v.tap); err != nil {
+		return err
+	}
+	cmdline := s.Cmdline + " " + b.net.kernelIP(net.ParseIP(v.st.IP))
+	args := Args(VM{Kernel: s.Kernel, Initramfs: s.Initramfs, Cmdline: cmdline, Disks: s.Disks,
+		MemoryMiB: s.MemoryMiB, CPUs: s.CPUs, KVM: b.kvm, TSCkHz: b.tsc})
+	args = withConsoleSocket(args, filepath.Join(v.dir, "console.sock"))
+	args = append(args,
+		"-netdev", fmt.Sprintf("tap,id=net0,ifname=%s,script=no,downscript=no,vhost=off", v.tap),
+		"-device", "virtio-net-device,netdev=net0,mac="+macFor(s.UID),
+		"-pidfile", filepath.Join(v.dir, "qemu.pid"))
+	logf, err := os.Create(filepath.Join(v.dir, "qemu.log"))
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(b.cfg.QEMU, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // outlives the node: a restarted node adopts it
+	err = cmd.Start()
+	logf.Close()
+	if err != nil {
+		return fmt.Errorf("starting qemu, %w", err)
+	}
+	v.mu.Lock()
+	v.st.Pid = cmd.Process.Pid
+	v.mu.Unlock()
+	b.record(v)
+	go func() {
+		err := cmd.Wait()
+		b.exited(v, err)
+	}()
+	go b.watchConsole(v)
+	return nil
+}
+
+// withConsoleSocket serves the guest's serial console on a unix socket instead of QEMU's stdio, so that the
+// backend — or a restarted one — can read it and send the agent "poweroff".
+func withConsoleSocket(args []string, sock string) []string {
+	out := make([]string, 0, len(args)+2)
+	for i := 0; i < len(args); i++ {
+		if args[i] == "-serial" && i+1 < len(args) {
+			out = append(out, "-chardev", "socket,id=console,path="+sock+",server=on,wait=off", "-serial", "chardev:console")
+			i++
+			continue
+		}
+		out = append(out, args[i])
+	}
+	return out
+}
+
+// watchConsole reads the guest console into console.log and marks the VM Running at the agent's ready marker.
+func (b *Backend) watchConsole(v *vm) {
+	sock := filepath.Join(v.dir, "console.sock")
+	var conn net.Conn
+	for {
+		var err error
+		if conn, err = net.Dial("unix", sock); err == nil {
+			break
+		}
+		select {
+		case <-v.exited:
+			return
+		case <-time.After(20 * time.Millisecond): // QEMU is still creating the socket
+		}
+	}
+	v.mu.Lock()
+	v.console = conn
+	v.mu.Unlock()
+	logf, err := os.OpenFile(filepath.Join(v.dir, "console.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		conn.Close()
+		return
+	}
+	defer logf.Close()
+	sc := bufio.NewScanner(conn)
+	for sc.Scan() {
+		line := sc.Text()
+		fmt.Fprintln(logf, line)
+		if strings.Contains(line, agent.ReadyMarker) {
+			b.update(v, func(st *Status) {
+				if st.State == Booting {
+					st.State, st.Ready = Running, time.Now()
+				}
+			})
+		}
+	}
+}
+
+// waitPidfd waits for an adopted QEMU (not our child) to exit.
+func (b *Backend) waitPidfd(v *vm) {
+	v.mu.Lock()
+	pid := v.st.Pid
+	v.mu.Unlock()
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		b.exited(v, fmt.Errorf("process %d is gone", pid))
+		return
+	}
+	defer unix.Close(fd)
+	for {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		if _, err := unix.Poll(fds, -1); err == nil || !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	b.exited(v, errors.New("qemu exited"))
+}
+
+// exited records the end of a VM's QEMU: Terminated when asked to stop, Failed otherwise.
+func (b *Backend) exited(v *vm, err error) {
+	select {
+	case <-v.exited:
+		return
+	default:
+	}
+	b.update(v, func(st *Status) {
+		if st.State == Stopping {
+			st.State, st.Reason = Terminated, "Deleted"
+			return
+		}
+		st.State, st.Reason = Failed, "VMExited"
+		st.Message = "the pod's VM exited unexpectedly"
+		if err != nil {
+			st.Message += ": " + err.Error()
+		}
+		if tail := tailFile(filepath.Join(v.dir, "qemu.log"), 3); tail != "" {
+			st.Message += ": " + tail
+		}
+	})
+	close(v.exited)
+}
+
+// Terminate stops a pod's VM: the agent is asked to power off, and after grace QEMU is killed. The TAP and the
+// runtime directory are removed. Terminate may be called repeatedly; once the VM is gone it returns ErrNotFound.
+func (b *Backend) Terminate(ctx context.Context, uid string, grace time.Duration) error {
+	b.mu.Lock()
+	v, ok := b.vms[uid]
+	b.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrNotFound, uid)
+	}
+	b.update(v, func(st *Status) {
+		if st.State == Booting || st.State == Running {
+			st.State = Stopping
+		}
+	})
+	v.mu.Lock()
+	conn, pid := v.console, v.st.Pid
+	v.mu.Unlock()
+	if conn != nil {
+		conn.Write([]byte("poweroff\n")) //nolint:errcheck
+	}
+	select {
+	case <-v.exited:
+	case <-time.After(grace):
+	case <-ctx.Done():
+	}
+	select {
+	case <-v.exited:
+	default:
+		syscall.Kill(pid, syscall.SIGKILL) //nolint:errcheck
+		<-v.exited
+	}
+	if conn != nil {
+		conn.Close()
+	}
+	if err := b.net.delTap(v.tap); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	delete(b.vms, uid)
+	b.mu.Unlock()
+	return os.RemoveAll(v.dir)
+}
+
+func (b *Backend) update(v *vm, f func(*Status)) {
+	v.mu.Lock()
+	before := v.st
+	f(&v.st)
+	st := v.st
+	v.mu.Unlock()
+	if st != before {
+		b.record(v)
+		b.notify(st)
+	}
+}
+
+// record writes the VM's status to its runtime directory, from which a restarted backend adopts it.
+func (b *Backend) record(v *vm) {
+	v.mu.Lock()
+	raw, _ := json.Marshal(v.st)
+	v.mu.Unlock()
+	tmp := filepath.Join(v.dir, "vm.json.tmp")
+	if os.WriteFile(tmp, raw, 0o600) == nil {
+		os.Rename(tmp, filepath.Join(v.dir, "vm.json")) //nolint:errcheck
+	}
+}
+
+func (b *Backend) allocateLocked() (net.IP, error) {
+	used := map[string]bool{b.net.gw.String(): true}
+	for _, v := range b.vms {
+		used[v.st.IP] = true
+	}
+	for i := uint32(2); i < b.net.size()-1; i++ {
+		ip := nthIP(b.net.cidr, i)
+		if !used[ip.String()] {
+			return ip, nil
+		}
+	}
+	return nil, fmt.Errorf("pod CIDR %s is exhausted", b.net.cidr)
+}
+
+// isQEMU reports whether pid is a live QEMU process (a recycled pid is not ours).
+func isQEMU(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
+	return err == nil && strings.Contains(filepath.Base(exe), "qemu")
+}
+
+func tailFile(p string, n int) string {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}

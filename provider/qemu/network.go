@@ -1,0 +1,100 @@
+package qemu
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"net"
+	"os/exec"
+	"strings"
+)
+
+// network is the host side of pod networking: one bridge whose address is the pods' gateway, and one TAP per pod.
+type network struct {
+	bridge string
+	cidr   *net.IPNet
+	gw     net.IP
+}
+
+func newNetwork(bridge, cidr string) (*network, error) {
+	_, n, err := net.ParseCIDR(cidr)
+	if err != nil {
+		return nil, fmt.Errorf("pod CIDR %q: %w", cidr, err)
+	}
+	if n.IP.To4() == nil {
+		return nil, fmt.Errorf("pod CIDR %q: only IPv4 so far", cidr)
+	}
+	gw := nthIP(n, 1)
+	return &network{bridge: bridge, cidr: n, gw: gw}, nil
+}
+
+// ensureBridge creates the bridge with the gateway address, unless it exists, and sets it up.
+func (n *network) ensureBridge() error {
+	if _, err := net.InterfaceByName(n.bridge); err != nil {
+		if err := ip("link", "add", n.bridge, "type", "bridge"); err != nil {
+			return err
+		}
+	}
+	ones, _ := n.cidr.Mask.Size()
+	addr := fmt.Sprintf("%s/%d", n.gw, ones)
+	if err := ip("addr", "replace", addr, "dev", n.bridge); err != nil {
+		return err
+	}
+	return ip("link", "set", n.bridge, "up")
+}
+
+// tapName derives a pod's TAP name (at most 15 bytes) from its UID.
+func tapName(uid string) string {
+	sum := sha256.Sum256([]byte(uid))
+	return fmt.Sprintf("i2k%x", sum[:6])
+}
+
+// macFor derives a stable, locally administered MAC address from a pod UID.
+func macFor(uid string) string {
+	sum := sha256.Sum256([]byte("mac/" + uid))
+	return fmt.Sprintf("52:54:%02x:%02x:%02x:%02x", sum[0], sum[1], sum[2], sum[3])
+}
+
+func (n *network) addTap(name string) error {
+	if _, err := net.InterfaceByName(name); err != nil {
+		if err := ip("tuntap", "add", "dev", name, "mode", "tap"); err != nil {
+			return err
+		}
+	}
+	if err := ip("link", "set", name, "master", n.bridge); err != nil {
+		return err
+	}
+	return ip("link", "set", name, "up")
+}
+
+func (n *network) delTap(name string) error {
+	if _, err := net.InterfaceByName(name); err != nil {
+		return nil
+	}
+	return ip("link", "del", name)
+}
+
+// kernelIP is the kernel's ip= argument that configures the guest's eth0 before init runs.
+func (n *network) kernelIP(podIP net.IP) string {
+	return fmt.Sprintf("ip=%s::%s:%s::eth0:off", podIP, n.gw, net.IP(n.cidr.Mask))
+}
+
+// nthIP is the n-th address of a network.
+func nthIP(n *net.IPNet, i uint32) net.IP {
+	b := n.IP.To4()
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	v += i
+	return net.IPv4(byte(v>>24), byte(v>>16), byte(v>>8), byte(v)).To4()
+}
+
+// size is the number of addresses in the network.
+func (n *network) size() uint32 {
+	ones, bits := n.cidr.Mask.Size()
+	return 1 << uint(bits-ones)
+}
+
+func ip(args ...string) error {
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
