@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
 	"github.com/spf13/pflag"
+
+	"github.com/i2kit/i2kit/internal/cachedir"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -18,8 +21,9 @@ import (
 // DefaultTaint keeps pods off the node unless they tolerate it, so mixed clusters offload only pods that opt in.
 const DefaultTaint = "virtual-kubelet.io/provider=i2kit:NoSchedule"
 
-// Backends lists the backends a node can run pods on. "none" runs no pod: pods stay Pending with the reason.
-var Backends = []string{"none"}
+// Backends lists the backends a node can run pods on: "qemu" runs each pod as a microVM on this machine; "none"
+// runs no pod (pods stay Pending with the reason).
+var Backends = []string{"none", "qemu"}
 
 // Config is the node's configuration, from a YAML file (strictly decoded) and flags; flags win.
 type Config struct {
@@ -48,8 +52,34 @@ type Config struct {
 	// ClientCAFile verifies client certificates on the kubelet API; when empty the cluster's client CA is read
 	// from the kube-system/extension-apiserver-authentication ConfigMap.
 	ClientCAFile string `json:"clientCAFile,omitempty"`
-	// PodCIDR is the range pod VM addresses come from.
+	// PodCIDR is the range pod VM addresses come from; with the qemu backend its first address is the bridge's.
 	PodCIDR string `json:"podCIDR,omitempty"`
+	// QEMU configures the qemu backend.
+	QEMU QEMUConfig `json:"qemu,omitempty"`
+	// Images configures how pod VM images are built.
+	Images ImagesConfig `json:"images,omitempty"`
+}
+
+// QEMUConfig configures the qemu backend.
+type QEMUConfig struct {
+	// RuntimeDir holds a directory per pod VM; running VMs are adopted from it when the node restarts.
+	RuntimeDir string `json:"runtimeDir,omitempty"`
+	// Bridge is the host bridge pod VMs' TAPs join.
+	Bridge string `json:"bridge,omitempty"`
+}
+
+// ImagesConfig configures pod VM images.
+type ImagesConfig struct {
+	// Store is the image store directory (one node per store).
+	Store string `json:"store,omitempty"`
+	// Kernel is the pod VMs' kernel (vmlinux); by default the one `make kernel` built.
+	Kernel string `json:"kernel,omitempty"`
+	// Agent is the i2kit-agent binary; by default the one beside this binary.
+	Agent string `json:"agent,omitempty"`
+	// InsecureRegistries are registry hosts served over plain HTTP.
+	InsecureRegistries []string `json:"insecureRegistries,omitempty"`
+	// Mirrors are registry=mirror pairs; mirrors are tried before the registry.
+	Mirrors []string `json:"mirrors,omitempty"`
 }
 
 // Capacity is the node's resources as Kubernetes quantities.
@@ -70,6 +100,8 @@ func DefaultConfig() Config {
 		ListenAddress: "0.0.0.0",
 		Port:          10250,
 		PodCIDR:       "10.88.0.0/16",
+		QEMU:          QEMUConfig{RuntimeDir: "/run/i2kit/qemu", Bridge: "i2kit0"},
+		Images:        ImagesConfig{Store: filepath.Join(cachedir.Root(), "images")},
 	}
 }
 
@@ -118,6 +150,15 @@ func AddFlags(fs *pflag.FlagSet) *Flags {
 	str("tls-key-file", func(c *Config) *string { return &c.TLSKeyFile }, "kubelet API serving key")
 	str("client-ca-file", func(c *Config) *string { return &c.ClientCAFile }, "CA for client certificates (default: kube-system/extension-apiserver-authentication)")
 	str("pod-cidr", func(c *Config) *string { return &c.PodCIDR }, "range pod VM addresses come from")
+	str("qemu-runtime-dir", func(c *Config) *string { return &c.QEMU.RuntimeDir }, "qemu backend: directory of the pod VMs' state")
+	str("qemu-bridge", func(c *Config) *string { return &c.QEMU.Bridge }, "qemu backend: host bridge of the pod VMs")
+	str("image-store", func(c *Config) *string { return &c.Images.Store }, "pod VM image store directory")
+	str("kernel", func(c *Config) *string { return &c.Images.Kernel }, "pod VM kernel (vmlinux; default: the one `make kernel` built)")
+	str("agent", func(c *Config) *string { return &c.Images.Agent }, "i2kit-agent binary (default: beside this binary)")
+	fs.StringSliceVar(&v.Images.InsecureRegistries, "insecure-registry", nil, "registry hosts served over plain HTTP")
+	f.copy["insecure-registry"] = func(dst *Config) { dst.Images.InsecureRegistries = v.Images.InsecureRegistries }
+	fs.StringSliceVar(&v.Images.Mirrors, "registry-mirror", nil, "registry=mirror pairs, tried before the registry")
+	f.copy["registry-mirror"] = func(dst *Config) { dst.Images.Mirrors = v.Images.Mirrors }
 	fs.IntVar(&v.Port, "port", v.Port, "port of the kubelet API")
 	f.copy["port"] = func(dst *Config) { dst.Port = v.Port }
 	fs.StringToStringVar(&v.Labels, "labels", nil, "extra node labels, key=value,...")
@@ -211,6 +252,19 @@ func (c *Config) Validate() error {
 	}
 	if _, _, err := net.ParseCIDR(c.PodCIDR); err != nil {
 		return fmt.Errorf("podCIDR %q: %w", c.PodCIDR, err)
+	}
+	if c.Backend == "qemu" {
+		if c.QEMU.RuntimeDir == "" || c.QEMU.Bridge == "" || c.Images.Store == "" {
+			return fmt.Errorf("qemu.runtimeDir, qemu.bridge and images.store: must not be empty")
+		}
+		if len(c.QEMU.Bridge) > 15 {
+			return fmt.Errorf("qemu.bridge %q: at most 15 characters", c.QEMU.Bridge)
+		}
+		for _, m := range c.Images.Mirrors {
+			if r, mirror, ok := strings.Cut(m, "="); !ok || r == "" || mirror == "" {
+				return fmt.Errorf("images.mirrors %q: want registry=mirror", m)
+			}
+		}
 	}
 	return nil
 }

@@ -78,8 +78,13 @@ func Run(ctx context.Context, c Config) error {
 		os.Setenv("KUBECONFIG", c.Kubeconfig) //nolint:errcheck
 	}
 	mux := http.NewServeMux()
-	newProvider := func(pc nodeutil.ProviderConfig) (nodeutil.Provider, vknode.NodeProvider, error) {
-		p := provider.New(provider.Config{NodeName: c.NodeName, InternalIP: c.InternalIP, Events: events})
+	p := provider.New(provider.Config{NodeName: c.NodeName, InternalIP: c.InternalIP, Events: events})
+	release, err := attachBackend(c, p)
+	if err != nil {
+		return fmt.Errorf("backend %s: %w", c.Backend, err)
+	}
+	defer release()
+	newProvider := func(nodeutil.ProviderConfig) (nodeutil.Provider, vknode.NodeProvider, error) {
 		return p, nodeProvider{}, nil
 	}
 	n, err := nodeutil.NewNode(c.NodeName, newProvider,

@@ -20,6 +20,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/record"
 	statsv1alpha1 "k8s.io/kubelet/pkg/apis/stats/v1alpha1"
+
+	"github.com/i2kit/i2kit/provider/vm"
 )
 
 // ReasonNoBackend is the pod status and Event reason for pods on a node that has no backend to run them.
@@ -40,9 +42,11 @@ type Config struct {
 type Provider struct {
 	cfg Config
 
-	mu     sync.Mutex
-	pods   map[string]*corev1.Pod // by namespace/name
-	notify func(*corev1.Pod)
+	mu      sync.Mutex
+	pods    map[string]*corev1.Pod // by namespace/name
+	notify  func(*corev1.Pod)
+	backend vm.Backend   // nil: no backend configured
+	images  ImageBuilder // with backend
 }
 
 var (
@@ -64,9 +68,17 @@ func (p *Provider) NotifyPods(_ context.Context, f func(*corev1.Pod)) {
 	p.notify = f
 }
 
-// CreatePod accepts a pod. Without a backend it cannot run: the pod stays Pending, its containers wait with
-// ReasonNoBackend, and a Warning Event says why; it is never reported Running.
+// CreatePod accepts a pod. With a backend, its VM image is built and its VM launched in the background. Without
+// one it cannot run: the pod stays Pending, its containers wait with ReasonNoBackend, and a Warning Event says
+// why; it is never reported Running.
 func (p *Provider) CreatePod(ctx context.Context, pod *corev1.Pod) error {
+	p.mu.Lock()
+	hasBackend := p.backend != nil
+	p.mu.Unlock()
+	if hasBackend {
+		p.createVM(ctx, pod)
+		return nil
+	}
 	msg := fmt.Sprintf("node %s has no backend configured: pods cannot run until i2kit node starts with --backend", p.cfg.NodeName)
 	log.G(ctx).WithField("pod", key(pod.Namespace, pod.Name)).Warn(msg)
 	p.cfg.Events.Event(pod, corev1.EventTypeWarning, ReasonNoBackend, msg)
@@ -88,9 +100,17 @@ func (p *Provider) UpdatePod(_ context.Context, pod *corev1.Pod) error {
 	return nil
 }
 
-// DeletePod forgets a pod and reports it terminated, so that the pod controller can remove the object without
-// waiting out the grace period. DeletePod may be called repeatedly; a pod that is not known is NotFound.
-func (p *Provider) DeletePod(_ context.Context, pod *corev1.Pod) error {
+// DeletePod ends a pod's VM (within its grace period), forgets the pod and reports it terminated, so that the pod
+// controller can remove the object without waiting out the grace period. DeletePod may be called repeatedly; a pod that is not known is NotFound.
+func (p *Provider) DeletePod(ctx context.Context, pod *corev1.Pod) error {
+	p.mu.Lock()
+	backend := p.backend
+	p.mu.Unlock()
+	if backend != nil {
+		if err := p.deleteVM(ctx, pod); err != nil {
+			return err
+		}
+	}
 	p.mu.Lock()
 	old, ok := p.pods[key(pod.Namespace, pod.Name)]
 	if ok && old.UID == pod.UID {
@@ -151,6 +171,11 @@ func (p *Provider) store(pod *corev1.Pod) {
 func (p *Provider) errNotRunning(namespace, name string) error {
 	if _, err := p.GetPod(context.Background(), namespace, name); err != nil {
 		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.backend != nil {
+		return errdefs.InvalidInputf("pod %s/%s: logs, exec, attach and port-forward are not available in this build of i2kit", namespace, name)
 	}
 	return errdefs.InvalidInputf("pod %s/%s is not running: node %s has no backend configured", namespace, name, p.cfg.NodeName)
 }

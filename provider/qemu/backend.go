@@ -19,36 +19,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/i2kit/i2kit/agent"
+	"github.com/i2kit/i2kit/provider/vm"
 )
-
-// State is where a VM is in its life. Pending → Booting → Running → Stopping → Terminated; a VM that exits on
-// its own (QEMU crash, guest panic, killed by hand) ends Failed.
-type State string
-
-const (
-	Booting    State = "Booting"
-	Running    State = "Running"
-	Stopping   State = "Stopping"
-	Terminated State = "Terminated"
-	Failed     State = "Failed"
-)
-
-// Status is a VM's observable state, reported to the provider on every change.
-type Status struct {
-	UID       string    `json:"uid"`
-	Namespace string    `json:"namespace"`
-	Name      string    `json:"name"`
-	IP        string    `json:"ip"`
-	State     State     `json:"state"`
-	Reason    string    `json:"reason,omitempty"`
-	Message   string    `json:"message,omitempty"`
-	Started   time.Time `json:"started"`
-	Ready     time.Time `json:"ready,omitempty"`
-	Pid       int       `json:"pid"`
-}
-
-// ErrNotFound is returned for pod UIDs the backend has no VM for.
-var ErrNotFound = errors.New("vm not found")
 
 // Config places the backend.
 type Config struct {
@@ -62,14 +34,7 @@ type Config struct {
 	QEMU string
 }
 
-// Spec is what Launch needs for one pod.
-type Spec struct {
-	UID, Namespace, Name string
-	Kernel, Initramfs    string
-	Cmdline              string
-	Disks                []string
-	MemoryMiB, CPUs      int
-}
+var _ vm.Backend = (*Backend)(nil)
 
 // Backend runs pod VMs as QEMU microVMs on this machine. A VM's lifetime is the backend's, never a request's:
 // QEMU runs in a session of its own and survives a restart of the node, which adopts it.
@@ -78,15 +43,15 @@ type Backend struct {
 	net    *network
 	kvm    bool
 	tsc    int
-	notify func(Status)
+	notify func(vm.Status)
 
 	mu  sync.Mutex
-	vms map[string]*vm
+	vms map[string]*machine
 }
 
-type vm struct {
+type machine struct {
 	mu      sync.Mutex
-	st      Status
+	st      vm.Status
 	dir     string
 	tap     string
 	exited  chan struct{}
@@ -95,7 +60,7 @@ type vm struct {
 
 // New prepares the bridge and adopts the VMs that still run from RuntimeDir; records of VMs that are gone are
 // cleaned up. notify receives every status change; it must not block for long.
-func New(cfg Config, notify func(Status)) (*Backend, error) {
+func New(cfg Config, notify func(vm.Status)) (*Backend, error) {
 	if cfg.QEMU == "" {
 		cfg.QEMU = "qemu-system-x86_64"
 	}
@@ -112,7 +77,7 @@ func New(cfg Config, notify func(Status)) (*Backend, error) {
 	if err := os.MkdirAll(cfg.RuntimeDir, 0o700); err != nil {
 		return nil, err
 	}
-	b := &Backend{cfg: cfg, net: n, kvm: HostHasKVM(), tsc: HostTSCkHz(), notify: notify, vms: map[string]*vm{}}
+	b := &Backend{cfg: cfg, net: n, kvm: HostHasKVM(), tsc: HostTSCkHz(), notify: notify, vms: map[string]*machine{}}
 	b.adopt()
 	return b, nil
 }
@@ -123,7 +88,7 @@ func (b *Backend) adopt() {
 	for _, e := range ents {
 		dir := filepath.Join(b.cfg.RuntimeDir, e.Name())
 		raw, err := os.ReadFile(filepath.Join(dir, "vm.json"))
-		var st Status
+		var st vm.Status
 		if err == nil {
 			err = json.Unmarshal(raw, &st)
 		}
@@ -132,7 +97,7 @@ func (b *Backend) adopt() {
 			os.RemoveAll(dir)
 			continue
 		}
-		v := &vm{st: st, dir: dir, tap: tapName(st.UID), exited: make(chan struct{})}
+		v := &machine{st: st, dir: dir, tap: tapName(st.UID), exited: make(chan struct{})}
 		b.vms[st.UID] = v
 		go b.watchConsole(v)
 		go b.waitPidfd(v)
@@ -140,10 +105,10 @@ func (b *Backend) adopt() {
 }
 
 // List returns every VM's status.
-func (b *Backend) List() []Status {
+func (b *Backend) List() []vm.Status {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	out := make([]Status, 0, len(b.vms))
+	out := make([]vm.Status, 0, len(b.vms))
 	for _, v := range b.vms {
 		v.mu.Lock()
 		out = append(out, v.st)
@@ -153,12 +118,12 @@ func (b *Backend) List() []Status {
 }
 
 // Get returns a VM's status.
-func (b *Backend) Get(uid string) (Status, error) {
+func (b *Backend) Get(uid string) (vm.Status, error) {
 	b.mu.Lock()
 	v, ok := b.vms[uid]
 	b.mu.Unlock()
 	if !ok {
-		return Status{}, fmt.Errorf("%w: %s", ErrNotFound, uid)
+		return vm.Status{}, fmt.Errorf("%w: %s", vm.ErrNotFound, uid)
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -166,7 +131,7 @@ func (b *Backend) Get(uid string) (Status, error) {
 }
 
 // Launch starts the VM for a pod. It is idempotent per UID: a second call returns the VM the first made.
-func (b *Backend) Launch(s Spec) (Status, error) {
+func (b *Backend) Launch(s vm.Spec) (vm.Status, error) {
 	b.mu.Lock()
 	if v, ok := b.vms[s.UID]; ok {
 		b.mu.Unlock()
@@ -177,11 +142,11 @@ func (b *Backend) Launch(s Spec) (Status, error) {
 	ip, err := b.allocateLocked()
 	if err != nil {
 		b.mu.Unlock()
-		return Status{}, err
+		return vm.Status{}, err
 	}
 	dir := filepath.Join(b.cfg.RuntimeDir, s.UID)
-	v := &vm{dir: dir, tap: tapName(s.UID), exited: make(chan struct{}),
-		st: Status{UID: s.UID, Namespace: s.Namespace, Name: s.Name, IP: ip.String(), State: Booting, Started: time.Now()}}
+	v := &machine{dir: dir, tap: tapName(s.UID), exited: make(chan struct{}),
+		st: vm.Status{UID: s.UID, Namespace: s.Namespace, Name: s.Name, IP: ip.String(), State: vm.Booting, Started: time.Now()}}
 	b.vms[s.UID] = v
 	b.mu.Unlock()
 
@@ -191,14 +156,14 @@ func (b *Backend) Launch(s Spec) (Status, error) {
 		b.mu.Unlock()
 		b.net.delTap(v.tap) //nolint:errcheck
 		os.RemoveAll(dir)
-		return Status{}, err
+		return vm.Status{}, err
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.st, nil
 }
 
-func (b *Backend) start(v *vm, s Spec) error {
+func (b *Backend) start(v *machine, s vm.Spec) error {
 	if err := os.MkdirAll(v.dir, 0o700); err != nil {
 		return err
 	}
@@ -253,7 +218,7 @@ func withConsoleSocket(args []string, sock string) []string {
 }
 
 // watchConsole reads the guest console into console.log and marks the VM Running at the agent's ready marker.
-func (b *Backend) watchConsole(v *vm) {
+func (b *Backend) watchConsole(v *machine) {
 	sock := filepath.Join(v.dir, "console.sock")
 	var conn net.Conn
 	for {
@@ -281,9 +246,9 @@ func (b *Backend) watchConsole(v *vm) {
 		line := sc.Text()
 		fmt.Fprintln(logf, line)
 		if strings.Contains(line, agent.ReadyMarker) {
-			b.update(v, func(st *Status) {
-				if st.State == Booting {
-					st.State, st.Ready = Running, time.Now()
+			b.update(v, func(st *vm.Status) {
+				if st.State == vm.Booting {
+					st.State, st.Ready = vm.Running, time.Now()
 				}
 			})
 		}
@@ -291,7 +256,7 @@ func (b *Backend) watchConsole(v *vm) {
 }
 
 // waitPidfd waits for an adopted QEMU (not our child) to exit.
-func (b *Backend) waitPidfd(v *vm) {
+func (b *Backend) waitPidfd(v *machine) {
 	v.mu.Lock()
 	pid := v.st.Pid
 	v.mu.Unlock()
@@ -311,18 +276,18 @@ func (b *Backend) waitPidfd(v *vm) {
 }
 
 // exited records the end of a VM's QEMU: Terminated when asked to stop, Failed otherwise.
-func (b *Backend) exited(v *vm, err error) {
+func (b *Backend) exited(v *machine, err error) {
 	select {
 	case <-v.exited:
 		return
 	default:
 	}
-	b.update(v, func(st *Status) {
-		if st.State == Stopping {
-			st.State, st.Reason = Terminated, "Deleted"
+	b.update(v, func(st *vm.Status) {
+		if st.State == vm.Stopping {
+			st.State, st.Reason = vm.Terminated, "Deleted"
 			return
 		}
-		st.State, st.Reason = Failed, "VMExited"
+		st.State, st.Reason = vm.Failed, "VMExited"
 		st.Message = "the pod's VM exited unexpectedly"
 		if err != nil {
 			st.Message += ": " + err.Error()
@@ -341,11 +306,11 @@ func (b *Backend) Terminate(ctx context.Context, uid string, grace time.Duration
 	v, ok := b.vms[uid]
 	b.mu.Unlock()
 	if !ok {
-		return fmt.Errorf("%w: %s", ErrNotFound, uid)
+		return fmt.Errorf("%w: %s", vm.ErrNotFound, uid)
 	}
-	b.update(v, func(st *Status) {
-		if st.State == Booting || st.State == Running {
-			st.State = Stopping
+	b.update(v, func(st *vm.Status) {
+		if st.State == vm.Booting || st.State == vm.Running {
+			st.State = vm.Stopping
 		}
 	})
 	v.mu.Lock()
@@ -377,7 +342,7 @@ func (b *Backend) Terminate(ctx context.Context, uid string, grace time.Duration
 	return os.RemoveAll(v.dir)
 }
 
-func (b *Backend) update(v *vm, f func(*Status)) {
+func (b *Backend) update(v *machine, f func(*vm.Status)) {
 	v.mu.Lock()
 	before := v.st
 	f(&v.st)
@@ -390,7 +355,7 @@ func (b *Backend) update(v *vm, f func(*Status)) {
 }
 
 // record writes the VM's status to its runtime directory, from which a restarted backend adopts it.
-func (b *Backend) record(v *vm) {
+func (b *Backend) record(v *machine) {
 	v.mu.Lock()
 	raw, _ := json.Marshal(v.st)
 	v.mu.Unlock()

@@ -109,10 +109,13 @@ func run(m *testing.M, portBase int, envp **Env) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	bin := filepath.Join(dir, "i2kit")
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/i2kit/i2kit/cmd/i2kit")
-	build.Dir = moduleRoot()
-	if out, err := build.CombinedOutput(); err != nil {
-		return 1, fmt.Errorf("building i2kit: %w: %s", err, out)
+	for _, b := range []struct{ out, pkg string }{{bin, "./cmd/i2kit"}, {filepath.Join(dir, "i2kit-agent"), "./cmd/i2kit-agent"}} {
+		build := exec.CommandContext(ctx, "go", "build", "-o", b.out, b.pkg)
+		build.Dir = moduleRoot()
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			return 1, fmt.Errorf("building %s: %w: %s", b.pkg, err, out)
+		}
 	}
 	plane, err := controlplane.Start(ctx, controlplane.Config{StateDir: filepath.Join(dir, "plane"), PortBase: portBase}, os.Stderr)
 	if err != nil {

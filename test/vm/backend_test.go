@@ -15,14 +15,15 @@ import (
 	"time"
 
 	"github.com/i2kit/i2kit/provider/qemu"
+	"github.com/i2kit/i2kit/provider/vm"
 	"github.com/i2kit/i2kit/vmimage"
 	"github.com/i2kit/i2kit/vmimage/kernel"
 )
 
 // statuses collects a backend's notifications.
-type statuses chan qemu.Status
+type statuses chan vm.Status
 
-func (s statuses) wait(t *testing.T, uid string, want qemu.State, timeout time.Duration) qemu.Status {
+func (s statuses) wait(t *testing.T, uid string, want vm.State, timeout time.Duration) vm.Status {
 	t.Helper()
 	deadline := time.After(timeout)
 	for {
@@ -75,13 +76,13 @@ func TestQEMUBackendLifecycle(t *testing.T) {
 	for _, d := range img.Disks {
 		disks = append(disks, d.Path)
 	}
-	spec := func(uid string) qemu.Spec {
-		return qemu.Spec{UID: uid, Namespace: "default", Name: "pod-" + uid, Kernel: img.Kernel, Initramfs: img.Initramfs,
+	spec := func(uid string) vm.Spec {
+		return vm.Spec{UID: uid, Namespace: "default", Name: "pod-" + uid, Kernel: img.Kernel, Initramfs: img.Initramfs,
 			Cmdline: img.Spec.Kernel.Cmdline, Disks: disks, MemoryMiB: 128, CPUs: 1}
 	}
 	cfg := qemu.Config{RuntimeDir: filepath.Join(dir, "run"), Bridge: "i2kt0", PodCIDR: "10.89.0.0/24"}
 	events := make(statuses, 100)
-	b, err := qemu.New(cfg, func(s qemu.Status) { events <- s })
+	b, err := qemu.New(cfg, func(s vm.Status) { events <- s })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +95,7 @@ func TestQEMUBackendLifecycle(t *testing.T) {
 	if err != nil || again.Pid != first.Pid || again.IP != first.IP {
 		t.Fatalf("second Launch: %+v, %v; want the first VM %+v", again, err, first)
 	}
-	running := events.wait(t, "a", qemu.Running, 60*time.Second)
+	running := events.wait(t, "a", vm.Running, 60*time.Second)
 	t.Logf("VM a Running %s after Launch, IP %s", running.Ready.Sub(running.Started).Round(time.Millisecond), running.IP)
 	if got := httpGet(t, "http://"+net.JoinHostPort(running.IP, "8080")+"/", 20*time.Second); !strings.Contains(got, "hello from pod") {
 		t.Fatalf("pod answered %q", got)
@@ -102,24 +103,24 @@ func TestQEMUBackendLifecycle(t *testing.T) {
 
 	// A new backend over the same runtime directory adopts the VM: same process, still Running.
 	events2 := make(statuses, 100)
-	b2, err := qemu.New(cfg, func(s qemu.Status) { events2 <- s })
+	b2, err := qemu.New(cfg, func(s vm.Status) { events2 <- s })
 	if err != nil {
 		t.Fatal(err)
 	}
 	adopted, err := b2.Get("a")
-	if err != nil || adopted.Pid != first.Pid || adopted.State != qemu.Running {
+	if err != nil || adopted.Pid != first.Pid || adopted.State != vm.Running {
 		t.Fatalf("adopted VM: %+v, %v", adopted, err)
 	}
 
 	// QEMU killed by hand: reported Failed within 5 s.
 	t0 := time.Now()
 	syscall.Kill(first.Pid, syscall.SIGKILL) //nolint:errcheck
-	failed := events2.wait(t, "a", qemu.Failed, 5*time.Second)
+	failed := events2.wait(t, "a", vm.Failed, 5*time.Second)
 	t.Logf("killed VM reported %s (%s) after %s", failed.State, failed.Reason, time.Since(t0).Round(time.Millisecond))
 	if err := b2.Terminate(context.Background(), "a", time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if err := b2.Terminate(context.Background(), "a", time.Second); !errors.Is(err, qemu.ErrNotFound) {
+	if err := b2.Terminate(context.Background(), "a", time.Second); !errors.Is(err, vm.ErrNotFound) {
 		t.Errorf("second Terminate: %v, want ErrNotFound", err)
 	}
 
@@ -128,12 +129,12 @@ func TestQEMUBackendLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	events2.wait(t, "b", qemu.Running, 60*time.Second)
+	events2.wait(t, "b", vm.Running, 60*time.Second)
 	t0 = time.Now()
 	if err := b2.Terminate(context.Background(), "b", 20*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	term := events2.wait(t, "b", qemu.Terminated, time.Second)
+	term := events2.wait(t, "b", vm.Terminated, time.Second)
 	t.Logf("VM b %s (%s) %s after Terminate", term.State, term.Reason, time.Since(t0).Round(time.Millisecond))
 	if _, err := os.Stat(fmt.Sprintf("/proc/%d/exe", second.Pid)); err == nil {
 		t.Errorf("QEMU %d still runs", second.Pid)

@@ -1,0 +1,218 @@
+package provider
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/virtual-kubelet/virtual-kubelet/log"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/i2kit/i2kit/provider/vm"
+	"github.com/i2kit/i2kit/vmimage"
+)
+
+// ImageBuilder makes a pod's VM image (vmimage.Builder).
+type ImageBuilder interface {
+	Ensure(ctx context.Context, spec *vmimage.Spec, format string) (*vmimage.Image, error)
+}
+
+// UseBackend gives the provider the backend that runs pod VMs and the builder of their images. Call it before
+// the node runs; the backend reports VM changes to VMChanged.
+func (p *Provider) UseBackend(b vm.Backend, images ImageBuilder) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.backend, p.images = b, images
+}
+
+// createVM admits a pod, then builds its image and launches its VM in the background: CreatePod must not wait
+// for either. Progress shows in the pod's status and Events, as a kubelet shows pulls and starts.
+func (p *Provider) createVM(ctx context.Context, pod *corev1.Pod) {
+	if why := admit(pod); why != "" {
+		p.cfg.Events.Event(pod, corev1.EventTypeWarning, ReasonUnsupported, why)
+		p.store(failedStatus(pod, p.cfg.InternalIP, ReasonUnsupported, why, time.Now()))
+		return
+	}
+	p.store(pendingStatus(pod, p.cfg.InternalIP, "ContainerCreating", "building the pod's VM image", time.Now()))
+	go p.startVM(log.WithLogger(context.WithoutCancel(ctx), log.G(ctx)), pod.DeepCopy())
+}
+
+func (p *Provider) startVM(ctx context.Context, pod *corev1.Pod) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
+	defer cancel()
+	t0 := time.Now()
+	p.cfg.Events.Event(pod, corev1.EventTypeNormal, "Pulling", "Building the VM image (pulling "+images(pod)+")")
+	img, err := p.images.Ensure(ctx, vmimage.FromPod(pod), "direct")
+	if err != nil {
+		msg := fmt.Sprintf("building the VM image: %v", err)
+		p.cfg.Events.Event(pod, corev1.EventTypeWarning, "Failed", msg)
+		p.storeIfCurrent(pod, pendingStatus(pod, p.cfg.InternalIP, "ErrImagePull", msg, time.Now()))
+		return
+	}
+	p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "Pulled", "VM image %s ready in %s", img.Key[:12], time.Since(t0).Round(time.Millisecond))
+	var disks []string
+	for _, d := range img.Disks {
+		disks = append(disks, d.Path)
+	}
+	mem, cpus := vmSize(pod)
+	st, err := p.backend.Launch(vm.Spec{UID: string(pod.UID), Namespace: pod.Namespace, Name: pod.Name,
+		Kernel: img.Kernel, Initramfs: img.Initramfs, Cmdline: img.Spec.Kernel.Cmdline, Disks: disks,
+		MemoryMiB: mem, CPUs: cpus})
+	if err != nil {
+		msg := fmt.Sprintf("launching the VM: %v", err)
+		p.cfg.Events.Event(pod, corev1.EventTypeWarning, "Failed", msg)
+		p.storeIfCurrent(pod, failedStatus(pod, p.cfg.InternalIP, "VMLaunchFailed", msg, time.Now()))
+		return
+	}
+	p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "Created", "Created VM with IP %s (%d MiB, %d vCPU)", st.IP, mem, cpus)
+	p.VMChanged(st) // an adopted VM may already run: no change will be reported for it
+}
+
+// VMChanged applies a VM's new state to its pod's status.
+func (p *Provider) VMChanged(st vm.Status) {
+	p.mu.Lock()
+	var pod *corev1.Pod
+	for _, q := range p.pods {
+		if string(q.UID) == st.UID {
+			pod = q.DeepCopy()
+		}
+	}
+	p.mu.Unlock()
+	if pod == nil {
+		return
+	}
+	switch st.State {
+	case vm.Running:
+		if pod.Status.Phase != corev1.PodRunning {
+			p.cfg.Events.Event(pod, corev1.EventTypeNormal, "Started", "Started the VM and its containers")
+		}
+		p.storeIfCurrent(pod, runningStatus(pod, p.cfg.InternalIP, st))
+	case vm.Failed:
+		p.cfg.Events.Event(pod, corev1.EventTypeWarning, st.Reason, st.Message)
+		p.storeIfCurrent(pod, failedStatus(pod, p.cfg.InternalIP, st.Reason, st.Message, time.Now()))
+	}
+}
+
+// deleteVM ends a pod's VM within the pod's grace period.
+func (p *Provider) deleteVM(ctx context.Context, pod *corev1.Pod) error {
+	grace := 30 * time.Second
+	if pod.DeletionGracePeriodSeconds != nil {
+		grace = time.Duration(*pod.DeletionGracePeriodSeconds) * time.Second
+	}
+	p.cfg.Events.Event(pod, corev1.EventTypeNormal, "Killing", "Stopping the VM")
+	if err := p.backend.Terminate(ctx, string(pod.UID), grace); err != nil && !errors.Is(err, vm.ErrNotFound) {
+		return fmt.Errorf("terminating the VM, %w", err)
+	}
+	return nil
+}
+
+// storeIfCurrent stores a status computed in the background unless the pod was deleted (or replaced) meanwhile.
+func (p *Provider) storeIfCurrent(pod, updated *corev1.Pod) {
+	p.mu.Lock()
+	cur, ok := p.pods[key(pod.Namespace, pod.Name)]
+	p.mu.Unlock()
+	if ok && cur.UID == pod.UID {
+		p.store(updated)
+	}
+}
+
+// vmSize derives a VM's memory (MiB) and vCPUs from its containers' limits, else requests: the app containers'
+// sum or the largest init container, whichever is more, plus the guest's own overhead; with floors.
+func vmSize(pod *corev1.Pod) (memMiB, cpus int) {
+	sum := func(cs []corev1.Container, max bool) (mem, milli int64) {
+		for _, c := range cs {
+			m, cpu := quantity(c, corev1.ResourceMemory), quantity(c, corev1.ResourceCPU)
+			if max {
+				mem, milli = maxi(mem, m.Value()), maxi(milli, cpu.MilliValue())
+				continue
+			}
+			mem, milli = mem+m.Value(), milli+cpu.MilliValue()
+		}
+		return mem, milli
+	}
+	am, ac := sum(pod.Spec.Containers, false)
+	im, ic := sum(pod.Spec.InitContainers, true)
+	mem, milli := maxi(am, im), maxi(ac, ic)
+	memMiB = int(mem>>20) + 64 // the guest kernel and agent
+	memMiB = int(maxi(int64(memMiB), 128))
+	cpus = int((milli + 999) / 1000)
+	if cpus < 1 {
+		cpus = 1
+	}
+	return memMiB, cpus
+}
+
+func quantity(c corev1.Container, r corev1.ResourceName) resource.Quantity {
+	if q, ok := c.Resources.Limits[r]; ok {
+		return q
+	}
+	return c.Resources.Requests[r]
+}
+
+func maxi(a, b int64) int64 {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+func images(pod *corev1.Pod) string {
+	var s string
+	for i, c := range append(append([]corev1.Container(nil), pod.Spec.InitContainers...), pod.Spec.Containers...) {
+		if i > 0 {
+			s += ", "
+		}
+		s += c.Image
+	}
+	return s
+}
+
+// runningStatus is a pod's status once its VM runs and the agent started its containers.
+func runningStatus(pod *corev1.Pod, hostIP string, st vm.Status) *corev1.Pod {
+	out := pod.DeepCopy()
+	ready := metav1.NewTime(st.Ready)
+	started := metav1.NewTime(st.Started)
+	s := &out.Status
+	s.Phase = corev1.PodRunning
+	s.Reason, s.Message = "", ""
+	s.HostIP, s.HostIPs = hostIP, []corev1.HostIP{{IP: hostIP}}
+	s.PodIP, s.PodIPs = st.IP, []corev1.PodIP{{IP: st.IP}}
+	s.StartTime = &started
+	s.Conditions = []corev1.PodCondition{
+		{Type: corev1.PodScheduled, Status: corev1.ConditionTrue, LastTransitionTime: started},
+		{Type: corev1.PodInitialized, Status: corev1.ConditionTrue, LastTransitionTime: ready},
+		{Type: corev1.ContainersReady, Status: corev1.ConditionTrue, LastTransitionTime: ready},
+		{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: ready},
+	}
+	yes := true
+	s.InitContainerStatuses = nil
+	for _, c := range pod.Spec.InitContainers {
+		s.InitContainerStatuses = append(s.InitContainerStatuses, corev1.ContainerStatus{Name: c.Name, Image: c.Image,
+			State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Reason: "Completed", StartedAt: started, FinishedAt: ready}}})
+	}
+	s.ContainerStatuses = nil
+	for _, c := range pod.Spec.Containers {
+		s.ContainerStatuses = append(s.ContainerStatuses, corev1.ContainerStatus{Name: c.Name, Image: c.Image,
+			ContainerID: "i2kit://" + st.UID + "/" + c.Name, Ready: true, Started: &yes,
+			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: ready}}})
+	}
+	return out
+}
+
+// failedStatus is a pod's status when it cannot run or its VM ended on its own: phase Failed with the reason.
+func failedStatus(pod *corev1.Pod, hostIP, reason, msg string, now time.Time) *corev1.Pod {
+	out := pendingStatus(pod, hostIP, reason, msg, now)
+	t := metav1.NewTime(now)
+	out.Status.Phase = corev1.PodFailed
+	out.Status.Reason, out.Status.Message = reason, msg
+	for _, cs := range [][]corev1.ContainerStatus{out.Status.InitContainerStatuses, out.Status.ContainerStatuses} {
+		for i := range cs {
+			cs[i].State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
+				ExitCode: 137, Reason: reason, Message: msg, StartedAt: t, FinishedAt: t}}
+		}
+	}
+	return out
+}

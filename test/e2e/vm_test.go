@@ -1,0 +1,185 @@
+package e2e
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/i2kit/i2kit/provider"
+)
+
+// localRegistry serves examples/hello as <host>/hello:1 from an in-process registry on loopback: no outside
+// registry is reachable here.
+func localRegistry(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: registry.New(registry.Logger(log.New(io.Discard, "", 0)))}
+	go srv.Serve(l) //nolint:errcheck
+	t.Cleanup(func() { srv.Close() })
+	host := l.Addr().String()
+
+	bin := filepath.Join(t.TempDir(), "hello")
+	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "github.com/i2kit/i2kit/examples/hello")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building examples/hello: %v: %s", err, out)
+	}
+	body, _ := os.ReadFile(bin)
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	tw.WriteHeader(&tar.Header{Name: "hello", Mode: 0o755, Size: int64(len(body))}) //nolint:errcheck
+	tw.Write(body)                                                                  //nolint:errcheck
+	tw.Close()
+	lb := buf.Bytes()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(lb)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := img.ConfigFile()
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", "amd64"
+	cf.Config.Entrypoint, cf.Config.Env = []string{"/hello"}, []string{"PATH=/"}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+	ref, _ := name.ParseReference(host+"/hello:1", name.Insecure)
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	return host
+}
+
+// TestPodsRunAsVMs runs a 3-replica Deployment on a node with the qemu backend: every pod becomes a VM whose IP
+// answers HTTP; deleting the Deployment ends the VMs and leaves no TAP or runtime directory; a pod a VM cannot
+// honour is refused with a reason and an Event.
+func TestPodsRunAsVMs(t *testing.T) {
+	ctx := context.Background()
+	reg := localRegistry(t)
+	const nodeName = "i2kit-vm"
+	runDir := filepath.Join(t.TempDir(), "run")
+	n := env.StartNode(t, nodeName, 10252, "--backend", "qemu", "--insecure-registry", reg,
+		"--qemu-runtime-dir", runDir, "--qemu-bridge", "i2kite2e", "--pod-cidr", "10.90.0.0/24",
+		"--image-store", filepath.Join(t.TempDir(), "images"))
+	if _, err := env.WaitNodeReady(ctx, nodeName, 10*time.Second); err != nil {
+		t.Fatalf("node not ready: %v\n%s", err, n.Log())
+	}
+	d := deployment("hello-vm", true)
+	no := false
+	d.Spec.Template.Spec.AutomountServiceAccountToken = &no
+	d.Spec.Template.Spec.NodeSelector = map[string]string{"kubernetes.io/hostname": nodeName}
+	d.Spec.Template.Spec.Containers[0].Image = reg + "/hello:1"
+	t0 := time.Now()
+	createDeployment(t, d)
+	var ps []corev1.Pod
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 3*time.Minute, true, func(context.Context) (bool, error) {
+		ps = pods(t, "hello-vm")
+		if len(ps) != 3 {
+			return false, nil
+		}
+		for _, p := range ps {
+			if p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" || !podReady(p) {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("3 pods Running and Ready: %v%s\n%s", err, summarize(ps), n.Log())
+	}
+	t.Logf("3 pod VMs Ready %s after the Deployment was created", time.Since(t0).Round(time.Millisecond))
+	// Without a readiness probe a pod is Ready once its containers started, as on any node: the server may take
+	// a moment more to listen.
+	c := &http.Client{Timeout: 2 * time.Second}
+	for _, p := range ps {
+		var body string
+		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 20*time.Second, true, func(context.Context) (bool, error) {
+			resp, err := c.Get("http://" + net.JoinHostPort(p.Status.PodIP, "8080") + "/")
+			if err != nil {
+				return false, nil
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			body = string(b)
+			return true, nil
+		})
+		if err != nil || !strings.HasPrefix(body, "hello from ") {
+			t.Errorf("pod %s at %s answered %q: %v", p.Name, p.Status.PodIP, body, err)
+		}
+		waitEvent(t, p.Name, "Started")
+	}
+
+	// Deleting the Deployment ends the VMs: the pods go, and with them every TAP and runtime directory.
+	if err := env.Client.AppsV1().Deployments("default").Delete(ctx, "hello-vm", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 60*time.Second, true, func(context.Context) (bool, error) {
+		ents, _ := os.ReadDir(runDir)
+		return len(pods(t, "hello-vm")) == 0 && len(ents) == 0, nil
+	})
+	if err != nil {
+		ents, _ := os.ReadDir(runDir)
+		t.Fatalf("after delete: %d pods, %d VM directories: %v", len(pods(t, "hello-vm")), len(ents), err)
+	}
+	ifs, _ := net.Interfaces()
+	for _, i := range ifs {
+		if strings.HasPrefix(i.Name, "i2k") && i.Name != "i2kite2e" {
+			t.Errorf("TAP %s left behind", i.Name)
+		}
+	}
+
+	// A pod asking for the host's network is refused with the reason.
+	hostNet := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "host-net"},
+		Spec: corev1.PodSpec{NodeName: nodeName, HostNetwork: true, AutomountServiceAccountToken: &no,
+			Containers: []corev1.Container{{Name: "web", Image: reg + "/hello:1"}}},
+	}
+	if _, err := env.Client.CoreV1().Pods("default").Create(ctx, hostNet, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	defer env.Client.CoreV1().Pods("default").Delete(ctx, "host-net", metav1.DeleteOptions{}) //nolint:errcheck
+	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		p, err := env.Client.CoreV1().Pods("default").Get(ctx, "host-net", metav1.GetOptions{})
+		return err == nil && p.Status.Phase == corev1.PodFailed && p.Status.Reason == provider.ReasonUnsupported &&
+			strings.Contains(p.Status.Message, "hostNetwork"), nil
+	})
+	if err != nil {
+		t.Fatalf("hostNetwork pod not refused with its reason: %v", err)
+	}
+	waitEvent(t, "host-net", provider.ReasonUnsupported)
+}
+
+func podReady(p corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
