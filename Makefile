@@ -43,7 +43,7 @@ lint: ## gofmt and go vet
 bench: deps controlplane kernel ## benchmarks, medians printed
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 5x -timeout 30m ./...
 
-demo: deps controlplane ## local control plane + i2kit node in a network namespace
+demo: deps controlplane kernel build ## local control plane + i2kit node (qemu backend) in a network namespace
 	scripts/demo.sh up
 
 demo-down: ## stop everything the demo started

@@ -8,6 +8,9 @@ const ConfigPath = "/etc/i2kit/image.json"
 // ImagesDir is where each container image's filesystem is mounted, read-only, by container name.
 const ImagesDir = "/run/i2kit/images"
 
+// HostnameParam is the kernel command-line parameter that names the pod, the containers' hostname.
+const HostnameParam = "i2kit.hostname"
+
 // ReadyMarker starts the console line the agent prints when the VM is ready; tests and backends wait for it.
 const ReadyMarker = "I2KIT_AGENT_READY"
 

@@ -48,7 +48,7 @@ func Init(console io.ReadWriter) error {
 	if err := linkUp("lo"); err != nil {
 		return fmt.Errorf("bringing up lo, %w", err)
 	}
-	rt := &runtime{console: console, cfg: cfg}
+	rt := &runtime{console: console, cfg: cfg, hostname: cmdlineParam(HostnameParam, "pod")}
 	if err := rt.start(); err != nil {
 		return err
 	}
@@ -185,4 +185,15 @@ func linkUp(name string) error {
 	}
 	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
 	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+// cmdlineParam returns a key=value parameter of the kernel command line, or def.
+func cmdlineParam(key, def string) string {
+	b, _ := os.ReadFile("/proc/cmdline")
+	for _, f := range strings.Fields(string(b)) {
+		if v, ok := strings.CutPrefix(f, key+"="); ok && v != "" {
+			return v
+		}
+	}
+	return def
 }

@@ -30,9 +30,10 @@ const ContainerInitArg = "container-init"
 // namespaces, on an overlay of its read-only image with a writable upper layer, sharing the VM's network as
 // containers share a pod's.
 type runtime struct {
-	console io.Writer
-	cfg     ImageConfig
-	mu      sync.Mutex // serialises console lines
+	console  io.Writer
+	cfg      ImageConfig
+	hostname string
+	mu       sync.Mutex // serialises console lines
 }
 
 // containerSpec is what the agent hands to ContainerInit.
@@ -61,7 +62,7 @@ func (r *runtime) prepare(c Container) (string, error) {
 
 // run starts c once and waits for it; its output goes to its log and, prefixed, to the console.
 func (r *runtime) run(c Container, root string, attempt int) (int, error) {
-	spec, _ := json.Marshal(containerSpec{Container: c, Root: root, Hostname: "pod"})
+	spec, _ := json.Marshal(containerSpec{Container: c, Root: root, Hostname: r.hostname})
 	cmd := exec.Command("/proc/self/exe", ContainerInitArg)
 	cmd.Env = []string{containerInitEnv + "=" + string(spec)}
 	cmd.SysProcAttr = &syscall.SysProcAttr{

@@ -3,6 +3,7 @@
 set -euo pipefail
 need=()
 command -v ip >/dev/null || need+=(iproute2)
+command -v curl >/dev/null || need+=(curl)
 command -v go >/dev/null || { echo "deps.sh: Go is required (https://go.dev/dl); this machine's image has it in /usr/local/go" >&2; exit 1; }
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)

@@ -124,7 +124,7 @@ func devCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.AddCommand(build, up, down, env, status)
+	cmd.AddCommand(build, up, down, env, status, registryCmd())
 	return cmd
 }
 

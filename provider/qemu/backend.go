@@ -170,7 +170,8 @@ func (b *Backend) start(v *machine, s vm.Spec) error {
 	if err := b.net.addTap(v.tap); err != nil {
 		return err
 	}
-	cmdline := s.Cmdline + " " + b.net.kernelIP(net.ParseIP(v.st.IP))
+	// The pod's name is its hostname, as on any node; a pod name is a DNS subdomain, safe on a command line.
+	cmdline := s.Cmdline + " " + b.net.kernelIP(net.ParseIP(v.st.IP)) + " " + agent.HostnameParam + "=" + s.Name
 	args := Args(VM{Kernel: s.Kernel, Initramfs: s.Initramfs, Cmdline: cmdline, Disks: s.Disks,
 		MemoryMiB: s.MemoryMiB, CPUs: s.CPUs, KVM: b.kvm, TSCkHz: b.tsc})
 	args = withConsoleSocket(args, filepath.Join(v.dir, "console.sock"))

@@ -97,7 +97,7 @@ func TestQEMUBackendLifecycle(t *testing.T) {
 	}
 	running := events.wait(t, "a", vm.Running, 60*time.Second)
 	t.Logf("VM a Running %s after Launch, IP %s", running.Ready.Sub(running.Started).Round(time.Millisecond), running.IP)
-	if got := httpGet(t, "http://"+net.JoinHostPort(running.IP, "8080")+"/", 20*time.Second); !strings.Contains(got, "hello from pod") {
+	if got := httpGet(t, "http://"+net.JoinHostPort(running.IP, "8080")+"/", 20*time.Second); got != "hello from pod-a\n" {
 		t.Fatalf("pod answered %q", got)
 	}
 
