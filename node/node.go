@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/virtual-kubelet/virtual-kubelet/log"
@@ -109,8 +110,14 @@ func Run(ctx context.Context, c Config) error {
 		return fmt.Errorf("creating node, %w", err)
 	}
 	log.G(ctx).WithField("node", c.NodeName).WithField("kubelet-api", path.Join(c.InternalIP, strconv.Itoa(c.Port))).Info("starting i2kit node")
+	var gc sync.WaitGroup
+	gc.Add(1)
+	go func() { defer gc.Done(); collectGarbage(ctx, n, p) }()
 	err = n.Run(ctx)
-	if ctx.Err() != nil { // a requested stop is not a failure
+	requested := ctx.Err() != nil // a requested stop is not a failure
+	cancel()
+	gc.Wait()
+	if requested {
 		return nil
 	}
 	return err
@@ -135,4 +142,25 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
 	}
 	return cfg, nil
+}
+
+// collectGarbage runs the provider's garbage collection every 30 s, the first time 30 s after the node is ready:
+// by then the pod controller has handed the provider every pod bound to the node, so that a VM adopted after a
+// restart is never taken for an orphan.
+func collectGarbage(ctx context.Context, n *nodeutil.Node, p *provider.Provider) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-n.Ready():
+	}
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		p.CollectGarbage(ctx, 30*time.Second)
+	}
 }

@@ -36,6 +36,11 @@ func (p *Provider) createVM(ctx context.Context, pod *corev1.Pod) {
 		p.store(failedStatus(pod, p.cfg.InternalIP, ReasonUnsupported, why, time.Now()))
 		return
 	}
+	// After a node restart the pod's VM may already run: adopt it as it is, launch nothing.
+	if st, err := p.backend.Get(string(pod.UID)); err == nil && st.State == vm.Running {
+		p.store(runningStatus(pod, p.cfg.InternalIP, st))
+		return
+	}
 	p.store(pendingStatus(pod, p.cfg.InternalIP, "ContainerCreating", "building the pod's VM image", time.Now()))
 	go p.startVM(log.WithLogger(context.WithoutCancel(ctx), log.G(ctx)), pod.DeepCopy())
 }
@@ -215,4 +220,32 @@ func failedStatus(pod *corev1.Pod, hostIP, reason, msg string, now time.Time) *c
 		}
 	}
 	return out
+}
+
+// CollectGarbage ends VMs whose pod this node no longer has, once they are older than grace: pods deleted while
+// the node was down, or whose deletion was lost. It lists the backend before the pods, so that a VM launched
+// meanwhile is never taken for an orphan.
+func (p *Provider) CollectGarbage(ctx context.Context, grace time.Duration) {
+	p.mu.Lock()
+	backend := p.backend
+	p.mu.Unlock()
+	if backend == nil {
+		return
+	}
+	vms := backend.List()
+	p.mu.Lock()
+	known := map[string]bool{}
+	for _, pod := range p.pods {
+		known[string(pod.UID)] = true
+	}
+	p.mu.Unlock()
+	for _, st := range vms {
+		if known[st.UID] || time.Since(st.Started) < grace {
+			continue
+		}
+		log.G(ctx).WithField("uid", st.UID).WithField("pod", st.Namespace+"/"+st.Name).Info("ending a VM whose pod is gone")
+		if err := backend.Terminate(ctx, st.UID, 10*time.Second); err != nil && !errors.Is(err, vm.ErrNotFound) {
+			log.G(ctx).WithError(err).WithField("uid", st.UID).Warn("ending an orphaned VM")
+		}
+	}
 }

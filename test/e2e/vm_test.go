@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log"
 	"net"
@@ -28,6 +29,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/i2kit/i2kit/provider"
+	"github.com/i2kit/i2kit/test/harness"
 )
 
 // localRegistry serves examples/hello as <host>/hello:1 from an in-process registry on loopback: no outside
@@ -98,9 +100,12 @@ func TestPodsRunAsVMs(t *testing.T) {
 			}
 		}
 	})
-	n := env.StartNode(t, nodeName, 10252, "--backend", "qemu", "--insecure-registry", reg,
-		"--qemu-runtime-dir", runDir, "--qemu-bridge", "i2kite2e", "--pod-cidr", "10.90.0.0/24",
-		"--image-store", filepath.Join(t.TempDir(), "images"))
+	images := filepath.Join(t.TempDir(), "images")
+	startNode := func() *harness.Node {
+		return env.StartNode(t, nodeName, 10252, "--backend", "qemu", "--insecure-registry", reg,
+			"--qemu-runtime-dir", runDir, "--qemu-bridge", "i2kite2e", "--pod-cidr", "10.90.0.0/24", "--image-store", images)
+	}
+	n := startNode()
 	if _, err := env.WaitNodeReady(ctx, nodeName, 10*time.Second); err != nil {
 		t.Fatalf("node not ready: %v\n%s", err, n.Log())
 	}
@@ -147,6 +152,39 @@ func TestPodsRunAsVMs(t *testing.T) {
 			t.Errorf("pod %s at %s answered %q: %v", p.Name, p.Status.PodIP, body, err)
 		}
 		waitEvent(t, p.Name, "Started")
+	}
+
+	// Restarting the node with the pods running loses none and launches none twice: the VMs are adopted.
+	before := qemuPids(t, runDir)
+	if err := n.Stop(t, 30*time.Second); err != nil {
+		t.Fatalf("stopping the node: %v", err)
+	}
+	n = startNode()
+	if _, err := env.WaitNodeReady(ctx, nodeName, 10*time.Second); err != nil {
+		t.Fatalf("restarted node not ready: %v\n%s", err, n.Log())
+	}
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		n := 0
+		for _, p := range pods(t, "hello-vm") {
+			if p.Status.Phase == corev1.PodRunning && podReady(p) {
+				n++
+			}
+		}
+		return n == 3, nil
+	})
+	if err != nil {
+		t.Fatalf("pods after the node restarted: %v%s\n%s", err, summarize(pods(t, "hello-vm")), n.Log())
+	}
+	after := qemuPids(t, runDir)
+	if fmt.Sprint(before) != fmt.Sprint(after) {
+		t.Errorf("VMs before the restart %v, after %v: want the same, adopted", before, after)
+	}
+	for _, p := range pods(t, "hello-vm") {
+		for _, q := range ps {
+			if p.Name == q.Name && p.Status.PodIP != q.Status.PodIP {
+				t.Errorf("pod %s IP changed from %s to %s across the restart", p.Name, q.Status.PodIP, p.Status.PodIP)
+			}
+		}
 	}
 
 	// Deleting the Deployment ends the VMs: the pods go, and with them every TAP and runtime directory.
@@ -196,4 +234,19 @@ func podReady(p corev1.Pod) bool {
 		}
 	}
 	return false
+}
+
+// qemuPids maps each VM directory under runDir to its QEMU pid.
+func qemuPids(t *testing.T, runDir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	files, _ := filepath.Glob(filepath.Join(runDir, "*", "qemu.pid"))
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		out[filepath.Base(filepath.Dir(f))] = strings.TrimSpace(string(b))
+	}
+	if len(out) != 3 {
+		t.Errorf("%d VMs in %s, want 3", len(out), runDir)
+	}
+	return out
 }

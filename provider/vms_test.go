@@ -1,0 +1,213 @@
+package provider
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/i2kit/i2kit/provider/vm"
+	"github.com/i2kit/i2kit/vmimage"
+)
+
+// fakeBackend is a stateful vm.Backend: Launch makes a VM that reports Running through notify.
+type fakeBackend struct {
+	mu         sync.Mutex
+	vms        map[string]vm.Status
+	launches   int
+	terminated []string
+	notify     func(vm.Status)
+}
+
+func (f *fakeBackend) Launch(s vm.Spec) (vm.Status, error) {
+	f.mu.Lock()
+	if st, ok := f.vms[s.UID]; ok {
+		f.mu.Unlock()
+		return st, nil
+	}
+	f.launches++
+	st := vm.Status{UID: s.UID, Namespace: s.Namespace, Name: s.Name, IP: fmt.Sprintf("10.0.0.%d", f.launches+1),
+		State: vm.Booting, Started: time.Now()}
+	f.vms[s.UID] = st
+	f.mu.Unlock()
+	running := st
+	running.State, running.Ready = vm.Running, time.Now()
+	go func() {
+		f.mu.Lock()
+		f.vms[s.UID] = running
+		f.mu.Unlock()
+		f.notify(running)
+	}()
+	return st, nil
+}
+
+func (f *fakeBackend) set(st vm.Status) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.vms[st.UID] = st
+}
+
+func (f *fakeBackend) counts() (launches int, terminated []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.launches, append([]string(nil), f.terminated...)
+}
+
+func (f *fakeBackend) Get(uid string) (vm.Status, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st, ok := f.vms[uid]
+	if !ok {
+		return vm.Status{}, vm.ErrNotFound
+	}
+	return st, nil
+}
+
+func (f *fakeBackend) List() []vm.Status {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []vm.Status
+	for _, st := range f.vms {
+		out = append(out, st)
+	}
+	return out
+}
+
+func (f *fakeBackend) Terminate(_ context.Context, uid string, _ time.Duration) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.vms[uid]; !ok {
+		return vm.ErrNotFound
+	}
+	delete(f.vms, uid)
+	f.terminated = append(f.terminated, uid)
+	return nil
+}
+
+type fakeImages struct{ err error }
+
+func (f fakeImages) Ensure(context.Context, *vmimage.Spec, string) (*vmimage.Image, error) {
+	if f.err != nil {
+		return nil, f.err
+	}
+	return &vmimage.Image{Key: strings.Repeat("a", 64), Kernel: "/k", Initramfs: "/i"}, nil
+}
+
+func newVMProvider(t *testing.T, images ImageBuilder) (*Provider, *fakeBackend, *notifications) {
+	p, _, n := newTestProvider()
+	b := &fakeBackend{vms: map[string]vm.Status{}, notify: p.VMChanged}
+	p.UseBackend(b, images)
+	return p, b, n
+}
+
+func waitPhase(t *testing.T, p *Provider, name string, phase corev1.PodPhase) *corev1.Pod {
+	t.Helper()
+	var got *corev1.Pod
+	err := wait.PollUntilContextTimeout(context.Background(), 5*time.Millisecond, 5*time.Second, true, func(ctx context.Context) (bool, error) {
+		pod, err := p.GetPod(ctx, "default", name)
+		got = pod
+		return err == nil && pod.Status.Phase == phase, nil
+	})
+	if err != nil {
+		t.Fatalf("pod %s not %s: %+v", name, phase, got)
+	}
+	return got
+}
+
+func plainPod(name string) *corev1.Pod {
+	pod := testPod(name)
+	pod.Spec.InitContainers = nil
+	return pod
+}
+
+func TestPodRunsAsVM(t *testing.T) {
+	p, b, _ := newVMProvider(t, fakeImages{})
+	ctx := context.Background()
+	if err := p.CreatePod(ctx, plainPod("a")); err != nil {
+		t.Fatal(err)
+	}
+	got := waitPhase(t, p, "a", corev1.PodRunning)
+	if got.Status.PodIP == "" || got.Status.QOSClass == "" || !got.Status.ContainerStatuses[0].Ready {
+		t.Errorf("running status = %+v", got.Status)
+	}
+	if err := p.DeletePod(ctx, plainPod("a")); err != nil {
+		t.Fatal(err)
+	}
+	if _, term := b.counts(); len(term) != 1 || term[0] != "uid-a" {
+		t.Errorf("terminated %v, want [uid-a]", term)
+	}
+}
+
+func TestAdoptedVMIsNotLaunchedAgain(t *testing.T) {
+	p, b, _ := newVMProvider(t, fakeImages{})
+	b.set(vm.Status{UID: "uid-a", IP: "10.0.0.9", State: vm.Running, Started: time.Now(), Ready: time.Now()})
+	if err := p.CreatePod(context.Background(), plainPod("a")); err != nil {
+		t.Fatal(err)
+	}
+	got := waitPhase(t, p, "a", corev1.PodRunning)
+	if launches, _ := b.counts(); got.Status.PodIP != "10.0.0.9" || launches != 0 {
+		t.Errorf("adopted pod IP %s after %d launches; want 10.0.0.9 and none", got.Status.PodIP, launches)
+	}
+}
+
+func TestImageFailureIsReported(t *testing.T) {
+	p, _, _ := newVMProvider(t, fakeImages{err: errors.New("manifest unknown")})
+	if err := p.CreatePod(context.Background(), plainPod("a")); err != nil {
+		t.Fatal(err)
+	}
+	err := wait.PollUntilContextTimeout(context.Background(), 5*time.Millisecond, 5*time.Second, true, func(ctx context.Context) (bool, error) {
+		pod, _ := p.GetPod(ctx, "default", "a")
+		w := pod.Status.ContainerStatuses[0].State.Waiting
+		return w != nil && w.Reason == "ErrImagePull" && strings.Contains(w.Message, "manifest unknown"), nil
+	})
+	if err != nil {
+		t.Fatal("image failure not in the container status")
+	}
+}
+
+func TestUnsupportedPodFails(t *testing.T) {
+	p, b, _ := newVMProvider(t, fakeImages{})
+	pod := plainPod("a")
+	pod.Spec.HostNetwork = true
+	if err := p.CreatePod(context.Background(), pod); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := p.GetPod(context.Background(), "default", "a")
+	if launches, _ := b.counts(); got.Status.Phase != corev1.PodFailed || got.Status.Reason != ReasonUnsupported || launches != 0 {
+		t.Errorf("status %s/%s after %d launches", got.Status.Phase, got.Status.Reason, launches)
+	}
+}
+
+func TestCollectGarbageEndsOnlyOrphans(t *testing.T) {
+	p, b, _ := newVMProvider(t, fakeImages{})
+	p.CreatePod(context.Background(), plainPod("a")) //nolint:errcheck
+	waitPhase(t, p, "a", corev1.PodRunning)
+	old := time.Now().Add(-time.Minute)
+	b.set(vm.Status{UID: "uid-gone", State: vm.Running, Started: old})
+	b.set(vm.Status{UID: "uid-new", State: vm.Booting, Started: time.Now()})
+	p.CollectGarbage(context.Background(), 30*time.Second)
+	if _, term := b.counts(); len(term) != 1 || term[0] != "uid-gone" {
+		t.Errorf("terminated %v, want only the old orphan", term)
+	}
+}
+
+func TestVMSize(t *testing.T) {
+	pod := plainPod("a")
+	if mem, cpu := vmSize(pod); mem != 128 || cpu != 1 {
+		t.Errorf("no resources: %d MiB %d vCPU, want the floors", mem, cpu)
+	}
+	pod.Spec.Containers[0].Resources.Limits = corev1.ResourceList{corev1.ResourceMemory: mustQ("512Mi"), corev1.ResourceCPU: mustQ("1500m")}
+	pod.Spec.Containers[1].Resources.Requests = corev1.ResourceList{corev1.ResourceMemory: mustQ("256Mi")}
+	if mem, cpu := vmSize(pod); mem != 512+256+64 || cpu != 2 {
+		t.Errorf("sized %d MiB %d vCPU, want 832 and 2", mem, cpu)
+	}
+}
+
+func mustQ(s string) resource.Quantity { return resource.MustParse(s) }
