@@ -18,6 +18,8 @@ import (
 	vknode "github.com/virtual-kubelet/virtual-kubelet/node"
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -79,7 +81,16 @@ func Run(ctx context.Context, c Config) error {
 		os.Setenv("KUBECONFIG", c.Kubeconfig) //nolint:errcheck
 	}
 	mux := http.NewServeMux()
-	p := provider.New(provider.Config{NodeName: c.NodeName, InternalIP: c.InternalIP, Events: events})
+	p := provider.New(provider.Config{NodeName: c.NodeName, InternalIP: c.InternalIP, Events: events,
+		RemovePod: func(ctx context.Context, pod *corev1.Pod) error {
+			zero := int64(0)
+			err := client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
+				GracePeriodSeconds: &zero, Preconditions: metav1.NewUIDPreconditions(string(pod.UID))})
+			if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+				return nil
+			}
+			return err
+		}})
 	release, err := attachBackend(c, p)
 	if err != nil {
 		return fmt.Errorf("backend %s: %w", c.Backend, err)

@@ -35,6 +35,9 @@ type Config struct {
 	InternalIP string
 	// Events records pod Events as a kubelet does.
 	Events record.EventRecorder
+	// RemovePod deletes a pod object whose VM has ended (grace 0, preconditioned on its UID), as a kubelet does
+	// once a pod's containers are stopped; without it the object would wait out its whole grace period. Optional.
+	RemovePod func(ctx context.Context, pod *corev1.Pod) error
 }
 
 // Provider implements nodeutil.Provider and node.PodNotifier. It keeps the pods bound to the node in memory; the
@@ -122,6 +125,11 @@ func (p *Provider) DeletePod(ctx context.Context, pod *corev1.Pod) error {
 		return errdefs.NotFoundf("pod %s/%s is not known to this node", pod.Namespace, pod.Name)
 	}
 	notify(terminatedStatus(old, time.Now()))
+	if backend != nil && p.cfg.RemovePod != nil {
+		if err := p.cfg.RemovePod(ctx, pod); err != nil {
+			log.G(ctx).WithError(err).WithField("pod", key(pod.Namespace, pod.Name)).Warn("removing the pod object")
+		}
+	}
 	return nil
 }
 

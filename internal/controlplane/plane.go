@@ -30,6 +30,9 @@ type Config struct {
 	PortBase int `json:"portBase"`
 	// ServiceCIDR is the ClusterIP range; 10.0.0.0/24 by default. It is allocated from, never routed.
 	ServiceCIDR string `json:"serviceCIDR"`
+	// DieWithParent kills the components when the process that started them dies (tests); otherwise they run on
+	// until Stop (`i2kit dev up`).
+	DieWithParent bool `json:"-"`
 }
 
 func (c *Config) setDefaults() error {

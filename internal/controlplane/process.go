@@ -25,6 +25,9 @@ func (p *Plane) launch(component string, args ...string) error {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = p.cfg.StateDir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if p.cfg.DieWithParent {
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
 	// etcd reads every ETCD_* variable as a flag: do not hand it the caller's.
 	for _, e := range os.Environ() {
 		if !strings.HasPrefix(e, "ETCD_") {

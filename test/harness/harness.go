@@ -117,7 +117,7 @@ func run(m *testing.M, portBase int, envp **Env) (int, error) {
 			return 1, fmt.Errorf("building %s: %w: %s", b.pkg, err, out)
 		}
 	}
-	plane, err := controlplane.Start(ctx, controlplane.Config{StateDir: filepath.Join(dir, "plane"), PortBase: portBase}, os.Stderr)
+	plane, err := controlplane.Start(ctx, controlplane.Config{StateDir: filepath.Join(dir, "plane"), PortBase: portBase, DieWithParent: true}, os.Stderr)
 	if err != nil {
 		return 1, err
 	}
@@ -126,6 +126,7 @@ func run(m *testing.M, portBase int, envp **Env) (int, error) {
 	if err != nil {
 		return 1, err
 	}
+	rc.QPS, rc.Burst = 500, 1000 // tests poll; client-side throttling would distort what they measure
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return 1, err
