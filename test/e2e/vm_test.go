@@ -1,12 +1,9 @@
 package e2e
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
-	"log"
 	"net"
 	"net/http"
 	"os"
@@ -18,16 +15,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
+	"github.com/i2kit/i2kit/internal/devregistry"
 	"github.com/i2kit/i2kit/provider"
 	"github.com/i2kit/i2kit/test/harness"
 )
@@ -42,44 +34,18 @@ func localRegistryTB(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: registry.New(registry.Logger(log.New(io.Discard, "", 0)))}
-	go srv.Serve(l) //nolint:errcheck
+	srv := devregistry.Serve(l)
 	t.Cleanup(func() { srv.Close() })
-	host := l.Addr().String()
-
 	bin := filepath.Join(t.TempDir(), "hello")
 	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "github.com/i2kit/i2kit/examples/hello")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("building examples/hello: %v: %s", err, out)
 	}
-	body, _ := os.ReadFile(bin)
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	tw.WriteHeader(&tar.Header{Name: "hello", Mode: 0o755, Size: int64(len(body))}) //nolint:errcheck
-	tw.Write(body)                                                                  //nolint:errcheck
-	tw.Close()
-	lb := buf.Bytes()
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(lb)), nil })
-	if err != nil {
+	if err := devregistry.PushBinary(l.Addr().String()+"/hello:1", bin); err != nil {
 		t.Fatal(err)
 	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, _ := img.ConfigFile()
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	cf.Config.Entrypoint, cf.Config.Env = []string{"/hello"}, []string{"PATH=/"}
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
-		t.Fatal(err)
-	}
-	ref, _ := name.ParseReference(host+"/hello:1", name.Insecure)
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
-	return host
+	return l.Addr().String()
 }
 
 // TestPodsRunAsVMs runs a 3-replica Deployment on a node with the qemu backend: every pod becomes a VM whose IP
