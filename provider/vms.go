@@ -42,7 +42,7 @@ func (p *Provider) createVM(ctx context.Context, pod *corev1.Pod) {
 		return
 	}
 	p.store(pendingStatus(pod, p.cfg.InternalIP, "ContainerCreating", "building the pod's VM image", time.Now()))
-	go p.startVM(log.WithLogger(context.WithoutCancel(ctx), log.G(ctx)), pod.DeepCopy())
+	go p.startVM(context.WithoutCancel(ctx), pod.DeepCopy()) // the VM outlives the request; its logger stays
 }
 
 func (p *Provider) startVM(ctx context.Context, pod *corev1.Pod) {
