@@ -1,10 +1,13 @@
 package node
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/virtual-kubelet/virtual-kubelet/log"
 
 	"github.com/i2kit/i2kit/provider"
 	"github.com/i2kit/i2kit/provider/qemu"
@@ -14,7 +17,7 @@ import (
 
 // attachBackend gives the provider the configured backend and image builder. The returned function releases what
 // they hold (the image store) when the node stops; running VMs keep running, to be adopted at the next start.
-func attachBackend(c Config, p *provider.Provider) (release func(), err error) {
+func attachBackend(ctx context.Context, c Config, p *provider.Provider) (release func(), err error) {
 	if c.Backend != "qemu" {
 		return func() {}, nil
 	}
@@ -48,5 +51,7 @@ func attachBackend(c Config, p *provider.Provider) (release func(), err error) {
 		return nil, err
 	}
 	p.UseBackend(b, builder)
-	return func() { store.Close() }, nil
+	adopted := b.List()
+	log.G(ctx).WithField("adopted", len(adopted)).WithField("runtimeDir", c.QEMU.RuntimeDir).Info("qemu backend ready")
+	return func() { b.Close(); store.Close() }, nil
 }

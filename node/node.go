@@ -91,7 +91,7 @@ func Run(ctx context.Context, c Config) error {
 			}
 			return err
 		}})
-	release, err := attachBackend(c, p)
+	release, err := attachBackend(ctx, c, p)
 	if err != nil {
 		return fmt.Errorf("backend %s: %w", c.Backend, err)
 	}
