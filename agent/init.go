@@ -53,12 +53,7 @@ func Init(console io.ReadWriter) error {
 		return err
 	}
 	rt.say("%s %s", ReadyMarker, strings.Join(mounted, " "))
-	sc := bufio.NewScanner(console)
-	for sc.Scan() {
-		if strings.TrimSpace(sc.Text()) == "poweroff" {
-			break
-		}
-	}
+	waitPoweroff(console)
 	fmt.Fprintln(console, "i2kit-agent: powering off")
 	syscall.Sync()
 	return syscall.Reboot(syscall.LINUX_REBOOT_CMD_POWER_OFF)
@@ -196,4 +191,19 @@ func cmdlineParam(key, def string) string {
 		}
 	}
 	return def
+}
+
+// waitPoweroff returns when "poweroff" arrives on the console. The end of the console's input is not a request:
+// when the host side of the channel goes away (the node restarts), the guest reads EOF or an error; the VM must
+// run on until a node asks, so reading resumes after a pause.
+func waitPoweroff(console io.Reader) {
+	for {
+		sc := bufio.NewScanner(console)
+		for sc.Scan() {
+			if strings.TrimSpace(sc.Text()) == "poweroff" {
+				return
+			}
+		}
+		time.Sleep(200 * time.Millisecond) // nobody is on the other side yet
+	}
 }
