@@ -4,6 +4,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/signal"
 	"syscall"
 	"time"
 
@@ -16,7 +17,11 @@ func main() {
 		fmt.Fprintf(os.Stderr, "i2kit-agent: %v\n", err)
 		os.Exit(127)
 	}
-	console, err := os.OpenFile("/dev/console", os.O_RDWR, 0)
+	// PID 1 must outlive the host side of its console going away (a node restart): without O_NOCTTY the console
+	// becomes the agent's controlling terminal, whose hangup sends SIGHUP, and Go exits on SIGHUP by default;
+	// init exiting panics the guest and ends the VM.
+	signal.Ignore(syscall.SIGHUP)
+	console, err := os.OpenFile("/dev/console", os.O_RDWR|syscall.O_NOCTTY, 0)
 	if err != nil {
 		console = os.Stdout
 	}
