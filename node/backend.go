@@ -53,5 +53,5 @@ func attachBackend(ctx context.Context, c Config, p *provider.Provider) (release
 	p.UseBackend(b, builder)
 	adopted := b.List()
 	log.G(ctx).WithField("adopted", len(adopted)).WithField("runtimeDir", c.QEMU.RuntimeDir).Info("qemu backend ready")
-	return func() { b.Close(); store.Close() }, nil
+	return func() { store.Close() }, nil
 }

@@ -58,10 +58,7 @@ func (p *Provider) startVM(ctx context.Context, pod *corev1.Pod) {
 		return
 	}
 	p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "Pulled", "VM image %s ready in %s", img.Key[:12], time.Since(t0).Round(time.Millisecond))
-	var disks []string
-	for _, d := range img.Disks {
-		disks = append(disks, d.Path)
-	}
+	disks := img.DiskPaths()
 	mem, cpus := vmSize(pod)
 	st, err := p.backend.Launch(vm.Spec{UID: string(pod.UID), Namespace: pod.Namespace, Name: pod.Name,
 		Kernel: img.Kernel, Initramfs: img.Initramfs, Cmdline: img.Spec.Kernel.Cmdline, Disks: disks,

@@ -413,7 +413,7 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format string,
 		task := "disk " + format
 		p.Start(task, 0)
 		err := writeRawDisk(ctx, raw, rawBoot{BzImage: img.Kernel, Initramfs: filepath.Join(dir, "initramfs.cpio.gz"),
-			Cmdline: s.Kernel.Cmdline, EFI: format == "raw-efi"}, diskPaths(img.Disks))
+			Cmdline: s.Kernel.Cmdline, EFI: format == "raw-efi"}, img.DiskPaths())
 		p.Done(task, err)
 		if err != nil {
 			return nil, fmt.Errorf("writing %s disk, %w", format, err)

@@ -349,7 +349,7 @@ func readManifest(dir string) (*Image, error) {
 	if img.Key != filepath.Base(dir) {
 		return nil, fmt.Errorf("manifest key %q does not match directory", img.Key)
 	}
-	paths := append([]string{img.Kernel, img.Initramfs}, diskPaths(img.Disks)...)
+	paths := append([]string{img.Kernel, img.Initramfs}, img.DiskPaths()...)
 	if img.Raw != "" {
 		paths = append(paths, img.Raw)
 	}
@@ -361,9 +361,11 @@ func readManifest(dir string) (*Image, error) {
 	return &img, nil
 }
 
-func diskPaths(ds []DiskFile) []string {
-	out := make([]string, len(ds))
-	for i, d := range ds {
+// DiskPaths lists the paths of the image's container image filesystems, in the agent's order: the disks a
+// backend attaches.
+func (img *Image) DiskPaths() []string {
+	out := make([]string, len(img.Disks))
+	for i, d := range img.Disks {
 		out[i] = d.Path
 	}
 	return out

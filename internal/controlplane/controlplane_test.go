@@ -100,12 +100,3 @@ func TestIsPackageLine(t *testing.T) {
 		}
 	}
 }
-
-func TestAlive(t *testing.T) {
-	if !alive(os.Getpid()) {
-		t.Error("this process is not alive")
-	}
-	if alive(1 << 30) {
-		t.Error("a pid beyond pid_max is alive")
-	}
-}

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/i2kit/i2kit/internal/proc"
 )
 
 // launch starts a component in a session of its own (so that signals to the caller's process group do not reach
@@ -53,28 +55,10 @@ func (p *Plane) running(component string) (int, bool) {
 		return 0, false
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || !alive(pid) {
-		return 0, false
-	}
-	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-	if err != nil || filepath.Base(strings.TrimSuffix(exe, " (deleted)")) != component {
+	if err != nil || !proc.Alive(pid) || proc.Exe(pid) != component {
 		return 0, false
 	}
 	return pid, true
-}
-
-// alive reports whether pid exists and is not a zombie (kill -0 succeeds on zombies).
-func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 || i+2 >= len(s) {
-		return false
-	}
-	return s[i+2] != 'Z' && s[i+2] != 'X'
 }
 
 // stopProcess sends SIGTERM, waits up to grace for the process to exit, then sends SIGKILL and waits again.
@@ -99,7 +83,7 @@ func waitGone(ctx context.Context, pid int, d time.Duration) bool {
 	defer deadline.Stop()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	for alive(pid) {
+	for proc.Alive(pid) {
 		select {
 		case <-ctx.Done():
 			return false

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/i2kit/i2kit/agent"
+	"github.com/i2kit/i2kit/internal/proc"
 	"github.com/i2kit/i2kit/provider/vm"
 )
 
@@ -45,9 +45,8 @@ type Backend struct {
 	tsc    int
 	notify func(vm.Status)
 
-	mu   sync.Mutex
-	vms  map[string]*machine
-	stop chan struct{}
+	mu  sync.Mutex
+	vms map[string]*machine
 }
 
 type machine struct {
@@ -78,39 +77,9 @@ func New(cfg Config, notify func(vm.Status)) (*Backend, error) {
 	if err := os.MkdirAll(cfg.RuntimeDir, 0o700); err != nil {
 		return nil, err
 	}
-	b := &Backend{cfg: cfg, net: n, kvm: HostHasKVM(), tsc: HostTSCkHz(), notify: notify, vms: map[string]*machine{},
-		stop: make(chan struct{})}
+	b := &Backend{cfg: cfg, net: n, kvm: HostHasKVM(), tsc: HostTSCkHz(), notify: notify, vms: map[string]*machine{}}
 	b.adopt()
-	go b.monitor()
 	return b, nil
-}
-
-// monitor checks every second that each VM's QEMU still runs, as a second line behind the per-VM waits: a VM
-// whose process is gone is reported Failed within a second, whatever became of its parent.
-func (b *Backend) monitor() {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-b.stop:
-			return
-		case <-t.C:
-		}
-		b.mu.Lock()
-		vms := make([]*machine, 0, len(b.vms))
-		for _, v := range b.vms {
-			vms = append(vms, v)
-		}
-		b.mu.Unlock()
-		for _, v := range vms {
-			v.mu.Lock()
-			pid := v.st.Pid
-			v.mu.Unlock()
-			if pid > 0 && !isQEMU(pid) {
-				b.exited(v, fmt.Errorf("qemu process %d is gone", pid))
-			}
-		}
-	}
 }
 
 // adopt rebuilds the VM table from the runtime directory: live QEMU processes are adopted, never relaunched.
@@ -134,9 +103,6 @@ func (b *Backend) adopt() {
 		go b.waitPidfd(v)
 	}
 }
-
-// Close stops the backend's own watching. VMs keep running: a backend started later adopts them.
-func (b *Backend) Close() { close(b.stop) }
 
 // List returns every VM's status.
 func (b *Backend) List() []vm.Status {
@@ -414,21 +380,8 @@ func (b *Backend) allocateLocked() (net.IP, error) {
 	return nil, fmt.Errorf("pod CIDR %s is exhausted", b.net.cidr)
 }
 
-// isQEMU reports whether pid is a live (not zombie) QEMU process; a recycled pid is not ours.
-func isQEMU(pid int) bool {
-	if pid <= 0 {
-		return false
-	}
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	if i := strings.LastIndexByte(string(stat), ')'); i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z' || stat[i+2] == 'X' {
-		return false
-	}
-	exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
-	return err == nil && strings.Contains(filepath.Base(exe), "qemu")
-}
+// isQEMU reports whether pid is a live QEMU process; a recycled pid is not ours.
+func isQEMU(pid int) bool { return proc.Alive(pid) && strings.Contains(proc.Exe(pid), "qemu") }
 
 func tailFile(p string, n int) string {
 	b, err := os.ReadFile(p)

@@ -26,9 +26,7 @@ import (
 
 // localRegistry serves examples/hello as <host>/hello:1 from an in-process registry on loopback: no outside
 // registry is reachable here.
-func localRegistry(t *testing.T) string { return localRegistryTB(t) }
-
-func localRegistryTB(t testing.TB) string {
+func localRegistry(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

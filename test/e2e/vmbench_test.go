@@ -29,7 +29,7 @@ import (
 // provider's overhead; and the host PSS of an idle pod VM (median of the 10).
 func BenchmarkPodVMs(b *testing.B) {
 	ctx := context.Background()
-	reg := localRegistryTB(b)
+	reg := localRegistry(b)
 	runDir := filepath.Join(b.TempDir(), "run")
 	images := filepath.Join(b.TempDir(), "images")
 	const nodeName = "i2kit-bench-vm"
@@ -168,10 +168,7 @@ func rawBoots(b *testing.B, store string, n int) []time.Duration {
 	if err := json.Unmarshal(raw, &img); err != nil {
 		b.Fatal(err)
 	}
-	var disks []string
-	for _, d := range img.Disks {
-		disks = append(disks, d.Path)
-	}
+	disks := img.DiskPaths()
 	args := qemu.Args(qemu.VM{Kernel: img.Kernel, Initramfs: img.Initramfs, Cmdline: img.Spec.Kernel.Cmdline,
 		Disks: disks, MemoryMiB: 128, CPUs: 1, KVM: qemu.HostHasKVM(), TSCkHz: qemu.HostTSCkHz()})
 	var out []time.Duration

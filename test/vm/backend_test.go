@@ -72,10 +72,7 @@ func TestQEMUBackendLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var disks []string
-	for _, d := range img.Disks {
-		disks = append(disks, d.Path)
-	}
+	disks := img.DiskPaths()
 	spec := func(uid string) vm.Spec {
 		return vm.Spec{UID: uid, Namespace: "default", Name: "pod-" + uid, Kernel: img.Kernel, Initramfs: img.Initramfs,
 			Cmdline: img.Spec.Kernel.Cmdline, Disks: disks, MemoryMiB: 128, CPUs: 1}

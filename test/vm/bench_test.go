@@ -39,10 +39,7 @@ func BenchmarkDirectBoot(b *testing.B) {
 	}
 	initrdGz := size(b, img.Initramfs)
 	initrd := gunzippedSize(b, img.Initramfs)
-	var disks []string
-	for _, d := range img.Disks {
-		disks = append(disks, d.Path)
-	}
+	disks := img.DiskPaths()
 	args := qemu.Args(qemu.VM{Kernel: img.Kernel, Initramfs: img.Initramfs, Cmdline: img.Spec.Kernel.Cmdline,
 		Disks: disks, MemoryMiB: 128, CPUs: 1, KVM: qemu.HostHasKVM(), TSCkHz: qemu.HostTSCkHz()})
 	var ds []time.Duration

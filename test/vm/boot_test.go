@@ -150,10 +150,7 @@ func TestDirectImageBootsToAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var disks []string
-	for _, d := range img.Disks {
-		disks = append(disks, d.Path)
-	}
+	disks := img.DiskPaths()
 	kvm := qemu.HostHasKVM()
 	args := qemu.Args(qemu.VM{Kernel: img.Kernel, Initramfs: img.Initramfs, Cmdline: img.Spec.Kernel.Cmdline,
 		Disks: disks, MemoryMiB: 128, CPUs: 1, KVM: kvm, TSCkHz: qemu.HostTSCkHz()})
@@ -283,10 +280,7 @@ func TestAlternativeKernelsBoot(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var disks []string
-			for _, d := range img.Disks {
-				disks = append(disks, d.Path)
-			}
+			disks := img.DiskPaths()
 			args := qemu.Args(qemu.VM{Kernel: img.Kernel, Initramfs: img.Initramfs, Cmdline: img.Spec.Kernel.Cmdline,
 				Disks: disks, MemoryMiB: 192, CPUs: 1, KVM: qemu.HostHasKVM(), TSCkHz: qemu.HostTSCkHz()})
 			ready, console := boot(t, args)
