@@ -1,5 +1,5 @@
-// Package agent is the guest side of a pod VM: i2kit-agent runs as PID 1, mounts the VM's filesystems and (in
-// later versions) runs the pod's containers and serves the provider over one narrow, versioned protocol.
+// Package agent is the guest side of a pod VM: i2kit-agent runs as PID 1, mounts the VM's filesystems, runs the
+// pod's containers and serves the node over one narrow, versioned protocol (package protocol).
 package agent
 
 // ConfigPath is where the image builder puts the image's configuration in the initramfs.
@@ -10,6 +10,10 @@ const ImagesDir = "/run/i2kit/images"
 
 // HostnameParam is the kernel command-line parameter that names the pod, the containers' hostname.
 const HostnameParam = "i2kit.hostname"
+
+// ConfigParam is the kernel command-line parameter that, set to "channel", makes the agent wait for the pod's
+// runtime configuration over the protocol instead of starting the image's containers at boot.
+const ConfigParam = "i2kit.config"
 
 // ReadyMarker starts the console line the agent prints when the VM is ready; tests and backends wait for it.
 const ReadyMarker = "I2KIT_AGENT_READY"

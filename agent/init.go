@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bufio"
+	"context"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -10,28 +11,43 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/i2kit/i2kit/agent/protocol"
 )
 
-// Init performs PID 1's duties for this version of the agent: mount the basic filesystems, mount every container
-// image read-only under ImagesDir, print ReadyMarker to console, then wait for "poweroff" on the console and power
-// the VM off. It returns only on error.
+// Init performs PID 1's duties: mount the basic filesystems, mount every container image read-only under
+// ImagesDir, serve the protocol on the agent's virtio-serial port, and run the pod's containers — at once with
+// the image's configuration, or, when the kernel command line has ConfigParam=channel, once the node sends the
+// pod's runtime configuration. It prints ReadyMarker to the console, then waits for a power-off request (on the
+// console or over the protocol), stops the containers within the grace period and powers the VM off. It returns
+// only on error.
 func Init(console io.ReadWriter) error {
-	for _, m := range []struct{ src, dst, fstype string }{
-		{"proc", "/proc", "proc"}, {"sysfs", "/sys", "sysfs"}, {"devtmpfs", "/dev", "devtmpfs"},
-		{"tmpfs", "/run", "tmpfs"}, {"tmpfs", "/tmp", "tmpfs"},
+	for _, m := range []struct{ src, dst, fstype, opts string }{
+		{"proc", "/proc", "proc", ""}, {"sysfs", "/sys", "sysfs", ""}, {"devtmpfs", "/dev", "devtmpfs", ""},
+		{"devpts", "/dev/pts", "devpts", "newinstance,ptmxmode=0666,mode=0620"},
+		{"tmpfs", "/run", "tmpfs", ""}, {"tmpfs", "/tmp", "tmpfs", ""},
+		{"cgroup2", CgroupDir, "cgroup2", ""},
 	} {
 		if err := os.MkdirAll(m.dst, 0o755); err != nil {
 			return err
 		}
-		if err := syscall.Mount(m.src, m.dst, m.fstype, syscall.MS_NOSUID, ""); err != nil && !errors.Is(err, syscall.EBUSY) {
+		if err := syscall.Mount(m.src, m.dst, m.fstype, syscall.MS_NOSUID, m.opts); err != nil && !errors.Is(err, syscall.EBUSY) {
+			if m.fstype == "cgroup2" { // a kernel without cgroups still runs pods, without limits
+				fmt.Fprintf(console, "i2kit-agent: mounting %s: %v\n", m.dst, err)
+				continue
+			}
 			return fmt.Errorf("mounting %s, %w", m.dst, err)
 		}
 	}
+	os.Remove("/dev/ptmx")
+	os.Symlink("pts/ptmx", "/dev/ptmx")                                                               //nolint:errcheck // the devpts instance's own multiplexer
+	os.WriteFile(filepath.Join(CgroupDir, "cgroup.subtree_control"), []byte("+cpu +memory +pids"), 0) //nolint:errcheck
 	b, err := os.ReadFile(ConfigPath)
 	if err != nil {
 		return fmt.Errorf("reading image configuration, %w", err)
@@ -48,12 +64,20 @@ func Init(console io.ReadWriter) error {
 	if err := linkUp("lo"); err != nil {
 		return fmt.Errorf("bringing up lo, %w", err)
 	}
-	rt := &runtime{console: console, cfg: cfg, hostname: cmdlineParam(HostnameParam, "pod")}
-	if err := rt.start(); err != nil {
-		return err
+	rt := newRuntime(console, cfg, cmdlineParam(HostnameParam, "pod"))
+	poweroff := make(chan time.Duration, 1)
+	srv := &server{rt: rt, poweroff: poweroff, stats: statsSource{Proc: "/proc", Cgroup: CgroupDir}}
+	go srv.serveChannel()
+	if cmdlineParam(ConfigParam, "") != "channel" {
+		if err := rt.configure(protocol.PodConfig{RestartPolicy: protocol.RestartAlways}); err != nil {
+			return err
+		}
 	}
 	rt.say("%s %s", ReadyMarker, strings.Join(mounted, " "))
-	waitPoweroff(console)
+	go waitPoweroff(console, poweroff)
+	grace := <-poweroff
+	fmt.Fprintf(console, "i2kit-agent: stopping the containers (grace %s)\n", grace)
+	rt.stop(context.Background(), grace)
 	fmt.Fprintln(console, "i2kit-agent: powering off")
 	syscall.Sync()
 	return syscall.Reboot(syscall.LINUX_REBOOT_CMD_POWER_OFF)
@@ -193,16 +217,28 @@ func cmdlineParam(key, def string) string {
 	return def
 }
 
-// waitPoweroff returns when "poweroff" arrives on the console. The end of the console's input is not a request:
-// when the host side of the channel goes away (the node restarts), the guest reads EOF or an error; the VM must
-// run on until a node asks, so reading resumes after a pause.
-func waitPoweroff(console io.Reader) {
+// waitPoweroff sends a grace period to poweroff when "poweroff [seconds]" arrives on the console. The end of the
+// console's input is not a request: when the host side of the channel goes away (the node restarts), the guest
+// reads EOF or an error; the VM must run on until a node asks, so reading resumes after a pause.
+func waitPoweroff(console io.Reader, poweroff chan<- time.Duration) {
 	for {
 		sc := bufio.NewScanner(console)
 		for sc.Scan() {
-			if strings.TrimSpace(sc.Text()) == "poweroff" {
-				return
+			f := strings.Fields(sc.Text())
+			if len(f) == 0 || f[0] != "poweroff" {
+				continue
 			}
+			grace := 30 * time.Second
+			if len(f) > 1 {
+				if n, err := strconv.Atoi(f[1]); err == nil && n >= 0 {
+					grace = time.Duration(n) * time.Second
+				}
+			}
+			select {
+			case poweroff <- grace:
+			default:
+			}
+			return
 		}
 		time.Sleep(200 * time.Millisecond) // nobody is on the other side yet
 	}

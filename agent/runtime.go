@@ -1,183 +1,469 @@
 package agent
 
 import (
-	"bufio"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/i2kit/i2kit/agent/crilog"
+	"github.com/i2kit/i2kit/agent/protocol"
 )
 
-// ContainersDir holds each container's overlay (upper, work) and its root.
+// ContainersDir holds each container's overlay (upper, work), its root and its control socket.
 const ContainersDir = "/run/i2kit/containers"
 
 // LogsDir holds each container's logs, one file per run, in the CRI format kubectl reads.
 const LogsDir = "/run/i2kit/logs"
 
-// containerInitEnv carries a container's configuration to the agent's own re-execution inside the container's
-// new namespaces (see ContainerInit).
-const containerInitEnv = "I2KIT_CONTAINER"
+// CgroupDir is where the agent mounts cgroup v2; each container gets a cgroup named after it.
+const CgroupDir = "/sys/fs/cgroup"
 
-// ContainerInitArg is the argument that makes i2kit-agent act as a container's init (see ContainerInit).
-const ContainerInitArg = "container-init"
+// logMaxSize is the size at which a run's log file rotates; a run keeps one rotated file.
+const logMaxSize = 10 << 20
 
-// runtime starts and watches the image's containers. A container runs in its own mount, PID, UTS and IPC
-// namespaces, on an overlay of its read-only image with a writable upper layer, sharing the VM's network as
-// containers share a pod's.
+// Back-off between restarts, as a kubelet's: the first restart is at once, then 10 s doubling to 5 min, reset
+// after 10 min of running.
+const (
+	backoffInitial = 10 * time.Second
+	backoffMax     = 5 * time.Minute
+	backoffReset   = 10 * time.Minute
+)
+
+// runtime runs the pod's containers. A container runs in its own mount, PID, UTS and IPC namespaces under a
+// supervisor (see Supervise), on an overlay of its read-only image with a writable upper layer, in a cgroup of
+// its own, sharing the VM's network as containers share a pod's.
 type runtime struct {
 	console  io.Writer
-	cfg      ImageConfig
+	image    ImageConfig
 	hostname string
-	mu       sync.Mutex // serialises console lines
+
+	sayMu sync.Mutex // serialises console lines
+
+	mu         sync.Mutex
+	cfg        *protocol.PodConfig
+	containers []*container // image order: onboot first
+	seq        uint64
+	changed    chan struct{} // closed and replaced at every change
+	stopping   bool
 }
 
-// containerSpec is what the agent hands to ContainerInit.
-type containerSpec struct {
+// container is one container of the pod and its current run.
+type container struct {
 	Container
-	Root     string `json:"root"`
-	Hostname string `json:"hostname"`
+	rc     protocol.ContainerConfig
+	root   string
+	ctl    string // the supervisor's control socket
+	cgroup string // "" without cgroups
+	logs   *crilog.Dir
+
+	// guarded by runtime.mu
+	status protocol.ContainerStatus
+	pid    int           // the supervisor's, while a run is on
+	run    *crilog.Run   // the current run's log
+	ended  chan struct{} // closed when the current run ends
+	stdin  *os.File      // the main process's stdin, when rc.Stdin
+	wake   chan struct{} // cuts a back-off short when the pod stops
 }
 
-// prepare mounts a container's root: its image (read-only) under a writable overlay.
-func (r *runtime) prepare(c Container) (string, error) {
-	dir := filepath.Join(ContainersDir, c.Name)
-	root := filepath.Join(dir, "root")
-	for _, d := range []string{"upper", "work", "root"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-			return "", err
-		}
+func newRuntime(console io.Writer, image ImageConfig, hostname string) *runtime {
+	r := &runtime{console: console, image: image, hostname: hostname, changed: make(chan struct{})}
+	for _, c := range image.Containers {
+		r.containers = append(r.containers, &container{Container: c, wake: make(chan struct{}),
+			status: protocol.ContainerStatus{Name: c.Name, State: protocol.ContainerState{State: protocol.Waiting, Reason: "ContainerCreating"}}})
 	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", filepath.Join(ImagesDir, c.Name),
-		filepath.Join(dir, "upper"), filepath.Join(dir, "work"))
-	if err := syscall.Mount("overlay", root, "overlay", 0, opts); err != nil {
-		return "", fmt.Errorf("mounting the root of %s, %w", c.Name, err)
-	}
-	return root, nil
+	return r
 }
 
-// run starts c once and waits for it; its output goes to its log and, prefixed, to the console.
-func (r *runtime) run(c Container, root string, attempt int) (int, error) {
-	spec, _ := json.Marshal(containerSpec{Container: c, Root: root, Hostname: r.hostname})
-	cmd := exec.Command("/proc/self/exe", ContainerInitArg)
-	cmd.Env = []string{containerInitEnv + "=" + string(spec)}
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC,
-	}
-	logDir := filepath.Join(LogsDir, c.Name)
-	if err := os.MkdirAll(logDir, 0o755); err != nil {
-		return -1, err
-	}
-	logf, err := os.Create(filepath.Join(logDir, fmt.Sprintf("%d.log", attempt)))
-	if err != nil {
-		return -1, err
-	}
-	defer logf.Close()
-	var wg sync.WaitGroup
-	var logMu sync.Mutex
-	pipe := func(stream string) (io.Writer, error) {
-		pr, pw, err := os.Pipe()
-		if err != nil {
-			return nil, err
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer pr.Close()
-			sc := bufio.NewScanner(pr)
-			sc.Buffer(make([]byte, 64<<10), 1<<20)
-			for sc.Scan() {
-				logMu.Lock()
-				fmt.Fprintf(logf, "%s %s F %s\n", time.Now().UTC().Format(time.RFC3339Nano), stream, sc.Text())
-				logMu.Unlock()
-				r.say("[%s] %s", c.Name, sc.Text())
-			}
-		}()
-		return pw, nil
-	}
-	stdout, err := pipe("stdout")
-	if err != nil {
-		return -1, err
-	}
-	stderr, err := pipe("stderr")
-	if err != nil {
-		return -1, err
-	}
-	cmd.Stdout, cmd.Stderr = stdout, stderr
-	err = cmd.Start()
-	stdout.(*os.File).Close()
-	stderr.(*os.File).Close()
-	if err != nil {
-		wg.Wait()
-		return -1, fmt.Errorf("starting %s, %w", c.Name, err)
-	}
-	err = cmd.Wait()
-	wg.Wait()
-	if ee, ok := err.(*exec.ExitError); ok {
-		return ee.ExitCode(), nil
-	}
-	if err != nil {
-		return -1, err
-	}
-	return 0, nil
+// changedLocked records a change: watchers wake.
+func (r *runtime) changedLocked() {
+	r.seq++
+	close(r.changed)
+	r.changed = make(chan struct{})
 }
 
-// supervise runs c, restarting it when it exits, with a kubelet's back-off (10 s doubling to 5 min, reset after
-// 10 min of running). An onboot container that exits 0 is done; done is closed then.
-func (r *runtime) supervise(c Container, root string, done chan<- struct{}) {
-	backoff := 10 * time.Second
-	for attempt := 0; ; attempt++ {
-		start := time.Now()
-		code, err := r.run(c, root, attempt)
-		if err != nil {
-			r.say("i2kit-agent: container %s: %v", c.Name, err)
-		} else {
-			r.say("i2kit-agent: container %s exited with code %d", c.Name, code)
+// status returns the pod's status and a channel closed at its next change.
+func (r *runtime) status() (protocol.PodStatus, <-chan struct{}) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := protocol.PodStatus{Seq: r.seq, Configured: r.cfg != nil}
+	for _, c := range r.containers {
+		cs := c.status
+		if cs.LastState != nil {
+			ls := *cs.LastState
+			cs.LastState = &ls
 		}
-		if c.Onboot && err == nil && code == 0 {
-			close(done)
-			return
-		}
-		if time.Since(start) > 10*time.Minute {
-			backoff = 10 * time.Second
-		}
-		r.say("i2kit-agent: restarting %s in %s", c.Name, backoff)
-		time.Sleep(backoff) // the guest's own supervisor: nothing else waits on this goroutine
-		backoff = min(2*backoff, 5*time.Minute)
+		st.Containers = append(st.Containers, cs)
 	}
+	return st, r.changed
 }
 
-// start runs the onboot containers in order, each to success, then starts every service.
-func (r *runtime) start() error {
-	roots := map[string]string{}
-	for _, c := range r.cfg.Containers {
-		root, err := r.prepare(c)
-		if err != nil {
-			return err
-		}
-		roots[c.Name] = root
-	}
-	for _, c := range r.cfg.Containers {
-		if c.Onboot {
-			done := make(chan struct{})
-			go r.supervise(c, roots[c.Name], done)
-			<-done
-		}
-	}
-	for _, c := range r.cfg.Containers {
-		if !c.Onboot {
-			go r.supervise(c, roots[c.Name], nil)
+func (r *runtime) find(name string) *container {
+	for _, c := range r.containers {
+		if c.Name == name {
+			return c
 		}
 	}
 	return nil
 }
 
-func (r *runtime) say(format string, args ...any) {
+// configure applies the pod's runtime configuration and starts the containers; it runs once, later calls are
+// no-ops. The onboot containers run in order, each to success, before the services start.
+func (r *runtime) configure(cfg protocol.PodConfig) error {
+	switch cfg.RestartPolicy {
+	case protocol.RestartAlways, protocol.RestartOnFailure, protocol.RestartNever:
+	case "":
+		cfg.RestartPolicy = protocol.RestartAlways
+	default:
+		return fmt.Errorf("restartPolicy %q is not one of Always, OnFailure, Never", cfg.RestartPolicy)
+	}
+	for _, cc := range cfg.Containers {
+		if r.find(cc.Name) == nil {
+			return fmt.Errorf("container %q is not in the image", cc.Name)
+		}
+	}
+	r.mu.Lock()
+	if r.cfg != nil {
+		r.mu.Unlock()
+		return nil
+	}
+	r.cfg = &cfg
+	for _, cc := range cfg.Containers {
+		r.find(cc.Name).rc = cc
+	}
+	r.changedLocked()
+	r.mu.Unlock()
+	for _, c := range r.containers {
+		if err := r.prepare(c); err != nil {
+			r.say("i2kit-agent: preparing %s: %v", c.Name, err)
+			r.setState(c, protocol.ContainerState{State: protocol.Waiting, Reason: "CreateContainerError", Message: err.Error()})
+			return err
+		}
+	}
+	go r.startAll()
+	return nil
+}
+
+func (r *runtime) startAll() {
+	for _, c := range r.containers {
+		if c.Onboot && !r.supervise(c) {
+			for _, s := range r.containers {
+				if !s.Onboot {
+					r.setState(s, protocol.ContainerState{State: protocol.Waiting, Reason: "PodInitializing",
+						Message: "init container " + c.Name + " failed"})
+				}
+			}
+			return
+		}
+	}
+	for _, c := range r.containers {
+		if !c.Onboot {
+			go r.supervise(c)
+		}
+	}
+}
+
+// prepare mounts a container's root (its image under a writable overlay), makes its cgroup with the limits, and
+// opens its log directory.
+func (r *runtime) prepare(c *container) error {
+	dir := filepath.Join(ContainersDir, c.Name)
+	c.root = filepath.Join(dir, "root")
+	c.ctl = filepath.Join(dir, "ctl.sock")
+	for _, d := range []string{"upper", "work", "root"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			return err
+		}
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", filepath.Join(ImagesDir, c.Name),
+		filepath.Join(dir, "upper"), filepath.Join(dir, "work"))
+	if err := syscall.Mount("overlay", c.root, "overlay", 0, opts); err != nil {
+		return fmt.Errorf("mounting the root of %s, %w", c.Name, err)
+	}
+	cg, err := makeCgroup(c.Name, c.rc.MemoryLimit, c.rc.CPULimit)
+	if err != nil {
+		r.say("i2kit-agent: container %s runs without a cgroup: %v", c.Name, err)
+	}
+	c.cgroup = cg
+	if c.logs, err = crilog.Open(filepath.Join(LogsDir, c.Name), logMaxSize); err != nil {
+		return fmt.Errorf("opening the logs of %s, %w", c.Name, err)
+	}
+	return nil
+}
+
+// makeCgroup creates a container's cgroup with its memory and CPU limits (0: none).
+func makeCgroup(name string, memory, milliCPU int64) (string, error) {
+	if _, err := os.Stat(filepath.Join(CgroupDir, "cgroup.controllers")); err != nil {
+		return "", errors.New("cgroup v2 is not mounted")
+	}
+	dir := filepath.Join(CgroupDir, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	if memory > 0 {
+		if err := os.WriteFile(filepath.Join(dir, "memory.max"), []byte(strconv.FormatInt(memory, 10)), 0); err != nil {
+			return dir, fmt.Errorf("setting memory.max, %w", err)
+		}
+		os.WriteFile(filepath.Join(dir, "memory.swap.max"), []byte("0"), 0) //nolint:errcheck // no swap in the VM anyway
+	}
+	if milliCPU > 0 {
+		const period = 100000
+		quota := max(milliCPU*period/1000, 1000)
+		if err := os.WriteFile(filepath.Join(dir, "cpu.max"), fmt.Appendf(nil, "%d %d", quota, period), 0); err != nil {
+			return dir, fmt.Errorf("setting cpu.max, %w", err)
+		}
+	}
+	return dir, nil
+}
+
+func (r *runtime) setState(c *container, s protocol.ContainerState) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	c.status.State = s
+	r.changedLocked()
+}
+
+// supervise runs c and restarts it per the pod's restartPolicy, with a kubelet's back-off, until it is done or
+// the pod stops. It reports whether c's last run succeeded.
+func (r *runtime) supervise(c *container) bool {
+	backoff := time.Duration(0)
+	for attempt := 0; ; attempt++ {
+		start := time.Now()
+		code, reason, err := r.runOnce(c, attempt)
+		now := time.Now()
+		msg := ""
+		if err != nil {
+			code, reason, msg = 128, "StartError", err.Error()
+			r.say("i2kit-agent: container %s: %v", c.Name, err)
+		} else {
+			r.say("i2kit-agent: container %s exited with code %d", c.Name, code)
+		}
+		term := protocol.ContainerState{State: protocol.Terminated, ExitCode: code, Reason: reason, Message: msg,
+			StartedAt: start, FinishedAt: now}
+		r.mu.Lock()
+		c.status.State = term
+		policy, stopping := r.cfg.RestartPolicy, r.stopping
+		r.changedLocked()
+		r.mu.Unlock()
+		restart := policy == protocol.RestartAlways && !c.Onboot || policy != protocol.RestartNever && code != 0
+		if stopping || !restart {
+			return code == 0
+		}
+		if now.Sub(start) > backoffReset {
+			backoff = 0
+		}
+		if backoff > 0 {
+			r.mu.Lock()
+			last := term
+			c.status.LastState = &last
+			c.status.State = protocol.ContainerState{State: protocol.Waiting, Reason: "CrashLoopBackOff",
+				Message: fmt.Sprintf("back-off %s restarting failed container=%s", backoff, c.Name)}
+			r.changedLocked()
+			r.mu.Unlock()
+			select {
+			case <-time.After(backoff): // the guest's own supervisor: nothing else waits on this goroutine
+			case <-c.wake:
+			}
+		}
+		backoff = min(max(2*backoff, backoffInitial), backoffMax)
+		r.mu.Lock()
+		last := term
+		c.status.LastState = &last
+		c.status.RestartCount++
+		stopping = r.stopping
+		r.mu.Unlock()
+		if stopping {
+			return false
+		}
+	}
+}
+
+// runOnce runs c once and waits for it. Its output goes to the run's log and, prefixed, to the console.
+func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, err error) {
+	run, err := c.logs.NewRun(attempt)
+	if err != nil {
+		return 0, "", err
+	}
+	defer run.Close()
+	lis, err := listenControl(c.ctl)
+	if err != nil {
+		return 0, "", err
+	}
+	defer lis.Close()
+	spec, _ := json.Marshal(supervisorSpec{Container: c.Container, Env: c.rc.Env, Root: c.root, Hostname: r.hostname})
+	cmd := exec.Command("/proc/self/exe", SupervisorArg)
+	cmd.Env = []string{supervisorEnv + "=" + string(spec)}
+	cmd.ExtraFiles = []*os.File{lis}
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC,
+	}
+	if c.cgroup != "" {
+		cg, err := os.Open(c.cgroup)
+		if err == nil {
+			defer cg.Close()
+			cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cg.Fd())
+		}
+	}
+	var stdinW *os.File
+	if c.rc.Stdin {
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			return 0, "", err
+		}
+		defer pr.Close()
+		cmd.Stdin, stdinW = pr, pw
+	}
+	var wg sync.WaitGroup
+	outputs := []*os.File{}
+	for _, stream := range []string{"stdout", "stderr"} {
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			return 0, "", err
+		}
+		outputs = append(outputs, pw)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer pr.Close()
+			io.Copy(io.MultiWriter(run.Stream(stream), &consoleLines{r: r, prefix: "[" + c.Name + "] "}), pr) //nolint:errcheck
+		}()
+	}
+	cmd.Stdout, cmd.Stderr = outputs[0], outputs[1]
+	ooms := oomKills(c.cgroup)
+	err = cmd.Start()
+	for _, f := range outputs {
+		f.Close()
+	}
+	if err != nil {
+		wg.Wait()
+		if stdinW != nil {
+			stdinW.Close()
+		}
+		return 0, "", fmt.Errorf("starting %s, %w", c.Name, err)
+	}
+	ended := make(chan struct{})
+	r.mu.Lock()
+	c.pid, c.run, c.ended, c.stdin = cmd.Process.Pid, run, ended, stdinW
+	c.status.State = protocol.ContainerState{State: protocol.Running, StartedAt: time.Now()}
+	r.changedLocked()
+	r.mu.Unlock()
+	err = cmd.Wait()
+	wg.Wait()
+	r.mu.Lock()
+	c.pid, c.stdin = 0, nil
+	close(ended)
+	r.mu.Unlock()
+	if stdinW != nil {
+		stdinW.Close()
+	}
+	code = 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			code = 128 + int(ws.Signal())
+		}
+	} else if err != nil {
+		return 0, "", err
+	}
+	switch {
+	case oomKills(c.cgroup) > ooms:
+		return code, "OOMKilled", nil
+	case code == 0:
+		return 0, "Completed", nil
+	default:
+		return code, "Error", nil
+	}
+}
+
+// oomKills reads how many processes the OOM killer ended in a cgroup.
+func oomKills(cgroup string) int {
+	if cgroup == "" {
+		return 0
+	}
+	b, _ := os.ReadFile(filepath.Join(cgroup, "memory.events"))
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "oom_kill "); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	return 0
+}
+
+// stop ends every container within grace: SIGTERM to each, SIGKILL to what still runs after grace. Restarts stop.
+func (r *runtime) stop(ctx context.Context, grace time.Duration) {
+	r.mu.Lock()
+	r.stopping = true
+	var waits []chan struct{}
+	var pids []int
+	for _, c := range r.containers {
+		select {
+		case <-c.wake:
+		default:
+			close(c.wake)
+		}
+		if c.pid != 0 {
+			pids = append(pids, c.pid)
+			waits = append(waits, c.ended)
+		}
+	}
+	r.mu.Unlock()
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGTERM) //nolint:errcheck
+	}
+	deadline := time.NewTimer(grace)
+	defer deadline.Stop()
+	for i, w := range waits {
+		select {
+		case <-w:
+			continue
+		case <-deadline.C:
+		case <-ctx.Done():
+		}
+		for j := i; j < len(waits); j++ {
+			syscall.Kill(pids[j], syscall.SIGKILL) //nolint:errcheck
+		}
+		for j := i; j < len(waits); j++ {
+			<-waits[j]
+		}
+		return
+	}
+}
+
+func (r *runtime) say(format string, args ...any) {
+	r.sayMu.Lock()
+	defer r.sayMu.Unlock()
 	fmt.Fprintf(r.console, format+"\n", args...)
+}
+
+// consoleLines copies a container's output to the console, a prefixed line at a time.
+type consoleLines struct {
+	r      *runtime
+	prefix string
+	buf    []byte
+}
+
+func (w *consoleLines) Write(p []byte) (int, error) {
+	w.buf = append(w.buf, p...)
+	for {
+		i := strings.IndexByte(string(w.buf), '\n')
+		if i < 0 {
+			if len(w.buf) > 4096 {
+				w.r.say("%s%s", w.prefix, w.buf)
+				w.buf = w.buf[:0]
+			}
+			return len(p), nil
+		}
+		w.r.say("%s%s", w.prefix, w.buf[:i])
+		w.buf = w.buf[i+1:]
+	}
 }

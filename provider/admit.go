@@ -14,9 +14,10 @@ const ReasonUnsupported = "Unsupported"
 // silently changed:
 //   - hostNetwork, hostPID, hostIPC and hostPath: the host is the hypervisor's, and a pod VM shares none of it;
 //   - privileged containers: privilege inside the VM would not be what the pod asked for on a node;
-//   - env values, envFrom and volumes (including the service account token that is mounted unless
-//     automountServiceAccountToken is false): they are runtime data the agent receives after boot, which this
-//     build of the agent does not take yet.
+//   - env from sources (valueFrom, envFrom) and volumes (including the service account token that is mounted
+//     unless automountServiceAccountToken is false): runtime data the agent does not take yet (plain env values
+//     are sent to it after boot);
+//   - tty: a container's main process runs without a terminal (kubectl exec -it has one).
 func admit(pod *corev1.Pod) string {
 	var why []string
 	s := pod.Spec
@@ -38,8 +39,16 @@ func admit(pod *corev1.Pod) string {
 		if sc := c.SecurityContext; sc != nil && sc.Privileged != nil && *sc.Privileged {
 			why = append(why, fmt.Sprintf("privileged container %q", c.Name))
 		}
-		if len(c.Env) > 0 || len(c.EnvFrom) > 0 {
-			why = append(why, fmt.Sprintf("env of container %q (runtime configuration is not supported yet)", c.Name))
+		for _, e := range c.Env {
+			if e.ValueFrom != nil {
+				why = append(why, fmt.Sprintf("env %s of container %q from a source (valueFrom is not supported yet)", e.Name, c.Name))
+			}
+		}
+		if len(c.EnvFrom) > 0 {
+			why = append(why, fmt.Sprintf("envFrom of container %q (not supported yet)", c.Name))
+		}
+		if c.TTY {
+			why = append(why, fmt.Sprintf("tty of container %q (containers run without a terminal; kubectl exec -it has one)", c.Name))
 		}
 	}
 	if len(why) == 0 {

@@ -29,7 +29,14 @@ func TestAdmit(t *testing.T) {
 		{"privileged", func(p *corev1.Pod) {
 			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Privileged: &yes}
 		}, `privileged container "web"`},
-		{"env", func(p *corev1.Pod) { p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "A", Value: "b"}} }, `env of container "web"`},
+		{"env value", func(p *corev1.Pod) { p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "A", Value: "b"}} }, ""},
+		{"env from a source", func(p *corev1.Pod) {
+			p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "A", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}}}
+		}, `env A of container "web" from a source`},
+		{"envFrom", func(p *corev1.Pod) {
+			p.Spec.Containers[0].EnvFrom = []corev1.EnvFromSource{{ConfigMapRef: &corev1.ConfigMapEnvSource{}}}
+		}, `envFrom of container "web"`},
+		{"tty", func(p *corev1.Pod) { p.Spec.Containers[0].TTY = true }, `tty of container "web"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := base()

@@ -5,7 +5,6 @@ package provider
 import (
 	"context"
 	"fmt"
-	"io"
 	"sort"
 	"sync"
 	"time"
@@ -14,13 +13,12 @@ import (
 	"github.com/virtual-kubelet/virtual-kubelet/errdefs"
 	"github.com/virtual-kubelet/virtual-kubelet/log"
 	"github.com/virtual-kubelet/virtual-kubelet/node"
-	"github.com/virtual-kubelet/virtual-kubelet/node/api"
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/record"
 	statsv1alpha1 "k8s.io/kubelet/pkg/apis/stats/v1alpha1"
 
+	"github.com/i2kit/i2kit/agent/protocol"
 	"github.com/i2kit/i2kit/provider/vm"
 )
 
@@ -43,13 +41,16 @@ type Config struct {
 // Provider implements nodeutil.Provider and node.PodNotifier. It keeps the pods bound to the node in memory; the
 // API server is the durable state. Until a backend runs pod VMs, every pod stays Pending with ReasonNoBackend.
 type Provider struct {
-	cfg Config
+	cfg     Config
+	started time.Time
 
 	mu      sync.Mutex
 	pods    map[string]*corev1.Pod // by namespace/name
 	notify  func(*corev1.Pod)
-	backend vm.Backend   // nil: no backend configured
-	images  ImageBuilder // with backend
+	backend vm.Backend                   // nil: no backend configured
+	builder ImageBuilder                 // with backend
+	agents  map[string]*podAgent         // by pod UID: sessions with the pods' agents
+	images  map[string]map[string]string // by pod UID: container name → imageID
 }
 
 var (
@@ -59,7 +60,8 @@ var (
 
 // New returns a Provider for the node.
 func New(cfg Config) *Provider {
-	return &Provider{cfg: cfg, pods: map[string]*corev1.Pod{}, notify: func(*corev1.Pod) {}}
+	return &Provider{cfg: cfg, started: time.Now(), pods: map[string]*corev1.Pod{}, notify: func(*corev1.Pod) {},
+		agents: map[string]*podAgent{}, images: map[string]map[string]string{}}
 }
 
 func key(namespace, name string) string { return namespace + "/" + name }
@@ -175,45 +177,48 @@ func (p *Provider) store(pod *corev1.Pod) {
 	notify(pod.DeepCopy())
 }
 
-// errNotRunning is what the streaming routes answer for pods that have no VM.
-func (p *Provider) errNotRunning(namespace, name string) error {
-	if _, err := p.GetPod(context.Background(), namespace, name); err != nil {
-		return err
-	}
+// GetStatsSummary reports the node's pods as their agents measure them; see summary.
+func (p *Provider) GetStatsSummary(ctx context.Context) (*statsv1alpha1.Summary, error) {
+	return summary(p.cfg.NodeName, p.started, p.podStats(ctx)), nil
+}
+
+// GetMetricsResource serves /metrics/resource, what metrics-server scrapes; see resourceMetrics.
+func (p *Provider) GetMetricsResource(ctx context.Context) ([]*dto.MetricFamily, error) {
+	return resourceMetrics(p.podStats(ctx)), nil
+}
+
+// podStats asks every connected agent for its stats, at once; a pod whose agent does not answer within 5 s is
+// left out of this sample.
+func (p *Provider) podStats(ctx context.Context) []podStats {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.backend != nil {
-		return errdefs.InvalidInputf("pod %s/%s: logs, exec, attach and port-forward are not available in this build of i2kit", namespace, name)
+	var out []podStats
+	var clients []*protocol.Client
+	for _, pod := range p.pods {
+		a := p.agents[string(pod.UID)]
+		if a == nil {
+			continue
+		}
+		a.mu.Lock()
+		c := a.client
+		a.mu.Unlock()
+		if c != nil {
+			out = append(out, podStats{Pod: pod.DeepCopy()})
+			clients = append(clients, c)
+		}
 	}
-	return errdefs.InvalidInputf("pod %s/%s is not running: node %s has no backend configured", namespace, name, p.cfg.NodeName)
-}
-
-// GetContainerLogs fails: no pod runs without a backend.
-func (p *Provider) GetContainerLogs(_ context.Context, namespace, podName, _ string, _ api.ContainerLogOpts) (io.ReadCloser, error) {
-	return nil, p.errNotRunning(namespace, podName)
-}
-
-// RunInContainer fails: no pod runs without a backend.
-func (p *Provider) RunInContainer(_ context.Context, namespace, podName, _ string, _ []string, _ api.AttachIO) error {
-	return p.errNotRunning(namespace, podName)
-}
-
-// AttachToContainer fails: no pod runs without a backend.
-func (p *Provider) AttachToContainer(_ context.Context, namespace, podName, _ string, _ api.AttachIO) error {
-	return p.errNotRunning(namespace, podName)
-}
-
-// PortForward fails: no pod runs without a backend.
-func (p *Provider) PortForward(_ context.Context, namespace, pod string, _ int32, _ io.ReadWriteCloser) error {
-	return p.errNotRunning(namespace, pod)
-}
-
-// GetStatsSummary reports the node with no running pod.
-func (p *Provider) GetStatsSummary(context.Context) (*statsv1alpha1.Summary, error) {
-	return &statsv1alpha1.Summary{Node: statsv1alpha1.NodeStats{NodeName: p.cfg.NodeName, StartTime: metav1.Now()}}, nil
-}
-
-// GetMetricsResource reports no pod metrics: no pod runs without a backend.
-func (p *Provider) GetMetricsResource(context.Context) ([]*dto.MetricFamily, error) {
-	return nil, nil
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	for i, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if st, err := c.Stats(ctx); err == nil {
+				out[i].Stats = st
+			}
+		}()
+	}
+	wg.Wait()
+	return out
 }

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/virtual-kubelet/virtual-kubelet/log"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/i2kit/i2kit/agent"
 	"github.com/i2kit/i2kit/provider/vm"
 	"github.com/i2kit/i2kit/vmimage"
 )
@@ -25,7 +27,7 @@ type ImageBuilder interface {
 func (p *Provider) UseBackend(b vm.Backend, images ImageBuilder) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.backend, p.images = b, images
+	p.backend, p.builder = b, images
 }
 
 // createVM admits a pod, then builds its image and launches its VM in the background: CreatePod must not wait
@@ -36,9 +38,11 @@ func (p *Provider) createVM(ctx context.Context, pod *corev1.Pod) {
 		p.store(failedStatus(pod, p.cfg.InternalIP, ReasonUnsupported, why, time.Now()))
 		return
 	}
-	// After a node restart the pod's VM may already run: adopt it as it is, launch nothing.
+	// After a node restart the pod's VM may already run: adopt it as it is, launch nothing. Its status stays
+	// what the API server has until the agent reports.
 	if st, err := p.backend.Get(string(pod.UID)); err == nil && st.State == vm.Running {
-		p.store(runningStatus(pod, p.cfg.InternalIP, st))
+		p.store(pod.DeepCopy())
+		p.connectAgent(ctx, pod)
 		return
 	}
 	p.store(pendingStatus(pod, p.cfg.InternalIP, "ContainerCreating", "building the pod's VM image", time.Now()))
@@ -50,7 +54,7 @@ func (p *Provider) startVM(ctx context.Context, pod *corev1.Pod) {
 	defer cancel()
 	t0 := time.Now()
 	p.cfg.Events.Event(pod, corev1.EventTypeNormal, "Pulling", "Building the VM image (pulling "+images(pod)+")")
-	img, err := p.images.Ensure(ctx, vmimage.FromPod(pod), "direct")
+	img, err := p.builder.Ensure(ctx, vmimage.FromPod(pod), "direct")
 	if err != nil {
 		msg := fmt.Sprintf("building the VM image: %v", err)
 		p.cfg.Events.Event(pod, corev1.EventTypeWarning, "Failed", msg)
@@ -58,11 +62,14 @@ func (p *Provider) startVM(ctx context.Context, pod *corev1.Pod) {
 		return
 	}
 	p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "Pulled", "VM image %s ready in %s", img.Key[:12], time.Since(t0).Round(time.Millisecond))
+	p.mu.Lock()
+	p.images[string(pod.UID)] = imageIDs(pod, img)
+	p.mu.Unlock()
 	disks := img.DiskPaths()
 	mem, cpus := vmSize(pod)
 	st, err := p.backend.Launch(vm.Spec{UID: string(pod.UID), Namespace: pod.Namespace, Name: pod.Name,
-		Kernel: img.Kernel, Initramfs: img.Initramfs, Cmdline: img.Spec.Kernel.Cmdline, Disks: disks,
-		MemoryMiB: mem, CPUs: cpus})
+		Kernel: img.Kernel, Initramfs: img.Initramfs, Cmdline: img.Spec.Kernel.Cmdline + " " + agent.ConfigParam + "=channel",
+		Disks: disks, MemoryMiB: mem, CPUs: cpus})
 	if err != nil {
 		msg := fmt.Sprintf("launching the VM: %v", err)
 		p.cfg.Events.Event(pod, corev1.EventTypeWarning, "Failed", msg)
@@ -88,11 +95,9 @@ func (p *Provider) VMChanged(st vm.Status) {
 	}
 	switch st.State {
 	case vm.Running:
-		if pod.Status.Phase != corev1.PodRunning {
-			p.cfg.Events.Event(pod, corev1.EventTypeNormal, "Started", "Started the VM and its containers")
-		}
-		p.storeIfCurrent(pod, runningStatus(pod, p.cfg.InternalIP, st))
+		p.connectAgent(context.Background(), pod) // the agent reports the containers
 	case vm.Failed:
+		go p.disconnectAgent(st.UID)
 		p.cfg.Events.Event(pod, corev1.EventTypeWarning, st.Reason, st.Message)
 		p.storeIfCurrent(pod, failedStatus(pod, p.cfg.InternalIP, st.Reason, st.Message, time.Now()))
 	}
@@ -104,7 +109,13 @@ func (p *Provider) deleteVM(ctx context.Context, pod *corev1.Pod) error {
 	if pod.DeletionGracePeriodSeconds != nil {
 		grace = time.Duration(*pod.DeletionGracePeriodSeconds) * time.Second
 	}
-	p.cfg.Events.Event(pod, corev1.EventTypeNormal, "Killing", "Stopping the VM")
+	p.disconnectAgent(string(pod.UID))
+	p.mu.Lock()
+	delete(p.images, string(pod.UID))
+	p.mu.Unlock()
+	for _, c := range pod.Spec.Containers {
+		p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "Killing", "Stopping container %s", c.Name)
+	}
 	if err := p.backend.Terminate(ctx, string(pod.UID), grace); err != nil && !errors.Is(err, vm.ErrNotFound) {
 		return fmt.Errorf("terminating the VM, %w", err)
 	}
@@ -161,6 +172,24 @@ func maxi(a, b int64) int64 {
 	return b
 }
 
+// imageIDs names each container's image by digest, as a kubelet's imageID does.
+func imageIDs(pod *corev1.Pod, img *vmimage.Image) map[string]string {
+	out := map[string]string{}
+	for _, c := range append(append([]corev1.Container(nil), pod.Spec.InitContainers...), pod.Spec.Containers...) {
+		for _, d := range img.Disks {
+			if d.Ref != c.Image {
+				continue
+			}
+			repo := c.Image
+			if ref, err := name.ParseReference(c.Image, name.Insecure); err == nil {
+				repo = ref.Context().Name()
+			}
+			out[c.Name] = repo + "@" + d.Digest
+		}
+	}
+	return out
+}
+
 func images(pod *corev1.Pod) string {
 	var s string
 	for i, c := range append(append([]corev1.Container(nil), pod.Spec.InitContainers...), pod.Spec.Containers...) {
@@ -170,38 +199,6 @@ func images(pod *corev1.Pod) string {
 		s += c.Image
 	}
 	return s
-}
-
-// runningStatus is a pod's status once its VM runs and the agent started its containers.
-func runningStatus(pod *corev1.Pod, hostIP string, st vm.Status) *corev1.Pod {
-	out := pod.DeepCopy()
-	ready := metav1.NewTime(st.Ready)
-	started := metav1.NewTime(st.Started)
-	s := &out.Status
-	s.Phase = corev1.PodRunning
-	s.Reason, s.Message = "", ""
-	s.HostIP, s.HostIPs = hostIP, []corev1.HostIP{{IP: hostIP}}
-	s.PodIP, s.PodIPs = st.IP, []corev1.PodIP{{IP: st.IP}}
-	s.StartTime = &started
-	s.Conditions = []corev1.PodCondition{
-		{Type: corev1.PodScheduled, Status: corev1.ConditionTrue, LastTransitionTime: started},
-		{Type: corev1.PodInitialized, Status: corev1.ConditionTrue, LastTransitionTime: ready},
-		{Type: corev1.ContainersReady, Status: corev1.ConditionTrue, LastTransitionTime: ready},
-		{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: ready},
-	}
-	yes := true
-	s.InitContainerStatuses = nil
-	for _, c := range pod.Spec.InitContainers {
-		s.InitContainerStatuses = append(s.InitContainerStatuses, corev1.ContainerStatus{Name: c.Name, Image: c.Image,
-			State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Reason: "Completed", StartedAt: started, FinishedAt: ready}}})
-	}
-	s.ContainerStatuses = nil
-	for _, c := range pod.Spec.Containers {
-		s.ContainerStatuses = append(s.ContainerStatuses, corev1.ContainerStatus{Name: c.Name, Image: c.Image,
-			ContainerID: "i2kit://" + st.UID + "/" + c.Name, Ready: true, Started: &yes,
-			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: ready}}})
-	}
-	return out
 }
 
 // failedStatus is a pod's status when it cannot run or its VM ended on its own: phase Failed with the reason.

@@ -2,8 +2,11 @@ package provider
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/wait"
 
+	"github.com/i2kit/i2kit/agent/protocol"
 	"github.com/i2kit/i2kit/provider/vm"
 	"github.com/i2kit/i2kit/vmimage"
 )
@@ -89,6 +93,51 @@ func (f *fakeBackend) Terminate(_ context.Context, uid string, _ time.Duration) 
 	delete(f.vms, uid)
 	f.terminated = append(f.terminated, uid)
 	return nil
+}
+
+// DialAgent serves a fake agent over the real protocol: it takes the pod's configuration and reports every
+// configured container running.
+func (f *fakeBackend) DialAgent(_ context.Context, uid string) (net.Conn, error) {
+	if _, err := f.Get(uid); err != nil {
+		return nil, err
+	}
+	host, guest := net.Pipe()
+	go func() {
+		sess, err := protocol.Accept(guest)
+		if err != nil {
+			return
+		}
+		var mu sync.Mutex
+		var cfg *protocol.PodConfig
+		configured := make(chan struct{})
+		mux := http.NewServeMux()
+		mux.HandleFunc("PUT /v1/pod", func(w http.ResponseWriter, r *http.Request) {
+			var c protocol.PodConfig
+			json.NewDecoder(r.Body).Decode(&c) //nolint:errcheck
+			mu.Lock()
+			if cfg == nil {
+				cfg = &c
+				close(configured)
+			}
+			mu.Unlock()
+			w.WriteHeader(http.StatusNoContent)
+		})
+		mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+			<-configured
+			mu.Lock()
+			st := protocol.PodStatus{Seq: 1, Configured: true}
+			for _, c := range cfg.Containers {
+				st.Containers = append(st.Containers, protocol.ContainerStatus{Name: c.Name,
+					State: protocol.ContainerState{State: protocol.Running, StartedAt: time.Now()}})
+			}
+			mu.Unlock()
+			json.NewEncoder(w).Encode(st) //nolint:errcheck
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+		})
+		http.Serve(sess, mux) //nolint:errcheck
+	}()
+	return host, nil
 }
 
 type fakeImages struct{ err error }

@@ -36,7 +36,7 @@ up() {
   else
     say "building examples/hello and serving it from a local registry (127.0.0.1:5001 in the namespace)"
     CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o bin/hello ./examples/hello
-    ip netns exec "$NS" nohup "$I2KIT" dev registry --addr 127.0.0.1:5001 --binary hello:1=bin/hello >"$STATE/registry.log" 2>&1 </dev/null &
+    ip netns exec "$NS" nohup "$I2KIT" dev registry --addr 127.0.0.1:5001 --busybox /bin/busybox --binary hello:1=bin/hello >"$STATE/registry.log" 2>&1 </dev/null &
     echo $! >"$STATE/registry.pid"
     for _ in $(seq 100); do grep -q "registry serving" "$STATE/registry.log" && break; sleep 0.1; done
     cat "$STATE/registry.log"
@@ -72,15 +72,24 @@ up() {
   ip=$(kctl get pods -l app=hello -o jsonpath='{.items[0].status.podIP}')
   say "fetching a page from the pod VM at $ip"
   for _ in $(seq 100); do inns curl -fs "http://$ip:8080/" && break; sleep 0.2; done
+  pod=$(kctl get pods -l app=hello -o jsonpath='{.items[0].metadata.name}')
+  say "kubectl logs $pod --tail=2 (the container's output, from the guest agent)"
+  kctl logs "$pod" --tail=2
+  say "kubectl exec $pod -- cat /etc/hostname"
+  kctl exec "$pod" -- cat /etc/hostname
   cat <<MSG
 
 Every pod above is its own QEMU microVM (TCG here: this machine has no usable KVM), on a bridge inside the network
-namespace $NS; its IP is the VM's. Logs, exec and port-forward are not in this build yet.
+namespace $NS; its IP is the VM's. kubectl talks to the VMs' agents through the node.
 
 Try it:
-  sudo ip netns exec $NS $KUBECTL --kubeconfig $KUBECONFIG_PATH get pods -o wide
-  sudo ip netns exec $NS $KUBECTL --kubeconfig $KUBECONFIG_PATH scale deploy/hello --replicas=5
-  sudo ip netns exec $NS $KUBECTL --kubeconfig $KUBECONFIG_PATH get events
+  K="sudo ip netns exec $NS $KUBECTL --kubeconfig $KUBECONFIG_PATH"
+  \$K get pods -o wide
+  \$K logs -f $pod                    # follow; curl the pod in another shell to see requests
+  \$K exec -it $pod -- sh             # a shell inside the pod VM (busybox)
+  \$K port-forward pod/$pod 8080:8080 # then: sudo ip netns exec $NS curl localhost:8080
+  \$K scale deploy/hello --replicas=5
+  \$K get events
   sudo ip netns exec $NS curl http://$ip:8080/
 Tear down:
   make demo-down

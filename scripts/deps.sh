@@ -17,6 +17,8 @@ command -v syslinux >/dev/null || need+=(syslinux)
 [ -e /usr/lib/systemd/boot/efi/linuxx64.efi.stub ] || need+=(systemd-boot-efi)
 [ -e /usr/share/ovmf/OVMF.fd ] || need+=(ovmf)
 command -v objcopy >/dev/null || need+=(binutils)
+# a static busybox: the example images carry it so that kubectl exec finds a shell
+[ -x /bin/busybox ] || need+=(busybox-static)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then echo "deps.sh: missing ${need[*]}; run as root to install them" >&2; exit 1; fi
   echo "deps.sh: installing ${need[*]}"

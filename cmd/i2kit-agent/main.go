@@ -12,8 +12,8 @@ import (
 )
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == agent.ContainerInitArg {
-		err := agent.ContainerInit()
+	if len(os.Args) > 1 && os.Args[1] == agent.SupervisorArg {
+		err := agent.Supervise()
 		fmt.Fprintf(os.Stderr, "i2kit-agent: %v\n", err)
 		os.Exit(127)
 	}

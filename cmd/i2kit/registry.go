@@ -14,6 +14,7 @@ import (
 func registryCmd() *cobra.Command {
 	var addr string
 	var binaries []string
+	var busybox string
 	cmd := &cobra.Command{
 		Use:   "registry",
 		Short: "Serve an in-memory container registry over plain HTTP (for local clusters); --binary seeds it",
@@ -29,7 +30,7 @@ func registryCmd() *cobra.Command {
 				if !ok {
 					return fmt.Errorf("--binary %q: want repo:tag=path", b)
 				}
-				if err := devregistry.PushBinary(l.Addr().String()+"/"+ref, path); err != nil {
+				if err := devregistry.PushBinary(l.Addr().String()+"/"+ref, path, busybox); err != nil {
 					return err
 				}
 				fmt.Printf("pushed %s/%s\n", l.Addr(), ref)
@@ -40,6 +41,7 @@ func registryCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&addr, "addr", "127.0.0.1:5001", "address to listen on")
+	cmd.Flags().StringVar(&busybox, "busybox", "", "path of a static busybox to add to the --binary images as /bin/sh, /bin/cat, ... (Debian's busybox-static: /bin/busybox)")
 	cmd.Flags().StringSliceVar(&binaries, "binary", nil, "repo:tag=path: push an image whose entrypoint is this static binary")
 	return cmd
 }

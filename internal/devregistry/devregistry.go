@@ -27,9 +27,13 @@ func Serve(l net.Listener) *http.Server {
 	return srv
 }
 
+// Applets are the commands a shell-carrying image links to its busybox.
+var Applets = []string{"sh", "cat", "ls", "echo", "env", "hostname", "id", "ps", "sleep", "true", "false", "wget", "kill", "mkdir", "rm", "head", "tail", "grep", "wc", "stty", "dd", "uname"}
+
 // PushBinary pushes to ref (a plain-HTTP registry) a one-layer linux/amd64 image whose entrypoint is the static
-// binary at path, installed as /app.
-func PushBinary(ref, path string) error {
+// binary at path, installed as /app. With busybox (the path of a static busybox, "" for none) the image also has
+// /bin/busybox and /bin/<applet> links to it, so that kubectl exec finds a shell and the usual tools.
+func PushBinary(ref, path, busybox string) error {
 	body, err := os.ReadFile(path)
 	if err != nil {
 		return err
@@ -41,6 +45,28 @@ func PushBinary(ref, path string) error {
 	}
 	if _, err := tw.Write(body); err != nil {
 		return err
+	}
+	env := []string{"PATH=/"}
+	if busybox != "" {
+		bb, err := os.ReadFile(busybox)
+		if err != nil {
+			return err
+		}
+		for _, h := range []*tar.Header{{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755}, {Name: "tmp/", Typeflag: tar.TypeDir, Mode: 0o1777},
+			{Name: "bin/busybox", Mode: 0o755, Size: int64(len(bb))}} {
+			if err := tw.WriteHeader(h); err != nil {
+				return err
+			}
+		}
+		if _, err := tw.Write(bb); err != nil {
+			return err
+		}
+		for _, a := range Applets {
+			if err := tw.WriteHeader(&tar.Header{Name: "bin/" + a, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777}); err != nil {
+				return err
+			}
+		}
+		env = []string{"PATH=/bin:/"}
 	}
 	if err := tw.Close(); err != nil {
 		return err
@@ -60,7 +86,7 @@ func PushBinary(ref, path string) error {
 	}
 	cf = cf.DeepCopy()
 	cf.OS, cf.Architecture = "linux", "amd64"
-	cf.Config = v1.Config{Entrypoint: []string{"/app"}, Env: []string{"PATH=/"}}
+	cf.Config = v1.Config{Entrypoint: []string{"/app"}, Env: env}
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		return err
 	}

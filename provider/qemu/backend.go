@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/i2kit/i2kit/agent"
+	"github.com/i2kit/i2kit/agent/protocol"
 	"github.com/i2kit/i2kit/internal/proc"
 	"github.com/i2kit/i2kit/provider/vm"
 )
@@ -176,6 +178,10 @@ func (b *Backend) start(v *machine, s vm.Spec) error {
 		MemoryMiB: s.MemoryMiB, CPUs: s.CPUs, KVM: b.kvm, TSCkHz: b.tsc})
 	args = withConsoleSocket(args, filepath.Join(v.dir, "console.sock"))
 	args = append(args,
+		// the agent's channel (package agent/protocol): a virtio-serial port served on a unix socket
+		"-device", "virtio-serial-device,max_ports=2",
+		"-chardev", "socket,id=agent,path="+filepath.Join(v.dir, "agent.sock")+",server=on,wait=off",
+		"-device", "virtserialport,chardev=agent,name="+protocol.PortName,
 		"-netdev", fmt.Sprintf("tap,id=net0,ifname=%s,script=no,downscript=no,vhost=off", v.tap),
 		"-device", "virtio-net-device,netdev=net0,mac="+macFor(s.UID),
 		"-pidfile", filepath.Join(v.dir, "qemu.pid"))
@@ -209,7 +215,10 @@ func withConsoleSocket(args []string, sock string) []string {
 	out := make([]string, 0, len(args)+2)
 	for i := 0; i < len(args); i++ {
 		if args[i] == "-serial" && i+1 < len(args) {
-			out = append(out, "-chardev", "socket,id=console,path="+sock+",server=on,wait=off", "-serial", "chardev:console")
+			// QEMU itself logs the console, so that nothing is lost while no backend is connected (a restart).
+			log := filepath.Join(filepath.Dir(sock), "console.log")
+			out = append(out, "-chardev", "socket,id=console,path="+sock+",server=on,wait=off,logfile="+log+",logappend=on",
+				"-serial", "chardev:console")
 			i++
 			continue
 		}
@@ -218,7 +227,8 @@ func withConsoleSocket(args []string, sock string) []string {
 	return out
 }
 
-// watchConsole reads the guest console into console.log and marks the VM Running at the agent's ready marker.
+// watchConsole reads the guest console (QEMU logs it to console.log) and marks the VM Running at the agent's
+// ready marker.
 func (b *Backend) watchConsole(v *machine) {
 	sock := filepath.Join(v.dir, "console.sock")
 	var conn net.Conn
@@ -236,24 +246,34 @@ func (b *Backend) watchConsole(v *machine) {
 	v.mu.Lock()
 	v.console = conn
 	v.mu.Unlock()
-	logf, err := os.OpenFile(filepath.Join(v.dir, "console.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		conn.Close()
-		return
-	}
-	defer logf.Close()
-	sc := bufio.NewScanner(conn)
-	for sc.Scan() {
-		line := sc.Text()
-		fmt.Fprintln(logf, line)
-		if strings.Contains(line, agent.ReadyMarker) {
+	// The console is read to its end, whatever it holds: a backend that stopped reading would stall the guest.
+	r := bufio.NewReaderSize(conn, 64<<10)
+	for {
+		line, err := r.ReadSlice('\n')
+		if bytes.Contains(line, []byte(agent.ReadyMarker)) {
 			b.update(v, func(st *vm.Status) {
 				if st.State == vm.Booting {
 					st.State, st.Ready = vm.Running, time.Now()
 				}
 			})
 		}
+		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			return
+		}
 	}
+}
+
+// DialAgent connects to the agent's virtio-serial port. QEMU serves one connection at a time: a second waits
+// until the first is closed.
+func (b *Backend) DialAgent(ctx context.Context, uid string) (net.Conn, error) {
+	b.mu.Lock()
+	v, ok := b.vms[uid]
+	b.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", vm.ErrNotFound, uid)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "unix", filepath.Join(v.dir, "agent.sock"))
 }
 
 // waitPidfd waits for an adopted QEMU (not our child) to exit.
@@ -300,7 +320,8 @@ func (b *Backend) exited(v *machine, err error) {
 	close(v.exited)
 }
 
-// Terminate stops a pod's VM: the agent is asked to power off, and after grace QEMU is killed. The TAP and the
+// Terminate stops a pod's VM: the agent is asked to stop the containers within grace and power off; QEMU is
+// killed when it has not ended after grace. The TAP and the
 // runtime directory are removed. Terminate may be called repeatedly; once the VM is gone it returns ErrNotFound.
 func (b *Backend) Terminate(ctx context.Context, uid string, grace time.Duration) error {
 	b.mu.Lock()
@@ -318,7 +339,8 @@ func (b *Backend) Terminate(ctx context.Context, uid string, grace time.Duration
 	conn, pid := v.console, v.st.Pid
 	v.mu.Unlock()
 	if conn != nil {
-		conn.Write([]byte("poweroff\n")) //nolint:errcheck
+		// The agent gets most of the grace period for the containers; the rest is for it to power off.
+		fmt.Fprintf(conn, "poweroff %d\n", int((grace * 4 / 5).Seconds())) //nolint:errcheck
 	}
 	select {
 	case <-v.exited:

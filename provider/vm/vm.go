@@ -5,6 +5,7 @@ package vm
 import (
 	"context"
 	"errors"
+	"net"
 	"time"
 )
 
@@ -57,4 +58,7 @@ type Backend interface {
 	// Terminate stops a VM — gracefully within grace, then forcibly — and releases what it held. It may be
 	// called repeatedly; once the VM is gone it returns ErrNotFound.
 	Terminate(ctx context.Context, uid string, grace time.Duration) error
+	// DialAgent opens the channel to a running VM's agent (see package agent/protocol); the caller owns the
+	// connection. A backend may allow one open channel per VM at a time.
+	DialAgent(ctx context.Context, uid string) (net.Conn, error)
 }

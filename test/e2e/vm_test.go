@@ -40,7 +40,7 @@ func localRegistry(t testing.TB) string {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("building examples/hello: %v: %s", err, out)
 	}
-	if err := devregistry.PushBinary(l.Addr().String()+"/hello:1", bin); err != nil {
+	if err := devregistry.PushBinary(l.Addr().String()+"/hello:1", bin, "/bin/busybox"); err != nil {
 		t.Fatal(err)
 	}
 	return l.Addr().String()
@@ -119,6 +119,8 @@ func TestPodsRunAsVMs(t *testing.T) {
 		}
 		waitEvent(t, p.Name, "Started")
 	}
+	testKubectl(t, ps[0])
+	testRestartPolicy(t, nodeName, reg+"/hello:1", runDir)
 
 	// Restarting the node with the pods running loses none and launches none twice: the VMs are adopted.
 	before := qemuPids(t, runDir)
@@ -152,6 +154,18 @@ func TestPodsRunAsVMs(t *testing.T) {
 			}
 		}
 	}
+	// The adopted VMs still serve kubectl once the restarted node has synced its pods (the Node object says
+	// Ready before that: it is the previous process's), and a VM killed by hand shows at once.
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		_, err := env.KubectlRun(ctx, "logs", ps[1].Name, "--tail=1")
+		return err == nil, nil
+	})
+	if err != nil {
+		t.Fatalf("kubectl logs after the node restarted: %v\n%s", err, n.Log())
+	}
+	testKubectl(t, ps[1])
+	pid, _ := strconv.Atoi(after[string(ps[2].UID)])
+	testKilledVM(t, ps[2], pid)
 
 	// Deleting the Deployment ends the VMs: the pods go, and with them every TAP and runtime directory.
 	if err := env.Client.AppsV1().Deployments("default").Delete(ctx, "hello-vm", metav1.DeleteOptions{}); err != nil {

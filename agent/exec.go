@@ -1,0 +1,264 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/i2kit/i2kit/agent/protocol"
+)
+
+// execIn runs req in container c through its supervisor and streams it over frames until it exits.
+func (r *runtime) execIn(ctx context.Context, c *container, req protocol.ExecRequest, br *bufio.Reader, fw *protocol.FrameWriter) (int, error) {
+	r.mu.Lock()
+	ctl, running := c.ctl, c.pid != 0
+	r.mu.Unlock()
+	if !running {
+		return -1, fmt.Errorf("container %s is not running", c.Name)
+	}
+	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: ctl, Net: "unix"})
+	if err != nil {
+		return -1, fmt.Errorf("reaching container %s, %w", c.Name, err)
+	}
+	defer conn.Close()
+
+	// The child's ends are sent to the supervisor and closed here; ours stream over the frames.
+	var child [3]*os.File
+	var in io.WriteCloser // nil: stdin is not streamed
+	var outs []*os.File
+	var pty *os.File
+	if req.TTY {
+		master, slave, err := openPTY()
+		if err != nil {
+			return -1, err
+		}
+		defer master.Close()
+		child = [3]*os.File{slave, slave, slave}
+		pty, in, outs = master, master, []*os.File{master}
+	} else {
+		devnull, err := os.Open(os.DevNull)
+		if err != nil {
+			return -1, err
+		}
+		child[0] = devnull
+		if req.Stdin {
+			pr, pw, err := os.Pipe()
+			if err != nil {
+				return -1, err
+			}
+			devnull.Close()
+			child[0], in = pr, pw
+		}
+		for i := 1; i <= 2; i++ {
+			pr, pw, err := os.Pipe()
+			if err != nil {
+				return -1, err
+			}
+			child[i] = pw
+			outs = append(outs, pr)
+		}
+	}
+	spec, _ := json.Marshal(execSpec{Argv: req.Command, TTY: req.TTY})
+	rights := unix.UnixRights(int(child[0].Fd()), int(child[1].Fd()), int(child[2].Fd()))
+	_, _, err = conn.WriteMsgUnix(spec, rights, nil)
+	for _, f := range child {
+		f.Close() // a TTY's slave thrice: closing again is harmless
+	}
+	if err != nil {
+		return -1, fmt.Errorf("asking container %s to run the command, %w", c.Name, err)
+	}
+	dec := json.NewDecoder(conn)
+	var started execReply
+	if err := dec.Decode(&started); err != nil {
+		return -1, fmt.Errorf("running the command in %s, %w", c.Name, err)
+	}
+	if started.Error != "" {
+		return 126, errors.New(started.Error)
+	}
+
+	var copies sync.WaitGroup
+	for i, f := range outs {
+		ch := protocol.Stdout
+		if i == 1 {
+			ch = protocol.Stderr
+		}
+		copies.Add(1)
+		go func() {
+			defer copies.Done()
+			io.Copy(fw.Channel(ch), f) //nolint:errcheck // a TTY's master ends with EIO once the slave is gone
+		}()
+	}
+	go readInput(br, in, pty)
+
+	exited := make(chan execReply, 1)
+	go func() {
+		var e execReply
+		if dec.Decode(&e) != nil {
+			e.Exit = new(int)
+			*e.Exit = -1
+		}
+		exited <- e
+	}()
+	var e execReply
+	select {
+	case e = <-exited:
+	case <-ctx.Done():
+		syscall.Kill(-started.Pid, syscall.SIGKILL) //nolint:errcheck
+		syscall.Kill(started.Pid, syscall.SIGKILL)  //nolint:errcheck
+		e = <-exited
+	}
+	// Output still in flight is copied; a background child that keeps the pipes open does not hold the exec.
+	done := make(chan struct{})
+	go func() { copies.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+		for _, f := range outs {
+			f.Close()
+		}
+	}
+	if in != nil && pty == nil {
+		in.Close()
+	}
+	return *e.Exit, nil
+}
+
+// readInput applies the client's frames: stdin to in, resizes to the terminal.
+func readInput(br *bufio.Reader, in io.WriteCloser, pty *os.File) {
+	for {
+		ch, p, err := protocol.ReadFrame(br)
+		if err != nil {
+			return
+		}
+		switch ch {
+		case protocol.Stdin:
+			if in != nil {
+				in.Write(p) //nolint:errcheck
+			}
+		case protocol.CloseStdin:
+			if in != nil && pty == nil {
+				in.Close()
+			}
+		case protocol.ResizeCh:
+			var sz protocol.Resize
+			if pty != nil && json.Unmarshal(p, &sz) == nil {
+				unix.IoctlSetWinsize(int(pty.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: sz.Height, Col: sz.Width}) //nolint:errcheck
+			}
+		}
+	}
+}
+
+// openPTY opens a new pseudo-terminal pair from /dev/ptmx.
+func openPTY() (master, slave *os.File, err error) {
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening a terminal, %w", err)
+	}
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		m.Close()
+		return nil, nil, fmt.Errorf("unlocking the terminal, %w", err)
+	}
+	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		m.Close()
+		return nil, nil, fmt.Errorf("numbering the terminal, %w", err)
+	}
+	s, err := os.OpenFile("/dev/pts/"+strconv.Itoa(n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		m.Close()
+		return nil, nil, fmt.Errorf("opening the terminal, %w", err)
+	}
+	return m, s, nil
+}
+
+// attachTo streams a container's main process: its output as it is logged, and its stdin when the container
+// keeps one open. It returns when the run ends (with its exit code) or ctx does.
+func (r *runtime) attachTo(ctx context.Context, c *container, req protocol.AttachRequest, br *bufio.Reader, fw *protocol.FrameWriter) (int, error) {
+	r.mu.Lock()
+	run, ended, stdin, running := c.run, c.ended, c.stdin, c.pid != 0
+	r.mu.Unlock()
+	if !running {
+		return -1, fmt.Errorf("container %s is not running", c.Name)
+	}
+	if req.Stdin && stdin == nil {
+		return -1, fmt.Errorf("container %s does not keep stdin open (stdin: true in its spec)", c.Name)
+	}
+	if req.TTY {
+		return -1, fmt.Errorf("container %s has no terminal: i2kit runs containers without tty", c.Name)
+	}
+	recs, cancel := run.Subscribe()
+	defer cancel()
+	if req.Stdin {
+		go readInput(br, nopCloser{stdin}, nil)
+	}
+	for {
+		select {
+		case rec, ok := <-recs:
+			if !ok {
+				return r.exitCode(c), nil
+			}
+			ch := protocol.Stdout
+			if rec.Stream == "stderr" {
+				ch = protocol.Stderr
+			}
+			b := rec.Content
+			if !rec.Partial {
+				b = append(b, '\n')
+			}
+			if err := fw.Write(ch, b); err != nil {
+				return -1, err
+			}
+		case <-ended:
+			return r.exitCode(c), nil
+		case <-ctx.Done():
+			return -1, ctx.Err()
+		}
+	}
+}
+
+func (r *runtime) exitCode(c *container) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c.status.State.State == protocol.Terminated {
+		return c.status.State.ExitCode
+	}
+	return 0
+}
+
+type nopCloser struct{ io.Writer }
+
+func (nopCloser) Close() error { return nil }
+
+// portForward copies between conn and localhost:port, the pod's network namespace being the VM's.
+func portForward(conn io.ReadWriteCloser, br *bufio.Reader, port int) {
+	defer conn.Close()
+	target, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), 5*time.Second)
+	if err != nil {
+		target, err = net.DialTimeout("tcp", net.JoinHostPort("::1", strconv.Itoa(port)), 5*time.Second)
+	}
+	if err != nil {
+		return
+	}
+	defer target.Close()
+	done := make(chan struct{}, 2)
+	go func() {
+		io.Copy(target, br) //nolint:errcheck
+		if tc, ok := target.(*net.TCPConn); ok {
+			tc.CloseWrite() //nolint:errcheck
+		}
+		done <- struct{}{}
+	}()
+	go func() { io.Copy(conn, target); done <- struct{}{} }() //nolint:errcheck
+	<-done
+}

@@ -1,0 +1,166 @@
+// Package protocol is the one narrow, versioned protocol between the node (host) and a pod VM's agent (guest).
+//
+// It runs over any reliable byte stream the backend gives: the virtio-serial port's unix socket under QEMU, vsock
+// where the host has it, TLS over TCP for cloud instances. A session starts with a line handshake that resyncs a
+// stream on which an earlier session may have left bytes (a node that restarted): the host sends
+// "I2KIT-HELLO <version> <nonce>\n", the guest answers "I2KIT-OK <version> <nonce>\n", and both then speak yamux,
+// the host as client. Every yamux stream carries one HTTP/1.1 request from host to guest (routes below); the
+// interactive ones (exec, attach, port-forward) upgrade the stream to Frames or to raw bytes.
+//
+//	PUT  /v1/pod                     PodConfig: start the pod's containers (once; repeated calls are no-ops)
+//	GET  /v1/status[?watch=1]        PodStatus, or a stream of them as JSON lines, one per change
+//	GET  /v1/logs?container=…        the container's log (LogOptions in the query), streamed when following
+//	POST /v1/exec, /v1/attach        upgrade to Frames (ExecRequest / AttachRequest in the query)
+//	POST /v1/portforward?port=N      upgrade to a raw byte stream to localhost:N inside the VM
+//	GET  /v1/stats                   Stats
+//	POST /v1/poweroff?grace=…        stop every container within grace (SIGTERM, then SIGKILL) and power off
+package protocol
+
+import (
+	"time"
+)
+
+// Version is this protocol's version; the handshake refuses any other.
+const Version = 1
+
+// PortName is the virtio-serial port name the agent listens on.
+const PortName = "i2kit.agent"
+
+// RestartPolicy values, as in a PodSpec.
+const (
+	RestartAlways    = "Always"
+	RestartOnFailure = "OnFailure"
+	RestartNever     = "Never"
+)
+
+// PodConfig is the pod's runtime configuration, sent after boot and never baked into an image.
+type PodConfig struct {
+	RestartPolicy string            `json:"restartPolicy"`
+	Containers    []ContainerConfig `json:"containers"`
+}
+
+// ContainerConfig is one container's runtime configuration; Name matches a container of the image.
+type ContainerConfig struct {
+	Name string `json:"name"`
+	// Env is appended to the image's environment, later entries winning.
+	Env []string `json:"env,omitempty"`
+	// Stdin keeps the main process's standard input open for attach.
+	Stdin bool `json:"stdin,omitempty"`
+	// MemoryLimit in bytes and CPULimit in millicores; 0 is unlimited.
+	MemoryLimit int64 `json:"memoryLimit,omitempty"`
+	CPULimit    int64 `json:"cpuLimit,omitempty"`
+}
+
+// Container states.
+const (
+	Waiting    = "waiting"
+	Running    = "running"
+	Terminated = "terminated"
+)
+
+// PodStatus is what the agent knows of the pod's containers. Seq rises with every change.
+type PodStatus struct {
+	Seq        uint64            `json:"seq"`
+	Configured bool              `json:"configured"`
+	Containers []ContainerStatus `json:"containers"`
+}
+
+// ContainerStatus is one container's state, as a kubelet reports it.
+type ContainerStatus struct {
+	Name         string          `json:"name"`
+	State        ContainerState  `json:"state"`
+	LastState    *ContainerState `json:"lastState,omitempty"`
+	RestartCount int             `json:"restartCount"`
+}
+
+// ContainerState is a container's state. Waiting carries Reason (ContainerCreating, CrashLoopBackOff);
+// Terminated carries ExitCode, Reason (Completed, Error, OOMKilled) and Message.
+type ContainerState struct {
+	State      string    `json:"state"`
+	Reason     string    `json:"reason,omitempty"`
+	Message    string    `json:"message,omitempty"`
+	ExitCode   int       `json:"exitCode,omitempty"`
+	Signal     int       `json:"signal,omitempty"`
+	StartedAt  time.Time `json:"startedAt,omitzero"`
+	FinishedAt time.Time `json:"finishedAt,omitzero"`
+}
+
+// LogOptions select a container's log, as kubectl logs does.
+type LogOptions struct {
+	Container  string
+	Follow     bool
+	Previous   bool
+	Timestamps bool
+	Tail       int // lines from the end; -1 for all
+	SinceTime  time.Time
+	LimitBytes int64
+}
+
+// ExecRequest runs a command in a container.
+type ExecRequest struct {
+	Container string   `json:"container"`
+	Command   []string `json:"command"`
+	Stdin     bool     `json:"stdin"`
+	TTY       bool     `json:"tty"`
+}
+
+// AttachRequest attaches to a container's main process.
+type AttachRequest struct {
+	Container string `json:"container"`
+	Stdin     bool   `json:"stdin"`
+	TTY       bool   `json:"tty"`
+}
+
+// Exit is the end of an exec or attach: the process's exit code, or why it could not run.
+type Exit struct {
+	Code  int    `json:"code"`
+	Error string `json:"error,omitempty"`
+}
+
+// Resize is a terminal size change.
+type Resize struct {
+	Width  uint16 `json:"width"`
+	Height uint16 `json:"height"`
+}
+
+// Stats is a snapshot of the VM's resource use.
+type Stats struct {
+	Time       time.Time        `json:"time"`
+	CPU        CPUStats         `json:"cpu"`
+	Memory     MemoryStats      `json:"memory"`
+	Network    []InterfaceStats `json:"network"`
+	Containers []ContainerStats `json:"containers"`
+}
+
+// CPUStats counts CPU time in nanoseconds since boot (the VM) or since the container's cgroup was made.
+type CPUStats struct {
+	UsageNanos uint64 `json:"usageNanos"`
+}
+
+// MemoryStats in bytes. WorkingSet is usage minus inactive file pages, as the kubelet computes it.
+type MemoryStats struct {
+	Usage      uint64 `json:"usage"`
+	WorkingSet uint64 `json:"workingSet"`
+	RSS        uint64 `json:"rss"`
+	Available  uint64 `json:"available,omitempty"`
+}
+
+// InterfaceStats are a network interface's counters.
+type InterfaceStats struct {
+	Name     string `json:"name"`
+	RxBytes  uint64 `json:"rxBytes"`
+	TxBytes  uint64 `json:"txBytes"`
+	RxErrors uint64 `json:"rxErrors"`
+	TxErrors uint64 `json:"txErrors"`
+}
+
+// ContainerStats is one container's use.
+type ContainerStats struct {
+	Name      string      `json:"name"`
+	StartedAt time.Time   `json:"startedAt"`
+	CPU       CPUStats    `json:"cpu"`
+	Memory    MemoryStats `json:"memory"`
+	// RootfsUsed is the bytes written to the container's writable layer; LogsUsed its logs'.
+	RootfsUsed uint64 `json:"rootfsUsed"`
+	LogsUsed   uint64 `json:"logsUsed"`
+}

@@ -1,0 +1,336 @@
+package agent
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+)
+
+// supervisorEnv carries a container's configuration to the agent's own re-execution inside the container's new
+// namespaces (see Supervise).
+const supervisorEnv = "I2KIT_CONTAINER"
+
+// SupervisorArg is the argument that makes i2kit-agent act as a container's supervisor (see Supervise).
+const SupervisorArg = "container-init"
+
+// supervisorSpec is what the agent hands to Supervise.
+type supervisorSpec struct {
+	Container
+	Env      []string `json:"podEnv,omitempty"` // the pod's, over the image's
+	Root     string   `json:"root"`
+	Hostname string   `json:"hostname"`
+}
+
+// execSpec is a request to the supervisor's control socket: run Argv with the three descriptors sent alongside.
+type execSpec struct {
+	Argv []string `json:"argv"`
+	TTY  bool     `json:"tty"`
+}
+
+// execReply is the supervisor's answer: first the pid (or an error), later the exit code.
+type execReply struct {
+	Pid   int    `json:"pid,omitempty"`
+	Exit  *int   `json:"exit,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// Supervise runs in a container's new namespaces, as the agent re-executed by the runtime with the control
+// socket's listener as fd 3. It makes the mount namespace private, mounts /proc, /dev and /sys into the
+// container's root, enters it, and starts the container's command as the container's user. It stays as PID 1 of
+// the container's PID namespace, like tini: it forwards signals to the command, reaps orphans, and runs the
+// processes that exec asks for on the control socket. It exits with the command's exit code (128+signal when a
+// signal ended it), which ends every process of the container. It returns only on error.
+func Supervise() error {
+	var c supervisorSpec
+	if err := json.Unmarshal([]byte(os.Getenv(supervisorEnv)), &c); err != nil {
+		return fmt.Errorf("reading container spec, %w", err)
+	}
+	lis, err := net.FileListener(os.NewFile(3, "control"))
+	if err != nil {
+		return fmt.Errorf("opening the control socket, %w", err)
+	}
+	if err := enterRoot(c); err != nil {
+		return err
+	}
+	uid, gid, err := lookupUser(c.User)
+	if err != nil {
+		return err
+	}
+	env := containerEnv(c.Container.Env, c.Env)
+	path, err := lookPath(c.Argv[0], env)
+	if err != nil {
+		return fmt.Errorf("executable %q: %w", c.Argv[0], err)
+	}
+	cred := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{uint32(gid)}}
+	s := &supervisor{waits: map[int]chan int{}}
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, syscall.SIGCHLD, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT,
+		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH)
+	s.mu.Lock()
+	main, err := syscall.ForkExec(path, c.Argv, &syscall.ProcAttr{Dir: c.WorkingDir, Env: env,
+		Files: []uintptr{0, 1, 2}, Sys: &syscall.SysProcAttr{Credential: cred}})
+	s.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("starting %q, %w", c.Argv[0], err)
+	}
+	os.Stdin.Close()
+	go s.serve(lis, env, c.WorkingDir, cred)
+	for sig := range sigs {
+		if sig != syscall.SIGCHLD {
+			syscall.Kill(main, sig.(syscall.Signal)) //nolint:errcheck
+			continue
+		}
+		if code, done := s.reap(main); done {
+			os.Exit(code)
+		}
+	}
+	return nil
+}
+
+// enterRoot mounts /proc, /dev and /sys into the container's root, sets the hostname and enters the root.
+func enterRoot(c supervisorSpec) error {
+	if err := syscall.Mount("", "/", "", syscall.MS_REC|syscall.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("making mounts private, %w", err)
+	}
+	for _, m := range []struct {
+		src, dst, fstype string
+		flags            uintptr
+	}{
+		{"proc", "proc", "proc", syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOEXEC},
+		{"/dev", "dev", "", syscall.MS_BIND | syscall.MS_REC},
+		{"sysfs", "sys", "sysfs", syscall.MS_RDONLY | syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOEXEC},
+	} {
+		dst := filepath.Join(c.Root, m.dst)
+		if err := os.MkdirAll(dst, 0o755); err != nil {
+			return err
+		}
+		if err := syscall.Mount(m.src, dst, m.fstype, m.flags, ""); err != nil {
+			return fmt.Errorf("mounting /%s, %w", m.dst, err)
+		}
+	}
+	if err := syscall.Sethostname([]byte(c.Hostname)); err != nil {
+		return fmt.Errorf("setting hostname, %w", err)
+	}
+	if err := syscall.Chroot(c.Root); err != nil {
+		return fmt.Errorf("entering the container root, %w", err)
+	}
+	if err := os.Chdir(c.WorkingDir); err != nil {
+		return fmt.Errorf("working directory %s, %w", c.WorkingDir, err)
+	}
+	// /etc/hostname is the pod's name inside the container, as a kubelet's bind mount makes it.
+	if err := os.MkdirAll("/etc", 0o755); err == nil {
+		os.WriteFile("/etc/hostname", []byte(c.Hostname+"\n"), 0o644) //nolint:errcheck
+	}
+	return nil
+}
+
+// containerEnv is the image's environment with the pod's over it, and PATH and HOME defaulted.
+func containerEnv(image, pod []string) []string {
+	env := map[string]int{}
+	var out []string
+	for _, kv := range append(append([]string(nil), image...), pod...) {
+		k, _, _ := strings.Cut(kv, "=")
+		if i, ok := env[k]; ok {
+			out[i] = kv
+			continue
+		}
+		env[k] = len(out)
+		out = append(out, kv)
+	}
+	if _, ok := env["PATH"]; !ok {
+		out = append(out, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	}
+	if _, ok := env["HOME"]; !ok {
+		out = append(out, "HOME=/")
+	}
+	return out
+}
+
+// lookPath finds an executable as a shell would with the container's PATH.
+func lookPath(name string, env []string) (string, error) {
+	if strings.Contains(name, "/") {
+		return exec.LookPath(name)
+	}
+	for _, kv := range env {
+		if p, ok := strings.CutPrefix(kv, "PATH="); ok {
+			for _, d := range filepath.SplitList(p) {
+				if path, err := exec.LookPath(filepath.Join(d, name)); err == nil {
+					return path, nil
+				}
+			}
+			return "", exec.ErrNotFound
+		}
+	}
+	return exec.LookPath(name)
+}
+
+// supervisor reaps the container's processes and tells exec requests their exit codes.
+type supervisor struct {
+	mu    sync.Mutex // held across fork so that a fast exit is reaped after its wait is registered
+	waits map[int]chan int
+}
+
+// reap collects every exited child; it reports the main process's exit code once it has exited.
+func (s *supervisor) reap(main int) (int, bool) {
+	code, done := 0, false
+	for {
+		var ws syscall.WaitStatus
+		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+		if err != nil || pid <= 0 {
+			return code, done
+		}
+		c := ws.ExitStatus()
+		if ws.Signaled() {
+			c = 128 + int(ws.Signal())
+		}
+		if pid == main {
+			code, done = c, true
+		}
+		s.mu.Lock()
+		if w, ok := s.waits[pid]; ok {
+			w <- c
+			delete(s.waits, pid)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// serve runs exec requests from the agent: each connection carries one execSpec with the stdin, stdout and stderr
+// descriptors, and gets the pid and then the exit code back.
+func (s *supervisor) serve(lis net.Listener, env []string, dir string, cred *syscall.Credential) {
+	for {
+		conn, err := lis.Accept()
+		if err != nil {
+			return
+		}
+		go s.exec(conn.(*net.UnixConn), env, dir, cred)
+	}
+}
+
+func (s *supervisor) exec(conn *net.UnixConn, env []string, dir string, cred *syscall.Credential) {
+	defer conn.Close()
+	enc := json.NewEncoder(conn)
+	buf, oob := make([]byte, 64<<10), make([]byte, syscall.CmsgSpace(3*4))
+	n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return
+	}
+	var fds []int
+	if msgs, err := syscall.ParseSocketControlMessage(oob[:oobn]); err == nil && len(msgs) == 1 {
+		fds, _ = syscall.ParseUnixRights(&msgs[0])
+	}
+	defer func() {
+		for _, fd := range fds {
+			syscall.Close(fd)
+		}
+	}()
+	var req execSpec
+	if err := json.Unmarshal(buf[:n], &req); err != nil || len(fds) != 3 || len(req.Argv) == 0 {
+		enc.Encode(execReply{Error: "bad exec request"}) //nolint:errcheck
+		return
+	}
+	path, err := lookPath(req.Argv[0], env)
+	if err != nil {
+		enc.Encode(execReply{Error: fmt.Sprintf("executable %q not found in the container: %v", req.Argv[0], err)}) //nolint:errcheck
+		return
+	}
+	sys := &syscall.SysProcAttr{Credential: cred, Setsid: true}
+	if req.TTY {
+		sys.Setctty, sys.Ctty = true, 0
+	}
+	wait := make(chan int, 1)
+	s.mu.Lock()
+	pid, err := syscall.ForkExec(path, req.Argv, &syscall.ProcAttr{Dir: dir, Env: env,
+		Files: []uintptr{uintptr(fds[0]), uintptr(fds[1]), uintptr(fds[2])}, Sys: sys})
+	if err == nil {
+		s.waits[pid] = wait
+	}
+	s.mu.Unlock()
+	if err != nil {
+		enc.Encode(execReply{Error: fmt.Sprintf("starting %q: %v", req.Argv[0], err)}) //nolint:errcheck
+		return
+	}
+	for _, fd := range fds {
+		syscall.Close(fd)
+	}
+	fds = nil
+	enc.Encode(execReply{Pid: pid}) //nolint:errcheck
+	code := <-wait
+	enc.Encode(execReply{Exit: &code}) //nolint:errcheck
+}
+
+// listenControl opens a container's control socket afresh; the supervisor inherits it.
+func listenControl(path string) (*os.File, error) {
+	os.Remove(path)
+	lis, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("opening the control socket, %w", err)
+	}
+	defer lis.Close()
+	lis.SetUnlinkOnClose(false)
+	return lis.File()
+}
+
+// lookupUser resolves "user[:group]" (names or numbers) in the container's /etc/passwd and /etc/group.
+func lookupUser(spec string) (uid, gid int, err error) {
+	if spec == "" {
+		return 0, 0, nil
+	}
+	u, g, hasGroup := strings.Cut(spec, ":")
+	uid, primary, err := lookupID("/etc/passwd", u, 2)
+	if err != nil {
+		return 0, 0, fmt.Errorf("user %q: %w", u, err)
+	}
+	gid = primary
+	if hasGroup {
+		if gid, _, err = lookupID("/etc/group", g, 2); err != nil {
+			return 0, 0, fmt.Errorf("group %q: %w", g, err)
+		}
+	}
+	return uid, gid, nil
+}
+
+// lookupID returns the numeric id of name (or name itself when numeric) from a passwd-style file, and, for
+// passwd, the user's primary group (field 3; 0 for a uid the file does not list).
+func lookupID(file, name string, idField int) (id, group int, err error) {
+	n, numErr := strconv.Atoi(name)
+	f, err := os.Open(file)
+	if err != nil {
+		if numErr == nil {
+			return n, 0, nil
+		}
+		return 0, 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Split(sc.Text(), ":")
+		if len(fs) <= idField || (fs[0] != name && (numErr != nil || fs[idField] != name)) {
+			continue
+		}
+		id, err := strconv.Atoi(fs[idField])
+		if err != nil {
+			return 0, 0, err
+		}
+		if len(fs) > 3 {
+			if g, err := strconv.Atoi(fs[3]); err == nil {
+				group = g
+			}
+		}
+		return id, group, nil
+	}
+	if numErr == nil {
+		return n, 0, nil
+	}
+	return 0, 0, errors.New("not found in " + file)
+}
