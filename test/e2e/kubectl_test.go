@@ -84,6 +84,12 @@ func (b *background) waitFor(t *testing.T, s string, timeout time.Duration) {
 	}
 }
 
+func (b *background) has(s string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Contains(b.out.String(), s)
+}
+
 func (b *background) stop() {
 	if b.cmd.Process != nil {
 		b.cmd.Process.Kill() //nolint:errcheck
@@ -113,6 +119,20 @@ func testKubectl(t *testing.T, pod corev1.Pod) {
 	resp.Body.Close()
 	follow.waitFor(t, "GET /followed", 30*time.Second)
 	follow.stop()
+
+	attach := startKubectl(t, "attach", name)
+	attach.waitFor(t, "If you don't see a command prompt", 30*time.Second)
+	for i := 0; i < 50; i++ { // attach shows what is written from now on: keep asking until a request shows
+		resp, err := http.Get("http://" + net.JoinHostPort(pod.Status.PodIP, "8080") + "/attached")
+		if err == nil {
+			resp.Body.Close()
+		}
+		if attach.has("GET /attached") {
+			break
+		}
+	}
+	attach.waitFor(t, "GET /attached", 30*time.Second)
+	attach.stop()
 
 	if out := kubectl(t, "exec", name, "--", "cat", "/etc/hostname"); strings.TrimSpace(out) != name {
 		t.Errorf("kubectl exec cat /etc/hostname = %q, want %q", out, name)

@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/i2kit/i2kit/internal/devregistry"
+	"github.com/i2kit/i2kit/internal/proc"
 	"github.com/i2kit/i2kit/provider"
 	"github.com/i2kit/i2kit/test/harness"
 )
@@ -123,7 +124,7 @@ func TestPodsRunAsVMs(t *testing.T) {
 	testRestartPolicy(t, nodeName, reg+"/hello:1", runDir)
 
 	// Restarting the node with the pods running loses none and launches none twice: the VMs are adopted.
-	before := qemuPids(t, runDir)
+	before := qemuPids(t, runDir, 3)
 	if err := n.Stop(t, 30*time.Second); err != nil {
 		t.Fatalf("stopping the node: %v", err)
 	}
@@ -143,7 +144,7 @@ func TestPodsRunAsVMs(t *testing.T) {
 	if err != nil {
 		t.Fatalf("pods after the node restarted: %v%s\n%s", err, summarize(pods(t, "hello-vm")), n.Log())
 	}
-	after := qemuPids(t, runDir)
+	after := qemuPids(t, runDir, 3)
 	if fmt.Sprint(before) != fmt.Sprint(after) {
 		t.Errorf("VMs before the restart %v, after %v: want the same, adopted", before, after)
 	}
@@ -167,7 +168,10 @@ func TestPodsRunAsVMs(t *testing.T) {
 	pid, _ := strconv.Atoi(after[string(ps[2].UID)])
 	testKilledVM(t, ps[2], pid)
 
-	// Deleting the Deployment ends the VMs: the pods go, and with them every TAP and runtime directory.
+	// Deleting the Deployment ends the VMs within the pods' grace period (30 s): the pods go, and with them every
+	// QEMU process, TAP and runtime directory.
+	running := qemuPids(t, runDir, -1) // the killed VM's pod may not be replaced yet
+	t0 = time.Now()
 	if err := env.Client.AppsV1().Deployments("default").Delete(ctx, "hello-vm", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -178,6 +182,16 @@ func TestPodsRunAsVMs(t *testing.T) {
 	if err != nil {
 		ents, _ := os.ReadDir(runDir)
 		t.Fatalf("after delete: %d pods, %d VM directories: %v", len(pods(t, "hello-vm")), len(ents), err)
+	}
+	if took := time.Since(t0); took > 30*time.Second {
+		t.Errorf("the VMs took %s to end, more than the grace period", took)
+	} else {
+		t.Logf("deleting the Deployment ended its VMs in %s", took.Round(time.Millisecond))
+	}
+	for uid, p := range running {
+		if pid, _ := strconv.Atoi(p); proc.Alive(pid) {
+			t.Errorf("QEMU %d of pod %s still runs after delete", pid, uid)
+		}
 	}
 	ifs, _ := net.Interfaces()
 	for _, i := range ifs {
@@ -216,8 +230,8 @@ func podReady(p corev1.Pod) bool {
 	return false
 }
 
-// qemuPids maps each VM directory under runDir to its QEMU pid.
-func qemuPids(t *testing.T, runDir string) map[string]string {
+// qemuPids maps each VM directory under runDir to its QEMU pid; want (unless -1) is how many there must be.
+func qemuPids(t *testing.T, runDir string, want int) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	files, _ := filepath.Glob(filepath.Join(runDir, "*", "qemu.pid"))
@@ -225,8 +239,8 @@ func qemuPids(t *testing.T, runDir string) map[string]string {
 		b, _ := os.ReadFile(f)
 		out[filepath.Base(filepath.Dir(f))] = strings.TrimSpace(string(b))
 	}
-	if len(out) != 3 {
-		t.Errorf("%d VMs in %s, want 3", len(out), runDir)
+	if want >= 0 && len(out) != want {
+		t.Errorf("%d VMs in %s, want %d", len(out), runDir, want)
 	}
 	return out
 }
