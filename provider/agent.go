@@ -155,11 +155,19 @@ func (p *Provider) agentChanged(pod *corev1.Pod, a *podAgent, st protocol.PodSta
 		for _, c := range prev.Containers {
 			before[c.Name] = c
 		}
+	} else {
+		// A pod adopted after a node restart: what the API server shows already had its Events.
+		for _, cs := range append(append([]corev1.ContainerStatus(nil), pod.Status.InitContainerStatuses...), pod.Status.ContainerStatuses...) {
+			if r := cs.State.Running; r != nil {
+				before[cs.Name] = protocol.ContainerStatus{Name: cs.Name, State: protocol.ContainerState{State: protocol.Running, StartedAt: r.StartedAt.Time}}
+			}
+		}
 	}
 	for _, c := range st.Containers {
 		b := before[c.Name]
 		switch {
-		case c.State.State == protocol.Running && !c.State.StartedAt.Equal(b.State.StartedAt):
+		// The API keeps times to the second.
+		case c.State.State == protocol.Running && !c.State.StartedAt.Truncate(time.Second).Equal(b.State.StartedAt.Truncate(time.Second)):
 			p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "Started", "Started container %s", c.Name)
 		case c.State.Reason == "CrashLoopBackOff" && b.State.Reason != "CrashLoopBackOff":
 			p.cfg.Events.Eventf(pod, corev1.EventTypeWarning, "BackOff", "Back-off restarting failed container %s in pod %s_%s(%s)",

@@ -23,10 +23,10 @@ const (
 	cpioChar = 0o020000
 )
 
-// writeInitramfs writes entries as a gzip-compressed newc cpio archive, with parent directories added, sorted
-// by path and with zero timestamps so that equal inputs give equal bytes. It always provides /dev/console so
-// that init has a console before devtmpfs is mounted.
-func writeInitramfs(w io.Writer, entries []cpioEntry) error {
+// writeInitramfs writes entries as a newc cpio archive, gzip-compressed when gz, with parent directories added,
+// sorted by path and with zero timestamps so that equal inputs give equal bytes. It always provides /dev/console
+// so that init has a console before devtmpfs is mounted.
+func writeInitramfs(w io.Writer, entries []cpioEntry, gz bool) error {
 	all := map[string]cpioEntry{"dev": {Path: "dev", Mode: cpioDir | 0o755},
 		"dev/console": {Path: "dev/console", Mode: cpioChar | 0o600, Rdev: [2]uint32{5, 1}}}
 	for _, e := range entries {
@@ -43,21 +43,25 @@ func writeInitramfs(w io.Writer, entries []cpioEntry) error {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	zw, err := gzip.NewWriterLevel(w, gzip.BestCompression)
-	if err != nil {
-		return err
+	out, closer := w, io.Closer(io.NopCloser(nil))
+	if gz {
+		zw, err := gzip.NewWriterLevel(w, gzip.BestCompression)
+		if err != nil {
+			return err
+		}
+		out, closer = zw, zw
 	}
 	ino := uint32(1)
 	for _, n := range names {
-		if err := writeCpioRecord(zw, all[n], ino); err != nil {
+		if err := writeCpioRecord(out, all[n], ino); err != nil {
 			return err
 		}
 		ino++
 	}
-	if err := writeCpioRecord(zw, cpioEntry{Path: "TRAILER!!!"}, 0); err != nil {
+	if err := writeCpioRecord(out, cpioEntry{Path: "TRAILER!!!"}, 0); err != nil {
 		return err
 	}
-	return zw.Close()
+	return closer.Close()
 }
 
 func writeCpioRecord(w io.Writer, e cpioEntry, ino uint32) error {

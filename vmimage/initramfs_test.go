@@ -43,7 +43,7 @@ func TestInitramfsIsSortedNewcWithParentsAndConsole(t *testing.T) {
 	err := writeInitramfs(&buf, []cpioEntry{
 		{Path: "init", Mode: cpioReg | 0o755, Data: []byte("#!agent")},
 		{Path: "/etc/i2kit/image.json", Mode: cpioReg | 0o644, Data: []byte("{}")},
-	})
+	}, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,6 +52,13 @@ func TestInitramfsIsSortedNewcWithParentsAndConsole(t *testing.T) {
 		t.Fatal(err)
 	}
 	raw, _ := io.ReadAll(zr)
+	// Uncompressed (direct boot) is the same archive.
+	var plain bytes.Buffer
+	writeInitramfs(&plain, []cpioEntry{{Path: "init", Mode: cpioReg | 0o755, Data: []byte("#!agent")}, //nolint:errcheck
+		{Path: "/etc/i2kit/image.json", Mode: cpioReg | 0o644, Data: []byte("{}")}}, false)
+	if !bytes.Equal(plain.Bytes(), raw) {
+		t.Error("the uncompressed archive differs from the compressed one's content")
+	}
 	names, modes, data := readNewc(t, raw)
 	want := []string{"dev", "dev/console", "etc", "etc/i2kit", "etc/i2kit/image.json", "init"}
 	if len(names) != len(want) {
@@ -71,10 +78,10 @@ func TestInitramfsIsSortedNewcWithParentsAndConsole(t *testing.T) {
 	// Equal inputs give equal bytes: images are content-addressed.
 	var again bytes.Buffer
 	writeInitramfs(&again, []cpioEntry{{Path: "/etc/i2kit/image.json", Mode: cpioReg | 0o644, Data: []byte("{}")}, //nolint:errcheck
-		{Path: "init", Mode: cpioReg | 0o755, Data: []byte("#!agent")}})
+		{Path: "init", Mode: cpioReg | 0o755, Data: []byte("#!agent")}}, true)
 	var first bytes.Buffer
 	writeInitramfs(&first, []cpioEntry{{Path: "init", Mode: cpioReg | 0o755, Data: []byte("#!agent")}, //nolint:errcheck
-		{Path: "/etc/i2kit/image.json", Mode: cpioReg | 0o644, Data: []byte("{}")}})
+		{Path: "/etc/i2kit/image.json", Mode: cpioReg | 0o644, Data: []byte("{}")}}, true)
 	if !bytes.Equal(first.Bytes(), again.Bytes()) {
 		t.Error("initramfs bytes depend on input order")
 	}

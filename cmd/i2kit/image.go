@@ -245,7 +245,7 @@ func export(img *vmimage.Image, dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	files := map[string]string{img.Kernel: "vmlinux", img.Initramfs: "initramfs.cpio.gz"}
+	files := map[string]string{img.Kernel: "vmlinux", img.Initramfs: filepath.Base(img.Initramfs)}
 	for i, d := range img.Disks {
 		files[d.Path] = fmt.Sprintf("disk%d.erofs", i)
 	}

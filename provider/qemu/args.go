@@ -27,7 +27,7 @@ type VM struct {
 
 // Args renders the QEMU arguments for vm (without the binary). It is a pure function: golden-tested.
 func Args(vm VM) []string {
-	accel, cpu := "tcg,tb-size=32", "max"
+	accel, cpu := "tcg,tb-size=16", "max" // a 16 MiB translation cache boots as fast as 32 MiB and keeps 16 MiB less resident per VM
 	if vm.KVM {
 		accel, cpu = "kvm", "host"
 	}

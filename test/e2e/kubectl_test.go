@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -20,8 +21,10 @@ import (
 
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	statsv1alpha1 "k8s.io/kubelet/pkg/apis/stats/v1alpha1"
 )
 
 // kubectl runs kubectl against the test's control plane.
@@ -161,6 +164,30 @@ func testKubectl(t *testing.T, pod corev1.Pod) {
 		t.Errorf("through kubectl port-forward: %q", body)
 	}
 	pf.stop()
+
+	// The node's stats come from the agents: the pod is in /stats/summary with its memory and CPU.
+	raw := kubectl(t, "get", "--raw", "/api/v1/nodes/"+pod.Spec.NodeName+"/proxy/stats/summary")
+	var sum statsv1alpha1.Summary
+	if err := json.Unmarshal([]byte(raw), &sum); err != nil {
+		t.Fatalf("stats/summary: %v: %s", err, raw)
+	}
+	found := false
+	for _, ps := range sum.Pods {
+		if ps.PodRef.Name != name {
+			continue
+		}
+		found = true
+		if ps.Memory == nil || ps.Memory.WorkingSetBytes == nil || *ps.Memory.WorkingSetBytes == 0 || ps.CPU == nil ||
+			ps.CPU.UsageCoreNanoSeconds == nil || *ps.CPU.UsageCoreNanoSeconds == 0 || len(ps.Containers) != 1 {
+			t.Errorf("stats of pod %s: %s", name, raw)
+		}
+	}
+	if !found {
+		t.Errorf("pod %s not in stats/summary: %s", name, raw)
+	}
+	if m := kubectl(t, "get", "--raw", "/api/v1/nodes/"+pod.Spec.NodeName+"/proxy/metrics/resource"); !strings.Contains(m, `container_memory_working_set_bytes{container="web",namespace="default",pod="`+name+`"}`) {
+		t.Errorf("metrics/resource has no working set for pod %s:\n%s", name, m)
+	}
 }
 
 // testExecTTY drives `kubectl exec -it` from a pseudo-terminal, as a user at a shell does.
@@ -243,6 +270,9 @@ func testRestartPolicy(t *testing.T, nodeName, image, runDir string) {
 				Tolerations: []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
 				Containers:  []corev1.Container{{Name: "c", Image: image, Command: []string{"sh", "-c", script}}}},
 		}
+		if strings.HasPrefix(name, "oom-") {
+			p.Spec.Containers[0].Resources.Limits = corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("32Mi")}
+		}
 		p, err := env.Client.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -250,7 +280,7 @@ func testRestartPolicy(t *testing.T, nodeName, image, runDir string) {
 		uids = append(uids, string(p.UID))
 	}
 	defer func() {
-		for _, name := range []string{"crash-always", "crash-never", "ok-onfailure"} {
+		for _, name := range []string{"crash-always", "crash-never", "ok-onfailure", "oom-never"} {
 			env.Client.CoreV1().Pods("default").Delete(ctx, name, metav1.DeleteOptions{}) //nolint:errcheck
 		}
 		// Terminal pods leave the API at once; their VMs end in the background.
@@ -269,6 +299,7 @@ func testRestartPolicy(t *testing.T, nodeName, image, runDir string) {
 	mk("crash-always", corev1.RestartPolicyAlways, "echo run at $(cat /proc/uptime); exit 3")
 	mk("crash-never", corev1.RestartPolicyNever, "echo once; exit 3")
 	mk("ok-onfailure", corev1.RestartPolicyOnFailure, "echo done")
+	mk("oom-never", corev1.RestartPolicyNever, "tail /dev/zero") // tail keeps the one endless line: memory grows
 
 	get := func(name string) *corev1.Pod {
 		p, err := env.Client.CoreV1().Pods("default").Get(ctx, name, metav1.GetOptions{})
@@ -309,6 +340,11 @@ func testRestartPolicy(t *testing.T, nodeName, image, runDir string) {
 	}
 	if out := kubectl(t, "logs", "crash-never"); strings.TrimSpace(out) != "once" {
 		t.Errorf("kubectl logs of an ended container = %q, want once", out)
+	}
+	// A container over its memory limit is killed by the guest's OOM killer in its cgroup and reported so.
+	p = waitPod("oom-never", "Failed", 2*time.Minute, func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodFailed })
+	if term := p.Status.ContainerStatuses[0].State.Terminated; term == nil || term.Reason != "OOMKilled" || term.ExitCode != 137 {
+		t.Errorf("oom-never container = %+v, want OOMKilled with exit code 137", p.Status.ContainerStatuses[0])
 	}
 	p = waitPod("ok-onfailure", "Succeeded", 2*time.Minute, func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodSucceeded })
 	if term := p.Status.ContainerStatuses[0].State.Terminated; term == nil || term.ExitCode != 0 || term.Reason != "Completed" {

@@ -38,7 +38,7 @@ func TestImageCLI(t *testing.T) {
 	if len(key) != 64 {
 		t.Fatalf("build did not print the key last:\n%s", out)
 	}
-	for _, f := range []string{"vmlinux", "initramfs.cpio.gz", "disk0.erofs", "image.json"} {
+	for _, f := range []string{"vmlinux", "initramfs.cpio", "disk0.erofs", "image.json"} {
 		if _, err := os.Stat(filepath.Join(dir, "out", f)); err != nil {
 			t.Errorf("-o: %v", err)
 		}
