@@ -300,6 +300,7 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 	defer lis.Close()
 	spec, _ := json.Marshal(supervisorSpec{Container: c.Container, Env: c.rc.Env, Root: c.root, Hostname: r.hostname})
 	cmd := exec.Command("/proc/self/exe", SupervisorArg)
+	cmd.Args[0] = "i2kit-init" // what ps shows as the container's PID 1
 	cmd.Env = []string{supervisorEnv + "=" + string(spec)}
 	cmd.ExtraFiles = []*os.File{lis}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
