@@ -321,8 +321,8 @@ func (b *Backend) exited(v *machine, err error) {
 }
 
 // Terminate stops a pod's VM: the agent is asked to stop the containers within grace and power off; QEMU is
-// killed when it has not ended after grace. The TAP and the
-// runtime directory are removed. Terminate may be called repeatedly; once the VM is gone it returns ErrNotFound.
+// killed when it has not ended after grace. The TAP and the runtime directory are removed. Terminate may be
+// called repeatedly; once the VM is gone it returns ErrNotFound.
 func (b *Backend) Terminate(ctx context.Context, uid string, grace time.Duration) error {
 	b.mu.Lock()
 	v, ok := b.vms[uid]
@@ -330,15 +330,22 @@ func (b *Backend) Terminate(ctx context.Context, uid string, grace time.Duration
 	if !ok {
 		return fmt.Errorf("%w: %s", vm.ErrNotFound, uid)
 	}
+	booting := false
 	b.update(v, func(st *vm.Status) {
+		booting = st.State == vm.Booting
 		if st.State == vm.Booting || st.State == vm.Running {
 			st.State = vm.Stopping
 		}
 	})
+	// A VM whose agent is not up runs no container yet (they start once the node configures a Running VM):
+	// nothing needs the grace period, and nothing would hear a power-off request.
+	if booting {
+		grace = 0
+	}
 	v.mu.Lock()
 	conn, pid := v.console, v.st.Pid
 	v.mu.Unlock()
-	if conn != nil {
+	if conn != nil && grace > 0 {
 		// The agent gets most of the grace period for the containers; the rest is for it to power off.
 		fmt.Fprintf(conn, "poweroff %d\n", int((grace * 4 / 5).Seconds())) //nolint:errcheck
 	}
