@@ -55,6 +55,7 @@ type runtime struct {
 	seq        uint64
 	changed    chan struct{} // closed and replaced at every change
 	stopping   bool
+	volumes    map[string]*podVolume // by name, each under VolumesDir once made
 }
 
 // container is one container of the pod and its current run.
@@ -76,7 +77,8 @@ type container struct {
 }
 
 func newRuntime(console io.Writer, image ImageConfig, hostname string) *runtime {
-	r := &runtime{console: console, image: image, hostname: hostname, changed: make(chan struct{})}
+	r := &runtime{console: console, image: image, hostname: hostname, changed: make(chan struct{}),
+		volumes: map[string]*podVolume{}}
 	for _, c := range image.Containers {
 		r.containers = append(r.containers, &container{Container: c, wake: make(chan struct{}),
 			status: protocol.ContainerStatus{Name: c.Name, State: protocol.ContainerState{State: protocol.Waiting, Reason: "ContainerCreating"}}})
@@ -116,8 +118,8 @@ func (r *runtime) find(name string) *container {
 	return nil
 }
 
-// configure applies the pod's runtime configuration and starts the containers; it runs once, later calls are
-// no-ops. The onboot containers run in order, each to success, before the services start.
+// configure applies the pod's runtime configuration, makes the pod's volumes and starts the containers; it runs
+// once, later calls are no-ops. The onboot containers run in order, each to success, before the services start.
 func (r *runtime) configure(cfg protocol.PodConfig) error {
 	switch cfg.RestartPolicy {
 	case protocol.RestartAlways, protocol.RestartOnFailure, protocol.RestartNever:
@@ -131,6 +133,9 @@ func (r *runtime) configure(cfg protocol.PodConfig) error {
 			return fmt.Errorf("container %q is not in the image", cc.Name)
 		}
 	}
+	if err := validateVolumes(cfg); err != nil {
+		return err
+	}
 	r.mu.Lock()
 	if r.cfg != nil {
 		r.mu.Unlock()
@@ -142,6 +147,13 @@ func (r *runtime) configure(cfg protocol.PodConfig) error {
 	}
 	r.changedLocked()
 	r.mu.Unlock()
+	if err := r.makeVolumes(cfg.Volumes); err != nil {
+		r.say("i2kit-agent: %v", err)
+		for _, c := range r.containers {
+			r.setState(c, protocol.ContainerState{State: protocol.Waiting, Reason: "CreateContainerError", Message: err.Error()})
+		}
+		return err
+	}
 	for _, c := range r.containers {
 		if err := r.prepare(c); err != nil {
 			r.say("i2kit-agent: preparing %s: %v", c.Name, err)
@@ -298,7 +310,12 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 		return 0, "", err
 	}
 	defer lis.Close()
-	spec, _ := json.Marshal(supervisorSpec{Container: c.Container, Env: c.rc.Env, Root: c.root, Hostname: r.hostname})
+	mounts, err := r.bindMounts(c)
+	if err != nil {
+		return 0, "", err
+	}
+	spec, _ := json.Marshal(supervisorSpec{Container: c.Container, Env: c.rc.Env, Root: c.root, Hostname: r.hostname,
+		Mounts: mounts})
 	cmd := exec.Command("/proc/self/exe", SupervisorArg)
 	cmd.Args[0] = "i2kit-init" // what ps shows as the container's PID 1
 	cmd.Env = []string{supervisorEnv + "=" + string(spec)}

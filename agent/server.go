@@ -34,6 +34,7 @@ func (s *server) handler() http.Handler {
 	mux.HandleFunc("POST /v1/attach", s.attach)
 	mux.HandleFunc("POST /v1/portforward", s.portForward)
 	mux.HandleFunc("GET /v1/stats", s.statsHandler)
+	mux.HandleFunc("PUT /v1/volumes/{name}", s.updateVolume)
 	mux.HandleFunc("POST /v1/poweroff", s.powerOff)
 	return mux
 }
@@ -49,6 +50,26 @@ func (s *server) configure(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// updateVolume replaces a files volume's content: 404 for a volume the pod lacks, 400 for an emptyDir or a bad path.
+func (s *server) updateVolume(w http.ResponseWriter, req *http.Request) {
+	var files []protocol.File
+	if err := json.NewDecoder(req.Body).Decode(&files); err != nil {
+		http.Error(w, "decoding the volume's files: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	err := s.rt.updateVolume(req.PathValue("name"), files)
+	switch {
+	case err == nil:
+		w.WriteHeader(http.StatusNoContent)
+	case errors.Is(err, errUnknownVolume):
+		http.Error(w, err.Error(), http.StatusNotFound)
+	case errors.Is(err, errNotFiles), errors.Is(err, errBadPath):
+		http.Error(w, err.Error(), http.StatusBadRequest)
+	default:
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+	}
 }
 
 func (s *server) status(w http.ResponseWriter, req *http.Request) {

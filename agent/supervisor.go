@@ -29,6 +29,15 @@ type supervisorSpec struct {
 	Env      []string `json:"podEnv,omitempty"` // the pod's, over the image's
 	Root     string   `json:"root"`
 	Hostname string   `json:"hostname"`
+	// Mounts are bound into Root in order (see bindVolumes).
+	Mounts []bindMount `json:"mounts,omitempty"`
+}
+
+// bindMount binds Source, a path in the agent's mount namespace, at Target, a path in the container.
+type bindMount struct {
+	Source   string `json:"source"`
+	Target   string `json:"target"`
+	ReadOnly bool   `json:"readOnly,omitempty"`
 }
 
 // execSpec is a request to the supervisor's control socket: run Argv with the three descriptors sent alongside.
@@ -45,11 +54,12 @@ type execReply struct {
 }
 
 // Supervise runs in a container's new namespaces, as the agent re-executed by the runtime with the control
-// socket's listener as fd 3. It makes the mount namespace private, mounts /proc, /dev and /sys into the
-// container's root, enters it, and starts the container's command as the container's user. It stays as PID 1 of
-// the container's PID namespace, like tini: it forwards signals to the command, reaps orphans, and runs the
-// processes that exec asks for on the control socket. It exits with the command's exit code (128+signal when a
-// signal ended it), which ends every process of the container. It returns only on error.
+// socket's listener as fd 3. It makes the mount namespace private, mounts /proc, /dev and /sys and binds the
+// pod's volumes into the container's root, enters it, and starts the container's command as the container's
+// user. It stays as PID 1 of the container's PID namespace, like tini: it forwards signals to the command,
+// reaps orphans, and runs the processes that exec asks for on the control socket. It exits with the command's
+// exit code (128+signal when a signal ended it), which ends every process of the container. It returns only on
+// error.
 func Supervise() error {
 	var c supervisorSpec
 	if err := json.Unmarshal([]byte(os.Getenv(supervisorEnv)), &c); err != nil {
@@ -97,7 +107,8 @@ func Supervise() error {
 	return nil
 }
 
-// enterRoot mounts /proc, /dev and /sys into the container's root, sets the hostname and enters the root.
+// enterRoot mounts /proc, /dev and /sys into the container's root, then binds the pod's volumes (see
+// bindVolumes), sets the hostname and enters the root.
 func enterRoot(c supervisorSpec) error {
 	if err := syscall.Mount("", "/", "", syscall.MS_REC|syscall.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("making mounts private, %w", err)
@@ -117,6 +128,9 @@ func enterRoot(c supervisorSpec) error {
 		if err := syscall.Mount(m.src, dst, m.fstype, m.flags, ""); err != nil {
 			return fmt.Errorf("mounting /%s, %w", m.dst, err)
 		}
+	}
+	if err := bindVolumes(c.Root, c.Mounts); err != nil {
+		return err
 	}
 	if err := syscall.Sethostname([]byte(c.Hostname)); err != nil {
 		return fmt.Errorf("setting hostname, %w", err)

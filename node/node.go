@@ -17,6 +17,7 @@ import (
 	"github.com/virtual-kubelet/virtual-kubelet/log"
 	vknode "github.com/virtual-kubelet/virtual-kubelet/node"
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -96,7 +97,8 @@ func Run(ctx context.Context, c Config) error {
 		return fmt.Errorf("backend %s: %w", c.Backend, err)
 	}
 	defer release()
-	newProvider := func(nodeutil.ProviderConfig) (nodeutil.Provider, vknode.NodeProvider, error) {
+	newProvider := func(pc nodeutil.ProviderConfig) (nodeutil.Provider, vknode.NodeProvider, error) {
+		p.UseCluster(pc.ConfigMaps, pc.Secrets, serviceAccountToken(client))
 		return p, nodeProvider{}, nil
 	}
 	n, err := nodeutil.NewNode(c.NodeName, newProvider,
@@ -132,6 +134,29 @@ func Run(ctx context.Context, c Config) error {
 		return nil
 	}
 	return err
+}
+
+// serviceAccountToken requests tokens bound to a pod through the TokenRequest API, as a kubelet does for
+// projected serviceAccountToken volumes.
+func serviceAccountToken(client kubernetes.Interface) provider.TokenFunc {
+	return func(ctx context.Context, pod *corev1.Pod, audience string, exp int64) (string, time.Time, error) {
+		req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+			ExpirationSeconds: &exp,
+			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+		}}
+		if audience != "" {
+			req.Spec.Audiences = []string{audience}
+		}
+		sa := pod.Spec.ServiceAccountName
+		if sa == "" {
+			sa = "default"
+		}
+		tr, err := client.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, sa, req, metav1.CreateOptions{})
+		if err != nil {
+			return "", time.Time{}, err
+		}
+		return tr.Status.Token, tr.Status.ExpirationTimestamp.Time, nil
+	}
 }
 
 // nodeProvider reports the node's health: the node is as healthy as this process is.

@@ -1,6 +1,7 @@
 package provider
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 
@@ -14,9 +15,8 @@ const ReasonUnsupported = "Unsupported"
 // silently changed:
 //   - hostNetwork, hostPID, hostIPC and hostPath: the host is the hypervisor's, and a pod VM shares none of it;
 //   - privileged containers: privilege inside the VM would not be what the pod asked for on a node;
-//   - env from sources (valueFrom, envFrom) and volumes (including the service account token that is mounted
-//     unless automountServiceAccountToken is false): runtime data the agent does not take yet (plain env values
-//     are sent to it after boot);
+//   - volumes other than emptyDir, configMap, secret, downwardAPI and projected: the node has no storage to
+//     attach to a VM yet;
 //   - tty: a container's main process runs without a terminal (kubectl exec -it has one).
 func admit(pod *corev1.Pod) string {
 	var why []string
@@ -31,21 +31,14 @@ func admit(pod *corev1.Pod) string {
 		switch {
 		case v.HostPath != nil:
 			why = append(why, fmt.Sprintf("hostPath volume %q (the host's files are not the VM's)", v.Name))
+		case v.EmptyDir != nil, v.ConfigMap != nil, v.Secret != nil, v.DownwardAPI != nil, v.Projected != nil:
 		default:
-			why = append(why, fmt.Sprintf("volume %q (volumes are not supported yet; set automountServiceAccountToken: false to leave out the token volume)", v.Name))
+			why = append(why, fmt.Sprintf("volume %q of type %s (i2kit serves emptyDir, configMap, secret, downwardAPI and projected volumes)", v.Name, volumeType(v)))
 		}
 	}
 	for _, c := range append(append([]corev1.Container(nil), s.InitContainers...), s.Containers...) {
 		if sc := c.SecurityContext; sc != nil && sc.Privileged != nil && *sc.Privileged {
 			why = append(why, fmt.Sprintf("privileged container %q", c.Name))
-		}
-		for _, e := range c.Env {
-			if e.ValueFrom != nil {
-				why = append(why, fmt.Sprintf("env %s of container %q from a source (valueFrom is not supported yet)", e.Name, c.Name))
-			}
-		}
-		if len(c.EnvFrom) > 0 {
-			why = append(why, fmt.Sprintf("envFrom of container %q (not supported yet)", c.Name))
 		}
 		if c.TTY {
 			why = append(why, fmt.Sprintf("tty of container %q (containers run without a terminal; kubectl exec -it has one)", c.Name))
@@ -55,4 +48,18 @@ func admit(pod *corev1.Pod) string {
 		return ""
 	}
 	return "this pod cannot run as an i2kit VM: " + strings.Join(why, "; ")
+}
+
+// volumeType names a volume's source as the API does (persistentVolumeClaim, nfs, csi, ...).
+func volumeType(v corev1.Volume) string {
+	b, err := json.Marshal(v.VolumeSource)
+	if err != nil {
+		return "unknown"
+	}
+	var m map[string]json.RawMessage
+	json.Unmarshal(b, &m) //nolint:errcheck
+	for k := range m {
+		return k
+	}
+	return "unknown"
 }

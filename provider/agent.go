@@ -72,7 +72,15 @@ func (p *Provider) disconnectAgent(uid string) {
 
 func (p *Provider) runAgent(ctx context.Context, pod *corev1.Pod, a *podAgent) {
 	logger := log.G(ctx).WithField("pod", key(pod.Namespace, pod.Name)).WithField("uid", pod.UID)
-	cfg := podConfig(pod)
+	vst, err := p.backend.Get(string(pod.UID))
+	if err != nil {
+		return
+	}
+	rt, ok := p.awaitRuntime(ctx, pod, vst)
+	if !ok {
+		return
+	}
+	cfg := podConfig(pod, rt)
 	for attempt := 0; ctx.Err() == nil; attempt++ {
 		if attempt > 0 {
 			select {
@@ -110,6 +118,7 @@ func (p *Provider) runAgent(ctx context.Context, pod *corev1.Pod, a *podAgent) {
 		close(a.ready)
 		a.mu.Unlock()
 		attempt = 0
+		go p.refreshVolumes(ctx, pod, vst, c, cfg.Volumes)
 		err = c.Watch(ctx, func(st protocol.PodStatus) { p.agentChanged(pod, a, st) })
 		c.Close()
 		a.mu.Lock()
@@ -119,25 +128,6 @@ func (p *Provider) runAgent(ctx context.Context, pod *corev1.Pod, a *podAgent) {
 			logger.WithError(err).Info("the session with the agent ended; reconnecting")
 		}
 	}
-}
-
-// podConfig is the pod's runtime configuration for its agent.
-func podConfig(pod *corev1.Pod) protocol.PodConfig {
-	cfg := protocol.PodConfig{RestartPolicy: string(pod.Spec.RestartPolicy)}
-	for _, c := range append(append([]corev1.Container(nil), pod.Spec.InitContainers...), pod.Spec.Containers...) {
-		cc := protocol.ContainerConfig{Name: c.Name, Stdin: c.Stdin}
-		for _, e := range c.Env {
-			cc.Env = append(cc.Env, e.Name+"="+e.Value)
-		}
-		if q, ok := c.Resources.Limits[corev1.ResourceMemory]; ok {
-			cc.MemoryLimit = q.Value()
-		}
-		if q, ok := c.Resources.Limits[corev1.ResourceCPU]; ok {
-			cc.CPULimit = q.MilliValue()
-		}
-		cfg.Containers = append(cfg.Containers, cc)
-	}
-	return cfg
 }
 
 // agentChanged applies the agent's view of the containers to the pod's status, with the Events a kubelet emits.

@@ -112,7 +112,11 @@ func (p *Provider) deleteVM(ctx context.Context, pod *corev1.Pod) error {
 	p.disconnectAgent(string(pod.UID))
 	p.mu.Lock()
 	delete(p.images, string(pod.UID))
+	c := p.cluster
 	p.mu.Unlock()
+	if c != nil {
+		c.forget(string(pod.UID))
+	}
 	for _, c := range pod.Spec.Containers {
 		p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "Killing", "Stopping container %s", c.Name)
 	}

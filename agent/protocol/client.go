@@ -109,6 +109,16 @@ func (c *Client) Configure(ctx context.Context, cfg PodConfig) error {
 	return nil
 }
 
+// UpdateVolume replaces the content of a files volume atomically.
+func (c *Client) UpdateVolume(ctx context.Context, name string, files []File) error {
+	resp, err := c.do(ctx, http.MethodPut, "/v1/volumes/"+url.PathEscape(name), nil, files, nil)
+	if err != nil {
+		return fmt.Errorf("updating volume %s, %w", name, err)
+	}
+	resp.Body.Close()
+	return nil
+}
+
 // Status returns the pod's status.
 func (c *Client) Status(ctx context.Context) (PodStatus, error) {
 	var st PodStatus

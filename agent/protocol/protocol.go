@@ -13,6 +13,7 @@
 //	POST /v1/exec, /v1/attach        upgrade to Frames (ExecRequest / AttachRequest in the query)
 //	POST /v1/portforward?port=N      upgrade to a raw byte stream to localhost:N inside the VM
 //	GET  /v1/stats                   Stats
+//	PUT  /v1/volumes/{name}          []File: replace a files volume's content atomically (ConfigMap, Secret, token updates)
 //	POST /v1/poweroff?grace=…        stop every container within grace (SIGTERM, then SIGKILL) and power off
 package protocol
 
@@ -37,6 +38,39 @@ const (
 type PodConfig struct {
 	RestartPolicy string            `json:"restartPolicy"`
 	Containers    []ContainerConfig `json:"containers"`
+	Volumes       []Volume          `json:"volumes,omitempty"`
+}
+
+// Volume is one of the pod's volumes, made in the VM before any container starts. Exactly one of EmptyDir and
+// Files is set.
+type Volume struct {
+	Name string `json:"name"`
+	// EmptyDir is a writable directory for the pod's life, in the VM's memory.
+	EmptyDir *EmptyDir `json:"emptyDir,omitempty"`
+	// Files is the whole content of a configMap, secret, downwardAPI or projected volume, written as a kubelet's
+	// atomic writer does (the files live in a timestamped directory that a "..data" symlink points at, and each
+	// top-level name is a symlink through "..data"), so that an update swaps every file at once.
+	Files []File `json:"files,omitempty"`
+}
+
+// EmptyDir sizes an emptyDir volume; SizeLimit 0 is half the VM's memory (the tmpfs default).
+type EmptyDir struct {
+	SizeLimit int64 `json:"sizeLimit,omitempty"`
+}
+
+// File is one file of a files volume: a relative, clean path (subdirectories allowed), its content and mode.
+type File struct {
+	Path string `json:"path"`
+	Data []byte `json:"data"`
+	Mode uint32 `json:"mode"`
+}
+
+// Mount places a volume (or SubPath inside it) at Path in a container.
+type Mount struct {
+	Volume   string `json:"volume"`
+	Path     string `json:"path"`
+	SubPath  string `json:"subPath,omitempty"`
+	ReadOnly bool   `json:"readOnly,omitempty"`
 }
 
 // ContainerConfig is one container's runtime configuration; Name matches a container of the image.
@@ -49,6 +83,8 @@ type ContainerConfig struct {
 	// MemoryLimit in bytes and CPULimit in millicores; 0 is unlimited.
 	MemoryLimit int64 `json:"memoryLimit,omitempty"`
 	CPULimit    int64 `json:"cpuLimit,omitempty"`
+	// Mounts are made in the container's mount namespace in order, before its command starts.
+	Mounts []Mount `json:"mounts,omitempty"`
 }
 
 // Container states.

@@ -1,0 +1,539 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/i2kit/i2kit/agent/protocol"
+)
+
+// VolumesDir holds the pod's volumes, one directory per volume name.
+const VolumesDir = "/run/i2kit/volumes"
+
+// The reserved names of a files volume's directory (see writeFiles). Every name starting with ".." is reserved.
+const (
+	dataLinkName    = "..data"
+	dataTmpLinkName = "..data_tmp"
+)
+
+// Limits on a file's path in a files volume, as a kubelet's.
+const (
+	maxFilePathLength = 4096
+	maxFileNameLength = 255
+)
+
+var (
+	// errUnknownVolume: the pod has no volume of that name.
+	errUnknownVolume = errors.New("no such volume")
+	// errNotFiles: the volume is an emptyDir, whose content is the containers', not the node's.
+	errNotFiles = errors.New("not a files volume")
+	// errBadPath: a file's path is not a clean relative path, or is reserved.
+	errBadPath = errors.New("bad file path")
+)
+
+// podVolume is one volume made in the VM.
+type podVolume struct {
+	dir      string
+	emptyDir bool
+	mu       sync.Mutex // serialises writes of a files volume and the subPath resolutions that read it
+}
+
+// validateVolumes checks the pod's volumes and mounts before anything is made: volume names are unique path
+// elements, a volume is either an emptyDir or a files volume, and every mount names a volume and a path.
+func validateVolumes(cfg protocol.PodConfig) error {
+	names := map[string]bool{}
+	for _, v := range cfg.Volumes {
+		if v.Name == "" || v.Name == "." || v.Name == ".." || strings.ContainsAny(v.Name, "/\x00") {
+			return fmt.Errorf("volume name %q is not a valid directory name", v.Name)
+		}
+		if names[v.Name] {
+			return fmt.Errorf("volume %s is listed twice", v.Name)
+		}
+		names[v.Name] = true
+		if v.EmptyDir != nil && len(v.Files) > 0 {
+			return fmt.Errorf("volume %s is both an emptyDir and a files volume", v.Name)
+		}
+		if v.EmptyDir == nil {
+			if err := validateFiles(v.Files); err != nil {
+				return fmt.Errorf("volume %s, %w", v.Name, err)
+			}
+		}
+	}
+	for _, cc := range cfg.Containers {
+		for _, m := range cc.Mounts {
+			if !names[m.Volume] {
+				return fmt.Errorf("container %s mounts %w %q", cc.Name, errUnknownVolume, m.Volume)
+			}
+			if m.Path == "" {
+				return fmt.Errorf("container %s mounts volume %s at no path", cc.Name, m.Volume)
+			}
+		}
+	}
+	return nil
+}
+
+// makeVolumes makes each of the pod's volumes under VolumesDir and records them.
+func (r *runtime) makeVolumes(vols []protocol.Volume) error {
+	mem := int64(statsReadKV("/proc/meminfo")["MemTotal"])
+	for _, v := range vols {
+		dir := filepath.Join(VolumesDir, v.Name)
+		if err := makeVolume(dir, v, mem); err != nil {
+			return fmt.Errorf("making volume %s, %w", v.Name, err)
+		}
+		r.mu.Lock()
+		r.volumes[v.Name] = &podVolume{dir: dir, emptyDir: v.EmptyDir != nil}
+		r.mu.Unlock()
+	}
+	return nil
+}
+
+// updateVolume replaces the content of the files volume name atomically (see writeFiles). Its errors wrap
+// errUnknownVolume when the pod has no such volume, errNotFiles for an emptyDir and errBadPath for a bad path.
+func (r *runtime) updateVolume(name string, files []protocol.File) error {
+	r.mu.Lock()
+	v := r.volumes[name]
+	r.mu.Unlock()
+	if v == nil {
+		return fmt.Errorf("volume %s, %w", name, errUnknownVolume)
+	}
+	if v.emptyDir {
+		return fmt.Errorf("volume %s is an emptyDir, %w", name, errNotFiles)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := writeFiles(v.dir, files); err != nil {
+		return fmt.Errorf("writing volume %s, %w", name, err)
+	}
+	return nil
+}
+
+// bindMounts resolves c's mounts, in order, to what its supervisor binds. A files volume is always bound
+// read-only, as a kubelet mounts configMap, secret, downwardAPI and projected volumes.
+func (r *runtime) bindMounts(c *container) ([]bindMount, error) {
+	var out []bindMount
+	for _, m := range c.rc.Mounts {
+		r.mu.Lock()
+		v := r.volumes[m.Volume]
+		r.mu.Unlock()
+		if v == nil {
+			return nil, fmt.Errorf("mount at %s, volume %s, %w", m.Path, m.Volume, errUnknownVolume)
+		}
+		v.mu.Lock()
+		src, err := volumeSource(v.dir, m, v.emptyDir)
+		v.mu.Unlock()
+		if err != nil {
+			return nil, fmt.Errorf("mount of volume %s at %s, %w", m.Volume, m.Path, err)
+		}
+		out = append(out, bindMount{Source: src, Target: m.Path, ReadOnly: m.ReadOnly || !v.emptyDir})
+	}
+	return out, nil
+}
+
+// makeVolume makes volume v at dir. An emptyDir is a tmpfs of mode 0777, sized at its SizeLimit capped at
+// memBytes (the VM's memory; 0: no cap), or the tmpfs default of half the memory without a SizeLimit, as a
+// kubelet sizes a memory-backed emptyDir. A files volume is written by writeFiles.
+func makeVolume(dir string, v protocol.Volume, memBytes int64) error {
+	if v.EmptyDir == nil {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		return writeFiles(dir, v.Files)
+	}
+	if len(v.Files) > 0 {
+		return errors.New("an emptyDir volume has no files")
+	}
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return err
+	}
+	opts := "mode=0777"
+	if size := v.EmptyDir.SizeLimit; size > 0 {
+		if memBytes > 0 {
+			size = min(size, memBytes)
+		}
+		opts += ",size=" + strconv.FormatInt(size, 10)
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, opts); err != nil {
+		return fmt.Errorf("mounting a tmpfs on %s, %w", dir, err)
+	}
+	return nil
+}
+
+// validateFiles checks a files volume's paths: each relative, clean, no element "." or "..", not starting with
+// ".." (the writer's reserved names), within a kubelet's length limits, listed once, and none both a file and
+// another's directory. The error names the first bad path and wraps errBadPath.
+func validateFiles(files []protocol.File) error {
+	seen := make(map[string]bool, len(files))
+	for _, f := range files {
+		p := f.Path
+		why := ""
+		switch {
+		case p == "":
+			why = "is empty"
+		case len(p) > maxFilePathLength:
+			why = fmt.Sprintf("is longer than %d bytes", maxFilePathLength)
+		case filepath.IsAbs(p):
+			why = "is absolute"
+		case filepath.Clean(p) != p:
+			why = "is not clean"
+		case strings.HasPrefix(p, ".."):
+			why = `starts with ".."`
+		case strings.IndexByte(p, 0) >= 0:
+			why = "holds a NUL byte"
+		}
+		for _, e := range strings.Split(p, "/") {
+			if why != "" {
+				break
+			}
+			switch {
+			case e == "." || e == "..":
+				why = fmt.Sprintf("has a %q element", e)
+			case len(e) > maxFileNameLength:
+				why = fmt.Sprintf("has an element longer than %d bytes", maxFileNameLength)
+			}
+		}
+		if why == "" && seen[p] {
+			why = "is listed twice"
+		}
+		if why != "" {
+			return fmt.Errorf("%w %q: it %s", errBadPath, p, why)
+		}
+		seen[p] = true
+	}
+	for p := range seen {
+		for i := strings.IndexByte(p, '/'); i >= 0; i = nextSlash(p, i) {
+			if seen[p[:i]] {
+				return fmt.Errorf("%w %q: %q is a file, not a directory", errBadPath, p, p[:i])
+			}
+		}
+	}
+	return nil
+}
+
+// nextSlash is the index of the next '/' in p after index i, or -1.
+func nextSlash(p string, i int) int {
+	j := strings.IndexByte(p[i+1:], '/')
+	if j < 0 {
+		return -1
+	}
+	return i + 1 + j
+}
+
+// fileMode is a file's permission bits, 0644 when unset.
+func fileMode(m uint32) fs.FileMode {
+	if m == 0 {
+		return 0o644
+	}
+	return fs.FileMode(m) & fs.ModePerm
+}
+
+// writeFiles makes files the whole content of the files volume at dir, as a kubelet's atomic writer does:
+//
+//  1. the files are written, with their modes and parent directories, into a new directory "..<timestamp>" in
+//     dir;
+//  2. a "..data_tmp" symlink to it is renamed over "..data", which swaps every file at once;
+//  3. each top-level name of the files is made a symlink "<name>" -> "..data/<name>" unless it exists;
+//  4. the top-level symlinks of names no longer present are removed, then the previous timestamped directory.
+//
+// A reader of dir/<name> thus sees either the old content or the new, never a mix. When the content already
+// matches (paths, data and modes), steps 1 and 2 are skipped. A bad path fails with an error that wraps errBadPath
+// before anything is written. Callers serialise writes to one dir.
+func writeFiles(dir string, files []protocol.File) error {
+	if err := validateFiles(files); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	dataLink := filepath.Join(dir, dataLinkName)
+	old, err := os.Readlink(dataLink)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if old == "" || !sameFiles(filepath.Join(dir, old), files) {
+		ts, err := writeTimestampDir(dir, files)
+		if err != nil {
+			return err
+		}
+		tmp := filepath.Join(dir, dataTmpLinkName)
+		if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			os.RemoveAll(filepath.Join(dir, ts)) //nolint:errcheck
+			return err
+		}
+		if err := os.Symlink(ts, tmp); err != nil {
+			os.RemoveAll(filepath.Join(dir, ts)) //nolint:errcheck
+			return err
+		}
+		if err := os.Rename(tmp, dataLink); err != nil {
+			os.Remove(tmp)                       //nolint:errcheck
+			os.RemoveAll(filepath.Join(dir, ts)) //nolint:errcheck
+			return fmt.Errorf("swapping %s, %w", dataLinkName, err)
+		}
+		old = ts
+	}
+	top := map[string]bool{}
+	for _, f := range files {
+		name, _, _ := strings.Cut(f.Path, "/")
+		top[name] = true
+	}
+	for name := range top {
+		link := filepath.Join(dir, name)
+		if _, err := os.Lstat(link); err == nil {
+			continue
+		}
+		if err := os.Symlink(filepath.Join(dataLinkName, name), link); err != nil {
+			return err
+		}
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		name := e.Name()
+		switch {
+		case strings.HasPrefix(name, ".."):
+			// A timestamped directory other than the current one: the previous, or one an interrupted write left.
+			if name != dataLinkName && name != dataTmpLinkName && name != old && e.IsDir() {
+				if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
+					return err
+				}
+			}
+		case !top[name] && e.Type()&fs.ModeSymlink != 0:
+			if t, err := os.Readlink(filepath.Join(dir, name)); err == nil && strings.HasPrefix(t, dataLinkName+"/") {
+				if err := os.Remove(filepath.Join(dir, name)); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// writeTimestampDir writes files into a new directory "..<UTC time to the nanosecond>" in dir and returns its
+// name. On error it removes what it wrote.
+func writeTimestampDir(dir string, files []protocol.File) (string, error) {
+	var ts string
+	for {
+		ts = ".." + time.Now().UTC().Format("2006_01_02_15_04_05.000000000")
+		err := os.Mkdir(filepath.Join(dir, ts), 0o755)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return "", err
+		}
+	}
+	tsDir := filepath.Join(dir, ts)
+	err := os.Chmod(tsDir, 0o755)
+	for _, f := range files {
+		if err != nil {
+			break
+		}
+		p := filepath.Join(tsDir, f.Path)
+		if err = os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			break
+		}
+		mode := fileMode(f.Mode)
+		if err = os.WriteFile(p, f.Data, mode); err != nil {
+			break
+		}
+		err = os.Chmod(p, mode) // whatever the umask
+	}
+	if err != nil {
+		os.RemoveAll(tsDir) //nolint:errcheck
+		return "", err
+	}
+	return ts, nil
+}
+
+// sameFiles reports whether the directory data holds exactly files: the same regular files with the same data
+// and modes, and nothing else but their directories.
+func sameFiles(data string, files []protocol.File) bool {
+	n := 0
+	err := filepath.WalkDir(data, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		switch {
+		case d.IsDir():
+		case d.Type().IsRegular():
+			n++
+		default:
+			return errors.New("not a regular file")
+		}
+		return nil
+	})
+	if err != nil || n != len(files) {
+		return false
+	}
+	for _, f := range files {
+		p := filepath.Join(data, f.Path)
+		fi, err := os.Lstat(p)
+		if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != fileMode(f.Mode) || fi.Size() != int64(len(f.Data)) {
+			return false
+		}
+		b, err := os.ReadFile(p)
+		if err != nil || !bytes.Equal(b, f.Data) {
+			return false
+		}
+	}
+	return true
+}
+
+// volumeSource returns the path, in the agent's mount namespace, that mount m of the volume at dir binds: dir
+// itself, or dir/m.SubPath. A SubPath is relative with no ".." element; its symlinks are resolved once, here, as a
+// kubelet resolves a subPath at a container's start (a later update of a files volume does not reach a subPath
+// mount), and must stay within dir. When create is set (an emptyDir, whose content is the containers'), the
+// missing directories of a SubPath are made with dir's permissions.
+func volumeSource(dir string, m protocol.Mount, create bool) (string, error) {
+	if m.SubPath == "" {
+		return dir, nil
+	}
+	if filepath.IsAbs(m.SubPath) || slices.Contains(strings.Split(m.SubPath, "/"), "..") {
+		return "", fmt.Errorf("subPath %q is not a relative path without ..", m.SubPath)
+	}
+	root, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return "", err
+	}
+	rootInfo, err := os.Stat(root)
+	if err != nil {
+		return "", err
+	}
+	cur := root
+	for _, e := range strings.Split(filepath.Clean(m.SubPath), "/") {
+		if e == "." {
+			continue
+		}
+		next := filepath.Join(cur, e)
+		fi, err := os.Lstat(next)
+		switch {
+		case errors.Is(err, fs.ErrNotExist) && create:
+			if err := os.Mkdir(next, rootInfo.Mode().Perm()); err != nil && !errors.Is(err, fs.ErrExist) {
+				return "", fmt.Errorf("making subPath %s, %w", m.SubPath, err)
+			}
+			if err := os.Chmod(next, rootInfo.Mode().Perm()); err != nil {
+				return "", fmt.Errorf("making subPath %s, %w", m.SubPath, err)
+			}
+		case err != nil:
+			return "", fmt.Errorf("subPath %s, %w", m.SubPath, err)
+		case fi.Mode()&fs.ModeSymlink != 0:
+			if next, err = filepath.EvalSymlinks(next); err != nil {
+				return "", fmt.Errorf("subPath %s, %w", m.SubPath, err)
+			}
+			if !within(root, next) {
+				return "", fmt.Errorf("subPath %s resolves to %s, outside the volume", m.SubPath, next)
+			}
+		}
+		cur = next
+	}
+	return cur, nil
+}
+
+// within reports whether the clean path p is root or under it.
+func within(root, p string) bool {
+	return p == root || root == "/" || strings.HasPrefix(p, root+"/")
+}
+
+// bindVolumes binds each mount into the container's root in order, in the container's mount namespace: the
+// target is resolved within root (its symlinks taken with root as "/", as a container runtime does), and made as a
+// directory, or as an empty file when the source is a file. A read-only mount is remounted read-only. A target
+// that would escape root, or is root itself, is refused.
+func bindVolumes(root string, mounts []bindMount) error {
+	for _, m := range mounts {
+		if err := bindVolume(root, m); err != nil {
+			return fmt.Errorf("mounting %s at %s, %w", m.Source, m.Target, err)
+		}
+	}
+	return nil
+}
+
+func bindVolume(root string, m bindMount) error {
+	root = filepath.Clean(root)
+	if t := filepath.Join(root, m.Target); t == root || !within(root, t) {
+		return errors.New("the target is outside the container's root, or is the root")
+	}
+	target, err := scopedJoin(root, m.Target)
+	if err != nil {
+		return err
+	}
+	if target == root {
+		return errors.New("the target resolves to the container's root")
+	}
+	fi, err := os.Stat(m.Source)
+	if err != nil {
+		return err
+	}
+	if fi.IsDir() {
+		err = os.MkdirAll(target, 0o755)
+	} else if err = os.MkdirAll(filepath.Dir(target), 0o755); err == nil {
+		var f *os.File
+		if f, err = os.OpenFile(target, os.O_RDONLY|os.O_CREATE, 0o644); err == nil {
+			f.Close()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("making the target, %w", err)
+	}
+	if err := syscall.Mount(m.Source, target, "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
+		return err
+	}
+	if m.ReadOnly {
+		flags := uintptr(syscall.MS_BIND | syscall.MS_REMOUNT | syscall.MS_RDONLY | syscall.MS_REC)
+		if err := syscall.Mount("", target, "", flags, ""); err != nil {
+			return fmt.Errorf("remounting read-only, %w", err)
+		}
+	}
+	return nil
+}
+
+// scopedJoin returns path inside root with the symlinks of its existing part resolved as if root were "/": an
+// absolute link starts again from root, and ".." stops at root. The missing rest is joined as is.
+func scopedJoin(root, path string) (string, error) {
+	resolved := "/" // relative to root, clean, free of symlinks
+	rest := strings.Split(path, "/")
+	links := 0
+	for len(rest) > 0 {
+		e := rest[0]
+		rest = rest[1:]
+		if e == "" || e == "." || e == ".." {
+			resolved = filepath.Join(resolved, e)
+			continue
+		}
+		next := filepath.Join(resolved, e)
+		fi, err := os.Lstat(filepath.Join(root, next))
+		if errors.Is(err, fs.ErrNotExist) {
+			resolved = filepath.Join(append([]string{next}, rest...)...)
+			break
+		}
+		if err != nil {
+			return "", err
+		}
+		if fi.Mode()&fs.ModeSymlink == 0 {
+			resolved = next
+			continue
+		}
+		if links++; links > 255 {
+			return "", fmt.Errorf("too many links resolving %s", path)
+		}
+		dest, err := os.Readlink(filepath.Join(root, next))
+		if err != nil {
+			return "", err
+		}
+		if filepath.IsAbs(dest) {
+			resolved = "/"
+		}
+		rest = append(strings.Split(dest, "/"), rest...)
+	}
+	return filepath.Join(root, resolved), nil
+}

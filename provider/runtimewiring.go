@@ -1,0 +1,183 @@
+package provider
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	corev1listers "k8s.io/client-go/listers/core/v1"
+
+	"github.com/i2kit/i2kit/agent/protocol"
+	"github.com/i2kit/i2kit/provider/vm"
+)
+
+// TokenFunc requests a service account token bound to pod (the TokenRequest API), for audience ("" for the API
+// server's) and lifetime; it returns the token and when it expires.
+type TokenFunc func(ctx context.Context, pod *corev1.Pod, audience string, expirationSeconds int64) (string, time.Time, error)
+
+// volumeRefresh is how often a running pod's files volumes are re-resolved; a changed ConfigMap, Secret or a
+// token due for renewal reaches the VM within it (a kubelet takes up to a minute).
+const volumeRefresh = 10 * time.Second
+
+// UseCluster gives the provider what it reads of the cluster for pods' runtime data: ConfigMaps and Secrets (the
+// node's informer caches) and service account tokens. Call it before the node runs.
+func (p *Provider) UseCluster(configMaps corev1listers.ConfigMapLister, secrets corev1listers.SecretLister, token TokenFunc) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cluster = &cluster{configMaps: configMaps, secrets: secrets, token: token, tokens: map[string]cachedToken{}}
+}
+
+// cluster reads runtime data for pods and caches tokens until 80 % of their lifetime has passed, as a kubelet does.
+type cluster struct {
+	configMaps corev1listers.ConfigMapLister
+	secrets    corev1listers.SecretLister
+	token      TokenFunc
+
+	mu     sync.Mutex
+	tokens map[string]cachedToken
+}
+
+type cachedToken struct {
+	token           string
+	issued, refresh time.Time
+}
+
+func (c *cluster) lookups(ctx context.Context) lookups {
+	return lookups{
+		ConfigMap: func(ns, name string) (*corev1.ConfigMap, error) { return c.configMaps.ConfigMaps(ns).Get(name) },
+		Secret:    func(ns, name string) (*corev1.Secret, error) { return c.secrets.Secrets(ns).Get(name) },
+		Token: func(pod *corev1.Pod, audience string, exp int64) (string, error) {
+			k := fmt.Sprintf("%s/%s/%d", pod.UID, audience, exp)
+			c.mu.Lock()
+			t, ok := c.tokens[k]
+			c.mu.Unlock()
+			if ok && time.Now().Before(t.refresh) {
+				return t.token, nil
+			}
+			tok, expires, err := c.token(ctx, pod, audience, exp)
+			if err != nil {
+				return "", fmt.Errorf("requesting a service account token for pod %s/%s, %w", pod.Namespace, pod.Name, err)
+			}
+			now := time.Now()
+			c.mu.Lock()
+			c.tokens[k] = cachedToken{token: tok, issued: now, refresh: now.Add(expires.Sub(now) * 4 / 5)}
+			c.mu.Unlock()
+			return tok, nil
+		},
+	}
+}
+
+// noCluster serves pods that need nothing from the cluster when the provider was given no access to it.
+var noCluster = lookups{
+	ConfigMap: func(ns, name string) (*corev1.ConfigMap, error) {
+		return nil, apierrors.NewNotFound(corev1.Resource("configmaps"), name)
+	},
+	Secret: func(ns, name string) (*corev1.Secret, error) {
+		return nil, apierrors.NewNotFound(corev1.Resource("secrets"), name)
+	},
+	Token: func(*corev1.Pod, string, int64) (string, error) {
+		return "", errors.New("this node requests no service account tokens")
+	},
+}
+
+// forget drops a pod's cached tokens.
+func (c *cluster) forget(uid string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k := range c.tokens {
+		if len(k) > len(uid) && k[:len(uid)+1] == uid+"/" {
+			delete(c.tokens, k)
+		}
+	}
+}
+
+// resolve is the pod's runtime data, given its VM.
+func (p *Provider) resolve(ctx context.Context, pod *corev1.Pod, st vm.Status) (podRuntime, error) {
+	p.mu.Lock()
+	c := p.cluster
+	p.mu.Unlock()
+	l := noCluster
+	if c != nil {
+		l = c.lookups(ctx)
+	}
+	mem, cpus := vmSize(pod)
+	return resolveRuntime(pod, st.IP, p.cfg.InternalIP, cpus, int64(mem)<<20, l)
+}
+
+// awaitRuntime resolves the pod's runtime data, retrying while something it needs is missing (a ConfigMap not
+// created yet): the containers wait with CreateContainerConfigError and a Warning Event says why, as on a kubelet.
+func (p *Provider) awaitRuntime(ctx context.Context, pod *corev1.Pod, st vm.Status) (podRuntime, bool) {
+	last := ""
+	for {
+		rt, err := p.resolve(ctx, pod, st)
+		if err == nil {
+			return rt, true
+		}
+		if msg := err.Error(); msg != last {
+			last = msg
+			p.cfg.Events.Event(pod, corev1.EventTypeWarning, "Failed", "Error: "+msg)
+			p.storeIfCurrent(pod, pendingStatus(pod, p.cfg.InternalIP, "CreateContainerConfigError", msg, time.Now()))
+		}
+		select {
+		case <-ctx.Done():
+			return podRuntime{}, false
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// podConfig is the pod's runtime configuration for its agent.
+func podConfig(pod *corev1.Pod, rt podRuntime) protocol.PodConfig {
+	cfg := protocol.PodConfig{RestartPolicy: string(pod.Spec.RestartPolicy), Volumes: rt.Volumes}
+	for _, c := range append(append([]corev1.Container(nil), pod.Spec.InitContainers...), pod.Spec.Containers...) {
+		cc := protocol.ContainerConfig{Name: c.Name, Stdin: c.Stdin, Env: rt.Env[c.Name], Mounts: rt.Mounts[c.Name]}
+		if q, ok := c.Resources.Limits[corev1.ResourceMemory]; ok {
+			cc.MemoryLimit = q.Value()
+		}
+		if q, ok := c.Resources.Limits[corev1.ResourceCPU]; ok {
+			cc.CPULimit = q.MilliValue()
+		}
+		cfg.Containers = append(cfg.Containers, cc)
+	}
+	return cfg
+}
+
+// refreshVolumes keeps a running pod's files volumes current: every volumeRefresh it resolves them again and
+// sends the agent those whose content changed (updated ConfigMaps and Secrets, renewed tokens).
+func (p *Provider) refreshVolumes(ctx context.Context, pod *corev1.Pod, st vm.Status, c *protocol.Client, sent []protocol.Volume) {
+	hashes := map[string]string{}
+	for _, v := range sent {
+		hashes[v.Name] = volumeFilesHash(v)
+	}
+	t := time.NewTicker(volumeRefresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.Done():
+			return
+		case <-t.C:
+		}
+		rt, err := p.resolve(ctx, pod, st)
+		if err != nil {
+			continue // what was mounted stays, as on a kubelet
+		}
+		for _, v := range rt.Volumes {
+			if v.EmptyDir != nil {
+				continue
+			}
+			h := volumeFilesHash(v)
+			if h == hashes[v.Name] {
+				continue
+			}
+			if err := c.UpdateVolume(ctx, v.Name, v.Files); err == nil {
+				hashes[v.Name] = h
+			}
+		}
+	}
+}

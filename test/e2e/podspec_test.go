@@ -1,0 +1,214 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+)
+
+// TestPodRuntimeData runs a pod that uses the runtime data ordinary workloads use — env in every form,
+// ConfigMap, Secret, emptyDir and downwardAPI volumes, and the service account token that is mounted by default —
+// and checks what the container sees, with kubectl exec, as on any node; then that a ConfigMap update reaches
+// the mounted file, and that a pod waiting for a missing ConfigMap starts once it exists.
+func TestPodRuntimeData(t *testing.T) {
+	ctx := context.Background()
+	reg := localRegistry(t)
+	const nodeName = "i2kit-spec"
+	runDir := filepath.Join(t.TempDir(), "run")
+	t.Cleanup(func() {
+		pids, _ := filepath.Glob(filepath.Join(runDir, "*", "qemu.pid"))
+		for _, p := range pids {
+			if b, err := os.ReadFile(p); err == nil {
+				if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+					syscall.Kill(pid, syscall.SIGKILL) //nolint:errcheck
+				}
+			}
+		}
+	})
+	n := env.StartNode(t, nodeName, 10254, "--backend", "qemu", "--insecure-registry", reg,
+		"--qemu-runtime-dir", runDir, "--qemu-bridge", "i2kitspec", "--pod-cidr", "10.92.0.0/24",
+		"--image-store", filepath.Join(t.TempDir(), "images"))
+	if _, err := env.WaitNodeReady(ctx, nodeName, 10*time.Second); err != nil {
+		t.Fatalf("node not ready: %v\n%s", err, n.Log())
+	}
+	cms := env.Client.CoreV1().ConfigMaps("default")
+	if _, err := cms.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "app-cfg"},
+		Data: map[string]string{"greeting": "hi", "mode": "prod"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Client.CoreV1().Secrets("default").Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "app-secret"},
+		Data: map[string][]byte{"password": []byte("s3cret")}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cms.Delete(ctx, "app-cfg", metav1.DeleteOptions{})                                       //nolint:errcheck
+		cms.Delete(ctx, "late-cfg", metav1.DeleteOptions{})                                      //nolint:errcheck
+		env.Client.CoreV1().Secrets("default").Delete(ctx, "app-secret", metav1.DeleteOptions{}) //nolint:errcheck
+		env.Client.CoreV1().Pods("default").Delete(ctx, "runtime-data", metav1.DeleteOptions{})  //nolint:errcheck
+		env.Client.CoreV1().Pods("default").Delete(ctx, "waits-for-cfg", metav1.DeleteOptions{}) //nolint:errcheck
+	})
+	yes := true
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "runtime-data", Labels: map[string]string{"app": "runtime-data", "tier": "web"}},
+		Spec: corev1.PodSpec{NodeName: nodeName,
+			Tolerations: []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+			Containers: []corev1.Container{{Name: "web", Image: reg + "/hello:1",
+				Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("64Mi")}},
+				Env: []corev1.EnvVar{
+					{Name: "PLAIN", Value: "a"},
+					{Name: "EXPANDED", Value: "$(PLAIN)-b-$$(PLAIN)"},
+					{Name: "GREETING", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{
+						LocalObjectReference: corev1.LocalObjectReference{Name: "app-cfg"}, Key: "greeting"}}},
+					{Name: "PASSWORD", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+						LocalObjectReference: corev1.LocalObjectReference{Name: "app-secret"}, Key: "password"}}},
+					{Name: "OPTIONAL", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{
+						LocalObjectReference: corev1.LocalObjectReference{Name: "no-such-cfg"}, Key: "k", Optional: &yes}}},
+					{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}},
+					{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+					{Name: "NODE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}},
+					{Name: "MEM_MI", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{
+						Resource: "limits.memory", Divisor: resource.MustParse("1Mi")}}},
+				},
+				EnvFrom: []corev1.EnvFromSource{{Prefix: "CFG_", ConfigMapRef: &corev1.ConfigMapEnvSource{
+					LocalObjectReference: corev1.LocalObjectReference{Name: "app-cfg"}}}},
+				VolumeMounts: []corev1.VolumeMount{
+					{Name: "cfg", MountPath: "/etc/cfg"},
+					{Name: "secret", MountPath: "/etc/secret"},
+					{Name: "scratch", MountPath: "/scratch"},
+					{Name: "podinfo", MountPath: "/etc/podinfo"},
+					{Name: "cfg", MountPath: "/etc/mode", SubPath: "mode"},
+				},
+			}},
+			Volumes: []corev1.Volume{
+				{Name: "cfg", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+					LocalObjectReference: corev1.LocalObjectReference{Name: "app-cfg"}}}},
+				{Name: "secret", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "app-secret"}}},
+				{Name: "scratch", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory}}},
+				{Name: "podinfo", VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{Items: []corev1.DownwardAPIVolumeFile{
+					{Path: "labels", FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.labels"}}}}}},
+			},
+		},
+	}
+	if _, err := env.Client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	p := waitRunning(t, "runtime-data", n.Log)
+
+	envOut := kubectl(t, "exec", "runtime-data", "--", "env")
+	for _, want := range []string{"PLAIN=a", "EXPANDED=a-b-$(PLAIN)", "GREETING=hi", "PASSWORD=s3cret",
+		"POD_IP=" + p.Status.PodIP, "POD_NAME=runtime-data", "NODE=" + nodeName, "MEM_MI=64", "CFG_greeting=hi", "CFG_mode=prod"} {
+		if !containsLine(envOut, want) {
+			t.Errorf("env lacks %q:\n%s", want, envOut)
+		}
+	}
+	if strings.Contains(envOut, "OPTIONAL=") {
+		t.Errorf("an optional variable from a missing ConfigMap is set; a kubelet leaves it out:\n%s", envOut)
+	}
+	for _, c := range []struct{ file, want string }{
+		{"/etc/cfg/greeting", "hi"}, {"/etc/secret/password", "s3cret"}, {"/etc/mode", "prod"},
+		{"/etc/podinfo/labels", "app=\"runtime-data\"\ntier=\"web\""},
+		{"/var/run/secrets/kubernetes.io/serviceaccount/namespace", "default"},
+	} {
+		if got := kubectl(t, "exec", "runtime-data", "--", "cat", c.file); strings.TrimSpace(got) != c.want {
+			t.Errorf("%s = %q, want %q", c.file, got, c.want)
+		}
+	}
+	if got := kubectl(t, "exec", "runtime-data", "--", "sh", "-c", "echo kept > /scratch/f && cat /scratch/f"); strings.TrimSpace(got) != "kept" {
+		t.Errorf("emptyDir write/read = %q", got)
+	}
+	if _, err := env.KubectlRun(ctx, "exec", "runtime-data", "--", "sh", "-c", "echo x > /etc/cfg/new"); err == nil {
+		t.Error("a configMap volume is writable; a kubelet mounts it read-only")
+	}
+	// The mounted token is a real one, bound to the pod.
+	token := kubectl(t, "exec", "runtime-data", "--", "cat", "/var/run/secrets/kubernetes.io/serviceaccount/token")
+	tr, err := env.Client.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{
+		Spec: authenticationv1.TokenReviewSpec{Token: strings.TrimSpace(token)}}, metav1.CreateOptions{})
+	if err != nil || !tr.Status.Authenticated || tr.Status.User.Username != "system:serviceaccount:default:default" {
+		t.Errorf("the mounted token does not authenticate as the pod's service account: %v %+v", err, tr.Status)
+	}
+	if ca := kubectl(t, "exec", "runtime-data", "--", "cat", "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"); !strings.Contains(ca, "BEGIN CERTIFICATE") {
+		t.Errorf("ca.crt = %q", ca)
+	}
+
+	// A ConfigMap update reaches the mounted file (not the subPath mount nor env, as on a kubelet).
+	cm, err := cms.Get(ctx, "app-cfg", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm.Data["greeting"] = "hello again"
+	if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	err = wait.PollUntilContextTimeout(ctx, time.Second, 90*time.Second, true, func(ctx context.Context) (bool, error) {
+		got, _ = env.KubectlRun(ctx, "exec", "runtime-data", "--", "cat", "/etc/cfg/greeting")
+		return strings.TrimSpace(got) == "hello again", nil
+	})
+	if err != nil {
+		t.Errorf("after the ConfigMap update /etc/cfg/greeting = %q: %v", got, err)
+	}
+
+	// A pod whose ConfigMap does not exist yet waits, saying why, and starts once it does.
+	late := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "waits-for-cfg"},
+		Spec: corev1.PodSpec{NodeName: nodeName, AutomountServiceAccountToken: new(false),
+			Tolerations: []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+			Containers: []corev1.Container{{Name: "web", Image: reg + "/hello:1", Env: []corev1.EnvVar{{Name: "X",
+				ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{
+					LocalObjectReference: corev1.LocalObjectReference{Name: "late-cfg"}, Key: "x"}}}}}}}}
+	if _, err := env.Client.CoreV1().Pods("default").Create(ctx, late, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		p, err := env.Client.CoreV1().Pods("default").Get(ctx, "waits-for-cfg", metav1.GetOptions{})
+		if err != nil || len(p.Status.ContainerStatuses) == 0 || p.Status.ContainerStatuses[0].State.Waiting == nil {
+			return false, nil
+		}
+		w := p.Status.ContainerStatuses[0].State.Waiting
+		return w.Reason == "CreateContainerConfigError" && strings.Contains(w.Message, "late-cfg"), nil
+	})
+	if err != nil {
+		t.Fatalf("pod with a missing ConfigMap: no CreateContainerConfigError naming it: %v", err)
+	}
+	if _, err := cms.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "late-cfg"}, Data: map[string]string{"x": "1"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, "waits-for-cfg", n.Log)
+	if out := kubectl(t, "exec", "waits-for-cfg", "--", "sh", "-c", "echo $X"); strings.TrimSpace(out) != "1" {
+		t.Errorf("X = %q once the ConfigMap exists", out)
+	}
+}
+
+// waitRunning waits for a pod to be Running and Ready.
+func waitRunning(t *testing.T, name string, nodeLog func() string) *corev1.Pod {
+	t.Helper()
+	var p *corev1.Pod
+	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		var err error
+		p, err = env.Client.CoreV1().Pods("default").Get(ctx, name, metav1.GetOptions{})
+		return err == nil && p.Status.Phase == corev1.PodRunning && podReady(*p), nil
+	})
+	if err != nil {
+		t.Fatalf("pod %s not Running and Ready: %v; status %+v\n%s", name, err, p.Status, nodeLog())
+	}
+	return p
+}
+
+func containsLine(out, line string) bool {
+	for _, l := range strings.Split(out, "\n") {
+		if l == line {
+			return true
+		}
+	}
+	return false
+}
