@@ -51,7 +51,7 @@ type Provider struct {
 	builder ImageBuilder                 // with backend
 	agents  map[string]*podAgent         // by pod UID: sessions with the pods' agents
 	images  map[string]map[string]string // by pod UID: container name → imageID
-	cluster *cluster                      // ConfigMaps, Secrets and tokens for runtime data; nil until UseCluster
+	cluster *cluster                     // ConfigMaps, Secrets and tokens for runtime data; nil until UseCluster
 }
 
 var (
