@@ -314,7 +314,7 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 	if err != nil {
 		return 0, "", err
 	}
-	spec, _ := json.Marshal(supervisorSpec{Container: c.Container, Env: c.rc.Env, Root: c.root, Hostname: r.hostname,
+	spec, _ := json.Marshal(supervisorSpec{Container: c.Container, Security: c.rc.Security, Env: c.rc.Env, Root: c.root, Hostname: r.hostname,
 		Mounts: mounts})
 	cmd := exec.Command("/proc/self/exe", SupervisorArg)
 	cmd.Args[0] = "i2kit-init" // what ps shows as the container's PID 1
@@ -371,12 +371,17 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 	r.mu.Lock()
 	c.pid, c.run, c.ended, c.stdin = cmd.Process.Pid, run, ended, stdinW
 	c.status.State = protocol.ContainerState{State: protocol.Running, StartedAt: time.Now()}
+	c.status.Started = c.rc.Startup == nil // else the startup probe sets it, and Ready (see probe)
+	c.status.Ready = c.status.Started && c.rc.Readiness == nil
+	c.status.Killed = ""
 	r.changedLocked()
 	r.mu.Unlock()
+	go r.probe(c, ended) // until the run ends
 	err = cmd.Wait()
 	wg.Wait()
 	r.mu.Lock()
 	c.pid, c.stdin = 0, nil
+	c.status.Ready, c.status.Started = false, false
 	close(ended)
 	r.mu.Unlock()
 	if stdinW != nil {

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"github.com/i2kit/i2kit/agent/protocol"
 )
 
 // supervisorEnv carries a container's configuration to the agent's own re-execution inside the container's new
@@ -26,9 +28,10 @@ const SupervisorArg = "container-init"
 // supervisorSpec is what the agent hands to Supervise.
 type supervisorSpec struct {
 	Container
-	Env      []string `json:"podEnv,omitempty"` // the pod's, over the image's
-	Root     string   `json:"root"`
-	Hostname string   `json:"hostname"`
+	Security *protocol.Security `json:"security,omitempty"`
+	Env      []string           `json:"podEnv,omitempty"` // the pod's, over the image's
+	Root     string             `json:"root"`
+	Hostname string             `json:"hostname"`
 	// Mounts are bound into Root in order (see bindVolumes).
 	Mounts []bindMount `json:"mounts,omitempty"`
 }
@@ -72,7 +75,7 @@ func Supervise() error {
 	if err := enterRoot(c); err != nil {
 		return err
 	}
-	uid, gid, err := lookupUser(c.User)
+	uid, gid, groups, err := containerUser(c.User, c.Security)
 	if err != nil {
 		return err
 	}
@@ -81,7 +84,19 @@ func Supervise() error {
 	if err != nil {
 		return fmt.Errorf("executable %q: %w", c.Argv[0], err)
 	}
-	cred := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{uint32(gid)}}
+	cred := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: groups}
+	if sec := c.Security; sec != nil {
+		if sec.Capabilities != nil {
+			if err := limitCapabilities(sec.Capabilities); err != nil {
+				return err
+			}
+		}
+		if sec.NoNewPrivileges {
+			if err := setNoNewPrivs(); err != nil {
+				return err
+			}
+		}
+	}
 	s := &supervisor{waits: map[int]chan int{}}
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, syscall.SIGCHLD, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT,
@@ -135,15 +150,27 @@ func enterRoot(c supervisorSpec) error {
 	if err := syscall.Sethostname([]byte(c.Hostname)); err != nil {
 		return fmt.Errorf("setting hostname, %w", err)
 	}
+	readOnly := c.Security != nil && c.Security.ReadOnlyRootFilesystem
+	if readOnly { // the root becomes a mount of its own (with its submounts), to be made read-only once entered
+		if err := syscall.Mount(c.Root, c.Root, "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
+			return fmt.Errorf("binding the container root, %w", err)
+		}
+	}
 	if err := syscall.Chroot(c.Root); err != nil {
 		return fmt.Errorf("entering the container root, %w", err)
+	}
+	// /etc/hostname is the pod's name inside the container, as a kubelet's bind mount makes it; written from
+	// inside the root, so that an image's symlink cannot point it elsewhere.
+	if err := os.MkdirAll("/etc", 0o755); err == nil {
+		os.WriteFile("/etc/hostname", []byte(c.Hostname+"\n"), 0o644) //nolint:errcheck
 	}
 	if err := os.Chdir(c.WorkingDir); err != nil {
 		return fmt.Errorf("working directory %s, %w", c.WorkingDir, err)
 	}
-	// /etc/hostname is the pod's name inside the container, as a kubelet's bind mount makes it.
-	if err := os.MkdirAll("/etc", 0o755); err == nil {
-		os.WriteFile("/etc/hostname", []byte(c.Hostname+"\n"), 0o644) //nolint:errcheck
+	if readOnly {
+		if err := syscall.Mount("", "/", "", syscall.MS_BIND|syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
+			return fmt.Errorf("making the root read-only, %w", err)
+		}
 	}
 	return nil
 }
@@ -293,6 +320,31 @@ func listenControl(path string) (*os.File, error) {
 	defer lis.Close()
 	lis.SetUnlinkOnClose(false)
 	return lis.File()
+}
+
+// containerUser is who the container runs as: the image's user, overridden by the security context's runAsUser
+// and runAsGroup, with its supplemental groups. runAsNonRoot refuses root, as a kubelet does.
+func containerUser(image string, sec *protocol.Security) (uid, gid int, groups []uint32, err error) {
+	user := image
+	if sec != nil && sec.RunAsUser != nil {
+		user = strconv.FormatInt(*sec.RunAsUser, 10)
+	}
+	if uid, gid, err = lookupUser(user); err != nil {
+		return 0, 0, nil, err
+	}
+	if sec != nil && sec.RunAsGroup != nil {
+		gid = int(*sec.RunAsGroup)
+	}
+	if sec != nil && sec.RunAsNonRoot && uid == 0 {
+		return 0, 0, nil, errors.New("container has runAsNonRoot and image will run as root")
+	}
+	groups = []uint32{uint32(gid)}
+	if sec != nil {
+		for _, g := range sec.SupplementalGroups {
+			groups = append(groups, uint32(g))
+		}
+	}
+	return uid, gid, groups, nil
 }
 
 // lookupUser resolves "user[:group]" (names or numbers) in the container's /etc/passwd and /etc/group.

@@ -155,6 +155,12 @@ func (p *Provider) agentChanged(pod *corev1.Pod, a *podAgent, st protocol.PodSta
 	}
 	for _, c := range st.Containers {
 		b := before[c.Name]
+		if c.ProbeFailures > b.ProbeFailures && c.LastProbeFailure != "" {
+			p.cfg.Events.Event(pod, corev1.EventTypeWarning, "Unhealthy", c.LastProbeFailure)
+		}
+		if c.Killed != "" && c.Killed != b.Killed {
+			p.cfg.Events.Event(pod, corev1.EventTypeNormal, "Killing", c.Killed)
+		}
 		switch {
 		// The API keeps times to the second.
 		case c.State.State == protocol.Running && !c.State.StartedAt.Truncate(time.Second).Equal(b.State.StartedAt.Truncate(time.Second)):

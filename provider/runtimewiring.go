@@ -134,7 +134,9 @@ func (p *Provider) awaitRuntime(ctx context.Context, pod *corev1.Pod, st vm.Stat
 func podConfig(pod *corev1.Pod, rt podRuntime) protocol.PodConfig {
 	cfg := protocol.PodConfig{RestartPolicy: string(pod.Spec.RestartPolicy), Volumes: rt.Volumes}
 	for _, c := range append(append([]corev1.Container(nil), pod.Spec.InitContainers...), pod.Spec.Containers...) {
-		cc := protocol.ContainerConfig{Name: c.Name, Stdin: c.Stdin, Env: rt.Env[c.Name], Mounts: rt.Mounts[c.Name]}
+		cc := protocol.ContainerConfig{Name: c.Name, Stdin: c.Stdin, Env: rt.Env[c.Name], Mounts: rt.Mounts[c.Name],
+			Security: securityFor(pod, c), Liveness: probeFor(c, c.LivenessProbe),
+			Readiness: probeFor(c, c.ReadinessProbe), Startup: probeFor(c, c.StartupProbe)}
 		if q, ok := c.Resources.Limits[corev1.ResourceMemory]; ok {
 			cc.MemoryLimit = q.Value()
 		}

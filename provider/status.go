@@ -101,6 +101,7 @@ func podStatus(pod *corev1.Pod, hostIP string, v vm.Status, st protocol.PodStatu
 				a = protocol.ContainerStatus{Name: c.Name, State: protocol.ContainerState{State: protocol.Waiting, Reason: "ContainerCreating"}}
 			}
 			running := a.State.State == protocol.Running
+			ready, started := running && a.Ready, running && a.Started
 			imageID := imageIDs[c.Name]
 			for _, old := range append(append([]corev1.ContainerStatus(nil), pod.Status.InitContainerStatuses...), pod.Status.ContainerStatuses...) {
 				if imageID == "" && old.Name == c.Name {
@@ -108,7 +109,7 @@ func podStatus(pod *corev1.Pod, hostIP string, v vm.Status, st protocol.PodStatu
 				}
 			}
 			cst := corev1.ContainerStatus{Name: c.Name, Image: c.Image, ImageID: imageID,
-				State: containerState(a.State), RestartCount: int32(a.RestartCount), Ready: running, Started: &running}
+				State: containerState(a.State), RestartCount: int32(a.RestartCount), Ready: ready, Started: &started}
 			if a.State.State != protocol.Waiting || a.LastState != nil {
 				cst.ContainerID = fmt.Sprintf("i2kit://%s/%s/%d", pod.UID, c.Name, a.RestartCount)
 			}

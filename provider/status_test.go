@@ -50,7 +50,9 @@ func TestPodStatusFromAgent(t *testing.T) {
 			pod := plainPod("p")
 			pod.Spec.RestartPolicy = tc.policy
 			pod.Spec.Containers = pod.Spec.Containers[:1]
-			st := protocol.PodStatus{Configured: true, Containers: []protocol.ContainerStatus{{Name: "web", State: tc.app, LastState: tc.last, RestartCount: tc.restarts}}}
+			running := tc.app.State == protocol.Running // no probes: ready and started once running
+			st := protocol.PodStatus{Configured: true, Containers: []protocol.ContainerStatus{{Name: "web", State: tc.app, LastState: tc.last,
+				RestartCount: tc.restarts, Ready: running, Started: running}}}
 			if tc.init != nil {
 				pod.Spec.InitContainers = []corev1.Container{{Name: "setup", Image: "x"}}
 				st.Containers = append(st.Containers, protocol.ContainerStatus{Name: "setup", State: tc.init[0]})

@@ -128,7 +128,7 @@ func (f *fakeBackend) DialAgent(_ context.Context, uid string) (net.Conn, error)
 			st := protocol.PodStatus{Seq: 1, Configured: true}
 			for _, c := range cfg.Containers {
 				st.Containers = append(st.Containers, protocol.ContainerStatus{Name: c.Name,
-					State: protocol.ContainerState{State: protocol.Running, StartedAt: time.Now()}})
+					State: protocol.ContainerState{State: protocol.Running, StartedAt: time.Now()}, Ready: true, Started: true})
 			}
 			mu.Unlock()
 			json.NewEncoder(w).Encode(st) //nolint:errcheck

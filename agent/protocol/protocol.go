@@ -85,6 +85,68 @@ type ContainerConfig struct {
 	CPULimit    int64 `json:"cpuLimit,omitempty"`
 	// Mounts are made in the container's mount namespace in order, before its command starts.
 	Mounts []Mount `json:"mounts,omitempty"`
+	// Security is the container's effective security context (the pod's merged with the container's).
+	Security *Security `json:"security,omitempty"`
+	// Probes, as in a PodSpec; ports are numbers (the node resolves named ports).
+	Liveness  *Probe `json:"liveness,omitempty"`
+	Readiness *Probe `json:"readiness,omitempty"`
+	Startup   *Probe `json:"startup,omitempty"`
+}
+
+// Security is what the agent honours of a container's security context.
+type Security struct {
+	// RunAsUser and RunAsGroup override the image's user; nil keeps it.
+	RunAsUser  *int64 `json:"runAsUser,omitempty"`
+	RunAsGroup *int64 `json:"runAsGroup,omitempty"`
+	// SupplementalGroups are added to the process's groups (the pod's supplementalGroups and fsGroup).
+	SupplementalGroups []int64 `json:"supplementalGroups,omitempty"`
+	// RunAsNonRoot refuses to start the container when its user would be root.
+	RunAsNonRoot bool `json:"runAsNonRoot,omitempty"`
+	// ReadOnlyRootFilesystem mounts the container's root read-only (volumes keep their own mode).
+	ReadOnlyRootFilesystem bool `json:"readOnlyRootFilesystem,omitempty"`
+	// Capabilities is the capability bounding set of the container's processes, by name without "CAP_"
+	// (the runtime default with the context's adds and drops); nil keeps every capability.
+	Capabilities []string `json:"capabilities"`
+	// NoNewPrivileges sets no_new_privs (allowPrivilegeEscalation: false): setuid binaries and file
+	// capabilities grant nothing.
+	NoNewPrivileges bool `json:"noNewPrivileges,omitempty"`
+}
+
+// Probe is a container probe, as in a PodSpec. Exactly one of Exec, HTTPGet, TCPSocket and GRPC is set.
+type Probe struct {
+	Exec      []string       `json:"exec,omitempty"`
+	HTTPGet   *HTTPGetAction `json:"httpGet,omitempty"`
+	TCPSocket *TCPAction     `json:"tcpSocket,omitempty"`
+	GRPC      *GRPCAction    `json:"grpc,omitempty"`
+
+	InitialDelaySeconds int32 `json:"initialDelaySeconds,omitempty"`
+	TimeoutSeconds      int32 `json:"timeoutSeconds,omitempty"`   // default 1
+	PeriodSeconds       int32 `json:"periodSeconds,omitempty"`    // default 10
+	SuccessThreshold    int32 `json:"successThreshold,omitempty"` // default 1
+	FailureThreshold    int32 `json:"failureThreshold,omitempty"` // default 3
+	// TerminationGracePeriodSeconds, when set, replaces the pod's on a liveness or startup failure.
+	TerminationGracePeriodSeconds *int64 `json:"terminationGracePeriodSeconds,omitempty"`
+}
+
+// HTTPGetAction probes with an HTTP GET; success is a status in [200, 400).
+type HTTPGetAction struct {
+	Scheme  string            `json:"scheme,omitempty"` // HTTP (default) or HTTPS (not verified)
+	Host    string            `json:"host,omitempty"`   // default: the pod's IP
+	Port    int               `json:"port"`
+	Path    string            `json:"path,omitempty"`
+	Headers map[string]string `json:"headers,omitempty"`
+}
+
+// TCPAction probes by opening a TCP connection.
+type TCPAction struct {
+	Host string `json:"host,omitempty"`
+	Port int    `json:"port"`
+}
+
+// GRPCAction probes with the gRPC health checking protocol.
+type GRPCAction struct {
+	Port    int    `json:"port"`
+	Service string `json:"service,omitempty"`
 }
 
 // Container states.
@@ -101,12 +163,22 @@ type PodStatus struct {
 	Containers []ContainerStatus `json:"containers"`
 }
 
-// ContainerStatus is one container's state, as a kubelet reports it.
+// ContainerStatus is one container's state, as a kubelet reports it. Ready follows the readiness probe (a
+// running container without one is ready); Started the startup probe (without one: running).
 type ContainerStatus struct {
 	Name         string          `json:"name"`
 	State        ContainerState  `json:"state"`
 	LastState    *ContainerState `json:"lastState,omitempty"`
 	RestartCount int             `json:"restartCount"`
+	Ready        bool            `json:"ready"`
+	Started      bool            `json:"started"`
+	// ProbeFailures counts the container's failed probe attempts; LastProbeFailure says why the last one failed,
+	// as a kubelet's Unhealthy event does ("Liveness probe failed: HTTP probe failed with statuscode: 500").
+	ProbeFailures    int    `json:"probeFailures,omitempty"`
+	LastProbeFailure string `json:"lastProbeFailure,omitempty"`
+	// Killed says why the agent killed the current run ("Container web failed liveness probe, will be
+	// restarted"); it is cleared when the next run starts.
+	Killed string `json:"killed,omitempty"`
 }
 
 // ContainerState is a container's state. Waiting carries Reason (ContainerCreating, CrashLoopBackOff);

@@ -14,14 +14,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 )
 
-// TestPodRuntimeData runs a pod that uses the runtime data ordinary workloads use — env in every form,
-// ConfigMap, Secret, emptyDir and downwardAPI volumes, and the service account token that is mounted by default —
-// and checks what the container sees, with kubectl exec, as on any node; then that a ConfigMap update reaches
-// the mounted file, and that a pod waiting for a missing ConfigMap starts once it exists.
-func TestPodRuntimeData(t *testing.T) {
+// TestPodSpec runs pods that use what ordinary workloads use of the PodSpec on one qemu-backed node, a group per
+// subtest, and checks with kubectl what a user would.
+func TestPodSpec(t *testing.T) {
 	ctx := context.Background()
 	reg := localRegistry(t)
 	const nodeName = "i2kit-spec"
@@ -42,6 +41,17 @@ func TestPodRuntimeData(t *testing.T) {
 	if _, err := env.WaitNodeReady(ctx, nodeName, 10*time.Second); err != nil {
 		t.Fatalf("node not ready: %v\n%s", err, n.Log())
 	}
+	t.Run("runtime data", func(t *testing.T) { testRuntimeData(t, nodeName, reg, n.Log) })
+	t.Run("security context", func(t *testing.T) { testSecurityContext(t, nodeName, reg, n.Log) })
+	t.Run("probes", func(t *testing.T) { testProbes(t, nodeName, reg, n.Log) })
+}
+
+// testRuntimeData runs a pod that uses the runtime data ordinary workloads use — env in every form, ConfigMap,
+// Secret, emptyDir and downwardAPI volumes, and the service account token that is mounted by default — and
+// checks what the container sees, with kubectl exec, as on any node; then that a ConfigMap update reaches the
+// mounted file, and that a pod waiting for a missing ConfigMap starts once it exists.
+func testRuntimeData(t *testing.T, nodeName, reg string, nodeLog func() string) {
+	ctx := context.Background()
 	cms := env.Client.CoreV1().ConfigMaps("default")
 	if _, err := cms.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "app-cfg"},
 		Data: map[string]string{"greeting": "hi", "mode": "prod"}}, metav1.CreateOptions{}); err != nil {
@@ -103,7 +113,7 @@ func TestPodRuntimeData(t *testing.T) {
 	if _, err := env.Client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	p := waitRunning(t, "runtime-data", n.Log)
+	p := waitRunning(t, "runtime-data", nodeLog)
 
 	envOut := kubectl(t, "exec", "runtime-data", "--", "env")
 	for _, want := range []string{"PLAIN=a", "EXPANDED=a-b-$(PLAIN)", "GREETING=hi", "PASSWORD=s3cret",
@@ -183,10 +193,132 @@ func TestPodRuntimeData(t *testing.T) {
 	if _, err := cms.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "late-cfg"}, Data: map[string]string{"x": "1"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitRunning(t, "waits-for-cfg", n.Log)
+	waitRunning(t, "waits-for-cfg", nodeLog)
 	if out := kubectl(t, "exec", "waits-for-cfg", "--", "sh", "-c", "echo $X"); strings.TrimSpace(out) != "1" {
 		t.Errorf("X = %q once the ConfigMap exists", out)
 	}
+}
+
+// testSecurityContext checks that a container runs as the user and group its security context says, with its
+// capability bounding set, no_new_privs and a read-only root; and that runAsNonRoot refuses an image's root user.
+func testSecurityContext(t *testing.T, nodeName, reg string, nodeLog func() string) {
+	ctx := context.Background()
+	uid, gid, fsGroup := int64(1000), int64(3000), int64(2000)
+	no, yes := false, true
+	pods := env.Client.CoreV1().Pods("default")
+	t.Cleanup(func() {
+		pods.Delete(ctx, "restricted", metav1.DeleteOptions{}) //nolint:errcheck
+		pods.Delete(ctx, "nonroot", metav1.DeleteOptions{})    //nolint:errcheck
+	})
+	restricted := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "restricted"},
+		Spec: corev1.PodSpec{NodeName: nodeName, AutomountServiceAccountToken: &no,
+			Tolerations:     []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+			SecurityContext: &corev1.PodSecurityContext{RunAsUser: &uid, FSGroup: &fsGroup},
+			Containers: []corev1.Container{{Name: "web", Image: reg + "/hello:1",
+				VolumeMounts: []corev1.VolumeMount{{Name: "tmp", MountPath: "/tmp"}},
+				SecurityContext: &corev1.SecurityContext{RunAsGroup: &gid, ReadOnlyRootFilesystem: &yes, AllowPrivilegeEscalation: &no,
+					Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}}},
+			Volumes: []corev1.Volume{{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}}}
+	if _, err := pods.Create(ctx, restricted, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, "restricted", nodeLog)
+	if out := kubectl(t, "exec", "restricted", "--", "id"); !strings.HasPrefix(strings.TrimSpace(out), "uid=1000 gid=3000") || !strings.Contains(out, "2000") {
+		t.Errorf("id = %q, want uid=1000 gid=3000 with group 2000", out)
+	}
+	status := kubectl(t, "exec", "restricted", "--", "cat", "/proc/self/status")
+	for _, want := range []string{"CapBnd:\t0000000000000000", "NoNewPrivs:\t1"} {
+		if !strings.Contains(status, want) {
+			t.Errorf("/proc/self/status lacks %q:\n%s", want, status)
+		}
+	}
+	if _, err := env.KubectlRun(ctx, "exec", "restricted", "--", "sh", "-c", "echo x > /x"); err == nil {
+		t.Error("the root filesystem is writable under readOnlyRootFilesystem")
+	}
+	if out := kubectl(t, "exec", "restricted", "--", "sh", "-c", "echo ok > /tmp/f && cat /tmp/f"); strings.TrimSpace(out) != "ok" {
+		t.Errorf("a volume under a read-only root: %q", out)
+	}
+
+	// The hello image runs as root: runAsNonRoot refuses to start it.
+	nonroot := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "nonroot"},
+		Spec: corev1.PodSpec{NodeName: nodeName, AutomountServiceAccountToken: &no, RestartPolicy: corev1.RestartPolicyNever,
+			Tolerations:     []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+			SecurityContext: &corev1.PodSecurityContext{RunAsNonRoot: &yes},
+			Containers:      []corev1.Container{{Name: "web", Image: reg + "/hello:1"}}}}
+	if _, err := pods.Create(ctx, nonroot, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		p, err := pods.Get(ctx, "nonroot", metav1.GetOptions{})
+		return err == nil && p.Status.Phase == corev1.PodFailed, nil
+	})
+	if err != nil {
+		t.Fatalf("a root image under runAsNonRoot did not fail: %v\n%s", err, nodeLog())
+	}
+	if out := kubectl(t, "logs", "nonroot"); !strings.Contains(out, "runAsNonRoot") {
+		t.Errorf("the refused container's log = %q, want the reason", out)
+	}
+}
+
+// testProbes checks that readiness drives the Ready condition (an httpGet that passes, a tcpSocket that fails) and
+// that a failing liveness probe restarts the container, with Unhealthy and Killing Events.
+func testProbes(t *testing.T, nodeName, reg string, nodeLog func() string) {
+	ctx := context.Background()
+	no := false
+	pods := env.Client.CoreV1().Pods("default")
+	t.Cleanup(func() {
+		pods.Delete(ctx, "probed", metav1.DeleteOptions{})    //nolint:errcheck
+		pods.Delete(ctx, "not-ready", metav1.DeleteOptions{}) //nolint:errcheck
+	})
+	mk := func(name string, c corev1.Container) {
+		c.Name, c.Image = "web", reg+"/hello:1"
+		c.Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec: corev1.PodSpec{NodeName: nodeName, AutomountServiceAccountToken: &no,
+				Tolerations: []corev1.Toleration{{Operator: corev1.TolerationOpExists}}, Containers: []corev1.Container{c}}}
+		if _, err := pods.Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("probed", corev1.Container{
+		ReadinessProbe: &corev1.Probe{PeriodSeconds: 1, ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromString("http")}}},
+		LivenessProbe: &corev1.Probe{PeriodSeconds: 1, FailureThreshold: 2, InitialDelaySeconds: 2,
+			ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"cat", "/tmp/healthy"}}}},
+	})
+	mk("not-ready", corev1.Container{
+		ReadinessProbe: &corev1.Probe{PeriodSeconds: 1, ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(81)}}},
+	})
+	// /tmp/healthy never exists: the liveness probe fails and the container restarts.
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		p, err := pods.Get(ctx, "probed", metav1.GetOptions{})
+		return err == nil && len(p.Status.ContainerStatuses) == 1 && p.Status.ContainerStatuses[0].RestartCount >= 1, nil
+	})
+	if err != nil {
+		t.Fatalf("a container failing its liveness probe was not restarted: %v\n%s", err, nodeLog())
+	}
+	waitEvent(t, "probed", "Unhealthy")
+	waitEvent(t, "probed", "Killing")
+	// Between liveness kills the readiness probe passes: the pod becomes Ready.
+	waitRunning(t, "probed", nodeLog)
+
+	// A readiness probe that fails leaves the pod Running but not Ready.
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		p, err := pods.Get(ctx, "not-ready", metav1.GetOptions{})
+		return err == nil && p.Status.Phase == corev1.PodRunning && len(p.Status.ContainerStatuses) == 1 &&
+			p.Status.ContainerStatuses[0].State.Running != nil, nil
+	})
+	if err != nil {
+		t.Fatalf("pod not-ready not Running: %v", err)
+	}
+	waitEvent(t, "not-ready", "Unhealthy")
+	p, err := pods.Get(ctx, "not-ready", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if podReady(*p) || p.Status.ContainerStatuses[0].Ready {
+		t.Errorf("a pod whose readiness probe fails is Ready: %+v", p.Status)
+	}
+	waitEvent(t, "not-ready", "Unhealthy")
 }
 
 // waitRunning waits for a pod to be Running and Ready.

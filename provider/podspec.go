@@ -1,0 +1,125 @@
+package provider
+
+import (
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/i2kit/i2kit/agent/protocol"
+)
+
+// defaultCapabilities is the capability set container runtimes give a container by default (containerd's and
+// Docker's); a security context adds to it and drops from it.
+var defaultCapabilities = []string{"CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID",
+	"SETUID", "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE"}
+
+// securityFor is a container's effective security context: the container's fields over the pod's, as a kubelet
+// merges them. It is a pure function.
+func securityFor(pod *corev1.Pod, c corev1.Container) *protocol.Security {
+	s := &protocol.Security{Capabilities: append([]string(nil), defaultCapabilities...)}
+	if ps := pod.Spec.SecurityContext; ps != nil {
+		s.RunAsUser, s.RunAsGroup = ps.RunAsUser, ps.RunAsGroup
+		s.RunAsNonRoot = ps.RunAsNonRoot != nil && *ps.RunAsNonRoot
+		s.SupplementalGroups = append(s.SupplementalGroups, ps.SupplementalGroups...)
+		if ps.FSGroup != nil {
+			s.SupplementalGroups = append(s.SupplementalGroups, *ps.FSGroup)
+		}
+	}
+	cs := c.SecurityContext
+	if cs == nil {
+		return s
+	}
+	if cs.RunAsUser != nil {
+		s.RunAsUser = cs.RunAsUser
+	}
+	if cs.RunAsGroup != nil {
+		s.RunAsGroup = cs.RunAsGroup
+	}
+	if cs.RunAsNonRoot != nil {
+		s.RunAsNonRoot = *cs.RunAsNonRoot
+	}
+	s.ReadOnlyRootFilesystem = cs.ReadOnlyRootFilesystem != nil && *cs.ReadOnlyRootFilesystem
+	s.NoNewPrivileges = cs.AllowPrivilegeEscalation != nil && !*cs.AllowPrivilegeEscalation
+	if caps := cs.Capabilities; caps != nil {
+		set := map[string]bool{}
+		for _, c := range s.Capabilities {
+			set[c] = true
+		}
+		for _, d := range caps.Drop {
+			if name := capName(d); name == "ALL" {
+				set = map[string]bool{}
+			} else {
+				delete(set, name)
+			}
+		}
+		for _, a := range caps.Add {
+			set[capName(a)] = true
+		}
+		s.Capabilities = s.Capabilities[:0]
+		for _, name := range append(append([]string(nil), defaultCapabilities...), addedOnly(caps.Add)...) {
+			if set[name] {
+				s.Capabilities = append(s.Capabilities, name)
+				delete(set, name)
+			}
+		}
+		if s.Capabilities == nil {
+			s.Capabilities = []string{} // none: not "all"
+		}
+	}
+	return s
+}
+
+func capName(c corev1.Capability) string { return strings.TrimPrefix(strings.ToUpper(string(c)), "CAP_") }
+
+func addedOnly(add []corev1.Capability) []string {
+	var out []string
+	for _, a := range add {
+		out = append(out, capName(a))
+	}
+	return out
+}
+
+// probeFor converts a container's probe, resolving named ports from the container's ports (0 when the name is
+// not declared: the probe then fails, as on a kubelet).
+func probeFor(c corev1.Container, p *corev1.Probe) *protocol.Probe {
+	if p == nil {
+		return nil
+	}
+	port := func(v intstr.IntOrString) int {
+		if v.Type == intstr.Int {
+			return v.IntValue()
+		}
+		for _, cp := range c.Ports {
+			if cp.Name == v.StrVal {
+				return int(cp.ContainerPort)
+			}
+		}
+		return 0
+	}
+	out := &protocol.Probe{InitialDelaySeconds: p.InitialDelaySeconds, TimeoutSeconds: p.TimeoutSeconds,
+		PeriodSeconds: p.PeriodSeconds, SuccessThreshold: p.SuccessThreshold, FailureThreshold: p.FailureThreshold,
+		TerminationGracePeriodSeconds: p.TerminationGracePeriodSeconds}
+	switch h := p.ProbeHandler; {
+	case h.Exec != nil:
+		out.Exec = append([]string(nil), h.Exec.Command...)
+	case h.HTTPGet != nil:
+		a := &protocol.HTTPGetAction{Scheme: string(h.HTTPGet.Scheme), Host: h.HTTPGet.Host, Port: port(h.HTTPGet.Port), Path: h.HTTPGet.Path}
+		for _, hd := range h.HTTPGet.HTTPHeaders {
+			if a.Headers == nil {
+				a.Headers = map[string]string{}
+			}
+			a.Headers[hd.Name] = hd.Value
+		}
+		out.HTTPGet = a
+	case h.TCPSocket != nil:
+		out.TCPSocket = &protocol.TCPAction{Host: h.TCPSocket.Host, Port: port(h.TCPSocket.Port)}
+	case h.GRPC != nil:
+		g := &protocol.GRPCAction{Port: int(h.GRPC.Port)}
+		if h.GRPC.Service != nil {
+			g.Service = *h.GRPC.Service
+		}
+		out.GRPC = g
+	}
+	return out
+}

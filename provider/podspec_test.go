@@ -1,0 +1,78 @@
+package provider
+
+import (
+	"reflect"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/i2kit/i2kit/agent/protocol"
+	"github.com/i2kit/i2kit/provider/vm"
+)
+
+func TestSecurityFor(t *testing.T) {
+	i := func(v int64) *int64 { return &v }
+	yes, no := true, false
+	for _, tc := range []struct {
+		name string
+		pod  *corev1.PodSecurityContext
+		ctr  *corev1.SecurityContext
+		want protocol.Security
+	}{
+		{"defaults", nil, nil, protocol.Security{Capabilities: defaultCapabilities}},
+		{"pod user, container group", &corev1.PodSecurityContext{RunAsUser: i(1000), RunAsNonRoot: &yes, FSGroup: i(2000), SupplementalGroups: []int64{5}},
+			&corev1.SecurityContext{RunAsGroup: i(3000)},
+			protocol.Security{RunAsUser: i(1000), RunAsGroup: i(3000), RunAsNonRoot: true, SupplementalGroups: []int64{5, 2000}, Capabilities: defaultCapabilities}},
+		{"container over pod", &corev1.PodSecurityContext{RunAsUser: i(1000), RunAsNonRoot: &yes},
+			&corev1.SecurityContext{RunAsUser: i(0), RunAsNonRoot: &no, ReadOnlyRootFilesystem: &yes, AllowPrivilegeEscalation: &no},
+			protocol.Security{RunAsUser: i(0), ReadOnlyRootFilesystem: true, NoNewPrivileges: true, Capabilities: defaultCapabilities}},
+		{"drop all, add one", nil, &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: []corev1.Capability{"NET_BIND_SERVICE"}}},
+			protocol.Security{Capabilities: []string{"NET_BIND_SERVICE"}}},
+		{"drop all", nil, &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"all"}}},
+			protocol.Security{Capabilities: []string{}}},
+		{"add outside the default, drop one", nil, &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"NET_RAW"}, Add: []corev1.Capability{"CAP_NET_ADMIN"}}},
+			protocol.Security{Capabilities: []string{"CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "SETGID", "SETUID", "SETFCAP",
+				"SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE", "NET_ADMIN"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := &corev1.Pod{Spec: corev1.PodSpec{SecurityContext: tc.pod}}
+			got := securityFor(pod, corev1.Container{Name: "c", SecurityContext: tc.ctr})
+			if !reflect.DeepEqual(*got, tc.want) {
+				t.Errorf("securityFor = %+v\nwant %+v", *got, tc.want)
+			}
+		})
+	}
+}
+
+func TestProbeForResolvesNamedPorts(t *testing.T) {
+	c := corev1.Container{Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}}
+	p := probeFor(c, &corev1.Probe{PeriodSeconds: 2, ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+		Path: "/healthz", Port: intstr.FromString("http"), HTTPHeaders: []corev1.HTTPHeader{{Name: "X", Value: "y"}}}}})
+	if p.HTTPGet == nil || p.HTTPGet.Port != 8080 || p.HTTPGet.Path != "/healthz" || p.HTTPGet.Headers["X"] != "y" || p.PeriodSeconds != 2 {
+		t.Errorf("probe = %+v %+v", p, p.HTTPGet)
+	}
+	if p := probeFor(c, &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromString("nope")}}}); p.TCPSocket.Port != 0 {
+		t.Errorf("an undeclared port name resolved to %d", p.TCPSocket.Port)
+	}
+	if probeFor(c, nil) != nil {
+		t.Error("no probe became one")
+	}
+}
+
+func TestRunningButNotReady(t *testing.T) {
+	pod := plainPod("p")
+	pod.Spec.Containers = pod.Spec.Containers[:1]
+	st := protocol.PodStatus{Containers: []protocol.ContainerStatus{{Name: "web", Started: true,
+		State: protocol.ContainerState{State: protocol.Running, StartedAt: time.Now()}}}}
+	got := podStatus(pod, "h", vm.Status{IP: "10.0.0.2"}, st, nil).Status
+	if got.Phase != corev1.PodRunning || got.ContainerStatuses[0].Ready || !*got.ContainerStatuses[0].Started {
+		t.Errorf("status = %+v", got)
+	}
+	for _, c := range got.Conditions {
+		if c.Type == corev1.PodReady && c.Status != corev1.ConditionFalse {
+			t.Errorf("Ready condition %s for a container its readiness probe fails", c.Status)
+		}
+	}
+}
