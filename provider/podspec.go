@@ -70,7 +70,9 @@ func securityFor(pod *corev1.Pod, c corev1.Container) *protocol.Security {
 	return s
 }
 
-func capName(c corev1.Capability) string { return strings.TrimPrefix(strings.ToUpper(string(c)), "CAP_") }
+func capName(c corev1.Capability) string {
+	return strings.TrimPrefix(strings.ToUpper(string(c)), "CAP_")
+}
 
 func addedOnly(add []corev1.Capability) []string {
 	var out []string
