@@ -258,6 +258,9 @@ func (r *runtime) supervise(c *container) bool {
 		} else {
 			r.say("i2kit-agent: container %s exited with code %d", c.Name, code)
 		}
+		if err == nil {
+			msg = terminationMessage(c, code)
+		}
 		term := protocol.ContainerState{State: protocol.Terminated, ExitCode: code, Reason: reason, Message: msg,
 			StartedAt: start, FinishedAt: now}
 		r.mu.Lock()
@@ -314,8 +317,18 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 	if err != nil {
 		return 0, "", err
 	}
+	if path := c.rc.TerminationMessagePath; path != "" {
+		// Each run starts with an empty message file of its own, bind-mounted where the container writes it.
+		if err := os.WriteFile(terminationLogFile(c), nil, 0o666); err != nil {
+			return 0, "", err
+		}
+		mounts = append(mounts, bindMount{Source: terminationLogFile(c), Target: path})
+	}
+	r.mu.Lock()
+	hosts := r.cfg.Hosts
+	r.mu.Unlock()
 	spec, _ := json.Marshal(supervisorSpec{Container: c.Container, Security: c.rc.Security, Env: c.rc.Env, Root: c.root, Hostname: r.hostname,
-		Mounts: mounts})
+		Hosts: hosts, Mounts: mounts})
 	cmd := exec.Command("/proc/self/exe", SupervisorArg)
 	cmd.Args[0] = "i2kit-init" // what ps shows as the container's PID 1
 	cmd.Env = []string{supervisorEnv + "=" + string(spec)}
@@ -377,6 +390,9 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 	r.changedLocked()
 	r.mu.Unlock()
 	go r.probe(c, ended) // until the run ends
+	if c.rc.PostStart != nil {
+		go r.postStart(c, cmd.Process.Pid, ended)
+	}
 	err = cmd.Wait()
 	wg.Wait()
 	r.mu.Lock()
@@ -439,12 +455,32 @@ func (r *runtime) stop(ctx context.Context, grace time.Duration) {
 			waits = append(waits, c.ended)
 		}
 	}
+	var hooked []*container
+	for _, c := range r.containers {
+		if c.pid != 0 && c.rc.PreStop != nil {
+			hooked = append(hooked, c)
+		}
+	}
 	r.mu.Unlock()
+	deadline := time.NewTimer(grace)
+	defer deadline.Stop()
+	// preStop hooks run first, all at once, within the grace period; then the containers get SIGTERM.
+	hookCtx, cancel := context.WithTimeout(ctx, grace)
+	var hooks sync.WaitGroup
+	for _, c := range hooked {
+		hooks.Add(1)
+		go func() {
+			defer hooks.Done()
+			if err := r.runHook(hookCtx, c, c.rc.PreStop); err != nil {
+				r.say("i2kit-agent: container %s: preStop hook failed: %v", c.Name, err)
+			}
+		}()
+	}
+	hooks.Wait()
+	cancel()
 	for _, pid := range pids {
 		syscall.Kill(pid, syscall.SIGTERM) //nolint:errcheck
 	}
-	deadline := time.NewTimer(grace)
-	defer deadline.Stop()
 	for i, w := range waits {
 		select {
 		case <-w:

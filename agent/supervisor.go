@@ -32,6 +32,7 @@ type supervisorSpec struct {
 	Env      []string           `json:"podEnv,omitempty"` // the pod's, over the image's
 	Root     string             `json:"root"`
 	Hostname string             `json:"hostname"`
+	Hosts    []byte             `json:"hosts,omitempty"` // /etc/hosts, when the node sent one
 	// Mounts are bound into Root in order (see bindVolumes).
 	Mounts []bindMount `json:"mounts,omitempty"`
 }
@@ -163,6 +164,9 @@ func enterRoot(c supervisorSpec) error {
 	// inside the root, so that an image's symlink cannot point it elsewhere.
 	if err := os.MkdirAll("/etc", 0o755); err == nil {
 		os.WriteFile("/etc/hostname", []byte(c.Hostname+"\n"), 0o644) //nolint:errcheck
+		if len(c.Hosts) > 0 {
+			os.WriteFile("/etc/hosts", c.Hosts, 0o644) //nolint:errcheck
+		}
 	}
 	if err := os.Chdir(c.WorkingDir); err != nil {
 		return fmt.Errorf("working directory %s, %w", c.WorkingDir, err)

@@ -80,7 +80,7 @@ func (p *Provider) runAgent(ctx context.Context, pod *corev1.Pod, a *podAgent) {
 	if !ok {
 		return
 	}
-	cfg := podConfig(pod, rt)
+	cfg := podConfig(pod, vst.IP, rt)
 	for attempt := 0; ctx.Err() == nil; attempt++ {
 		if attempt > 0 {
 			select {

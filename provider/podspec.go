@@ -125,3 +125,38 @@ func probeFor(c corev1.Container, p *corev1.Probe) *protocol.Probe {
 	}
 	return out
 }
+
+// hookFor converts a lifecycle handler; named ports resolve as for probes.
+func hookFor(c corev1.Container, h *corev1.LifecycleHandler) *protocol.Hook {
+	if h == nil {
+		return nil
+	}
+	switch {
+	case h.Exec != nil:
+		return &protocol.Hook{Exec: append([]string(nil), h.Exec.Command...)}
+	case h.HTTPGet != nil:
+		p := probeFor(c, &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: h.HTTPGet}})
+		return &protocol.Hook{HTTPGet: p.HTTPGet}
+	case h.Sleep != nil:
+		return &protocol.Hook{SleepSeconds: h.Sleep.Seconds}
+	}
+	return nil
+}
+
+// hostsFile renders a pod's /etc/hosts as a kubelet does: localhost entries, the pod's IP with its name, then
+// its hostAliases.
+func hostsFile(pod *corev1.Pod, podIP string) []byte {
+	var b strings.Builder
+	b.WriteString("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n" +
+		"fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n")
+	if podIP != "" {
+		b.WriteString(podIP + "\t" + pod.Name + "\n")
+	}
+	if len(pod.Spec.HostAliases) > 0 {
+		b.WriteString("\n# Entries added by HostAliases.\n")
+		for _, a := range pod.Spec.HostAliases {
+			b.WriteString(a.IP + "\t" + strings.Join(a.Hostnames, "\t") + "\n")
+		}
+	}
+	return []byte(b.String())
+}

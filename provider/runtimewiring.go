@@ -131,12 +131,16 @@ func (p *Provider) awaitRuntime(ctx context.Context, pod *corev1.Pod, st vm.Stat
 }
 
 // podConfig is the pod's runtime configuration for its agent.
-func podConfig(pod *corev1.Pod, rt podRuntime) protocol.PodConfig {
-	cfg := protocol.PodConfig{RestartPolicy: string(pod.Spec.RestartPolicy), Volumes: rt.Volumes}
+func podConfig(pod *corev1.Pod, podIP string, rt podRuntime) protocol.PodConfig {
+	cfg := protocol.PodConfig{RestartPolicy: string(pod.Spec.RestartPolicy), Volumes: rt.Volumes, Hosts: hostsFile(pod, podIP)}
 	for _, c := range append(append([]corev1.Container(nil), pod.Spec.InitContainers...), pod.Spec.Containers...) {
 		cc := protocol.ContainerConfig{Name: c.Name, Stdin: c.Stdin, Env: rt.Env[c.Name], Mounts: rt.Mounts[c.Name],
 			Security: securityFor(pod, c), Liveness: probeFor(c, c.LivenessProbe),
-			Readiness: probeFor(c, c.ReadinessProbe), Startup: probeFor(c, c.StartupProbe)}
+			Readiness: probeFor(c, c.ReadinessProbe), Startup: probeFor(c, c.StartupProbe),
+			TerminationMessagePath: c.TerminationMessagePath, TerminationMessagePolicy: string(c.TerminationMessagePolicy)}
+		if l := c.Lifecycle; l != nil {
+			cc.PostStart, cc.PreStop = hookFor(c, l.PostStart), hookFor(c, l.PreStop)
+		}
 		if q, ok := c.Resources.Limits[corev1.ResourceMemory]; ok {
 			cc.MemoryLimit = q.Value()
 		}

@@ -109,6 +109,12 @@ func (p *Provider) deleteVM(ctx context.Context, pod *corev1.Pod) error {
 	if pod.DeletionGracePeriodSeconds != nil {
 		grace = time.Duration(*pod.DeletionGracePeriodSeconds) * time.Second
 	}
+	for _, c := range pod.Spec.Containers {
+		p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "Killing", "Stopping container %s", c.Name)
+	}
+	// The session with the agent stays while the VM stops: preStop hooks and the last lines of followed logs
+	// still flow through it.
+	err := p.backend.Terminate(ctx, string(pod.UID), grace)
 	p.disconnectAgent(string(pod.UID))
 	p.mu.Lock()
 	delete(p.images, string(pod.UID))
@@ -117,10 +123,7 @@ func (p *Provider) deleteVM(ctx context.Context, pod *corev1.Pod) error {
 	if c != nil {
 		c.forget(string(pod.UID))
 	}
-	for _, c := range pod.Spec.Containers {
-		p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "Killing", "Stopping container %s", c.Name)
-	}
-	if err := p.backend.Terminate(ctx, string(pod.UID), grace); err != nil && !errors.Is(err, vm.ErrNotFound) {
+	if err != nil && !errors.Is(err, vm.ErrNotFound) {
 		return fmt.Errorf("terminating the VM, %w", err)
 	}
 	return nil

@@ -39,6 +39,8 @@ type PodConfig struct {
 	RestartPolicy string            `json:"restartPolicy"`
 	Containers    []ContainerConfig `json:"containers"`
 	Volumes       []Volume          `json:"volumes,omitempty"`
+	// Hosts is the content of every container's /etc/hosts, as a kubelet renders it (hostAliases included).
+	Hosts []byte `json:"hosts,omitempty"`
 }
 
 // Volume is one of the pod's volumes, made in the VM before any container starts. Exactly one of EmptyDir and
@@ -91,6 +93,21 @@ type ContainerConfig struct {
 	Liveness  *Probe `json:"liveness,omitempty"`
 	Readiness *Probe `json:"readiness,omitempty"`
 	Startup   *Probe `json:"startup,omitempty"`
+	// PostStart runs once the container started (a failure kills it); PreStop before it is stopped, within the
+	// grace period.
+	PostStart *Hook `json:"postStart,omitempty"`
+	PreStop   *Hook `json:"preStop,omitempty"`
+	// TerminationMessagePath is where the container may write why it ended (default /dev/termination-log);
+	// with TerminationMessagePolicy FallbackToLogsOnError, a failed container without one reports its log's end.
+	TerminationMessagePath   string `json:"terminationMessagePath,omitempty"`
+	TerminationMessagePolicy string `json:"terminationMessagePolicy,omitempty"`
+}
+
+// Hook is a lifecycle handler: exactly one of Exec, HTTPGet and SleepSeconds.
+type Hook struct {
+	Exec         []string       `json:"exec,omitempty"`
+	HTTPGet      *HTTPGetAction `json:"httpGet,omitempty"`
+	SleepSeconds int64          `json:"sleepSeconds,omitempty"`
 }
 
 // Security is what the agent honours of a container's security context.

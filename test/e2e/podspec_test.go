@@ -44,6 +44,7 @@ func TestPodSpec(t *testing.T) {
 	t.Run("runtime data", func(t *testing.T) { testRuntimeData(t, nodeName, reg, n.Log) })
 	t.Run("security context", func(t *testing.T) { testSecurityContext(t, nodeName, reg, n.Log) })
 	t.Run("probes", func(t *testing.T) { testProbes(t, nodeName, reg, n.Log) })
+	t.Run("init containers, lifecycle, hosts", func(t *testing.T) { testLifecycle(t, nodeName, reg, n.Log) })
 }
 
 // testRuntimeData runs a pod that uses the runtime data ordinary workloads use — env in every form, ConfigMap,
@@ -319,6 +320,97 @@ func testProbes(t *testing.T, nodeName, reg string, nodeLog func() string) {
 		t.Errorf("a pod whose readiness probe fails is Ready: %+v", p.Status)
 	}
 	waitEvent(t, "not-ready", "Unhealthy")
+}
+
+// testLifecycle checks init containers (run first, in order, their output seen by the app), postStart and
+// preStop hooks, /etc/hosts with hostAliases, and termination messages (file and FallbackToLogsOnError).
+func testLifecycle(t *testing.T, nodeName, reg string, nodeLog func() string) {
+	ctx := context.Background()
+	no := false
+	pods := env.Client.CoreV1().Pods("default")
+	t.Cleanup(func() {
+		for _, n := range []string{"hooks", "says-why", "logs-why"} {
+			pods.Delete(ctx, n, metav1.DeleteOptions{}) //nolint:errcheck
+		}
+	})
+	base := func(name string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec: corev1.PodSpec{NodeName: nodeName, AutomountServiceAccountToken: &no,
+				Tolerations: []corev1.Toleration{{Operator: corev1.TolerationOpExists}}}}
+	}
+	hooks := base("hooks")
+	hooks.Spec.HostAliases = []corev1.HostAlias{{IP: "10.1.2.3", Hostnames: []string{"foo.local", "bar.local"}}}
+	hooks.Spec.Volumes = []corev1.Volume{{Name: "work", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
+	mount := []corev1.VolumeMount{{Name: "work", MountPath: "/work"}}
+	hooks.Spec.InitContainers = []corev1.Container{
+		{Name: "first", Image: reg + "/hello:1", Command: []string{"sh", "-c", "echo one > /work/order"}, VolumeMounts: mount},
+		{Name: "second", Image: reg + "/hello:1", Command: []string{"sh", "-c", "echo two >> /work/order"}, VolumeMounts: mount},
+	}
+	hooks.Spec.Containers = []corev1.Container{{Name: "web", Image: reg + "/hello:1", VolumeMounts: mount,
+		Lifecycle: &corev1.Lifecycle{
+			PostStart: &corev1.LifecycleHandler{Exec: &corev1.ExecAction{Command: []string{"sh", "-c", "echo started > /work/poststart"}}},
+			PreStop:   &corev1.LifecycleHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/prestop", Port: intstr.FromInt32(8080)}},
+		}}}
+	if _, err := pods.Create(ctx, hooks, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	p := waitRunning(t, "hooks", nodeLog)
+	if out := kubectl(t, "exec", "hooks", "--", "cat", "/work/order"); out != "one\ntwo\n" {
+		t.Errorf("what the init containers wrote = %q, want one and two in order", out)
+	}
+	for _, ic := range p.Status.InitContainerStatuses {
+		if ic.State.Terminated == nil || ic.State.Terminated.Reason != "Completed" {
+			t.Errorf("init container %s: %+v", ic.Name, ic.State)
+		}
+	}
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		out, _ := env.KubectlRun(ctx, "exec", "hooks", "--", "cat", "/work/poststart")
+		return strings.TrimSpace(out) == "started", nil
+	})
+	if err != nil {
+		t.Errorf("the postStart hook did not run: %v", err)
+	}
+	hostsOut := kubectl(t, "exec", "hooks", "--", "cat", "/etc/hosts")
+	for _, want := range []string{"10.1.2.3\tfoo.local\tbar.local", p.Status.PodIP + "\thooks", "127.0.0.1\tlocalhost"} {
+		if !strings.Contains(hostsOut, want) {
+			t.Errorf("/etc/hosts lacks %q:\n%s", want, hostsOut)
+		}
+	}
+	// The preStop hook reaches the server before it is stopped: its request shows in the followed log.
+	follow := startKubectl(t, "logs", "-f", "hooks")
+	follow.waitFor(t, "listening on :8080", 30*time.Second)
+	if err := pods.Delete(ctx, "hooks", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	follow.waitFor(t, "GET /prestop", 30*time.Second)
+
+	says := base("says-why")
+	says.Spec.RestartPolicy = corev1.RestartPolicyNever
+	says.Spec.Containers = []corev1.Container{{Name: "job", Image: reg + "/hello:1",
+		Command: []string{"sh", "-c", "echo 'disk full' > /dev/termination-log; exit 2"}}}
+	logs := base("logs-why")
+	logs.Spec.RestartPolicy = corev1.RestartPolicyNever
+	logs.Spec.Containers = []corev1.Container{{Name: "job", Image: reg + "/hello:1", TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+		Command: []string{"sh", "-c", "echo 'oops: no config'; exit 1"}}}
+	for _, p := range []*corev1.Pod{says, logs} {
+		if _, err := pods.Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, want := range map[string]string{"says-why": "disk full", "logs-why": "oops: no config"} {
+		var p *corev1.Pod
+		err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+			var err error
+			p, err = pods.Get(ctx, name, metav1.GetOptions{})
+			return err == nil && p.Status.Phase == corev1.PodFailed, nil
+		})
+		if err != nil {
+			t.Fatalf("pod %s did not fail: %v", name, err)
+		}
+		if term := p.Status.ContainerStatuses[0].State.Terminated; term == nil || strings.TrimSpace(term.Message) != want {
+			t.Errorf("pod %s termination = %+v, want message %q", name, p.Status.ContainerStatuses[0].State, want)
+		}
+	}
 }
 
 // waitRunning waits for a pod to be Running and Ready.
