@@ -325,10 +325,13 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 		mounts = append(mounts, bindMount{Source: terminationLogFile(c), Target: path})
 	}
 	r.mu.Lock()
-	hosts := r.cfg.Hosts
+	hosts, resolv, hostname := r.cfg.Hosts, r.cfg.ResolvConf, r.hostname
+	if r.cfg.Hostname != "" {
+		hostname = r.cfg.Hostname
+	}
 	r.mu.Unlock()
-	spec, _ := json.Marshal(supervisorSpec{Container: c.Container, Security: c.rc.Security, Env: c.rc.Env, Root: c.root, Hostname: r.hostname,
-		Hosts: hosts, Mounts: mounts})
+	spec, _ := json.Marshal(supervisorSpec{Container: c.Container, Security: c.rc.Security, Env: c.rc.Env, Root: c.root, Hostname: hostname,
+		Hosts: hosts, Resolv: resolv, Mounts: mounts})
 	cmd := exec.Command("/proc/self/exe", SupervisorArg)
 	cmd.Args[0] = "i2kit-init" // what ps shows as the container's PID 1
 	cmd.Env = []string{supervisorEnv + "=" + string(spec)}

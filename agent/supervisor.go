@@ -32,7 +32,8 @@ type supervisorSpec struct {
 	Env      []string           `json:"podEnv,omitempty"` // the pod's, over the image's
 	Root     string             `json:"root"`
 	Hostname string             `json:"hostname"`
-	Hosts    []byte             `json:"hosts,omitempty"` // /etc/hosts, when the node sent one
+	Hosts    []byte             `json:"hosts,omitempty"`  // /etc/hosts, when the node sent one
+	Resolv   []byte             `json:"resolv,omitempty"` // /etc/resolv.conf, when the node sent one
 	// Mounts are bound into Root in order (see bindVolumes).
 	Mounts []bindMount `json:"mounts,omitempty"`
 }
@@ -166,6 +167,9 @@ func enterRoot(c supervisorSpec) error {
 		os.WriteFile("/etc/hostname", []byte(c.Hostname+"\n"), 0o644) //nolint:errcheck
 		if len(c.Hosts) > 0 {
 			os.WriteFile("/etc/hosts", c.Hosts, 0o644) //nolint:errcheck
+		}
+		if len(c.Resolv) > 0 {
+			os.WriteFile("/etc/resolv.conf", c.Resolv, 0o644) //nolint:errcheck
 		}
 	}
 	if err := os.Chdir(c.WorkingDir); err != nil {

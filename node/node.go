@@ -98,7 +98,7 @@ func Run(ctx context.Context, c Config) error {
 	}
 	defer release()
 	newProvider := func(pc nodeutil.ProviderConfig) (nodeutil.Provider, vknode.NodeProvider, error) {
-		p.UseCluster(pc.ConfigMaps, pc.Secrets, serviceAccountToken(client))
+		p.UseCluster(pc.ConfigMaps, pc.Secrets, pc.Services, serviceAccountToken(client))
 		return p, nodeProvider{}, nil
 	}
 	n, err := nodeutil.NewNode(c.NodeName, newProvider,

@@ -56,6 +56,17 @@ func (p *Provider) connectAgent(ctx context.Context, pod *corev1.Pod) {
 		defer close(a.stopped)
 		p.runAgent(ctx, pod, a)
 	}()
+	go p.enforceDeadline(ctx, pod)
+}
+
+// disconnectAgentAsync ends a pod's session without waiting (from the session's own goroutines).
+func (p *Provider) disconnectAgentAsync(uid string) {
+	p.mu.Lock()
+	a := p.agents[uid]
+	p.mu.Unlock()
+	if a != nil {
+		a.cancel()
+	}
 }
 
 // disconnectAgent ends a pod's session and waits for its goroutine.
@@ -80,7 +91,7 @@ func (p *Provider) runAgent(ctx context.Context, pod *corev1.Pod, a *podAgent) {
 	if !ok {
 		return
 	}
-	cfg := podConfig(pod, vst.IP, rt)
+	cfg := podConfig(pod, vst.IP, rt, resolvConf(pod, p.clusterDNS(), p.nodeResolv))
 	for attempt := 0; ctx.Err() == nil; attempt++ {
 		if attempt > 0 {
 			select {

@@ -150,13 +150,122 @@ func hostsFile(pod *corev1.Pod, podIP string) []byte {
 	b.WriteString("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n" +
 		"fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n")
 	if podIP != "" {
-		b.WriteString(podIP + "\t" + pod.Name + "\n")
+		hostname, fqdn := podHostname(pod)
+		if fqdn != "" {
+			b.WriteString(podIP + "\t" + fqdn + "\t" + hostname + "\n")
+		} else {
+			b.WriteString(podIP + "\t" + hostname + "\n")
+		}
 	}
 	if len(pod.Spec.HostAliases) > 0 {
 		b.WriteString("\n# Entries added by HostAliases.\n")
 		for _, a := range pod.Spec.HostAliases {
 			b.WriteString(a.IP + "\t" + strings.Join(a.Hostnames, "\t") + "\n")
 		}
+	}
+	return []byte(b.String())
+}
+
+// clusterDomain is the cluster's DNS domain, as a kubelet's default --cluster-domain.
+const clusterDomain = "cluster.local"
+
+// podHostname is a pod's hostname and, with a subdomain, its fully qualified name, as a kubelet derives them.
+func podHostname(pod *corev1.Pod) (hostname, fqdn string) {
+	hostname = pod.Name
+	if pod.Spec.Hostname != "" {
+		hostname = pod.Spec.Hostname
+	}
+	if pod.Spec.Subdomain != "" {
+		fqdn = hostname + "." + pod.Spec.Subdomain + "." + pod.Namespace + ".svc." + clusterDomain
+	}
+	return hostname, fqdn
+}
+
+// resolvConf renders a pod's /etc/resolv.conf for its dnsPolicy and dnsConfig, as a kubelet does: ClusterFirst
+// points at the cluster DNS service with the cluster's search path (falling back to the node's configuration
+// when the cluster has no DNS service), Default is the node's, None is dnsConfig alone; dnsConfig's nameservers,
+// searches and options are merged in. It is a pure function.
+func resolvConf(pod *corev1.Pod, clusterDNS string, node []byte) []byte {
+	var servers, search []string
+	options := map[string]string{}
+	var order []string
+	setOpt := func(name, value string) {
+		if _, ok := options[name]; !ok {
+			order = append(order, name)
+		}
+		options[name] = value
+	}
+	parseNode := func() {
+		for _, l := range strings.Split(string(node), "\n") {
+			f := strings.Fields(l)
+			if len(f) < 2 || strings.HasPrefix(f[0], "#") {
+				continue
+			}
+			switch f[0] {
+			case "nameserver":
+				servers = append(servers, f[1])
+			case "search":
+				search = append(search, f[1:]...)
+			case "options":
+				for _, o := range f[1:] {
+					n, v, _ := strings.Cut(o, ":")
+					setOpt(n, v)
+				}
+			}
+		}
+	}
+	switch pod.Spec.DNSPolicy {
+	case corev1.DNSNone:
+	case corev1.DNSDefault:
+		parseNode()
+	default: // ClusterFirst, ClusterFirstWithHostNet
+		if clusterDNS == "" {
+			parseNode()
+			break
+		}
+		servers = []string{clusterDNS}
+		search = []string{pod.Namespace + ".svc." + clusterDomain, "svc." + clusterDomain, clusterDomain}
+		setOpt("ndots", "5")
+	}
+	if c := pod.Spec.DNSConfig; c != nil {
+		servers = append(servers, c.Nameservers...)
+		search = append(search, c.Searches...)
+		for _, o := range c.Options {
+			v := ""
+			if o.Value != nil {
+				v = *o.Value
+			}
+			setOpt(o.Name, v)
+		}
+	}
+	var b strings.Builder
+	seen := map[string]bool{}
+	var uniq []string
+	for _, s := range search {
+		if !seen[s] {
+			seen[s] = true
+			uniq = append(uniq, s)
+		}
+	}
+	if len(uniq) > 0 {
+		b.WriteString("search " + strings.Join(uniq, " ") + "\n")
+	}
+	for i, s := range servers {
+		if i == 3 { // the resolver reads three
+			break
+		}
+		b.WriteString("nameserver " + s + "\n")
+	}
+	if len(order) > 0 {
+		var opts []string
+		for _, n := range order {
+			if v := options[n]; v != "" {
+				opts = append(opts, n+":"+v)
+			} else {
+				opts = append(opts, n)
+			}
+		}
+		b.WriteString("options " + strings.Join(opts, " ") + "\n")
 	}
 	return []byte(b.String())
 }

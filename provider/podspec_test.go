@@ -2,6 +2,7 @@ package provider
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -73,6 +74,50 @@ func TestRunningButNotReady(t *testing.T) {
 	for _, c := range got.Conditions {
 		if c.Type == corev1.PodReady && c.Status != corev1.ConditionFalse {
 			t.Errorf("Ready condition %s for a container its readiness probe fails", c.Status)
+		}
+	}
+}
+
+func TestResolvConf(t *testing.T) {
+	node := []byte("# generated\nnameserver 192.0.2.53\nsearch corp.example\noptions edns0\n")
+	two := "2"
+	for _, tc := range []struct {
+		name   string
+		policy corev1.DNSPolicy
+		dns    string
+		config *corev1.PodDNSConfig
+		want   string
+	}{
+		{"cluster first", "", "10.96.0.10", nil,
+			"search ns1.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"},
+		{"cluster first without cluster DNS", corev1.DNSClusterFirst, "", nil,
+			"search corp.example\nnameserver 192.0.2.53\noptions edns0\n"},
+		{"default", corev1.DNSDefault, "10.96.0.10", nil, "search corp.example\nnameserver 192.0.2.53\noptions edns0\n"},
+		{"none with config", corev1.DNSNone, "10.96.0.10", &corev1.PodDNSConfig{Nameservers: []string{"1.1.1.1"},
+			Searches: []string{"a.example"}, Options: []corev1.PodDNSConfigOption{{Name: "ndots", Value: &two}, {Name: "rotate"}}},
+			"search a.example\nnameserver 1.1.1.1\noptions ndots:2 rotate\n"},
+		{"cluster first, config merged", "", "10.96.0.10", &corev1.PodDNSConfig{Searches: []string{"cluster.local", "x.example"},
+			Options: []corev1.PodDNSConfigOption{{Name: "ndots", Value: &two}}},
+			"search ns1.svc.cluster.local svc.cluster.local cluster.local x.example\nnameserver 10.96.0.10\noptions ndots:2\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := &corev1.Pod{Spec: corev1.PodSpec{DNSPolicy: tc.policy, DNSConfig: tc.config}}
+			pod.Namespace = "ns1"
+			if got := string(resolvConf(pod, tc.dns, node)); got != tc.want {
+				t.Errorf("resolv.conf =\n%s\nwant\n%s", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestHostsFile(t *testing.T) {
+	pod := &corev1.Pod{Spec: corev1.PodSpec{Hostname: "web-0", Subdomain: "web",
+		HostAliases: []corev1.HostAlias{{IP: "10.1.2.3", Hostnames: []string{"a", "b"}}}}}
+	pod.Name, pod.Namespace = "web-0-xyz", "ns1"
+	got := string(hostsFile(pod, "10.0.0.5"))
+	for _, want := range []string{"127.0.0.1\tlocalhost\n", "10.0.0.5\tweb-0.web.ns1.svc.cluster.local\tweb-0\n", "10.1.2.3\ta\tb\n"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("hosts lacks %q:\n%s", want, got)
 		}
 	}
 }

@@ -5,6 +5,7 @@ package provider
 import (
 	"context"
 	"fmt"
+	"os"
 	"sort"
 	"sync"
 	"time"
@@ -52,6 +53,8 @@ type Provider struct {
 	agents  map[string]*podAgent         // by pod UID: sessions with the pods' agents
 	images  map[string]map[string]string // by pod UID: container name → imageID
 	cluster *cluster                     // ConfigMaps, Secrets and tokens for runtime data; nil until UseCluster
+	// nodeResolv is the node's /etc/resolv.conf, for dnsPolicy Default (and ClusterFirst without cluster DNS).
+	nodeResolv []byte
 }
 
 var (
@@ -61,7 +64,8 @@ var (
 
 // New returns a Provider for the node.
 func New(cfg Config) *Provider {
-	return &Provider{cfg: cfg, started: time.Now(), pods: map[string]*corev1.Pod{}, notify: func(*corev1.Pod) {},
+	resolv, _ := os.ReadFile("/etc/resolv.conf")
+	return &Provider{cfg: cfg, started: time.Now(), nodeResolv: resolv, pods: map[string]*corev1.Pod{}, notify: func(*corev1.Pod) {},
 		agents: map[string]*podAgent{}, images: map[string]map[string]string{}}
 }
 

@@ -23,18 +23,35 @@ type TokenFunc func(ctx context.Context, pod *corev1.Pod, audience string, expir
 // token due for renewal reaches the VM within it (a kubelet takes up to a minute).
 const volumeRefresh = 10 * time.Second
 
-// UseCluster gives the provider what it reads of the cluster for pods' runtime data: ConfigMaps and Secrets (the
-// node's informer caches) and service account tokens. Call it before the node runs.
-func (p *Provider) UseCluster(configMaps corev1listers.ConfigMapLister, secrets corev1listers.SecretLister, token TokenFunc) {
+// clusterDNS is the cluster DNS service's address (kube-system/kube-dns), or "" when the cluster has none.
+func (p *Provider) clusterDNS() string {
+	p.mu.Lock()
+	c := p.cluster
+	p.mu.Unlock()
+	if c == nil || c.services == nil {
+		return ""
+	}
+	svc, err := c.services.Services("kube-system").Get("kube-dns")
+	if err != nil || svc.Spec.ClusterIP == "" || svc.Spec.ClusterIP == corev1.ClusterIPNone {
+		return ""
+	}
+	return svc.Spec.ClusterIP
+}
+
+// UseCluster gives the provider what it reads of the cluster for pods' runtime data: ConfigMaps, Secrets and
+// Services (the node's informer caches: the cluster DNS address) and service account tokens. Call it before the node runs.
+func (p *Provider) UseCluster(configMaps corev1listers.ConfigMapLister, secrets corev1listers.SecretLister,
+	services corev1listers.ServiceLister, token TokenFunc) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.cluster = &cluster{configMaps: configMaps, secrets: secrets, token: token, tokens: map[string]cachedToken{}}
+	p.cluster = &cluster{configMaps: configMaps, secrets: secrets, services: services, token: token, tokens: map[string]cachedToken{}}
 }
 
 // cluster reads runtime data for pods and caches tokens until 80 % of their lifetime has passed, as a kubelet does.
 type cluster struct {
 	configMaps corev1listers.ConfigMapLister
 	secrets    corev1listers.SecretLister
+	services   corev1listers.ServiceLister
 	token      TokenFunc
 
 	mu     sync.Mutex
@@ -131,8 +148,16 @@ func (p *Provider) awaitRuntime(ctx context.Context, pod *corev1.Pod, st vm.Stat
 }
 
 // podConfig is the pod's runtime configuration for its agent.
-func podConfig(pod *corev1.Pod, podIP string, rt podRuntime) protocol.PodConfig {
-	cfg := protocol.PodConfig{RestartPolicy: string(pod.Spec.RestartPolicy), Volumes: rt.Volumes, Hosts: hostsFile(pod, podIP)}
+func podConfig(pod *corev1.Pod, podIP string, rt podRuntime, resolv []byte) protocol.PodConfig {
+	cfg := protocol.PodConfig{RestartPolicy: string(pod.Spec.RestartPolicy), Volumes: rt.Volumes, Hosts: hostsFile(pod, podIP),
+		ResolvConf: resolv}
+	hostname, fqdn := podHostname(pod)
+	if pod.Spec.SetHostnameAsFQDN != nil && *pod.Spec.SetHostnameAsFQDN && fqdn != "" {
+		hostname = fqdn
+	}
+	if hostname != pod.Name {
+		cfg.Hostname = hostname
+	}
 	for _, c := range append(append([]corev1.Container(nil), pod.Spec.InitContainers...), pod.Spec.Containers...) {
 		cc := protocol.ContainerConfig{Name: c.Name, Stdin: c.Stdin, Env: rt.Env[c.Name], Mounts: rt.Mounts[c.Name],
 			Security: securityFor(pod, c), Liveness: probeFor(c, c.LivenessProbe),
@@ -186,4 +211,31 @@ func (p *Provider) refreshVolumes(ctx context.Context, pod *corev1.Pod, st vm.St
 			}
 		}
 	}
+}
+
+// enforceDeadline fails a pod once it has been active longer than its activeDeadlineSeconds, as a kubelet does:
+// its VM is stopped within its grace period and the pod ends Failed with reason DeadlineExceeded.
+func (p *Provider) enforceDeadline(ctx context.Context, pod *corev1.Pod) {
+	d := pod.Spec.ActiveDeadlineSeconds
+	if d == nil {
+		return
+	}
+	start := time.Now()
+	if pod.Status.StartTime != nil {
+		start = pod.Status.StartTime.Time
+	}
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(time.Until(start.Add(time.Duration(*d) * time.Second))):
+	}
+	msg := fmt.Sprintf("Pod was active on the node longer than the specified deadline (%ds)", *d)
+	p.cfg.Events.Event(pod, corev1.EventTypeNormal, "DeadlineExceeded", msg)
+	grace := 30 * time.Second
+	if g := pod.Spec.TerminationGracePeriodSeconds; g != nil {
+		grace = time.Duration(*g) * time.Second
+	}
+	p.disconnectAgentAsync(string(pod.UID))
+	p.backend.Terminate(context.WithoutCancel(ctx), string(pod.UID), grace) //nolint:errcheck // the status says what happened
+	p.storeIfCurrent(pod, failedStatus(pod, p.cfg.InternalIP, "DeadlineExceeded", msg, time.Now()))
 }

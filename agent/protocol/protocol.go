@@ -41,6 +41,11 @@ type PodConfig struct {
 	Volumes       []Volume          `json:"volumes,omitempty"`
 	// Hosts is the content of every container's /etc/hosts, as a kubelet renders it (hostAliases included).
 	Hosts []byte `json:"hosts,omitempty"`
+	// ResolvConf is the content of every container's /etc/resolv.conf (dnsPolicy and dnsConfig); nil keeps
+	// the image's.
+	ResolvConf []byte `json:"resolvConf,omitempty"`
+	// Hostname replaces the pod's name as the containers' hostname (spec.hostname).
+	Hostname string `json:"hostname,omitempty"`
 }
 
 // Volume is one of the pod's volumes, made in the VM before any container starts. Exactly one of EmptyDir and

@@ -329,7 +329,7 @@ func testLifecycle(t *testing.T, nodeName, reg string, nodeLog func() string) {
 	no := false
 	pods := env.Client.CoreV1().Pods("default")
 	t.Cleanup(func() {
-		for _, n := range []string{"hooks", "says-why", "logs-why"} {
+		for _, n := range []string{"hooks", "says-why", "logs-why", "deadline"} {
 			pods.Delete(ctx, n, metav1.DeleteOptions{}) //nolint:errcheck
 		}
 	})
@@ -339,6 +339,9 @@ func testLifecycle(t *testing.T, nodeName, reg string, nodeLog func() string) {
 				Tolerations: []corev1.Toleration{{Operator: corev1.TolerationOpExists}}}}
 	}
 	hooks := base("hooks")
+	hooks.Spec.Hostname, hooks.Spec.Subdomain = "web-0", "web"
+	hooks.Spec.DNSPolicy = corev1.DNSNone
+	hooks.Spec.DNSConfig = &corev1.PodDNSConfig{Nameservers: []string{"192.0.2.53"}, Searches: []string{"corp.example"}}
 	hooks.Spec.HostAliases = []corev1.HostAlias{{IP: "10.1.2.3", Hostnames: []string{"foo.local", "bar.local"}}}
 	hooks.Spec.Volumes = []corev1.Volume{{Name: "work", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
 	mount := []corev1.VolumeMount{{Name: "work", MountPath: "/work"}}
@@ -371,10 +374,16 @@ func testLifecycle(t *testing.T, nodeName, reg string, nodeLog func() string) {
 		t.Errorf("the postStart hook did not run: %v", err)
 	}
 	hostsOut := kubectl(t, "exec", "hooks", "--", "cat", "/etc/hosts")
-	for _, want := range []string{"10.1.2.3\tfoo.local\tbar.local", p.Status.PodIP + "\thooks", "127.0.0.1\tlocalhost"} {
+	for _, want := range []string{"10.1.2.3\tfoo.local\tbar.local", p.Status.PodIP + "\tweb-0.web.default.svc.cluster.local\tweb-0", "127.0.0.1\tlocalhost"} {
 		if !strings.Contains(hostsOut, want) {
 			t.Errorf("/etc/hosts lacks %q:\n%s", want, hostsOut)
 		}
+	}
+	if out := kubectl(t, "exec", "hooks", "--", "cat", "/etc/resolv.conf"); out != "search corp.example\nnameserver 192.0.2.53\n" {
+		t.Errorf("/etc/resolv.conf for dnsPolicy None = %q", out)
+	}
+	if out := kubectl(t, "exec", "hooks", "--", "hostname"); strings.TrimSpace(out) != "web-0" {
+		t.Errorf("hostname = %q, want spec.hostname web-0", out)
 	}
 	// The preStop hook reaches the server before it is stopped: its request shows in the followed log.
 	follow := startKubectl(t, "logs", "-f", "hooks")
@@ -383,6 +392,13 @@ func testLifecycle(t *testing.T, nodeName, reg string, nodeLog func() string) {
 		t.Fatal(err)
 	}
 	follow.waitFor(t, "GET /prestop", 30*time.Second)
+
+	deadline := base("deadline")
+	deadline.Spec.ActiveDeadlineSeconds = new(int64(3))
+	deadline.Spec.Containers = []corev1.Container{{Name: "web", Image: reg + "/hello:1"}}
+	if _, err := pods.Create(ctx, deadline, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 
 	says := base("says-why")
 	says.Spec.RestartPolicy = corev1.RestartPolicyNever
@@ -410,6 +426,13 @@ func testLifecycle(t *testing.T, nodeName, reg string, nodeLog func() string) {
 		if term := p.Status.ContainerStatuses[0].State.Terminated; term == nil || strings.TrimSpace(term.Message) != want {
 			t.Errorf("pod %s termination = %+v, want message %q", name, p.Status.ContainerStatuses[0].State, want)
 		}
+	}
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		p, err := pods.Get(ctx, "deadline", metav1.GetOptions{})
+		return err == nil && p.Status.Phase == corev1.PodFailed && p.Status.Reason == "DeadlineExceeded", nil
+	})
+	if err != nil {
+		t.Errorf("a pod past its activeDeadlineSeconds did not fail with DeadlineExceeded: %v", err)
 	}
 }
 
