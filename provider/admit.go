@@ -67,3 +67,26 @@ func volumeType(v corev1.Volume) string {
 	}
 	return "unknown"
 }
+
+// unenforced lists what a pod asks for that the VM accepts without enforcing it inside the guest: the pod runs
+// (its isolation is the VM's), and a Warning Event says so.
+func unenforced(pod *corev1.Pod) []string {
+	var out []string
+	if sc := pod.Spec.SecurityContext; sc != nil {
+		if sc.SeccompProfile != nil || sc.AppArmorProfile != nil || sc.SELinuxOptions != nil {
+			out = append(out, "the pod's seccomp, AppArmor and SELinux profiles")
+		}
+		if len(sc.Sysctls) > 0 {
+			out = append(out, "sysctls")
+		}
+	}
+	for _, c := range append(append([]corev1.Container(nil), pod.Spec.InitContainers...), pod.Spec.Containers...) {
+		if sc := c.SecurityContext; sc != nil && (sc.SeccompProfile != nil || sc.AppArmorProfile != nil || sc.SELinuxOptions != nil || sc.ProcMount != nil) {
+			out = append(out, fmt.Sprintf("container %s's seccomp, AppArmor, SELinux or procMount settings", c.Name))
+		}
+	}
+	if len(pod.Spec.ImagePullSecrets) > 0 {
+		out = append(out, "imagePullSecrets (images are pulled with the node's registry credentials)")
+	}
+	return out
+}

@@ -121,3 +121,34 @@ func TestHostsFile(t *testing.T) {
 		}
 	}
 }
+
+func TestReadinessGatesHoldReady(t *testing.T) {
+	pod := plainPod("p")
+	pod.Spec.Containers = pod.Spec.Containers[:1]
+	pod.Spec.ReadinessGates = []corev1.PodReadinessGate{{ConditionType: "example.com/lb"}}
+	st := protocol.PodStatus{Containers: []protocol.ContainerStatus{{Name: "web", Started: true, Ready: true,
+		State: protocol.ContainerState{State: protocol.Running, StartedAt: time.Now()}}}}
+	ready := func(p *corev1.Pod) corev1.ConditionStatus {
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady {
+				return c.Status
+			}
+		}
+		return ""
+	}
+	if got := podStatus(pod, "h", vm.Status{IP: "10.0.0.2"}, st, nil); ready(got) != corev1.ConditionFalse {
+		t.Errorf("Ready %s with its readiness gate unset", ready(got))
+	}
+	pod.Status.Conditions = []corev1.PodCondition{{Type: "example.com/lb", Status: corev1.ConditionTrue}}
+	got := podStatus(pod, "h", vm.Status{IP: "10.0.0.2"}, st, nil)
+	if ready(got) != corev1.ConditionTrue {
+		t.Errorf("Ready %s with its readiness gate True", ready(got))
+	}
+	kept := false
+	for _, c := range got.Status.Conditions {
+		kept = kept || c.Type == "example.com/lb"
+	}
+	if !kept {
+		t.Error("the readiness gate's condition was dropped")
+	}
+}

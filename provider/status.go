@@ -150,11 +150,30 @@ func podStatus(pod *corev1.Pod, hostIP string, v vm.Status, st protocol.PodStatu
 	if s.Phase == corev1.PodSucceeded || s.Phase == corev1.PodFailed {
 		notReady = "PodCompleted"
 	}
+	// Readiness gates: the pod is Ready only once every gate's condition, set by others, is True too.
+	gated := ready
+	for _, g := range pod.Spec.ReadinessGates {
+		ok := false
+		for _, c := range pod.Status.Conditions {
+			ok = ok || c.Type == g.ConditionType && c.Status == corev1.ConditionTrue
+		}
+		if !ok && gated {
+			gated, notReady = false, "ReadinessGatesNotReady"
+		}
+	}
 	s.Conditions = []corev1.PodCondition{
 		cond(corev1.PodScheduled, true, ""),
 		cond(corev1.PodInitialized, initialized, "ContainersNotInitialized"),
-		cond(corev1.ContainersReady, ready, notReady),
-		cond(corev1.PodReady, ready, notReady),
+		cond(corev1.ContainersReady, ready, "ContainersNotReady"),
+		cond(corev1.PodReady, gated, notReady),
+	}
+	// Conditions that others own (readiness gates, disruption targets) are kept as they are.
+	for _, c := range pod.Status.Conditions {
+		switch c.Type {
+		case corev1.PodScheduled, corev1.PodInitialized, corev1.ContainersReady, corev1.PodReady:
+		default:
+			s.Conditions = append(s.Conditions, c)
+		}
 	}
 	return out
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -37,6 +38,9 @@ func (p *Provider) createVM(ctx context.Context, pod *corev1.Pod) {
 		p.cfg.Events.Event(pod, corev1.EventTypeWarning, ReasonUnsupported, why)
 		p.store(failedStatus(pod, p.cfg.InternalIP, ReasonUnsupported, why, time.Now()))
 		return
+	}
+	if u := unenforced(pod); len(u) > 0 {
+		p.cfg.Events.Event(pod, corev1.EventTypeWarning, "Unenforced", "accepted but not enforced inside the pod VM (its isolation is the VM's): "+strings.Join(u, "; "))
 	}
 	// After a node restart the pod's VM may already run: adopt it as it is, launch nothing. Its status stays
 	// what the API server has until the agent reports.
