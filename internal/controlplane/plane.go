@@ -193,6 +193,8 @@ func (p *Plane) startAll(ctx context.Context, out io.Writer, t0 time.Time) error
 		"--requestheader-extra-headers-prefix", "X-Remote-Extra-",
 		"--proxy-client-cert-file", filepath.Join(pki, "front-proxy-client.crt"),
 		"--proxy-client-key-file", filepath.Join(pki, "front-proxy-client.key"),
+		// Aggregated APIs (metrics-server) are reached at their endpoints: no kube-proxy routes Service IPs here.
+		"--enable-aggregator-routing=true",
 		"--kubelet-client-certificate", filepath.Join(pki, "apiserver-kubelet-client.crt"),
 		"--kubelet-client-key", filepath.Join(pki, "apiserver-kubelet-client.key"),
 		"--kubelet-preferred-address-types", "InternalIP",

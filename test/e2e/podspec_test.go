@@ -45,6 +45,7 @@ func TestPodSpec(t *testing.T) {
 	t.Run("security context", func(t *testing.T) { testSecurityContext(t, nodeName, reg, n.Log) })
 	t.Run("probes", func(t *testing.T) { testProbes(t, nodeName, reg, n.Log) })
 	t.Run("init containers, lifecycle, hosts", func(t *testing.T) { testLifecycle(t, nodeName, reg, n.Log) })
+	t.Run("kubectl top", func(t *testing.T) { testKubectlTop(t, nodeName, reg, n.Log) })
 }
 
 // testRuntimeData runs a pod that uses the runtime data ordinary workloads use — env in every form, ConfigMap,
