@@ -3,7 +3,6 @@ package agent
 import (
 	"fmt"
 	"strings"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -19,17 +18,18 @@ var capabilityNumbers = map[string]int{
 	"BLOCK_SUSPEND": 36, "AUDIT_READ": 37, "PERFMON": 38, "BPF": 39, "CHECKPOINT_RESTORE": 40,
 }
 
-// setNoNewPrivs sets no_new_privs on every thread of this process, so that whatever it executes inherits it.
+// setNoNewPrivs sets no_new_privs on the calling thread, so that whatever it executes inherits it. The caller
+// is locked to its thread and the only one that forks.
 func setNoNewPrivs() error {
-	if _, _, e := syscall.AllThreadsSyscall(syscall.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0); e != 0 {
-		return fmt.Errorf("setting no_new_privs, %w", e)
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("setting no_new_privs, %w", err)
 	}
 	return nil
 }
 
-// limitCapabilities drops from this process's bounding set — and so from everything it executes — every
-// capability not in keep. Processes it runs as root get no more than keep; the supervisor keeps its own
-// effective capabilities (it still has to set users and run exec requests).
+// limitCapabilities drops from the calling thread's bounding set — and so from everything it executes — every
+// capability not in keep. The caller is locked to its thread and the only one that forks. Processes it runs as
+// root get no more than keep; the supervisor keeps its own effective capabilities (it still sets users).
 func limitCapabilities(keep []string) error {
 	want := map[int]bool{}
 	for _, name := range keep {
@@ -43,12 +43,11 @@ func limitCapabilities(keep []string) error {
 		if want[c] {
 			continue
 		}
-		// The bounding set is a thread's: every thread of this process drops it (and threads made later copy it).
-		if _, _, e := syscall.AllThreadsSyscall(syscall.SYS_PRCTL, unix.PR_CAPBSET_DROP, uintptr(c), 0); e != 0 {
-			if e == syscall.EINVAL { // past the kernel's last capability
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil {
+			if err == unix.EINVAL { // past the kernel's last capability
 				return nil
 			}
-			return fmt.Errorf("dropping capability %d, %w", c, e)
+			return fmt.Errorf("dropping capability %d, %w", c, err)
 		}
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	goruntime "runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -66,6 +67,9 @@ type execReply struct {
 // exit code (128+signal when a signal ended it), which ends every process of the container. It returns only on
 // error.
 func Supervise() error {
+	// Every process of the container is forked from this thread (see supervisor.forks): its capability bounding
+	// set and no_new_privs, which are a thread's, are what the container's processes inherit.
+	goruntime.LockOSThread()
 	var c supervisorSpec
 	if err := json.Unmarshal([]byte(os.Getenv(supervisorEnv)), &c); err != nil {
 		return fmt.Errorf("reading container spec, %w", err)
@@ -99,29 +103,37 @@ func Supervise() error {
 			}
 		}
 	}
-	s := &supervisor{waits: map[int]chan int{}}
+	s := &supervisor{waits: map[int]chan int{}, forks: make(chan forkRequest)}
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, syscall.SIGCHLD, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT,
 		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH)
-	s.mu.Lock()
 	main, err := syscall.ForkExec(path, c.Argv, &syscall.ProcAttr{Dir: c.WorkingDir, Env: env,
 		Files: []uintptr{0, 1, 2}, Sys: &syscall.SysProcAttr{Credential: cred}})
-	s.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("starting %q, %w", c.Argv[0], err)
 	}
 	os.Stdin.Close()
 	go s.serve(lis, env, c.WorkingDir, cred)
-	for sig := range sigs {
-		if sig != syscall.SIGCHLD {
-			syscall.Kill(main, sig.(syscall.Signal)) //nolint:errcheck
-			continue
-		}
-		if code, done := s.reap(main); done {
-			os.Exit(code)
+	for {
+		select {
+		case f := <-s.forks:
+			pid, err := syscall.ForkExec(f.path, f.argv, f.attr)
+			if err == nil {
+				s.mu.Lock()
+				s.waits[pid] = f.wait
+				s.mu.Unlock()
+			}
+			f.reply <- forkResult{pid, err}
+		case sig := <-sigs:
+			if sig != syscall.SIGCHLD {
+				syscall.Kill(main, sig.(syscall.Signal)) //nolint:errcheck
+				continue
+			}
+			if code, done := s.reap(main); done {
+				os.Exit(code)
+			}
 		}
 	}
-	return nil
 }
 
 // enterRoot mounts /proc, /dev and /sys into the container's root, then binds the pod's volumes (see
@@ -225,8 +237,24 @@ func lookPath(name string, env []string) (string, error) {
 
 // supervisor reaps the container's processes and tells exec requests their exit codes.
 type supervisor struct {
-	mu    sync.Mutex // held across fork so that a fast exit is reaped after its wait is registered
+	mu    sync.Mutex // guards waits
 	waits map[int]chan int
+	// forks carries exec requests to Supervise's loop, which forks on the locked thread and, as it also reaps,
+	// registers each wait before the child can be reaped.
+	forks chan forkRequest
+}
+
+type forkRequest struct {
+	path  string
+	argv  []string
+	attr  *syscall.ProcAttr
+	wait  chan int
+	reply chan forkResult
+}
+
+type forkResult struct {
+	pid int
+	err error
 }
 
 // reap collects every exited child; it reports the main process's exit code once it has exited.
@@ -297,14 +325,11 @@ func (s *supervisor) exec(conn *net.UnixConn, env []string, dir string, cred *sy
 	if req.TTY {
 		sys.Setctty, sys.Ctty = true, 0
 	}
-	wait := make(chan int, 1)
-	s.mu.Lock()
-	pid, err := syscall.ForkExec(path, req.Argv, &syscall.ProcAttr{Dir: dir, Env: env,
-		Files: []uintptr{uintptr(fds[0]), uintptr(fds[1]), uintptr(fds[2])}, Sys: sys})
-	if err == nil {
-		s.waits[pid] = wait
-	}
-	s.mu.Unlock()
+	wait, reply := make(chan int, 1), make(chan forkResult, 1)
+	s.forks <- forkRequest{path: path, argv: req.Argv, wait: wait, reply: reply, attr: &syscall.ProcAttr{Dir: dir, Env: env,
+		Files: []uintptr{uintptr(fds[0]), uintptr(fds[1]), uintptr(fds[2])}, Sys: sys}}
+	r := <-reply
+	pid, err := r.pid, r.err
 	if err != nil {
 		enc.Encode(execReply{Error: fmt.Sprintf("starting %q: %v", req.Argv[0], err)}) //nolint:errcheck
 		return
