@@ -65,6 +65,7 @@ func Init(console io.ReadWriter) error {
 		return fmt.Errorf("bringing up lo, %w", err)
 	}
 	rt := newRuntime(console, cfg, cmdlineParam(HostnameParam, "pod"))
+	go rt.prepareRoots()
 	poweroff := make(chan time.Duration, 1)
 	srv := &server{rt: rt, poweroff: poweroff, stats: statsSource{Proc: "/proc", Cgroup: CgroupDir}}
 	go srv.serveChannel()

@@ -55,17 +55,20 @@ type runtime struct {
 	seq        uint64
 	changed    chan struct{} // closed and replaced at every change
 	stopping   bool
+	rootsDone  chan struct{}         // closed once prepareRoots is over
 	volumes    map[string]*podVolume // by name, each under VolumesDir once made
 }
 
 // container is one container of the pod and its current run.
 type container struct {
 	Container
-	rc     protocol.ContainerConfig
-	root   string
-	ctl    string // the supervisor's control socket
-	cgroup string // "" without cgroups
-	logs   *crilog.Dir
+	rc   protocol.ContainerConfig
+	root string
+	ctl  string // the supervisor's control socket
+	// rootErr is why the root could not be prepared (see prepareRoots).
+	rootErr error
+	cgroup  string // "" without cgroups
+	logs    *crilog.Dir
 
 	// guarded by runtime.mu
 	status protocol.ContainerStatus
@@ -78,7 +81,7 @@ type container struct {
 
 func newRuntime(console io.Writer, image ImageConfig, hostname string) *runtime {
 	r := &runtime{console: console, image: image, hostname: hostname, changed: make(chan struct{}),
-		volumes: map[string]*podVolume{}}
+		volumes: map[string]*podVolume{}, rootsDone: make(chan struct{})}
 	for _, c := range image.Containers {
 		r.containers = append(r.containers, &container{Container: c, wake: make(chan struct{}),
 			status: protocol.ContainerStatus{Name: c.Name, State: protocol.ContainerState{State: protocol.Waiting, Reason: "ContainerCreating"}}})
@@ -187,6 +190,29 @@ func (r *runtime) startAll() {
 // prepare mounts a container's root (its image under a writable overlay), makes its cgroup with the limits, and
 // opens its log directory.
 func (r *runtime) prepare(c *container) error {
+	<-r.rootsDone
+	if c.rootErr != nil {
+		return c.rootErr
+	}
+	cg, err := makeCgroup(c.Name, c.rc.MemoryLimit, c.rc.CPULimit)
+	if err != nil {
+		r.say("i2kit-agent: container %s runs without a cgroup: %v", c.Name, err)
+	}
+	c.cgroup = cg
+	return nil
+}
+
+// prepareRoots mounts every container's root (its image under a writable overlay) and opens its logs, which
+// need nothing from the pod's runtime configuration: done at boot, while the node connects, it is off the path
+// from configuration to running containers. rootsDone is closed when it is over.
+func (r *runtime) prepareRoots() {
+	defer close(r.rootsDone)
+	for _, c := range r.containers {
+		c.rootErr = r.prepareRoot(c)
+	}
+}
+
+func (r *runtime) prepareRoot(c *container) error {
 	dir := filepath.Join(ContainersDir, c.Name)
 	c.root = filepath.Join(dir, "root")
 	c.ctl = filepath.Join(dir, "ctl.sock")
@@ -200,14 +226,13 @@ func (r *runtime) prepare(c *container) error {
 	if err := syscall.Mount("overlay", c.root, "overlay", 0, opts); err != nil {
 		return fmt.Errorf("mounting the root of %s, %w", c.Name, err)
 	}
-	cg, err := makeCgroup(c.Name, c.rc.MemoryLimit, c.rc.CPULimit)
+	logs, err := crilog.Open(filepath.Join(LogsDir, c.Name), logMaxSize)
 	if err != nil {
-		r.say("i2kit-agent: container %s runs without a cgroup: %v", c.Name, err)
-	}
-	c.cgroup = cg
-	if c.logs, err = crilog.Open(filepath.Join(LogsDir, c.Name), logMaxSize); err != nil {
 		return fmt.Errorf("opening the logs of %s, %w", c.Name, err)
 	}
+	r.mu.Lock()
+	c.logs = logs
+	r.mu.Unlock()
 	return nil
 }
 
