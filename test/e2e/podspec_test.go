@@ -2,11 +2,8 @@ package e2e
 
 import (
 	"context"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -25,16 +22,7 @@ func TestPodSpec(t *testing.T) {
 	reg := localRegistry(t)
 	const nodeName = "i2kit-spec"
 	runDir := filepath.Join(t.TempDir(), "run")
-	t.Cleanup(func() {
-		pids, _ := filepath.Glob(filepath.Join(runDir, "*", "qemu.pid"))
-		for _, p := range pids {
-			if b, err := os.ReadFile(p); err == nil {
-				if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-					syscall.Kill(pid, syscall.SIGKILL) //nolint:errcheck
-				}
-			}
-		}
-	})
+	t.Cleanup(func() { killVMs(runDir) })
 	n := env.StartNode(t, nodeName, 10254, "--backend", "qemu", "--insecure-registry", reg,
 		"--qemu-runtime-dir", runDir, "--qemu-bridge", "i2kitspec", "--pod-cidr", "10.92.0.0/24",
 		"--image-store", filepath.Join(t.TempDir(), "images"))

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -55,4 +56,17 @@ func listening(t *testing.T, port int) bool {
 		}
 	}
 	return false
+}
+
+// killVMs kills the QEMU of every VM under runDir. VMs outlive a stopped node by design (a restarted node adopts
+// them): whatever a failing test leaves running is killed this way, after its node has stopped.
+func killVMs(runDir string) {
+	pids, _ := filepath.Glob(filepath.Join(runDir, "*", "qemu.pid"))
+	for _, p := range pids {
+		if b, err := os.ReadFile(p); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				syscall.Kill(pid, syscall.SIGKILL) //nolint:errcheck
+			}
+		}
+	}
 }

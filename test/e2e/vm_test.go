@@ -12,7 +12,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -56,18 +55,7 @@ func TestPodsRunAsVMs(t *testing.T) {
 	reg := localRegistry(t)
 	const nodeName = "i2kit-vm"
 	runDir := filepath.Join(t.TempDir(), "run")
-	// VMs outlive a stopped node by design (a restarted node adopts them): whatever a failing test leaves running
-	// is killed here, after the node has stopped.
-	t.Cleanup(func() {
-		pids, _ := filepath.Glob(filepath.Join(runDir, "*", "qemu.pid"))
-		for _, p := range pids {
-			if b, err := os.ReadFile(p); err == nil {
-				if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-					syscall.Kill(pid, syscall.SIGKILL) //nolint:errcheck
-				}
-			}
-		}
-	})
+	t.Cleanup(func() { killVMs(runDir) }) // after the node has stopped (cleanups run last-in first-out)
 	images := filepath.Join(t.TempDir(), "images")
 	startNode := func() *harness.Node {
 		return env.StartNode(t, nodeName, 10252, "--backend", "qemu", "--insecure-registry", reg,
