@@ -19,21 +19,77 @@ import (
 	"github.com/i2kit/i2kit/agent/protocol"
 )
 
-// execIn runs req in container c through its supervisor and streams it over frames until it exits.
-func (r *runtime) execIn(ctx context.Context, c *container, req protocol.ExecRequest, br *bufio.Reader, fw *protocol.FrameWriter) (int, error) {
+// inContainer is a process that container c's supervisor started on request (see Supervise).
+type inContainer struct {
+	pid int
+	dec *json.Decoder // the supervisor's replies; the next is the exit code
+}
+
+// startIn asks c's supervisor to run argv with stdio as its standard input, output and error (the same terminal
+// thrice for a TTY); stdio is closed here once sent. It returns the process, or a code (126: the supervisor could
+// not run it) and why. The connection, which the caller closes, carries the exit code later (see wait).
+func (r *runtime) startIn(ctx context.Context, c *container, conn **net.UnixConn, argv []string, tty bool, stdio [3]*os.File) (*inContainer, int, error) {
+	defer func() {
+		for _, f := range stdio {
+			f.Close() // a TTY's slave thrice: closing again is harmless
+		}
+	}()
 	r.mu.Lock()
 	ctl, running := c.ctl, c.pid != 0
 	r.mu.Unlock()
 	if !running {
-		return -1, fmt.Errorf("container %s is not running", c.Name)
+		return nil, -1, fmt.Errorf("container %s is not running", c.Name)
 	}
-	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: ctl, Net: "unix"})
+	cn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: ctl, Net: "unix"})
 	if err != nil {
-		return -1, fmt.Errorf("reaching container %s, %w", c.Name, err)
+		return nil, -1, fmt.Errorf("reaching container %s, %w", c.Name, err)
 	}
-	defer conn.Close()
+	*conn = cn
+	spec, _ := json.Marshal(execSpec{Argv: argv, TTY: tty})
+	rights := unix.UnixRights(int(stdio[0].Fd()), int(stdio[1].Fd()), int(stdio[2].Fd()))
+	if _, _, err := cn.WriteMsgUnix(spec, rights, nil); err != nil {
+		return nil, -1, fmt.Errorf("asking container %s to run the command, %w", c.Name, err)
+	}
+	dec := json.NewDecoder(cn)
+	var started execReply
+	if dl, ok := ctx.Deadline(); ok {
+		cn.SetReadDeadline(dl) //nolint:errcheck
+	}
+	if err := dec.Decode(&started); err != nil {
+		return nil, -1, fmt.Errorf("running the command in %s, %w", c.Name, err)
+	}
+	cn.SetReadDeadline(time.Time{}) //nolint:errcheck
+	if started.Error != "" {
+		return nil, 126, errors.New(started.Error)
+	}
+	return &inContainer{pid: started.Pid, dec: dec}, 0, nil
+}
 
-	// The child's ends are sent to the supervisor and closed here; ours stream over the frames.
+// wait returns the process's exit code once it ends (-1 if the supervisor's answer is lost); when ctx ends first,
+// the process group is killed.
+func (p *inContainer) wait(ctx context.Context) int {
+	exited := make(chan int, 1)
+	go func() {
+		var e execReply
+		if p.dec.Decode(&e) != nil || e.Exit == nil {
+			exited <- -1
+			return
+		}
+		exited <- *e.Exit
+	}()
+	select {
+	case code := <-exited:
+		return code
+	case <-ctx.Done():
+		syscall.Kill(-p.pid, syscall.SIGKILL) //nolint:errcheck
+		syscall.Kill(p.pid, syscall.SIGKILL)  //nolint:errcheck
+		return <-exited
+	}
+}
+
+// execIn runs req in container c through its supervisor and streams it over frames until it exits.
+func (r *runtime) execIn(ctx context.Context, c *container, req protocol.ExecRequest, br *bufio.Reader, fw *protocol.FrameWriter) (int, error) {
+	// The child's ends are sent to the supervisor and closed there; ours stream over the frames.
 	var child [3]*os.File
 	var in io.WriteCloser // nil: stdin is not streamed
 	var outs []*os.File
@@ -69,22 +125,23 @@ func (r *runtime) execIn(ctx context.Context, c *container, req protocol.ExecReq
 			outs = append(outs, pr)
 		}
 	}
-	spec, _ := json.Marshal(execSpec{Argv: req.Command, TTY: req.TTY})
-	rights := unix.UnixRights(int(child[0].Fd()), int(child[1].Fd()), int(child[2].Fd()))
-	_, _, err = conn.WriteMsgUnix(spec, rights, nil)
-	for _, f := range child {
-		f.Close() // a TTY's slave thrice: closing again is harmless
-	}
+	var conn *net.UnixConn
+	defer func() {
+		if conn != nil {
+			conn.Close()
+		}
+	}()
+	proc, code, err := r.startIn(ctx, c, &conn, req.Command, req.TTY, child)
 	if err != nil {
-		return -1, fmt.Errorf("asking container %s to run the command, %w", c.Name, err)
-	}
-	dec := json.NewDecoder(conn)
-	var started execReply
-	if err := dec.Decode(&started); err != nil {
-		return -1, fmt.Errorf("running the command in %s, %w", c.Name, err)
-	}
-	if started.Error != "" {
-		return 126, errors.New(started.Error)
+		if pty == nil {
+			for _, f := range outs {
+				f.Close()
+			}
+			if in != nil {
+				in.Close()
+			}
+		}
+		return code, err
 	}
 
 	var copies sync.WaitGroup
@@ -101,23 +158,7 @@ func (r *runtime) execIn(ctx context.Context, c *container, req protocol.ExecReq
 	}
 	go readInput(br, in, pty)
 
-	exited := make(chan execReply, 1)
-	go func() {
-		var e execReply
-		if dec.Decode(&e) != nil {
-			e.Exit = new(int)
-			*e.Exit = -1
-		}
-		exited <- e
-	}()
-	var e execReply
-	select {
-	case e = <-exited:
-	case <-ctx.Done():
-		syscall.Kill(-started.Pid, syscall.SIGKILL) //nolint:errcheck
-		syscall.Kill(started.Pid, syscall.SIGKILL)  //nolint:errcheck
-		e = <-exited
-	}
+	code = proc.wait(ctx)
 	// Output still in flight is copied; a background child that keeps the pipes open does not hold the exec.
 	done := make(chan struct{})
 	go func() { copies.Wait(); close(done) }()
@@ -131,7 +172,7 @@ func (r *runtime) execIn(ctx context.Context, c *container, req protocol.ExecReq
 	if in != nil && pty == nil {
 		in.Close()
 	}
-	return *e.Exit, nil
+	return code, nil
 }
 
 // readInput applies the client's frames: stdin to in, resizes to the terminal.

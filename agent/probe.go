@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,8 +16,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/i2kit/i2kit/agent/protocol"
 )
@@ -303,17 +300,6 @@ func (r *runtime) probeExec(ctx context.Context, c *container, argv []string, ti
 // and returns its exit code and output (the first probeOutputMax bytes). When ctx ends first, the command's process
 // group is killed.
 func (r *runtime) runIn(ctx context.Context, c *container, argv []string) (code int, output []byte, err error) {
-	r.mu.Lock()
-	ctl, running := c.ctl, c.pid != 0
-	r.mu.Unlock()
-	if !running {
-		return -1, nil, fmt.Errorf("container %s is not running", c.Name)
-	}
-	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: ctl, Net: "unix"})
-	if err != nil {
-		return -1, nil, fmt.Errorf("reaching container %s, %w", c.Name, err)
-	}
-	defer conn.Close()
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
 		return -1, nil, err
@@ -324,49 +310,23 @@ func (r *runtime) runIn(ctx context.Context, c *container, argv []string) (code 
 		return -1, nil, err
 	}
 	defer pr.Close()
-	spec, _ := json.Marshal(execSpec{Argv: argv})
-	_, _, err = conn.WriteMsgUnix(spec, unix.UnixRights(int(devnull.Fd()), int(pw.Fd()), int(pw.Fd())), nil)
-	devnull.Close()
-	pw.Close()
+	var conn *net.UnixConn
+	defer func() {
+		if conn != nil {
+			conn.Close()
+		}
+	}()
+	proc, code, err := r.startIn(ctx, c, &conn, argv, false, [3]*os.File{devnull, pw, pw})
 	if err != nil {
-		return -1, nil, fmt.Errorf("asking container %s to run the command, %w", c.Name, err)
+		return code, nil, err
 	}
-	dec := json.NewDecoder(conn)
-	var started execReply
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetReadDeadline(dl) //nolint:errcheck
-	}
-	if err := dec.Decode(&started); err != nil {
-		return -1, nil, fmt.Errorf("running the command in %s, %w", c.Name, err)
-	}
-	conn.SetReadDeadline(time.Time{}) //nolint:errcheck
-	if started.Error != "" {
-		return 126, nil, errors.New(started.Error)
-	}
-
 	out := &cappedBuffer{max: probeOutputMax}
 	copied := make(chan struct{})
 	go func() {
 		io.Copy(out, pr) //nolint:errcheck
 		close(copied)
 	}()
-	exited := make(chan execReply, 1)
-	go func() {
-		var e execReply
-		if dec.Decode(&e) != nil || e.Exit == nil {
-			e.Exit = new(int)
-			*e.Exit = -1
-		}
-		exited <- e
-	}()
-	var e execReply
-	select {
-	case e = <-exited:
-	case <-ctx.Done():
-		syscall.Kill(-started.Pid, syscall.SIGKILL) //nolint:errcheck
-		syscall.Kill(started.Pid, syscall.SIGKILL)  //nolint:errcheck
-		e = <-exited
-	}
+	code = proc.wait(ctx)
 	// A background child that keeps the pipe open does not hold the command.
 	select {
 	case <-copied:
@@ -374,10 +334,10 @@ func (r *runtime) runIn(ctx context.Context, c *container, argv []string) (code 
 		pr.Close()
 		<-copied
 	}
-	if *e.Exit < 0 {
+	if code < 0 {
 		return -1, out.b, fmt.Errorf("lost the command's exit status in %s", c.Name)
 	}
-	return *e.Exit, out.b, ctx.Err()
+	return code, out.b, ctx.Err()
 }
 
 // cappedBuffer keeps the first max bytes written to it and discards the rest.

@@ -175,18 +175,9 @@ func (s *server) exec(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, "an exec request needs a container and a command", http.StatusBadRequest)
 		return
 	}
-	c := s.container(w, r.Container)
-	if c == nil {
-		return
-	}
-	conn, br, err := upgrade(w, protocol.UpgradeFrames)
-	if err != nil {
-		return
-	}
-	defer conn.Close()
-	fw := protocol.NewFrameWriter(conn)
-	code, err := s.rt.execIn(req.Context(), c, r, br, fw)
-	writeExit(fw, code, err)
+	s.frames(w, r.Container, func(c *container, br *bufio.Reader, fw *protocol.FrameWriter) (int, error) {
+		return s.rt.execIn(req.Context(), c, r, br, fw)
+	})
 }
 
 func (s *server) attach(w http.ResponseWriter, req *http.Request) {
@@ -195,7 +186,14 @@ func (s *server) attach(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, "decoding the attach request: "+err.Error(), http.StatusBadRequest)
 		return
 	}
-	c := s.container(w, r.Container)
+	s.frames(w, r.Container, func(c *container, br *bufio.Reader, fw *protocol.FrameWriter) (int, error) {
+		return s.rt.attachTo(req.Context(), c, r, br, fw)
+	})
+}
+
+// frames upgrades a request for a container to framed streams, runs run on them and ends with its exit.
+func (s *server) frames(w http.ResponseWriter, name string, run func(*container, *bufio.Reader, *protocol.FrameWriter) (int, error)) {
+	c := s.container(w, name)
 	if c == nil {
 		return
 	}
@@ -205,7 +203,7 @@ func (s *server) attach(w http.ResponseWriter, req *http.Request) {
 	}
 	defer conn.Close()
 	fw := protocol.NewFrameWriter(conn)
-	code, err := s.rt.attachTo(req.Context(), c, r, br, fw)
+	code, err := run(c, br, fw)
 	writeExit(fw, code, err)
 }
 
