@@ -44,7 +44,11 @@ type Container struct {
 	Name       string   `json:"name"`
 	Disk       int      `json:"disk"`
 	Onboot     bool     `json:"onboot,omitempty"`
-	Argv       []string `json:"argv"`
+	// Argv is what runs: the image's entrypoint and cmd, or the spec's command and args. A pod's command and args
+	// arrive at run time and replace it (see protocol.ContainerConfig).
+	Argv []string `json:"argv"`
+	// Entrypoint is the image's, which a pod's args alone are appended to.
+	Entrypoint []string `json:"entrypoint,omitempty"`
 	Env        []string `json:"env,omitempty"`
 	WorkingDir string   `json:"workingDir"`
 	// User is the image's user: "uid[:gid]" or a name looked up in the container's /etc/passwd and /etc/group.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -67,6 +68,9 @@ type container struct {
 	ctl  string // the supervisor's control socket
 	// rootErr is why the root could not be prepared (see prepareRoots).
 	rootErr error
+	// createErr is why the container cannot be created from the pod's configuration (no command, a user that
+	// breaks runAsNonRoot); set once by configure, it never starts.
+	createErr error
 	cgroup  string // "" without cgroups
 	logs    *crilog.Dir
 
@@ -146,7 +150,15 @@ func (r *runtime) configure(cfg protocol.PodConfig) error {
 	}
 	r.cfg = &cfg
 	for _, cc := range cfg.Containers {
-		r.find(cc.Name).rc = cc
+		c := r.find(cc.Name)
+		c.rc, c.Argv = cc, containerArgv(c.Container, cc)
+		if len(c.Argv) == 0 {
+			c.createErr = errors.New("no command specified: the image has no entrypoint or cmd and the pod gives no command")
+			c.status.State = protocol.ContainerState{State: protocol.Waiting, Reason: "CreateContainerError", Message: c.createErr.Error()}
+		} else if err := verifyRunAsNonRoot(c.User, cc.Security); err != nil {
+			c.createErr = err
+			c.status.State = protocol.ContainerState{State: protocol.Waiting, Reason: "CreateContainerConfigError", Message: err.Error()}
+		}
 	}
 	r.changedLocked()
 	r.mu.Unlock()
@@ -271,6 +283,10 @@ func (r *runtime) setState(c *container, s protocol.ContainerState) {
 // supervise runs c and restarts it per the pod's restartPolicy, with a kubelet's back-off, until it is done or
 // the pod stops. It reports whether c's last run succeeded.
 func (r *runtime) supervise(c *container) bool {
+	if c.createErr != nil {
+		r.say("i2kit-agent: container %s: %v", c.Name, c.createErr)
+		return false // its Waiting state says why; the pod's spec cannot change
+	}
 	backoff := time.Duration(0)
 	for attempt := 0; ; attempt++ {
 		start := time.Now()
@@ -553,4 +569,53 @@ func (w *consoleLines) Write(p []byte) (int, error) {
 		w.r.say("%s%s", w.prefix, w.buf[:i])
 		w.buf = w.buf[i+1:]
 	}
+}
+
+// containerArgv is what a container runs: the pod's command and args over the image's entrypoint and cmd, merged
+// as a kubelet does (command drops the image's cmd; args alone follow the image's entrypoint).
+func containerArgv(img Container, rc protocol.ContainerConfig) []string {
+	switch {
+	case len(rc.Command) > 0:
+		return append(slices.Clone(rc.Command), rc.Args...)
+	case len(rc.Args) > 0:
+		return append(slices.Clone(img.Entrypoint), rc.Args...)
+	}
+	return img.Argv
+}
+
+// verifyRunAsNonRoot refuses, as a kubelet does before creating a container, a container with runAsNonRoot whose
+// user is root, or whose image user is a name: which uid a name stands for is the image's business, so a
+// kubelet cannot verify it and neither do we.
+func verifyRunAsNonRoot(imageUser string, sec *protocol.Security) error {
+	if sec == nil || !sec.RunAsNonRoot {
+		return nil
+	}
+	if sec.RunAsUser != nil {
+		if *sec.RunAsUser == 0 {
+			return errors.New("container's runAsUser breaks non-root policy")
+		}
+		return nil
+	}
+	u, _, _ := strings.Cut(imageUser, ":")
+	if u == "" {
+		return errors.New("container has runAsNonRoot and image will run as root")
+	}
+	uid, err := strconv.Atoi(u)
+	switch {
+	case err != nil:
+		return fmt.Errorf("container has runAsNonRoot and image has non-numeric user (%s), cannot verify user is non-root", u)
+	case uid == 0:
+		return errors.New("container has runAsNonRoot and image will run as root")
+	}
+	return nil
+}
+
+// fsGroup is the pod's fsGroup, -1 without one.
+func (r *runtime) fsGroup() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cfg == nil || r.cfg.FSGroup == nil {
+		return -1
+	}
+	return int(*r.cfg.FSGroup)
 }

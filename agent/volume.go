@@ -87,7 +87,7 @@ func (r *runtime) makeVolumes(vols []protocol.Volume) error {
 	mem := int64(statsReadKV("/proc/meminfo")["MemTotal"])
 	for _, v := range vols {
 		dir := filepath.Join(VolumesDir, v.Name)
-		if err := makeVolume(dir, v, mem); err != nil {
+		if err := makeVolume(dir, v, mem, r.fsGroup()); err != nil {
 			return fmt.Errorf("making volume %s, %w", v.Name, err)
 		}
 		r.mu.Lock()
@@ -111,7 +111,7 @@ func (r *runtime) updateVolume(name string, files []protocol.File) error {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if err := writeFiles(v.dir, files); err != nil {
+	if err := writeFiles(v.dir, files, r.fsGroup()); err != nil {
 		return fmt.Errorf("writing volume %s, %w", name, err)
 	}
 	return nil
@@ -142,12 +142,12 @@ func (r *runtime) bindMounts(c *container) ([]bindMount, error) {
 // makeVolume makes volume v at dir. An emptyDir is a tmpfs of mode 0777, sized at its SizeLimit capped at
 // memBytes (the VM's memory; 0: no cap), or the tmpfs default of half the memory without a SizeLimit, as a
 // kubelet sizes a memory-backed emptyDir. A files volume is written by writeFiles.
-func makeVolume(dir string, v protocol.Volume, memBytes int64) error {
+func makeVolume(dir string, v protocol.Volume, memBytes int64, fsGroup int) error {
 	if v.EmptyDir == nil {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
 		}
-		return writeFiles(dir, v.Files)
+		return writeFiles(dir, v.Files, fsGroup)
 	}
 	if len(v.Files) > 0 {
 		return errors.New("an emptyDir volume has no files")
@@ -164,6 +164,13 @@ func makeVolume(dir string, v protocol.Volume, memBytes int64) error {
 	}
 	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, opts); err != nil {
 		return fmt.Errorf("mounting a tmpfs on %s, %w", dir, err)
+	}
+	if fsGroup >= 0 {
+		// As a kubelet's SetVolumeOwnership: the pod's group owns the directory, and what is made in it (setgid).
+		if err := os.Chown(dir, -1, fsGroup); err != nil {
+			return err
+		}
+		return os.Chmod(dir, 0o777|fs.ModeSetgid)
 	}
 	return nil
 }
@@ -228,6 +235,20 @@ func nextSlash(p string, i int) int {
 	return i + 1 + j
 }
 
+// withFSGroup gives files the mode a kubelet's SetVolumeOwnership gives a read-only volume's files under a pod's
+// fsGroup (>= 0): readable by the group (mode | 0440). Without one, files are returned as they are.
+func withFSGroup(files []protocol.File, fsGroup int) []protocol.File {
+	if fsGroup < 0 {
+		return files
+	}
+	out := make([]protocol.File, len(files))
+	for i, f := range files {
+		f.Mode = uint32(fileMode(f.Mode) | 0o440)
+		out[i] = f
+	}
+	return out
+}
+
 // fileMode is a file's permission bits, 0644 when unset.
 func fileMode(m uint32) fs.FileMode {
 	if m == 0 {
@@ -247,12 +268,18 @@ func fileMode(m uint32) fs.FileMode {
 // A reader of dir/<name> thus sees either the old content or the new, never a mix. When the content already
 // matches (paths, data and modes), steps 1 and 2 are skipped. A bad path fails with an error that wraps errBadPath
 // before anything is written. Callers serialise writes to one dir.
-func writeFiles(dir string, files []protocol.File) error {
+func writeFiles(dir string, files []protocol.File, fsGroup int) error {
 	if err := validateFiles(files); err != nil {
 		return err
 	}
+	files = withFSGroup(files, fsGroup)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
+	}
+	if fsGroup >= 0 {
+		if err := os.Chown(dir, -1, fsGroup); err != nil {
+			return err
+		}
 	}
 	dataLink := filepath.Join(dir, dataLinkName)
 	old, err := os.Readlink(dataLink)
@@ -260,7 +287,7 @@ func writeFiles(dir string, files []protocol.File) error {
 		return err
 	}
 	if old == "" || !sameFiles(filepath.Join(dir, old), files) {
-		ts, err := writeTimestampDir(dir, files)
+		ts, err := writeTimestampDir(dir, files, fsGroup)
 		if err != nil {
 			return err
 		}
@@ -320,8 +347,9 @@ func writeFiles(dir string, files []protocol.File) error {
 }
 
 // writeTimestampDir writes files into a new directory "..<UTC time to the nanosecond>" in dir and returns its
-// name. On error it removes what it wrote.
-func writeTimestampDir(dir string, files []protocol.File) (string, error) {
+// name; with fsGroup (>= 0) the group owns its files and directories, the directories setgid. On error it
+// removes what it wrote.
+func writeTimestampDir(dir string, files []protocol.File, fsGroup int) (string, error) {
 	var ts string
 	for {
 		ts = ".." + time.Now().UTC().Format("2006_01_02_15_04_05.000000000")
@@ -347,7 +375,23 @@ func writeTimestampDir(dir string, files []protocol.File) (string, error) {
 		if err = os.WriteFile(p, f.Data, mode); err != nil {
 			break
 		}
-		err = os.Chmod(p, mode) // whatever the umask
+		if err = os.Chmod(p, mode); err != nil { // whatever the umask
+			break
+		}
+		if fsGroup >= 0 {
+			err = os.Chown(p, -1, fsGroup)
+		}
+	}
+	if err == nil && fsGroup >= 0 {
+		err = filepath.WalkDir(tsDir, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || !d.IsDir() {
+				return err
+			}
+			if err := os.Chown(p, -1, fsGroup); err != nil {
+				return err
+			}
+			return os.Chmod(p, 0o755|fs.ModeSetgid)
+		})
 	}
 	if err != nil {
 		os.RemoveAll(tsDir) //nolint:errcheck

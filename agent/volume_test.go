@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/i2kit/i2kit/agent/protocol"
@@ -62,7 +63,7 @@ func TestWriteFilesLayout(t *testing.T) {
 		{Path: "a", Data: []byte("one")},
 		{Path: "d/b", Data: []byte("two"), Mode: 0o600},
 		{Path: "d/e/c", Data: []byte("three"), Mode: 0o755},
-	})
+	}, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,13 +104,13 @@ func TestWriteFilesUpdate(t *testing.T) {
 		{Path: "b", Data: []byte("b1")},
 		{Path: "d/x", Data: []byte("x1")},
 	}
-	if err := writeFiles(dir, v1); err != nil {
+	if err := writeFiles(dir, v1, -1); err != nil {
 		t.Fatal(err)
 	}
 	ts1 := dataTarget(t, dir)
 
 	// The same content again: nothing is rewritten.
-	if err := writeFiles(dir, v1); err != nil {
+	if err := writeFiles(dir, v1, -1); err != nil {
 		t.Fatal(err)
 	}
 	if ts := dataTarget(t, dir); ts != ts1 {
@@ -122,7 +123,7 @@ func TestWriteFilesUpdate(t *testing.T) {
 		{Path: "c", Data: []byte("c2")},
 		{Path: "d/y", Data: []byte("y2")},
 	}
-	if err := writeFiles(dir, v2); err != nil {
+	if err := writeFiles(dir, v2, -1); err != nil {
 		t.Fatal(err)
 	}
 	ts2 := dataTarget(t, dir)
@@ -143,7 +144,7 @@ func TestWriteFilesUpdate(t *testing.T) {
 	// Only a mode changes: that is an update too.
 	v3 := slices.Clone(v2)
 	v3[0].Mode = 0o400
-	if err := writeFiles(dir, v3); err != nil {
+	if err := writeFiles(dir, v3, -1); err != nil {
 		t.Fatal(err)
 	}
 	if ts3 := dataTarget(t, dir); ts3 == ts2 {
@@ -154,7 +155,7 @@ func TestWriteFilesUpdate(t *testing.T) {
 	}
 
 	// Nothing left: every visible name goes, ..data stays, pointing at an empty directory.
-	if err := writeFiles(dir, nil); err != nil {
+	if err := writeFiles(dir, nil, -1); err != nil {
 		t.Fatal(err)
 	}
 	entries, _ := os.ReadDir(dir)
@@ -170,7 +171,7 @@ func TestWriteFilesUpdate(t *testing.T) {
 func TestWriteFilesRepairsAndCleansUp(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "vol")
 	files := []protocol.File{{Path: "a", Data: []byte("1")}}
-	if err := writeFiles(dir, files); err != nil {
+	if err := writeFiles(dir, files, -1); err != nil {
 		t.Fatal(err)
 	}
 	ts := dataTarget(t, dir)
@@ -178,7 +179,7 @@ func TestWriteFilesRepairsAndCleansUp(t *testing.T) {
 	os.Mkdir(filepath.Join(dir, "..2000_01_01_00_00_00.000000000"), 0o755) //nolint:errcheck
 	os.Symlink("..nowhere", filepath.Join(dir, "..data_tmp"))              //nolint:errcheck
 	os.Remove(filepath.Join(dir, "a"))                                     //nolint:errcheck
-	if err := writeFiles(dir, files); err != nil {
+	if err := writeFiles(dir, files, -1); err != nil {
 		t.Fatal(err)
 	}
 	if got := tsDirs(t, dir); !slices.Equal(got, []string{ts}) {
@@ -193,7 +194,7 @@ func TestWriteFilesBadPaths(t *testing.T) {
 	for _, p := range []string{"", "/etc/passwd", "../x", "a/../b", "..data", "..x/y", "a/./b", "a/", "./a", ".",
 		"a//b", "d/..", strings.Repeat("n", 256)} {
 		dir := filepath.Join(t.TempDir(), "vol")
-		err := writeFiles(dir, []protocol.File{{Path: "ok", Data: []byte("x")}, {Path: p, Data: []byte("x")}})
+		err := writeFiles(dir, []protocol.File{{Path: "ok", Data: []byte("x")}, {Path: p, Data: []byte("x")}}, -1)
 		if !errors.Is(err, errBadPath) || !strings.Contains(err.Error(), "\""+p+"\"") {
 			t.Errorf("path %q: error %v, want errBadPath naming it", p, err)
 		}
@@ -211,11 +212,11 @@ func TestWriteFilesBadPaths(t *testing.T) {
 
 	// A bad update leaves the volume as it was.
 	dir := filepath.Join(t.TempDir(), "vol")
-	if err := writeFiles(dir, []protocol.File{{Path: "a", Data: []byte("1")}}); err != nil {
+	if err := writeFiles(dir, []protocol.File{{Path: "a", Data: []byte("1")}}, -1); err != nil {
 		t.Fatal(err)
 	}
 	ts := dataTarget(t, dir)
-	if err := writeFiles(dir, []protocol.File{{Path: "a", Data: []byte("2")}, {Path: "../b"}}); err == nil {
+	if err := writeFiles(dir, []protocol.File{{Path: "a", Data: []byte("2")}, {Path: "../b"}}, -1); err == nil {
 		t.Fatal("a bad path was written")
 	}
 	if dataTarget(t, dir) != ts || readVolumeFile(t, dir, "a") != "1" || len(tsDirs(t, dir)) != 1 {
@@ -225,7 +226,7 @@ func TestWriteFilesBadPaths(t *testing.T) {
 
 func TestMakeVolumeFiles(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "cm")
-	if err := makeVolume(dir, protocol.Volume{Name: "cm", Files: []protocol.File{{Path: "k", Data: []byte("v")}}}, 0); err != nil {
+	if err := makeVolume(dir, protocol.Volume{Name: "cm", Files: []protocol.File{{Path: "k", Data: []byte("v")}}}, 0, -1); err != nil {
 		t.Fatal(err)
 	}
 	if got := readVolumeFile(t, dir, "k"); got != "v" {
@@ -233,19 +234,19 @@ func TestMakeVolumeFiles(t *testing.T) {
 	}
 	// A files volume with no files (an empty configMap) is an empty directory with its ..data.
 	empty := filepath.Join(t.TempDir(), "empty")
-	if err := makeVolume(empty, protocol.Volume{Name: "empty"}, 0); err != nil {
+	if err := makeVolume(empty, protocol.Volume{Name: "empty"}, 0, -1); err != nil {
 		t.Fatal(err)
 	}
 	dataTarget(t, empty)
 	if err := makeVolume(filepath.Join(t.TempDir(), "x"), protocol.Volume{Name: "x", EmptyDir: &protocol.EmptyDir{},
-		Files: []protocol.File{{Path: "k"}}}, 0); err == nil {
+		Files: []protocol.File{{Path: "k"}}}, 0, -1); err == nil {
 		t.Error("a volume both emptyDir and files was made")
 	}
 }
 
 func TestVolumeSource(t *testing.T) {
 	files := filepath.Join(t.TempDir(), "files")
-	if err := writeFiles(files, []protocol.File{{Path: "conf/app.yaml", Data: []byte("x")}, {Path: "key", Data: []byte("k")}}); err != nil {
+	if err := writeFiles(files, []protocol.File{{Path: "conf/app.yaml", Data: []byte("x")}, {Path: "key", Data: []byte("k")}}, -1); err != nil {
 		t.Fatal(err)
 	}
 	rfiles, _ := filepath.EvalSymlinks(files)
@@ -365,7 +366,7 @@ func TestValidateVolumes(t *testing.T) {
 
 func TestUpdateVolumeRoute(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "cm")
-	if err := writeFiles(dir, []protocol.File{{Path: "k", Data: []byte("1")}}); err != nil {
+	if err := writeFiles(dir, []protocol.File{{Path: "k", Data: []byte("1")}}, -1); err != nil {
 		t.Fatal(err)
 	}
 	rt := newRuntime(&bytes.Buffer{}, ImageConfig{}, "pod")
@@ -390,5 +391,35 @@ func TestUpdateVolumeRoute(t *testing.T) {
 	}
 	if got := readVolumeFile(t, dir, "k"); got != "2" {
 		t.Errorf("k = %q after the update, want 2", got)
+	}
+}
+
+func TestWriteFilesFSGroup(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("changing a file's group to any group needs root")
+	}
+	dir := t.TempDir()
+	if err := writeFiles(dir, []protocol.File{{Path: "key", Data: []byte("k"), Mode: 0o400}, {Path: "sub/conf", Data: []byte("c")}}, 2000); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		path string
+		mode fs.FileMode
+	}{{"key", 0o440}, {"sub/conf", 0o644}, {"sub", 0o755 | fs.ModeSetgid | fs.ModeDir}, {".", 0o755 | fs.ModeDir}} {
+		fi, err := os.Stat(filepath.Join(dir, tc.path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode() != tc.mode || fi.Sys().(*syscall.Stat_t).Gid != 2000 {
+			t.Errorf("%s: mode %v gid %d, want %v gid 2000", tc.path, fi.Mode(), fi.Sys().(*syscall.Stat_t).Gid, tc.mode)
+		}
+	}
+	empty := filepath.Join(t.TempDir(), "empty")
+	if err := makeVolume(empty, protocol.Volume{Name: "empty", EmptyDir: &protocol.EmptyDir{}}, 0, 2000); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Unmount(empty, 0) //nolint:errcheck
+	if fi, err := os.Stat(empty); err != nil || fi.Mode() != 0o777|fs.ModeSetgid|fs.ModeDir || fi.Sys().(*syscall.Stat_t).Gid != 2000 {
+		t.Errorf("emptyDir: %v, %v; want drwxrwsrwx of group 2000", fi.Mode(), err)
 	}
 }

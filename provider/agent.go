@@ -179,7 +179,8 @@ func (p *Provider) agentChanged(pod *corev1.Pod, a *podAgent, st protocol.PodSta
 		case c.State.Reason == "CrashLoopBackOff" && b.State.Reason != "CrashLoopBackOff":
 			p.cfg.Events.Eventf(pod, corev1.EventTypeWarning, "BackOff", "Back-off restarting failed container %s in pod %s_%s(%s)",
 				c.Name, pod.Name, pod.Namespace, pod.UID)
-		case c.State.Reason == "StartError" && b.State.Reason != "StartError":
+		case (c.State.Reason == "StartError" || c.State.Reason == "CreateContainerError" || c.State.Reason == "CreateContainerConfigError") &&
+			(b.State.Reason != c.State.Reason || b.State.Message != c.State.Message):
 			p.cfg.Events.Eventf(pod, corev1.EventTypeWarning, "Failed", "Error: %s", c.State.Message)
 		}
 	}

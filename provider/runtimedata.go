@@ -29,11 +29,14 @@ type lookups struct {
 	Token func(pod *corev1.Pod, audience string, expirationSeconds int64) (string, error)
 }
 
-// podRuntime is what a pod's agent receives: per container env and mounts, and the volumes.
+// podRuntime is what a pod's agent receives: per container env, command, args and mounts, and the volumes.
 type podRuntime struct {
-	Env     map[string][]string         // container name → NAME=value, in the order a kubelet builds them
-	Mounts  map[string][]protocol.Mount // container name → mounts
-	Volumes []protocol.Volume
+	Env    map[string][]string         // container name → NAME=value, in the order a kubelet builds them
+	Mounts map[string][]protocol.Mount // container name → mounts
+	// Command and Args are the containers' command and args with $(VAR) references expanded against their
+	// environment; a container without them is absent.
+	Command, Args map[string][]string
+	Volumes       []protocol.Volume
 }
 
 // Defaults the API server fills in; a pod that did not come through it may lack them.
@@ -55,7 +58,8 @@ func resolveRuntime(pod *corev1.Pod, podIP, hostIP string, vmCPUs int, vmMemByte
 		configMaps: map[string]lookupResult[*corev1.ConfigMap]{},
 		secrets:    map[string]lookupResult[*corev1.Secret]{},
 	}
-	rt := podRuntime{Env: map[string][]string{}, Mounts: map[string][]protocol.Mount{}}
+	rt := podRuntime{Env: map[string][]string{}, Mounts: map[string][]protocol.Mount{}, Command: map[string][]string{},
+		Args: map[string][]string{}}
 
 	filesVolume := map[string]bool{} // volume name → whether it is a files (read-only) volume
 	for _, v := range pod.Spec.Volumes {
@@ -80,6 +84,12 @@ func resolveRuntime(pod *corev1.Pod, podIP, hostIP string, vmCPUs int, vmMemByte
 			}
 			rt.Env[c.Name] = env
 			rt.Mounts[c.Name] = mounts
+			if len(c.Command) > 0 {
+				rt.Command[c.Name] = expandAll(c.Command, vals)
+			}
+			if len(c.Args) > 0 {
+				rt.Args[c.Name] = expandAll(c.Args, vals)
+			}
 		}
 	}
 	return rt, nil
@@ -703,6 +713,21 @@ func containerMounts(c *corev1.Container, filesVolume map[string]bool, env map[s
 		mounts = append(mounts, protocol.Mount{Volume: m.Name, Path: m.MountPath, SubPath: sub, ReadOnly: m.ReadOnly || files})
 	}
 	return mounts, nil
+}
+
+// expandAll expands $(VAR) references in each of a container's command or args against its environment, as a
+// kubelet's ExpandContainerCommandAndArgs does: an unknown name stays as written.
+func expandAll(in []string, env map[string]string) []string {
+	out := make([]string, len(in))
+	for i, s := range in {
+		out[i] = expandVars(s, func(k string) string {
+			if v, ok := env[k]; ok {
+				return v
+			}
+			return "$(" + k + ")"
+		})
+	}
+	return out
 }
 
 // expandVars replaces $(VAR) references in input using mapping, as a kubelet's expansion.Expand does: "$$" is a

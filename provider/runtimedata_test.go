@@ -607,6 +607,31 @@ func TestResolveTokenError(t *testing.T) {
 	}
 }
 
+func TestResolveCommandAndArgs(t *testing.T) {
+	pod := rdPod()
+	pod.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "x"}}
+	pod.Spec.Containers[0].Command = []string{"/bin/sh", "-c", "echo $(POD) $$HOME $(NOPE)"}
+	pod.Spec.Containers[0].Args = []string{"$(MODE)", "$(POD_IP)x", "$$(POD)"}
+	pod.Spec.Containers[0].Env = []corev1.EnvVar{
+		{Name: "POD", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+		{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}},
+		{Name: "MODE", Value: "$(POD)-fast"},
+	}
+	rt, err := rdResolve(t, pod, rdCluster())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := rt.Command["web"], []string{"/bin/sh", "-c", "echo web-1 $HOME $(NOPE)"}; !slices.Equal(got, want) {
+		t.Errorf("command = %q, want %q", got, want)
+	}
+	if got, want := rt.Args["web"], []string{"web-1-fast", "10.0.0.7x", "$(POD)"}; !slices.Equal(got, want) {
+		t.Errorf("args = %q, want %q", got, want)
+	}
+	if _, ok := rt.Command["init"]; ok {
+		t.Errorf("a container without a command has one: %q", rt.Command["init"])
+	}
+}
+
 func TestResolveMounts(t *testing.T) {
 	pod := rdPod()
 	pod.Spec.Volumes = []corev1.Volume{

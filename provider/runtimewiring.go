@@ -158,8 +158,13 @@ func podConfig(pod *corev1.Pod, podIP string, rt podRuntime, resolv []byte) prot
 	if hostname != pod.Name {
 		cfg.Hostname = hostname
 	}
+	if sc := pod.Spec.SecurityContext; sc != nil && sc.FSGroup != nil {
+		g := *sc.FSGroup
+		cfg.FSGroup = &g
+	}
 	for _, c := range append(append([]corev1.Container(nil), pod.Spec.InitContainers...), pod.Spec.Containers...) {
 		cc := protocol.ContainerConfig{Name: c.Name, Stdin: c.Stdin, Env: rt.Env[c.Name], Mounts: rt.Mounts[c.Name],
+			Command: rt.Command[c.Name], Args: rt.Args[c.Name],
 			Security: securityFor(pod, c), Liveness: probeFor(c, c.LivenessProbe),
 			Readiness: probeFor(c, c.ReadinessProbe), Startup: probeFor(c, c.StartupProbe),
 			TerminationMessagePath: c.TerminationMessagePath, TerminationMessagePolicy: string(c.TerminationMessagePolicy)}

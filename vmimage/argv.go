@@ -7,6 +7,7 @@ import (
 // containerRun is what the agent needs to start a container, derived from the image's configuration and the spec.
 type containerRun struct {
 	Argv       []string
+	Entrypoint []string // the image's, for a pod's args given at run time
 	Env        []string
 	WorkingDir string
 	User       string
@@ -20,7 +21,7 @@ func runConfig(cfg *v1.Config, c Container) containerRun {
 	if cfg != nil {
 		img = *cfg
 	}
-	r := containerRun{WorkingDir: img.WorkingDir, User: img.User}
+	r := containerRun{WorkingDir: img.WorkingDir, User: img.User, Entrypoint: img.Entrypoint}
 	switch {
 	case len(c.Command) > 0:
 		r.Argv = append(append([]string(nil), c.Command...), c.Args...)

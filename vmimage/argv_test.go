@@ -17,15 +17,15 @@ func TestRunConfig(t *testing.T) {
 		want containerRun
 	}{
 		{"image defaults", img, Container{},
-			containerRun{Argv: []string{"/entry", "--default"}, Env: []string{"PATH=/bin", "A=1"}, WorkingDir: "/app", User: "1000:1000"}},
+			containerRun{Entrypoint: []string{"/entry"}, Argv: []string{"/entry", "--default"}, Env: []string{"PATH=/bin", "A=1"}, WorkingDir: "/app", User: "1000:1000"}},
 		{"args replace cmd", img, Container{Args: []string{"--x"}},
-			containerRun{Argv: []string{"/entry", "--x"}, Env: []string{"PATH=/bin", "A=1"}, WorkingDir: "/app", User: "1000:1000"}},
+			containerRun{Entrypoint: []string{"/entry"}, Argv: []string{"/entry", "--x"}, Env: []string{"PATH=/bin", "A=1"}, WorkingDir: "/app", User: "1000:1000"}},
 		{"command replaces entrypoint and cmd", img, Container{Command: []string{"/bin/sh"}},
-			containerRun{Argv: []string{"/bin/sh"}, Env: []string{"PATH=/bin", "A=1"}, WorkingDir: "/app", User: "1000:1000"}},
+			containerRun{Entrypoint: []string{"/entry"}, Argv: []string{"/bin/sh"}, Env: []string{"PATH=/bin", "A=1"}, WorkingDir: "/app", User: "1000:1000"}},
 		{"command and args", img, Container{Command: []string{"/bin/sh"}, Args: []string{"-c", "true"}},
-			containerRun{Argv: []string{"/bin/sh", "-c", "true"}, Env: []string{"PATH=/bin", "A=1"}, WorkingDir: "/app", User: "1000:1000"}},
+			containerRun{Entrypoint: []string{"/entry"}, Argv: []string{"/bin/sh", "-c", "true"}, Env: []string{"PATH=/bin", "A=1"}, WorkingDir: "/app", User: "1000:1000"}},
 		{"env overrides by name, in place", img, Container{Env: []string{"A=2", "B=3"}, WorkingDir: "/srv"},
-			containerRun{Argv: []string{"/entry", "--default"}, Env: []string{"PATH=/bin", "A=2", "B=3"}, WorkingDir: "/srv", User: "1000:1000"}},
+			containerRun{Entrypoint: []string{"/entry"}, Argv: []string{"/entry", "--default"}, Env: []string{"PATH=/bin", "A=2", "B=3"}, WorkingDir: "/srv", User: "1000:1000"}},
 		{"no image config", nil, Container{Command: []string{"/x"}},
 			containerRun{Argv: []string{"/x"}, WorkingDir: "/"}},
 	} {

@@ -388,12 +388,11 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format string,
 		if err != nil {
 			return nil, fmt.Errorf("image %s: reading its configuration, %w", r.Ref, err)
 		}
+		// An empty argv is not an error here: a pod gives its command at run time (the agent refuses to start a
+		// container that still has none).
 		run := runConfig(ocfg, c.Container)
-		if len(run.Argv) == 0 {
-			return nil, fmt.Errorf("container %s: image %s has no entrypoint or cmd, and the spec gives no command", c.Name, r.Ref)
-		}
 		cfg.Containers = append(cfg.Containers, agent.Container{Name: c.Name, Disk: c.Disk, Onboot: c.Onboot,
-			Argv: run.Argv, Env: run.Env, WorkingDir: run.WorkingDir, User: run.User})
+			Argv: run.Argv, Entrypoint: run.Entrypoint, Env: run.Env, WorkingDir: run.WorkingDir, User: run.User})
 	}
 	// Direct boot loads an uncompressed initramfs: gunzip under TCG costs 0.2 s of every boot, and the host's
 	// page cache shares the file between VMs. Boot disks keep it compressed.

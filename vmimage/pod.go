@@ -5,9 +5,10 @@ import (
 )
 
 // FromPod turns a Pod into the Spec of its VM image. It is a pure function of what is code in the pod — container
-// images, commands, arguments, working directories — so that a Deployment's replicas and a pod's restarts share
-// one image. Env values, Secrets, ConfigMaps, tokens and the pod's identity are runtime data sent to the agent
-// after boot; none of them enter the spec. Init containers become onboot containers in order; sidecar init
+// images and working directories — so that a Deployment's replicas and a pod's restarts share one image, and so
+// do pods that differ only in their commands. Commands and arguments (with $(VAR) references to runtime values),
+// env values, Secrets, ConfigMaps, tokens and the pod's identity are runtime data sent to the agent after boot;
+// none of them enter the spec. Init containers become onboot containers in order; sidecar init
 // containers (restartPolicy Always) run for the pod's life and become services, ahead of the app containers.
 func FromPod(pod *corev1.Pod) *Spec {
 	s := &Spec{}
@@ -31,8 +32,6 @@ func fromContainer(c corev1.Container) Container {
 	return Container{
 		Name:       c.Name,
 		Image:      c.Image,
-		Command:    append([]string(nil), c.Command...),
-		Args:       append([]string(nil), c.Args...),
 		WorkingDir: c.WorkingDir,
 	}
 }

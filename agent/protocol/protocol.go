@@ -46,6 +46,9 @@ type PodConfig struct {
 	ResolvConf []byte `json:"resolvConf,omitempty"`
 	// Hostname replaces the pod's name as the containers' hostname (spec.hostname).
 	Hostname string `json:"hostname,omitempty"`
+	// FSGroup, when set, owns the pod's volumes as a kubelet's fsGroup does: the group owns every volume's files
+	// and directories (setgid), and files volumes' files are group-readable.
+	FSGroup *int64 `json:"fsGroup,omitempty"`
 }
 
 // Volume is one of the pod's volumes, made in the VM before any container starts. Exactly one of EmptyDir and
@@ -83,6 +86,10 @@ type Mount struct {
 // ContainerConfig is one container's runtime configuration; Name matches a container of the image.
 type ContainerConfig struct {
 	Name string `json:"name"`
+	// Command and Args are the container's, as in a PodSpec with $(VAR) references already expanded: Command
+	// replaces the image's entrypoint (and drops its cmd), Args its cmd. Nil keeps the image's.
+	Command []string `json:"command,omitempty"`
+	Args    []string `json:"args,omitempty"`
 	// Env is appended to the image's environment, later entries winning.
 	Env []string `json:"env,omitempty"`
 	// Stdin keeps the main process's standard input open for attach.

@@ -28,7 +28,7 @@ func Serve(l net.Listener) *http.Server {
 }
 
 // Applets are the commands a shell-carrying image links to its busybox.
-var Applets = []string{"sh", "cat", "ls", "echo", "env", "hostname", "id", "ps", "sleep", "true", "false", "wget", "kill", "mkdir", "rm", "head", "tail", "grep", "wc", "stty", "dd", "uname"}
+var Applets = []string{"sh", "cat", "ls", "echo", "env", "hostname", "id", "ps", "sleep", "true", "false", "wget", "kill", "mkdir", "rm", "head", "tail", "grep", "wc", "stty", "dd", "uname", "stat"}
 
 // PushBinary pushes to ref (a plain-HTTP registry) a one-layer linux/amd64 image whose entrypoint is the static
 // binary at path, installed as /app. With busybox (the path of a static busybox, "" for none) the image also has

@@ -187,6 +187,41 @@ func testRuntimeData(t *testing.T, nodeName, reg string, nodeLog func() string) 
 	if out := kubectl(t, "exec", "waits-for-cfg", "--", "sh", "-c", "echo $X"); strings.TrimSpace(out) != "1" {
 		t.Errorf("X = %q once the ConfigMap exists", out)
 	}
+
+	// command and args come at run time, their $(VAR) references expanded against the container's env.
+	expand := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "expands-args"},
+		Spec: corev1.PodSpec{NodeName: nodeName, AutomountServiceAccountToken: new(false), RestartPolicy: corev1.RestartPolicyNever,
+			Tolerations: []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+			Containers: []corev1.Container{{Name: "echo", Image: reg + "/hello:1",
+				Command: []string{"/bin/busybox", "echo"}, Args: []string{"$(GREETING)-$(POD_NAME)", "$$(KEEP)", "$(UNSET)"},
+				Env: []corev1.EnvVar{
+					{Name: "GREETING", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{
+						LocalObjectReference: corev1.LocalObjectReference{Name: "late-cfg"}, Key: "x"}}},
+					{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+				}}}}}
+	if _, err := env.Client.CoreV1().Pods("default").Create(ctx, expand, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { env.Client.CoreV1().Pods("default").Delete(ctx, "expands-args", metav1.DeleteOptions{}) }) //nolint:errcheck
+	waitPhase(t, "expands-args", corev1.PodSucceeded, nodeLog)
+	if out := kubectl(t, "logs", "expands-args"); strings.TrimSpace(out) != "1-expands-args $(KEEP) $(UNSET)" {
+		t.Errorf("echo with expanded args printed %q, want %q", out, "1-expands-args $(KEEP) $(UNSET)")
+	}
+}
+
+// waitPhase waits for pod name to reach phase.
+func waitPhase(t *testing.T, name string, phase corev1.PodPhase, nodeLog func() string) *corev1.Pod {
+	t.Helper()
+	var p *corev1.Pod
+	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		var err error
+		p, err = env.Client.CoreV1().Pods("default").Get(ctx, name, metav1.GetOptions{})
+		return err == nil && p.Status.Phase == phase, nil
+	})
+	if err != nil {
+		t.Fatalf("pod %s not %s: %v; status %+v\n%s", name, phase, err, p.Status, nodeLog())
+	}
+	return p
 }
 
 // testSecurityContext checks that a container runs as the user and group its security context says, with its
@@ -205,10 +240,16 @@ func testSecurityContext(t *testing.T, nodeName, reg string, nodeLog func() stri
 			Tolerations:     []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
 			SecurityContext: &corev1.PodSecurityContext{RunAsUser: &uid, FSGroup: &fsGroup},
 			Containers: []corev1.Container{{Name: "web", Image: reg + "/hello:1",
-				VolumeMounts: []corev1.VolumeMount{{Name: "tmp", MountPath: "/tmp"}},
+				VolumeMounts: []corev1.VolumeMount{{Name: "tmp", MountPath: "/tmp"}, {Name: "secret", MountPath: "/etc/secret"}},
 				SecurityContext: &corev1.SecurityContext{RunAsGroup: &gid, ReadOnlyRootFilesystem: &yes, AllowPrivilegeEscalation: &no,
 					Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}}},
-			Volumes: []corev1.Volume{{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}}}
+			Volumes: []corev1.Volume{{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+				{Name: "secret", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "sc-secret", DefaultMode: new(int32(0o400))}}}}}}
+	if _, err := env.Client.CoreV1().Secrets("default").Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "sc-secret"},
+		Data: map[string][]byte{"key": []byte("k")}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { env.Client.CoreV1().Secrets("default").Delete(ctx, "sc-secret", metav1.DeleteOptions{}) }) //nolint:errcheck
 	if _, err := pods.Create(ctx, restricted, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -228,6 +269,14 @@ func testSecurityContext(t *testing.T, nodeName, reg string, nodeLog func() stri
 	if out := kubectl(t, "exec", "restricted", "--", "sh", "-c", "echo ok > /tmp/f && cat /tmp/f"); strings.TrimSpace(out) != "ok" {
 		t.Errorf("a volume under a read-only root: %q", out)
 	}
+	// fsGroup owns the volumes: the emptyDir is the group's (setgid), and a secret of mode 0400 is readable by the
+	// non-root user through the group.
+	if out := kubectl(t, "exec", "restricted", "--", "stat", "-c", "%g %A", "/tmp", "/etc/secret/..data/key"); out != "2000 drwxrwsrwx\n2000 -r--r-----\n" {
+		t.Errorf("fsGroup: stat of the emptyDir and the secret file = %q, want group 2000, drwxrwsrwx and -r--r-----", out)
+	}
+	if out := kubectl(t, "exec", "restricted", "--", "cat", "/etc/secret/key"); out != "k" {
+		t.Errorf("the secret file read as user 1000 through fsGroup = %q", out)
+	}
 
 	// The hello image runs as root: runAsNonRoot refuses to start it.
 	nonroot := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "nonroot"},
@@ -238,15 +287,26 @@ func testSecurityContext(t *testing.T, nodeName, reg string, nodeLog func() stri
 	if _, err := pods.Create(ctx, nonroot, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// As on a kubelet, the container is never created: it waits with CreateContainerConfigError and the reason,
+	// and a Failed Event says it.
+	const why = "container has runAsNonRoot and image will run as root"
 	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 		p, err := pods.Get(ctx, "nonroot", metav1.GetOptions{})
-		return err == nil && p.Status.Phase == corev1.PodFailed, nil
+		if err != nil || len(p.Status.ContainerStatuses) == 0 || p.Status.ContainerStatuses[0].State.Waiting == nil {
+			return false, nil
+		}
+		w := p.Status.ContainerStatuses[0].State.Waiting
+		return w.Reason == "CreateContainerConfigError" && w.Message == why, nil
 	})
 	if err != nil {
-		t.Fatalf("a root image under runAsNonRoot did not fail: %v\n%s", err, nodeLog())
+		t.Fatalf("a root image under runAsNonRoot: no CreateContainerConfigError %q: %v\n%s", why, err, nodeLog())
 	}
-	if out := kubectl(t, "logs", "nonroot"); !strings.Contains(out, "runAsNonRoot") {
-		t.Errorf("the refused container's log = %q, want the reason", out)
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		evs, err := env.Client.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=nonroot,reason=Failed"})
+		return err == nil && len(evs.Items) > 0 && strings.Contains(evs.Items[0].Message, why), nil
+	})
+	if err != nil {
+		t.Errorf("no Failed Event for the refused container: %v", err)
 	}
 }
 

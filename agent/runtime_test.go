@@ -1,0 +1,58 @@
+package agent
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/i2kit/i2kit/agent/protocol"
+)
+
+func TestContainerArgv(t *testing.T) {
+	img := Container{Argv: []string{"/entry", "cmd"}, Entrypoint: []string{"/entry"}}
+	for _, tc := range []struct {
+		name string
+		rc   protocol.ContainerConfig
+		want []string
+	}{
+		{"image's", protocol.ContainerConfig{}, []string{"/entry", "cmd"}},
+		{"command drops cmd", protocol.ContainerConfig{Command: []string{"/bin/sh"}}, []string{"/bin/sh"}},
+		{"command and args", protocol.ContainerConfig{Command: []string{"/bin/sh"}, Args: []string{"-c", "x"}}, []string{"/bin/sh", "-c", "x"}},
+		{"args follow the entrypoint", protocol.ContainerConfig{Args: []string{"--v"}}, []string{"/entry", "--v"}},
+	} {
+		if got := containerArgv(img, tc.rc); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: got %q, want %q", tc.name, got, tc.want)
+		}
+	}
+	if got := containerArgv(Container{}, protocol.ContainerConfig{Args: []string{"x"}}); !slices.Equal(got, []string{"x"}) {
+		t.Errorf("args without an entrypoint: got %q", got)
+	}
+}
+
+func TestVerifyRunAsNonRoot(t *testing.T) {
+	id := func(v int64) *int64 { return &v }
+	nonRoot := func(uid *int64) *protocol.Security { return &protocol.Security{RunAsNonRoot: true, RunAsUser: uid} }
+	for _, tc := range []struct {
+		name    string
+		user    string
+		sec     *protocol.Security
+		wantErr string
+	}{
+		{"no policy", "", nil, ""},
+		{"policy off", "", &protocol.Security{}, ""},
+		{"image root by default", "", nonRoot(nil), "container has runAsNonRoot and image will run as root"},
+		{"image uid 0", "0:0", nonRoot(nil), "container has runAsNonRoot and image will run as root"},
+		{"image uid", "1000", nonRoot(nil), ""},
+		{"image user name", "nobody", nonRoot(nil), "container has runAsNonRoot and image has non-numeric user (nobody), cannot verify user is non-root"},
+		{"runAsUser wins over a name", "nobody", nonRoot(id(1000)), ""},
+		{"runAsUser 0", "1000", nonRoot(id(0)), "container's runAsUser breaks non-root policy"},
+	} {
+		err := verifyRunAsNonRoot(tc.user, tc.sec)
+		got := ""
+		if err != nil {
+			got = err.Error()
+		}
+		if got != tc.wantErr {
+			t.Errorf("%s: got %q, want %q", tc.name, got, tc.wantErr)
+		}
+	}
+}
