@@ -41,9 +41,9 @@ type Disk struct {
 
 // Container is one container of the image, ready to run: the image's configuration merged with the spec's.
 type Container struct {
-	Name       string   `json:"name"`
-	Disk       int      `json:"disk"`
-	Onboot     bool     `json:"onboot,omitempty"`
+	Name   string `json:"name"`
+	Disk   int    `json:"disk"`
+	Onboot bool   `json:"onboot,omitempty"`
 	// Argv is what runs: the image's entrypoint and cmd, or the spec's command and args. A pod's command and args
 	// arrive at run time and replace it (see protocol.ContainerConfig).
 	Argv []string `json:"argv"`

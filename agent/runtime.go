@@ -71,8 +71,8 @@ type container struct {
 	// createErr is why the container cannot be created from the pod's configuration (no command, a user that
 	// breaks runAsNonRoot); set once by configure, it never starts.
 	createErr error
-	cgroup  string // "" without cgroups
-	logs    *crilog.Dir
+	cgroup    string // "" without cgroups
+	logs      *crilog.Dir
 
 	// guarded by runtime.mu
 	status protocol.ContainerStatus
