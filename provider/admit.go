@@ -69,7 +69,7 @@ func volumeType(v corev1.Volume) string {
 }
 
 // unenforced lists what a pod asks for that the VM accepts without enforcing it inside the guest: the pod runs
-// (its isolation is the VM's), and a Warning Event says so.
+// (its isolation is the VM's), and a Warning Event says so. imagePullSecrets are honoured (pullImage).
 func unenforced(pod *corev1.Pod) []string {
 	var out []string
 	if sc := pod.Spec.SecurityContext; sc != nil {
@@ -84,9 +84,6 @@ func unenforced(pod *corev1.Pod) []string {
 		if sc := c.SecurityContext; sc != nil && (sc.SeccompProfile != nil || sc.AppArmorProfile != nil || sc.SELinuxOptions != nil || sc.ProcMount != nil) {
 			out = append(out, fmt.Sprintf("container %s's seccomp, AppArmor, SELinux or procMount settings", c.Name))
 		}
-	}
-	if len(pod.Spec.ImagePullSecrets) > 0 {
-		out = append(out, "imagePullSecrets (images are pulled with the node's registry credentials)")
 	}
 	return out
 }

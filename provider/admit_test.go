@@ -51,3 +51,31 @@ func TestAdmit(t *testing.T) {
 		})
 	}
 }
+
+func TestUnenforced(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		mutate func(*corev1.Pod)
+		want   string
+	}{
+		{"plain pod", func(*corev1.Pod) {}, ""},
+		{"imagePullSecrets are honoured", func(p *corev1.Pod) {
+			p.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}}
+		}, ""},
+		{"sysctls", func(p *corev1.Pod) {
+			p.Spec.SecurityContext = &corev1.PodSecurityContext{Sysctls: []corev1.Sysctl{{Name: "net.core.somaxconn", Value: "1024"}}}
+		}, "sysctls"},
+		{"a container's seccomp profile", func(p *corev1.Pod) {
+			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}}
+		}, "container web's seccomp"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "x"}}}}
+			tc.mutate(p)
+			got := strings.Join(unenforced(p), "; ")
+			if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
+				t.Errorf("unenforced = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

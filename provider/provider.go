@@ -55,6 +55,9 @@ type Provider struct {
 	cluster *cluster                     // ConfigMaps, Secrets and tokens for runtime data; nil until UseCluster
 	// nodeResolv is the node's /etc/resolv.conf, for dnsPolicy Default (and ClusterFirst without cluster DNS).
 	nodeResolv []byte
+	// pullBackoff is the first wait before a failed image pull is tried again (pullImage).
+	pullBackoff time.Duration
+	pulling     map[string]*pullRun // by pod UID: image pulls under way, which DeletePod ends
 }
 
 var (
@@ -66,7 +69,8 @@ var (
 func New(cfg Config) *Provider {
 	resolv, _ := os.ReadFile("/etc/resolv.conf")
 	return &Provider{cfg: cfg, started: time.Now(), nodeResolv: resolv, pods: map[string]*corev1.Pod{}, notify: func(*corev1.Pod) {},
-		agents: map[string]*podAgent{}, images: map[string]map[string]string{}}
+		agents: map[string]*podAgent{}, images: map[string]map[string]string{}, pullBackoff: pullBackoff,
+		pulling: map[string]*pullRun{}}
 }
 
 func key(namespace, name string) string { return namespace + "/" + name }

@@ -18,11 +18,6 @@ import (
 	"github.com/i2kit/i2kit/vmimage"
 )
 
-// ImageBuilder makes a pod's VM image (vmimage.Builder).
-type ImageBuilder interface {
-	Ensure(ctx context.Context, spec *vmimage.Spec, format string) (*vmimage.Image, error)
-}
-
 // UseBackend gives the provider the backend that runs pod VMs and the builder of their images. Call it before
 // the node runs; the backend reports VM changes to VMChanged.
 func (p *Provider) UseBackend(b vm.Backend, images ImageBuilder) {
@@ -50,22 +45,36 @@ func (p *Provider) createVM(ctx context.Context, pod *corev1.Pod) {
 		return
 	}
 	p.store(pendingStatus(pod, p.cfg.InternalIP, "ContainerCreating", "building the pod's VM image", time.Now()))
-	go p.startVM(context.WithoutCancel(ctx), pod.DeepCopy()) // the VM outlives the request; its logger stays
+	// The VM outlives the request (its logger stays); pulling its image lasts until the pod is deleted.
+	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	run := &pullRun{cancel: cancel, done: make(chan struct{})}
+	p.mu.Lock()
+	if prev := p.pulling[string(pod.UID)]; prev != nil {
+		prev.cancel()
+	}
+	p.pulling[string(pod.UID)] = run
+	p.mu.Unlock()
+	go p.startVM(pctx, run, pod.DeepCopy())
 }
 
-func (p *Provider) startVM(ctx context.Context, pod *corev1.Pod) {
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
-	defer cancel()
-	t0 := time.Now()
-	p.cfg.Events.Event(pod, corev1.EventTypeNormal, "Pulling", "Building the VM image (pulling "+images(pod)+")")
-	img, err := p.builder.Ensure(ctx, vmimage.FromPod(pod), "direct")
-	if err != nil {
-		msg := fmt.Sprintf("building the VM image: %v", err)
-		p.cfg.Events.Event(pod, corev1.EventTypeWarning, "Failed", msg)
-		p.storeIfCurrent(pod, pendingStatus(pod, p.cfg.InternalIP, "ErrImagePull", msg, time.Now()))
+// pullRun is a pod's image pull under way; done is closed when it ends.
+type pullRun struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (p *Provider) startVM(ctx context.Context, run *pullRun, pod *corev1.Pod) {
+	img, ok := p.pullImage(ctx, pod)
+	close(run.done)
+	p.mu.Lock()
+	if p.pulling[string(pod.UID)] == run {
+		delete(p.pulling, string(pod.UID))
+	}
+	p.mu.Unlock()
+	run.cancel()
+	if !ok {
 		return
 	}
-	p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "Pulled", "VM image %s ready in %s", img.Key[:12], time.Since(t0).Round(time.Millisecond))
 	p.mu.Lock()
 	p.images[string(pod.UID)] = imageIDs(pod, img)
 	p.mu.Unlock()
@@ -116,6 +125,12 @@ func (p *Provider) deleteVM(ctx context.Context, pod *corev1.Pod) error {
 	for _, c := range pod.Spec.Containers {
 		p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "Killing", "Stopping container %s", c.Name)
 	}
+	p.mu.Lock()
+	if run := p.pulling[string(pod.UID)]; run != nil { // a pull being tried again ends with the pod
+		run.cancel()
+		delete(p.pulling, string(pod.UID))
+	}
+	p.mu.Unlock()
 	// The session with the agent stays while the VM stops: preStop hooks and the last lines of followed logs
 	// still flow through it.
 	err := p.backend.Terminate(ctx, string(pod.UID), grace)
@@ -133,14 +148,17 @@ func (p *Provider) deleteVM(ctx context.Context, pod *corev1.Pod) error {
 	return nil
 }
 
-// storeIfCurrent stores a status computed in the background unless the pod was deleted (or replaced) meanwhile.
-func (p *Provider) storeIfCurrent(pod, updated *corev1.Pod) {
+// storeIfCurrent stores a status computed in the background unless the pod was deleted (or replaced) meanwhile;
+// it reports whether the pod is still current.
+func (p *Provider) storeIfCurrent(pod, updated *corev1.Pod) bool {
 	p.mu.Lock()
 	cur, ok := p.pods[key(pod.Namespace, pod.Name)]
 	p.mu.Unlock()
 	if ok && cur.UID == pod.UID {
 		p.store(updated)
+		return true
 	}
+	return false
 }
 
 // vmSize derives a VM's memory (MiB) and vCPUs from its containers' limits, else requests: the app containers'

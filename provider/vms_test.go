@@ -142,7 +142,7 @@ func (f *fakeBackend) DialAgent(_ context.Context, uid string) (net.Conn, error)
 
 type fakeImages struct{ err error }
 
-func (f fakeImages) Ensure(context.Context, *vmimage.Spec, string) (*vmimage.Image, error) {
+func (f fakeImages) EnsureWith(context.Context, *vmimage.Spec, string, vmimage.Pull) (*vmimage.Image, error) {
 	if f.err != nil {
 		return nil, f.err
 	}

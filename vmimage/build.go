@@ -16,7 +16,6 @@ import (
 	"sync"
 	"time"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
@@ -88,8 +87,15 @@ type inputContainer struct {
 	Disk   int  `json:"disk"`
 }
 
-// Ensure returns the image for spec in format, building it on a cache miss.
+// Ensure returns the image for spec in format, building it on a cache miss. Container images are resolved in
+// their registries with the Source's credentials: EnsureWith and the zero Pull.
 func (b *Builder) Ensure(ctx context.Context, spec *Spec, format string) (*Image, error) {
+	return b.EnsureWith(ctx, spec, format, Pull{})
+}
+
+// EnsureWith is Ensure with pull saying how the container images are found: the credentials of the pod the image
+// is for, and its containers' pull policies. The kernel image is always resolved with the Source's credentials.
+func (b *Builder) EnsureWith(ctx context.Context, spec *Spec, format string, pull Pull) (*Image, error) {
 	if !slices.Contains(FormatNames(), format) {
 		return nil, fmt.Errorf("format %q: unknown, want one of %s", format, strings.Join(FormatNames(), ", "))
 	}
@@ -103,7 +109,7 @@ func (b *Builder) Ensure(ctx context.Context, spec *Spec, format string) (*Image
 	if err != nil {
 		return nil, fmt.Errorf("kernel.image %q: %w", s.Kernel.Image, err)
 	}
-	resolved, err := b.resolveAll(ctx, &s)
+	resolved, err := b.resolveAll(ctx, &s, pull)
 	if err != nil {
 		return nil, err
 	}
@@ -142,8 +148,8 @@ func (b *Builder) progress() Progress {
 	return b.Progress
 }
 
-// resolveAll pins every distinct container image in parallel.
-func (b *Builder) resolveAll(ctx context.Context, s *Spec) (map[string]*Resolved, error) {
+// resolveAll pins every distinct container image in parallel, each under its pull policy.
+func (b *Builder) resolveAll(ctx context.Context, s *Spec, pull Pull) (map[string]*Resolved, error) {
 	var list []string
 	refs := map[string]*Resolved{}
 	for _, c := range append(append([]Container(nil), s.Onboot...), s.Services...) {
@@ -156,7 +162,7 @@ func (b *Builder) resolveAll(ctx context.Context, s *Spec) (map[string]*Resolved
 	g, gctx := errgroup.WithContext(ctx)
 	for _, ref := range list {
 		g.Go(func() error {
-			r, err := b.Source.Resolve(gctx, ref)
+			r, err := b.resolveFor(gctx, ref, pull.policy(ref), pull.Keychains)
 			if err != nil {
 				return err
 			}
@@ -330,12 +336,12 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format string,
 	kernelBlob := "kernel-" + strings.TrimPrefix(in.Kernel, "sha256:")
 	diskBlobs := make([]string, len(in.Digests))
 	uuids := make([]string, len(in.Digests))
+	held := []string{kernelBlob}
 	for i, d := range in.Digests {
-		sum := sha256.Sum256([]byte(d + "\x00" + RootfsFormat))
-		diskBlobs[i] = "disk-" + hex.EncodeToString(sum[:]) + ".erofs"
-		uuids[i] = agent.FormatUUID(sum[:16])
+		diskBlobs[i], uuids[i] = diskBlob(d)
+		held = append(held, diskBlobs[i], configBlob(d))
 	}
-	release := b.Store.holdBlobs(append([]string{kernelBlob}, diskBlobs...))
+	release := b.Store.holdBlobs(held)
 	defer release()
 
 	if err := b.ensureBlob(kernelBlob, func(tmp string) error { return copyFile(kernelFor(kb, format), tmp) }); err != nil {
@@ -384,13 +390,13 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format string,
 	cfg := agent.ImageConfig{Version: 1}
 	for _, c := range in.Containers {
 		r := byDigest[in.Digests[c.Disk]]
-		ocfg, err := imageConfig(ctx, r)
+		ocfg, err := b.imageConfig(ctx, r)
 		if err != nil {
 			return nil, fmt.Errorf("image %s: reading its configuration, %w", r.Ref, err)
 		}
 		// An empty argv is not an error here: a pod gives its command at run time (the agent refuses to start a
 		// container that still has none).
-		run := runConfig(ocfg, c.Container)
+		run := runConfig(&ocfg.Config, c.Container)
 		cfg.Containers = append(cfg.Containers, agent.Container{Name: c.Name, Disk: c.Disk, Onboot: c.Onboot,
 			Argv: run.Argv, Entrypoint: run.Entrypoint, Env: run.Env, WorkingDir: run.WorkingDir, User: run.User})
 	}
@@ -433,19 +439,6 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format string,
 		return nil, err
 	}
 	return b.Store.commit(dir, img)
-}
-
-// imageConfig fetches an image's run configuration (entrypoint, cmd, env, working directory, user).
-func imageConfig(ctx context.Context, r *Resolved) (*v1.Config, error) {
-	img, err := r.Open(ctx)
-	if err != nil {
-		return nil, err
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	return &cf.Config, nil
 }
 
 func (b *Builder) ensureBlob(name string, create func(tmp string) error) error {

@@ -61,6 +61,9 @@ func layer(t testing.TB, files ...file) v1.Layer {
 type testRegistry struct {
 	srv         *httptest.Server
 	user, pass  string
+	users       map[string]string // more accepted user → password pairs
+	requests    atomic.Int64      // every request but /v2/ pings
+	heads       atomic.Int64      // manifest HEADs
 	blobGets    atomic.Int64
 	corruptBlob atomic.Bool
 	blockMu     sync.Mutex
@@ -75,9 +78,15 @@ func newRegistry(t testing.TB, user, pass string, opts ...func(*testRegistry)) *
 	}
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path != "/v2/" {
+			r.requests.Add(1)
+		}
+		if req.Method == http.MethodHead && strings.Contains(req.URL.Path, "/manifests/") {
+			r.heads.Add(1)
+		}
 		if r.user != "" {
 			u, p, ok := req.BasicAuth()
-			if !ok || u != r.user || p != r.pass {
+			if !ok || (u != r.user || p != r.pass) && (r.users[u] == "" || r.users[u] != p) {
 				w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
 				http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
 				return

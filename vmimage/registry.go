@@ -14,6 +14,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
 // Source says where container images come from: registries (with credentials, mirrors and plain-HTTP hosts) or
@@ -38,6 +39,8 @@ type Resolved struct {
 	From   string  // where it was resolved: the registry, a mirror, or a layout
 	// Open returns the image; its layers are fetched lazily within ctx.
 	Open func(ctx context.Context) (v1.Image, error)
+
+	pulledWith credential // the credentials the registry took; zero for layouts and images already on the node
 }
 
 func (s *Source) platform() v1.Platform {
@@ -47,9 +50,15 @@ func (s *Source) platform() v1.Platform {
 	return s.Platform
 }
 
-// Resolve pins ref to a digest and returns the image for the source's platform. Mirrors are tried before the
-// registry; an error from every place names each cause.
+// Resolve pins ref to a digest and returns the image for the source's platform, with the source's credentials.
+// Mirrors are tried before the registry; an error from every place names each cause.
 func (s *Source) Resolve(ctx context.Context, ref string) (*Resolved, error) {
+	return s.resolve(ctx, ref, nil)
+}
+
+// resolve is Resolve with a pod's keychains tried before the source's, as a kubelet tries a pod's pull secrets
+// before the node's credentials.
+func (s *Source) resolve(ctx context.Context, ref string, pod []authn.Keychain) (*Resolved, error) {
 	if dir, ok := strings.CutPrefix(ref, "oci:"); ok {
 		return s.resolveLayout(ref, dir)
 	}
@@ -58,60 +67,184 @@ func (s *Source) Resolve(ctx context.Context, ref string) (*Resolved, error) {
 		return nil, fmt.Errorf("image %q: %w", ref, err)
 	}
 	var errs []error
-	for _, host := range append(append([]string(nil), s.Mirrors[r.Context().RegistryStr()]...), r.Context().RegistryStr()) {
-		open, digest, err := s.fetch(ctx, r, host)
+	for _, host := range s.hosts(r) {
+		res, err := s.fetch(ctx, r, host, pod)
 		if err == nil {
-			return &Resolved{Ref: ref, Digest: digest, Open: open, From: host}, nil
+			res.Ref = ref
+			return res, nil
 		}
 		errs = append(errs, fmt.Errorf("from %s: %w", host, err))
 	}
 	return nil, fmt.Errorf("resolving image %q: %w", ref, errors.Join(errs...))
 }
 
-func (s *Source) fetch(ctx context.Context, r name.Reference, host string) (func(context.Context) (v1.Image, error), v1.Hash, error) {
+// hosts are where r is looked for, in order: its registry's mirrors, then the registry.
+func (s *Source) hosts(r name.Reference) []string {
+	return append(append([]string(nil), s.Mirrors[r.Context().RegistryStr()]...), r.Context().RegistryStr())
+}
+
+// at is r's repository on host (the registry or one of its mirrors).
+func (s *Source) at(r name.Reference, host string) (name.Repository, error) {
 	var nameOpts []name.Option
 	for _, h := range s.Insecure {
 		if h == host {
 			nameOpts = append(nameOpts, name.Insecure)
 		}
 	}
-	repo, err := name.NewRepository(host+"/"+r.Context().RepositoryStr(), nameOpts...)
+	return name.NewRepository(host+"/"+r.Context().RepositoryStr(), nameOpts...)
+}
+
+func (s *Source) remoteOptions(ctx context.Context, auth authn.Authenticator) []remote.Option {
+	tr := s.Transport
+	if tr == nil {
+		tr = http.DefaultTransport
+	}
+	return []remote.Option{remote.WithAuth(auth), remote.WithTransport(tr), remote.WithPlatform(s.platform()), remote.WithContext(ctx)}
+}
+
+func (s *Source) fetch(ctx context.Context, r name.Reference, host string, pod []authn.Keychain) (*Resolved, error) {
+	repo, err := s.at(r, host)
 	if err != nil {
-		return nil, v1.Hash{}, err
+		return nil, err
 	}
 	var at name.Reference = repo.Tag(r.Identifier())
 	if d, ok := r.(name.Digest); ok {
 		at = repo.Digest(d.DigestStr())
 	}
-	kc := s.Keychain
-	if kc == nil {
-		kc = authn.DefaultKeychain
-	}
-	tr := s.Transport
-	if tr == nil {
-		tr = http.DefaultTransport
-	}
-	// Credentials are looked up for the registry the user named, also when a mirror serves it.
-	auth, err := kc.Resolve(r.Context())
-	if host != r.Context().RegistryStr() {
-		auth, err = kc.Resolve(repo)
-	}
+	creds, err := s.credentials(r.Context(), repo, pod)
 	if err != nil {
-		return nil, v1.Hash{}, fmt.Errorf("credentials: %w", err)
+		return nil, err
 	}
-	opts := []remote.Option{remote.WithAuth(auth), remote.WithTransport(tr), remote.WithPlatform(s.platform())}
-	img, err := remote.Image(at, append(opts, remote.WithContext(ctx))...)
+	var errs []error
+	for _, c := range creds {
+		img, err := remote.Image(at, s.remoteOptions(ctx, c.auth)...)
+		if err != nil {
+			errs = append(errs, err)
+			if refused(err) {
+				continue // a kubelet tries the next credentials the registry might take
+			}
+			break
+		}
+		digest, err := img.Digest()
+		if err != nil {
+			return nil, err
+		}
+		open := func(ctx context.Context) (v1.Image, error) {
+			return remote.Image(repo.Digest(digest.String()), s.remoteOptions(ctx, c.auth)...)
+		}
+		return &Resolved{Digest: digest, Open: open, From: host, pulledWith: c}, nil
+	}
+	return nil, errors.Join(errs...)
+}
+
+// check asks r's registry (its mirrors first) whether a pod's credentials, else the source's, give access to the
+// image of digest, with a HEAD of its manifest: it pulls nothing. It returns the credentials that did.
+func (s *Source) check(ctx context.Context, r name.Reference, digest string, pod []authn.Keychain) (credential, error) {
+	var errs []error
+	for _, host := range s.hosts(r) {
+		repo, err := s.at(r, host)
+		if err != nil {
+			return credential{}, err
+		}
+		creds, err := s.credentials(r.Context(), repo, pod)
+		if err != nil {
+			return credential{}, err
+		}
+		for _, c := range creds {
+			if _, err := remote.Head(repo.Digest(digest), s.remoteOptions(ctx, c.auth)...); err != nil {
+				errs = append(errs, fmt.Errorf("from %s: %w", host, err))
+				continue
+			}
+			return c, nil
+		}
+	}
+	return credential{}, errors.Join(errs...)
+}
+
+// refused reports whether a registry turned the credentials down (401, 403), as opposed to failing otherwise.
+func refused(err error) bool {
+	var te *transport.Error
+	return errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden)
+}
+
+// credential is one set of registry credentials to try.
+type credential struct {
+	auth authn.Authenticator
+	// pod is true for credentials from a pod's pull secrets, false for the node's (or none): what the node's
+	// credentials or no credentials reach, every pod on the node may use.
+	pod bool
+	// id identifies the credentials (their canonical form, kept in memory only); "" for anonymous.
+	id string
+}
+
+// credentials lists what to try, in order, to read named (the repository the user wrote) at repo (named's
+// registry or one of its mirrors): the pod's keychains then the source's, first for a mirror's own host, then for
+// the registry the user named, so that pull secrets are used also when a mirror serves their registry (as
+// containerd passes a kubelet's credentials to mirrors). Duplicates are dropped. With no credentials at all, or
+// at a mirror (which may serve anonymously what the registry does not), the list ends with anonymous.
+func (s *Source) credentials(named, repo name.Repository, pod []authn.Keychain) ([]credential, error) {
+	node := s.Keychain
+	if node == nil {
+		node = authn.DefaultKeychain
+	}
+	type source struct {
+		kc  authn.Keychain
+		pod bool
+	}
+	var sources []source
+	for _, kc := range pod {
+		sources = append(sources, source{kc, true})
+	}
+	sources = append(sources, source{node, false})
+	var out []credential
+	seen := map[string]bool{}
+	add := func(res authn.Resource) error {
+		for _, src := range sources {
+			a, err := src.kc.Resolve(res)
+			if err != nil {
+				return fmt.Errorf("looking up credentials for %s, %w", res.RegistryStr(), err)
+			}
+			id, err := credentialID(a)
+			if err != nil {
+				return fmt.Errorf("reading credentials for %s, %w", res.RegistryStr(), err)
+			}
+			if id == "" || seen[id] {
+				continue
+			}
+			seen[id] = true
+			out = append(out, credential{auth: a, pod: src.pod, id: id})
+		}
+		return nil
+	}
+	mirror := repo.RegistryStr() != named.RegistryStr()
+	if mirror {
+		if err := add(repo); err != nil {
+			return nil, err
+		}
+	}
+	if err := add(named); err != nil {
+		return nil, err
+	}
+	if len(out) == 0 || mirror {
+		out = append(out, credential{auth: authn.Anonymous})
+	}
+	return out, nil
+}
+
+// credentialID is the canonical form of an authenticator's credentials, "" for none.
+func credentialID(a authn.Authenticator) (string, error) {
+	if a == authn.Anonymous {
+		return "", nil
+	}
+	cfg, err := a.Authorization()
 	if err != nil {
-		return nil, v1.Hash{}, err
+		return "", err
 	}
-	digest, err := img.Digest()
-	if err != nil {
-		return nil, v1.Hash{}, err
+	if *cfg == (authn.AuthConfig{}) {
+		return "", nil
 	}
-	open := func(ctx context.Context) (v1.Image, error) {
-		return remote.Image(repo.Digest(digest.String()), append(opts, remote.WithContext(ctx))...)
-	}
-	return open, digest, nil
+	b, err := json.Marshal(cfg)
+	return string(b), err
 }
 
 func (s *Source) resolveLayout(ref, spec string) (*Resolved, error) {

@@ -63,6 +63,9 @@ type Store struct {
 	bytes    int64
 	pins     map[string]int
 	building map[string]int // blobs referenced by builds in flight
+
+	pullMu sync.Mutex
+	pulls  *pullTable // the references this node resolved (pulls.go)
 }
 
 // OpenStore opens (or creates) the store in dir.
@@ -123,6 +126,9 @@ func OpenStore(dir string, maxEntries int, maxBytes int64) (*Store, error) {
 	s.gcBlobsLocked()
 	s.recountLocked()
 	s.evictLocked()
+	if err := s.openPulls(); err != nil {
+		return nil, err
+	}
 	ok = true
 	return s, nil
 }
@@ -311,6 +317,7 @@ func (s *Store) gcBlobsLocked() {
 		used[filepath.Base(img.Kernel)] = true
 		for _, d := range img.Disks {
 			used[filepath.Base(d.Path)] = true
+			used[configBlob(d.Digest)] = true
 		}
 	}
 	ents, _ := os.ReadDir(filepath.Join(s.dir, "blobs"))

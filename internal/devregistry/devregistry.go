@@ -5,6 +5,7 @@ package devregistry
 import (
 	"archive/tar"
 	"bytes"
+	"crypto/subtle"
 	"io"
 	"log"
 	"net"
@@ -21,10 +22,36 @@ import (
 )
 
 // Serve serves a registry over plain HTTP on l until the returned server is closed.
-func Serve(l net.Listener) *http.Server {
-	srv := &http.Server{Handler: registry.New(registry.Logger(log.New(io.Discard, "", 0)))}
+func Serve(l net.Listener, opts ...Option) *http.Server {
+	var h http.Handler = registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	for _, o := range opts {
+		h = o(h)
+	}
+	srv := &http.Server{Handler: h}
 	go srv.Serve(l) //nolint:errcheck
 	return srv
+}
+
+// Option changes how Serve serves the registry.
+type Option func(http.Handler) http.Handler
+
+// BasicAuth makes the registry demand HTTP basic auth as user with password, for every request: others get 401
+// with a Basic challenge and the registry API's UNAUTHORIZED error, as a private registry answers. Push with
+// remote.WithAuth(&authn.Basic{...}).
+func BasicAuth(user, password string) Option {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			u, p, ok := r.BasicAuth()
+			if !ok || subtle.ConstantTimeCompare([]byte(u), []byte(user)) != 1 || subtle.ConstantTimeCompare([]byte(p), []byte(password)) != 1 {
+				w.Header().Set("WWW-Authenticate", `Basic realm="i2kit dev registry"`)
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusUnauthorized)
+				io.WriteString(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]}`+"\n") //nolint:errcheck
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
 }
 
 // Applets are the commands a shell-carrying image links to its busybox.
@@ -32,8 +59,9 @@ var Applets = []string{"sh", "cat", "ls", "echo", "env", "hostname", "id", "ps",
 
 // PushBinary pushes to ref (a plain-HTTP registry) a one-layer linux/amd64 image whose entrypoint is the static
 // binary at path, installed as /app. With busybox (the path of a static busybox, "" for none) the image also has
-// /bin/busybox and /bin/<applet> links to it, so that kubectl exec finds a shell and the usual tools.
-func PushBinary(ref, path, busybox string) error {
+// /bin/busybox and /bin/<applet> links to it, so that kubectl exec finds a shell and the usual tools. opts go to
+// remote.Write (remote.WithAuth for a registry that demands credentials).
+func PushBinary(ref, path, busybox string, opts ...remote.Option) error {
 	body, err := os.ReadFile(path)
 	if err != nil {
 		return err
@@ -94,5 +122,5 @@ func PushBinary(ref, path, busybox string) error {
 	if err != nil {
 		return err
 	}
-	return remote.Write(r, img)
+	return remote.Write(r, img, opts...)
 }
