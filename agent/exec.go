@@ -21,8 +21,8 @@ import (
 
 // inContainer is a process that container c's supervisor started on request (see Supervise).
 type inContainer struct {
-	pid int
-	dec *json.Decoder // the supervisor's replies; the next is the exit code
+	conn *net.UnixConn // to the supervisor; shutting down our side asks it to kill the process
+	dec  *json.Decoder // the supervisor's replies; the next is the exit code
 }
 
 // startIn asks c's supervisor to run argv with stdio as its standard input, output and error (the same terminal
@@ -62,11 +62,11 @@ func (r *runtime) startIn(ctx context.Context, c *container, conn **net.UnixConn
 	if started.Error != "" {
 		return nil, 126, errors.New(started.Error)
 	}
-	return &inContainer{pid: started.Pid, dec: dec}, 0, nil
+	return &inContainer{conn: cn, dec: dec}, 0, nil
 }
 
 // wait returns the process's exit code once it ends (-1 if the supervisor's answer is lost); when ctx ends first,
-// the process group is killed.
+// the supervisor kills the process group: only it knows the process's pid in the container's PID namespace.
 func (p *inContainer) wait(ctx context.Context) int {
 	exited := make(chan int, 1)
 	go func() {
@@ -81,8 +81,7 @@ func (p *inContainer) wait(ctx context.Context) int {
 	case code := <-exited:
 		return code
 	case <-ctx.Done():
-		syscall.Kill(-p.pid, syscall.SIGKILL) //nolint:errcheck
-		syscall.Kill(p.pid, syscall.SIGKILL)  //nolint:errcheck
+		p.conn.CloseWrite() //nolint:errcheck // the supervisor's cue (see supervisor.exec)
 		return <-exited
 	}
 }

@@ -42,7 +42,8 @@ const (
 
 // runtime runs the pod's containers. A container runs in its own mount, PID, UTS and IPC namespaces under a
 // supervisor (see Supervise), on an overlay of its read-only image with a writable upper layer, in a cgroup of
-// its own, sharing the VM's network as containers share a pod's.
+// its own, sharing the VM's network as containers share a pod's. A pod with ShareProcessNamespace has one PID
+// namespace for all its containers, under a pause process (see Pause).
 type runtime struct {
 	console  io.Writer
 	image    ImageConfig
@@ -58,6 +59,9 @@ type runtime struct {
 	stopping   bool
 	rootsDone  chan struct{}         // closed once prepareRoots is over
 	volumes    map[string]*podVolume // by name, each under VolumesDir once made
+	pause      *os.Process           // the pause process, with ShareProcessNamespace (see startPause)
+	pidns      *os.File              // its PID namespace, which every container's supervisor starts in
+	services   services              // the ClusterIP forwarding rules
 }
 
 // container is one container of the pod and its current run.
@@ -126,7 +130,8 @@ func (r *runtime) find(name string) *container {
 }
 
 // configure applies the pod's runtime configuration, makes the pod's volumes and starts the containers; it runs
-// once, later calls are no-ops. The onboot containers run in order, each to success, before the services start.
+// once, later calls only replace the service table. The onboot containers run in order, each to success, before
+// the services start.
 func (r *runtime) configure(cfg protocol.PodConfig) error {
 	switch cfg.RestartPolicy {
 	case protocol.RestartAlways, protocol.RestartOnFailure, protocol.RestartNever:
@@ -146,7 +151,8 @@ func (r *runtime) configure(cfg protocol.PodConfig) error {
 	r.mu.Lock()
 	if r.cfg != nil {
 		r.mu.Unlock()
-		return nil
+		// A node that restarted configures again: only the service table may have changed meanwhile.
+		return r.services.set(cfg.Services)
 	}
 	r.cfg = &cfg
 	for _, cc := range cfg.Containers {
@@ -162,12 +168,25 @@ func (r *runtime) configure(cfg protocol.PodConfig) error {
 	}
 	r.changedLocked()
 	r.mu.Unlock()
+	if err := r.services.set(cfg.Services); err != nil {
+		// The containers run; what they reach through Services fails, and the console says why.
+		r.say("i2kit-agent: service forwarding: %v", err)
+	}
 	if err := r.makeVolumes(cfg.Volumes); err != nil {
 		r.say("i2kit-agent: %v", err)
 		for _, c := range r.containers {
 			r.setState(c, protocol.ContainerState{State: protocol.Waiting, Reason: "CreateContainerError", Message: err.Error()})
 		}
 		return err
+	}
+	if cfg.ShareProcessNamespace {
+		if err := r.startPause(); err != nil {
+			r.say("i2kit-agent: %v", err)
+			for _, c := range r.containers {
+				r.setState(c, protocol.ContainerState{State: protocol.Waiting, Reason: "CreateContainerError", Message: err.Error()})
+			}
+			return err
+		}
 	}
 	for _, c := range r.containers {
 		if err := r.prepare(c); err != nil {
@@ -366,7 +385,7 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 		mounts = append(mounts, bindMount{Source: terminationLogFile(c), Target: path})
 	}
 	r.mu.Lock()
-	hosts, resolv, hostname := r.cfg.Hosts, r.cfg.ResolvConf, r.hostname
+	hosts, resolv, hostname, pidns := r.cfg.Hosts, r.cfg.ResolvConf, r.hostname, r.pidns
 	if r.cfg.Hostname != "" {
 		hostname = r.cfg.Hostname
 	}
@@ -377,9 +396,7 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 	cmd.Args[0] = "i2kit-init" // what ps shows as the container's PID 1
 	cmd.Env = []string{supervisorEnv + "=" + string(spec)}
 	cmd.ExtraFiles = []*os.File{lis}
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC,
-	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: containerCloneflags(pidns != nil)}
 	if c.cgroup != "" {
 		cg, err := os.Open(c.cgroup)
 		if err == nil {
@@ -413,7 +430,7 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 	}
 	cmd.Stdout, cmd.Stderr = outputs[0], outputs[1]
 	ooms := oomKills(c.cgroup)
-	err = cmd.Start()
+	err = startInPIDNamespace(cmd, pidns)
 	for _, f := range outputs {
 		f.Close()
 	}
@@ -438,6 +455,9 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 		go r.postStart(c, cmd.Process.Pid, ended)
 	}
 	err = cmd.Wait()
+	if pidns != nil {
+		killCgroup(c.cgroup) // before the output is drained: what is left holds it open
+	}
 	wg.Wait()
 	r.mu.Lock()
 	c.pid, c.stdin = 0, nil
@@ -483,7 +503,9 @@ func oomKills(cgroup string) int {
 }
 
 // stop ends every container within grace: SIGTERM to each, SIGKILL to what still runs after grace. Restarts stop.
+// The pause process, if any, ends last.
 func (r *runtime) stop(ctx context.Context, grace time.Duration) {
+	defer r.stopPause() // once every container has ended
 	r.mu.Lock()
 	r.stopping = true
 	var waits []chan struct{}

@@ -35,6 +35,7 @@ func (s *server) handler() http.Handler {
 	mux.HandleFunc("POST /v1/portforward", s.portForward)
 	mux.HandleFunc("GET /v1/stats", s.statsHandler)
 	mux.HandleFunc("PUT /v1/volumes/{name}", s.updateVolume)
+	mux.HandleFunc("PUT /v1/services", s.setServices)
 	mux.HandleFunc("POST /v1/poweroff", s.powerOff)
 	return mux
 }
@@ -53,6 +54,19 @@ func (s *server) configure(w http.ResponseWriter, req *http.Request) {
 }
 
 // updateVolume replaces a files volume's content: 404 for a volume the pod lacks, 400 for an emptyDir or a bad path.
+func (s *server) setServices(w http.ResponseWriter, req *http.Request) {
+	var table []protocol.Service
+	if err := json.NewDecoder(req.Body).Decode(&table); err != nil {
+		http.Error(w, "decoding the service table: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if err := s.rt.services.set(table); err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
 func (s *server) updateVolume(w http.ResponseWriter, req *http.Request) {
 	var files []protocol.File
 	if err := json.NewDecoder(req.Body).Decode(&files); err != nil {

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/i2kit/i2kit/agent/protocol"
 )
 
@@ -64,7 +66,9 @@ type execReply struct {
 // pod's volumes into the container's root, enters it, and starts the container's command as the container's
 // user. It stays as PID 1 of the container's PID namespace, like tini: it forwards signals to the command,
 // reaps orphans, and runs the processes that exec asks for on the control socket. It exits with the command's
-// exit code (128+signal when a signal ended it), which ends every process of the container. It returns only on
+// exit code (128+signal when a signal ended it), which ends every process of the container. In a pod's shared
+// PID namespace (see Pause) it is not PID 1 but a child subreaper, so that it still reaps the container's
+// orphans, and the agent ends what is left of the container by its cgroup (see killCgroup). It returns only on
 // error.
 func Supervise() error {
 	// Every process of the container is forked from this thread (see supervisor.forks): its capability bounding
@@ -77,6 +81,11 @@ func Supervise() error {
 	lis, err := net.FileListener(os.NewFile(3, "control"))
 	if err != nil {
 		return fmt.Errorf("opening the control socket, %w", err)
+	}
+	if os.Getpid() != 1 { // in the pod's shared PID namespace: orphans would go to the pause process
+		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+			return fmt.Errorf("becoming the container's subreaper, %w", err)
+		}
 	}
 	if err := enterRoot(c); err != nil {
 		return err
@@ -339,7 +348,21 @@ func (s *supervisor) exec(conn *net.UnixConn, env []string, dir string, cred *sy
 	}
 	fds = nil
 	enc.Encode(execReply{Pid: pid}) //nolint:errcheck
+	// The agent sends nothing more: end of stream means it stopped waiting (an exec's or a probe's deadline, a
+	// client gone), and the process group goes, by the pids of this namespace.
+	done := make(chan struct{})
+	go func() {
+		var b [1]byte
+		conn.Read(b[:]) //nolint:errcheck
+		select {
+		case <-done:
+		default:
+			syscall.Kill(-pid, syscall.SIGKILL) //nolint:errcheck
+			syscall.Kill(pid, syscall.SIGKILL)  //nolint:errcheck
+		}
+	}()
 	code := <-wait
+	close(done)
 	enc.Encode(execReply{Exit: &code}) //nolint:errcheck
 }
 

@@ -29,6 +29,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/i2kit/i2kit/internal/version"
+	"github.com/i2kit/i2kit/netsync"
 	"github.com/i2kit/i2kit/provider"
 )
 
@@ -124,8 +125,10 @@ func Run(ctx context.Context, c Config) error {
 	}
 	log.G(ctx).WithField("node", c.NodeName).WithField("kubelet-api", path.Join(c.InternalIP, strconv.Itoa(c.Port))).Info("starting i2kit node")
 	var gc sync.WaitGroup
-	gc.Add(1)
+	gc.Add(2)
 	go func() { defer gc.Done(); collectGarbage(ctx, n, p) }()
+	// Pod VMs reach ClusterIPs (the API server's among them) through the service table their agents forward by.
+	go func() { defer gc.Done(); netsync.WatchServices(ctx, client, p.SetServices) }()
 	err = n.Run(ctx)
 	requested := ctx.Err() != nil // a requested stop is not a failure
 	cancel()

@@ -17,8 +17,7 @@ const ReasonUnsupported = "Unsupported"
 //   - privileged containers: privilege inside the VM would not be what the pod asked for on a node;
 //   - volumes other than emptyDir, configMap, secret, downwardAPI and projected: the node has no storage to
 //     attach to a VM yet;
-//   - tty: a container's main process runs without a terminal (kubectl exec -it has one);
-//   - shareProcessNamespace: each container has a PID namespace of its own under its supervisor.
+//   - tty: a container's main process runs without a terminal (kubectl exec -it has one).
 func admit(pod *corev1.Pod) string {
 	var why []string
 	s := pod.Spec
@@ -36,9 +35,6 @@ func admit(pod *corev1.Pod) string {
 		default:
 			why = append(why, fmt.Sprintf("volume %q of type %s (i2kit serves emptyDir, configMap, secret, downwardAPI and projected volumes)", v.Name, volumeType(v)))
 		}
-	}
-	if s.ShareProcessNamespace != nil && *s.ShareProcessNamespace {
-		why = append(why, "shareProcessNamespace (each container of a pod VM has its own PID namespace)")
 	}
 	for _, c := range append(append([]corev1.Container(nil), s.InitContainers...), s.Containers...) {
 		if sc := c.SecurityContext; sc != nil && sc.Privileged != nil && *sc.Privileged {

@@ -31,6 +31,10 @@ type podAgent struct {
 	ready   chan struct{}    // closed once a client is set, replaced when it is lost
 	status  *protocol.PodStatus
 	stopped chan struct{}
+	// servicesGen is the generation of the service table the agent has (see SetServices); pushMu serialises
+	// sending it.
+	servicesGen uint64
+	pushMu      sync.Mutex
 }
 
 // agentFor returns the session of a pod by UID, or nil.
@@ -115,6 +119,8 @@ func (p *Provider) runAgent(ctx context.Context, pod *corev1.Pod, a *podAgent) {
 			logger.WithError(err).Warn("opening a session with the agent")
 			continue
 		}
+		var gen uint64
+		cfg.Services, gen = p.serviceTable()
 		if err := c.Configure(ctx, cfg); err != nil {
 			c.Close()
 			if re := (*protocol.RemoteError)(nil); errors.As(err, &re) {
@@ -125,9 +131,10 @@ func (p *Provider) runAgent(ctx context.Context, pod *corev1.Pod, a *podAgent) {
 			continue
 		}
 		a.mu.Lock()
-		a.client = c
+		a.client, a.servicesGen = c, gen
 		close(a.ready)
 		a.mu.Unlock()
+		go p.pushServices(ctx, a) // a change that came while configuring
 		attempt = 0
 		go p.refreshVolumes(ctx, pod, vst, c, cfg.Volumes)
 		err = c.Watch(ctx, func(st protocol.PodStatus) { p.agentChanged(pod, a, st) })

@@ -53,6 +53,9 @@ type Provider struct {
 	agents  map[string]*podAgent         // by pod UID: sessions with the pods' agents
 	images  map[string]map[string]string // by pod UID: container name → imageID
 	cluster *cluster                     // ConfigMaps, Secrets and tokens for runtime data; nil until UseCluster
+	// services is the cluster's service table (SetServices), servicesGen counts its changes.
+	services    []protocol.Service
+	servicesGen uint64
 	// nodeResolv is the node's /etc/resolv.conf, for dnsPolicy Default (and ClusterFirst without cluster DNS).
 	nodeResolv []byte
 	// pullBackoff is the first wait before a failed image pull is tried again (pullImage).

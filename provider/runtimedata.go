@@ -1,11 +1,13 @@
 package provider
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"math"
+	"net"
 	"path"
 	"slices"
 	"strconv"
@@ -15,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/i2kit/i2kit/agent/protocol"
@@ -24,6 +27,8 @@ import (
 type lookups struct {
 	ConfigMap func(namespace, name string) (*corev1.ConfigMap, error) // a NotFound error (apierrors) when missing
 	Secret    func(namespace, name string) (*corev1.Secret, error)
+	// Services lists the Services of a namespace, for the service environment variables.
+	Services func(namespace string) ([]*corev1.Service, error)
 	// Token returns a service account token for the pod, bound to it, with the audience ("" for the API server's)
 	// and lifetime.
 	Token func(pod *corev1.Pod, audience string, expirationSeconds int64) (string, error)
@@ -110,6 +115,7 @@ type runtimeResolver struct {
 
 	configMaps map[string]lookupResult[*corev1.ConfigMap]
 	secrets    map[string]lookupResult[*corev1.Secret]
+	serviceEnv map[string]string // nil until first needed
 }
 
 func (r *runtimeResolver) configMap(name string) (*corev1.ConfigMap, error) {
@@ -195,8 +201,15 @@ func (r *runtimeResolver) env(c *corev1.Container) ([]string, map[string]string,
 		}
 	}
 
+	svcEnv, err := r.servicesEnv()
+	if err != nil {
+		return nil, nil, err
+	}
 	mapping := func(name string) string {
 		if v, ok := vals[name]; ok {
+			return v
+		}
+		if v, ok := svcEnv[name]; ok {
 			return v
 		}
 		return "$(" + name + ")"
@@ -218,11 +231,85 @@ func (r *runtimeResolver) env(c *corev1.Container) ([]string, map[string]string,
 		set(e.Name, val)
 	}
 
+	// The service variables come last and never replace the container's own.
+	for _, k := range sortedMapKeys(svcEnv) {
+		if _, ok := vals[k]; !ok {
+			set(k, svcEnv[k])
+		}
+	}
 	env := make([]string, 0, len(order))
 	for _, k := range order {
 		env = append(env, k+"="+vals[k])
 	}
 	return env, vals, nil
+}
+
+// servicesEnv is the pod's service environment, as a kubelet's getServiceEnvVarMap builds it: the variables of
+// the master service (default/kubernetes) always, and, unless enableServiceLinks is false, those of every Service
+// of the pod's namespace; only Services with a ClusterIP count.
+func (r *runtimeResolver) servicesEnv() (map[string]string, error) {
+	if r.serviceEnv != nil {
+		return r.serviceEnv, nil
+	}
+	r.serviceEnv = map[string]string{}
+	if r.l.Services == nil {
+		return r.serviceEnv, nil
+	}
+	byName := map[string]*corev1.Service{}
+	if links := r.pod.Spec.EnableServiceLinks; links == nil || *links {
+		svcs, err := r.l.Services(r.pod.Namespace)
+		if err != nil {
+			return nil, fmt.Errorf("listing the services of namespace %s for the service environment, %w", r.pod.Namespace, err)
+		}
+		for _, s := range svcs {
+			byName[s.Name] = s
+		}
+	}
+	if _, ok := byName["kubernetes"]; !ok || r.pod.Namespace != metav1.NamespaceDefault {
+		svcs, err := r.l.Services(metav1.NamespaceDefault)
+		if err != nil {
+			return nil, fmt.Errorf("listing the services of namespace default for the service environment, %w", err)
+		}
+		for _, s := range svcs {
+			if s.Name == "kubernetes" {
+				byName[s.Name] = s
+			}
+		}
+	}
+	for _, s := range byName {
+		for _, kv := range serviceEnvVars(s) {
+			r.serviceEnv[kv[0]] = kv[1]
+		}
+	}
+	return r.serviceEnv, nil
+}
+
+// serviceEnvVars are a Service's environment variables, as a kubelet's envvars.FromServices makes them: the
+// {SVC}_SERVICE_HOST/_PORT pair, one {SVC}_SERVICE_PORT_{NAME} per named port, and the Docker link variables.
+// A Service without a ClusterIP has none.
+func serviceEnvVars(s *corev1.Service) [][2]string {
+	ip := s.Spec.ClusterIP
+	if ip == "" || ip == corev1.ClusterIPNone || len(s.Spec.Ports) == 0 {
+		return nil
+	}
+	prefix := strings.ToUpper(strings.ReplaceAll(s.Name, "-", "_"))
+	out := [][2]string{{prefix + "_SERVICE_HOST", ip}, {prefix + "_SERVICE_PORT", strconv.Itoa(int(s.Spec.Ports[0].Port))}}
+	for _, sp := range s.Spec.Ports {
+		if sp.Name != "" {
+			out = append(out, [2]string{prefix + "_SERVICE_PORT_" + strings.ToUpper(strings.ReplaceAll(sp.Name, "-", "_")), strconv.Itoa(int(sp.Port))})
+		}
+	}
+	for i, sp := range s.Spec.Ports {
+		proto := strings.ToLower(string(cmp.Or(sp.Protocol, corev1.ProtocolTCP)))
+		url := proto + "://" + net.JoinHostPort(ip, strconv.Itoa(int(sp.Port)))
+		if i == 0 {
+			out = append(out, [2]string{prefix + "_PORT", url})
+		}
+		pp := fmt.Sprintf("%s_PORT_%d_%s", prefix, sp.Port, strings.ToUpper(proto))
+		out = append(out, [2]string{pp, url}, [2]string{pp + "_PROTO", proto},
+			[2]string{pp + "_PORT", strconv.Itoa(int(sp.Port))}, [2]string{pp + "_ADDR", ip})
+	}
+	return out
 }
 
 // envSource resolves an env var's valueFrom; skip is an optional reference to what does not exist.

@@ -21,6 +21,7 @@ import (
 type rdFake struct {
 	configMaps map[string]*corev1.ConfigMap
 	secrets    map[string]*corev1.Secret
+	services   []*corev1.Service
 	tokenReqs  []string // "audience/expirationSeconds"
 	tokenErr   error
 }
@@ -38,6 +39,15 @@ func (f *rdFake) lookups() lookups {
 				return s, nil
 			}
 			return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "secret"}, name)
+		},
+		Services: func(ns string) ([]*corev1.Service, error) {
+			var out []*corev1.Service
+			for _, s := range f.services {
+				if s.Namespace == ns {
+					out = append(out, s)
+				}
+			}
+			return out, nil
 		},
 		Token: func(pod *corev1.Pod, audience string, exp int64) (string, error) {
 			f.tokenReqs = append(f.tokenReqs, fmt.Sprintf("%s/%d", audience, exp))
@@ -604,6 +614,56 @@ func TestResolveTokenError(t *testing.T) {
 	_, err := rdResolve(t, pod, f)
 	if !errors.Is(err, boom) || !strings.Contains(err.Error(), `volume "kube-api-access"`) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestResolveServiceEnv(t *testing.T) {
+	svc := func(ns, name, ip string, ports ...corev1.ServicePort) *corev1.Service {
+		return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: corev1.ServiceSpec{ClusterIP: ip, Ports: ports}}
+	}
+	f := rdCluster()
+	f.services = []*corev1.Service{
+		svc("default", "kubernetes", "10.0.0.1", corev1.ServicePort{Name: "https", Port: 443, Protocol: corev1.ProtocolTCP}),
+		svc("default", "my-db", "10.0.0.5", corev1.ServicePort{Port: 5432}, corev1.ServicePort{Name: "metrics-http", Port: 9187, Protocol: corev1.ProtocolTCP}),
+		svc("default", "headless", corev1.ClusterIPNone, corev1.ServicePort{Port: 80}),
+		svc("apps", "web", "10.0.0.9", corev1.ServicePort{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}),
+	}
+	pod := rdPod()
+	pod.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "DB", Value: "$(MY_DB_SERVICE_HOST):$(MY_DB_SERVICE_PORT)"},
+		{Name: "MY_DB_SERVICE_PORT", Value: "1"}} // the container's own value wins
+	pod.Spec.Containers[0].Args = []string{"$(KUBERNETES_SERVICE_HOST)"}
+	rt, err := rdResolve(t, pod, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"DB=10.0.0.5:5432", "MY_DB_SERVICE_PORT=1",
+		"KUBERNETES_PORT=tcp://10.0.0.1:443", "KUBERNETES_PORT_443_TCP=tcp://10.0.0.1:443", "KUBERNETES_PORT_443_TCP_ADDR=10.0.0.1",
+		"KUBERNETES_PORT_443_TCP_PORT=443", "KUBERNETES_PORT_443_TCP_PROTO=tcp", "KUBERNETES_SERVICE_HOST=10.0.0.1",
+		"KUBERNETES_SERVICE_PORT=443", "KUBERNETES_SERVICE_PORT_HTTPS=443",
+		"MY_DB_PORT=tcp://10.0.0.5:5432", "MY_DB_PORT_5432_TCP=tcp://10.0.0.5:5432", "MY_DB_PORT_5432_TCP_ADDR=10.0.0.5",
+		"MY_DB_PORT_5432_TCP_PORT=5432", "MY_DB_PORT_5432_TCP_PROTO=tcp",
+		"MY_DB_PORT_9187_TCP=tcp://10.0.0.5:9187", "MY_DB_PORT_9187_TCP_ADDR=10.0.0.5", "MY_DB_PORT_9187_TCP_PORT=9187",
+		"MY_DB_PORT_9187_TCP_PROTO=tcp", "MY_DB_SERVICE_HOST=10.0.0.5", "MY_DB_SERVICE_PORT_METRICS_HTTP=9187"}
+	if got := rt.Env["web"]; !slices.Equal(got, want) {
+		t.Errorf("env:\n got %q\nwant %q", got, want)
+	}
+	if got := rt.Args["web"]; !slices.Equal(got, []string{"10.0.0.1"}) {
+		t.Errorf("args = %q", got)
+	}
+	// Without service links only the master service's variables are set; in another namespace too.
+	pod.Namespace, pod.Spec.EnableServiceLinks = "apps", new(false)
+	pod.Spec.Containers[0].Env = nil
+	rt, err = rdResolve(t, pod, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range rt.Env["web"] {
+		if !strings.HasPrefix(kv, "KUBERNETES_") {
+			t.Errorf("enableServiceLinks false, yet %s", kv)
+		}
+	}
+	if len(rt.Env["web"]) != 8 {
+		t.Errorf("env = %q, want the 8 variables of the master service", rt.Env["web"])
 	}
 }
 

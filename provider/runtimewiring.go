@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/labels"
 	corev1listers "k8s.io/client-go/listers/core/v1"
 
 	"github.com/i2kit/i2kit/agent/protocol"
@@ -67,6 +68,12 @@ func (c *cluster) lookups(ctx context.Context) lookups {
 	return lookups{
 		ConfigMap: func(ns, name string) (*corev1.ConfigMap, error) { return c.configMaps.ConfigMaps(ns).Get(name) },
 		Secret:    func(ns, name string) (*corev1.Secret, error) { return c.secrets.Secrets(ns).Get(name) },
+		Services: func(ns string) ([]*corev1.Service, error) {
+			if c.services == nil {
+				return nil, nil
+			}
+			return c.services.Services(ns).List(labels.Everything())
+		},
 		Token: func(pod *corev1.Pod, audience string, exp int64) (string, error) {
 			k := fmt.Sprintf("%s/%s/%d", pod.UID, audience, exp)
 			c.mu.Lock()
@@ -162,6 +169,7 @@ func podConfig(pod *corev1.Pod, podIP string, rt podRuntime, resolv []byte) prot
 		g := *sc.FSGroup
 		cfg.FSGroup = &g
 	}
+	cfg.ShareProcessNamespace = pod.Spec.ShareProcessNamespace != nil && *pod.Spec.ShareProcessNamespace
 	for _, c := range append(append([]corev1.Container(nil), pod.Spec.InitContainers...), pod.Spec.Containers...) {
 		cc := protocol.ContainerConfig{Name: c.Name, Stdin: c.Stdin, Env: rt.Env[c.Name], Mounts: rt.Mounts[c.Name],
 			Command: rt.Command[c.Name], Args: rt.Args[c.Name],

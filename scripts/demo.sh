@@ -27,7 +27,7 @@ up() {
   if inns "$I2KIT" dev status --state-dir "$STATE/plane" 2>/dev/null | grep -q "kube-apiserver.*running"; then
     echo "already running"
   else
-    inns "$I2KIT" dev up --state-dir "$STATE/plane" | sed -n '1,/^control plane ready/p'
+    inns "$I2KIT" dev up --state-dir "$STATE/plane" --advertise-address "$NODE_IP" | sed -n '1,/^control plane ready/p'
   fi
   KUBECTL=$(inns "$I2KIT" dev env --state-dir "$STATE/plane" | sed -n 's/^export PATH=\([^:]*\):.*/\1/p')/kubectl
 

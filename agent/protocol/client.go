@@ -109,6 +109,17 @@ func (c *Client) Configure(ctx context.Context, cfg PodConfig) error {
 	return nil
 }
 
+// SetServices replaces the pod's service table: connections to a Service's ClusterIP and port are forwarded to
+// its endpoints from then on (established ones keep theirs).
+func (c *Client) SetServices(ctx context.Context, table []Service) error {
+	resp, err := c.do(ctx, http.MethodPut, "/v1/services", nil, table, nil)
+	if err != nil {
+		return fmt.Errorf("setting the service table, %w", err)
+	}
+	resp.Body.Close()
+	return nil
+}
+
 // UpdateVolume replaces the content of a files volume atomically.
 func (c *Client) UpdateVolume(ctx context.Context, name string, files []File) error {
 	resp, err := c.do(ctx, http.MethodPut, "/v1/volumes/"+url.PathEscape(name), nil, files, nil)

@@ -7,13 +7,14 @@
 // the host as client. Every yamux stream carries one HTTP/1.1 request from host to guest (routes below); the
 // interactive ones (exec, attach, port-forward) upgrade the stream to Frames or to raw bytes.
 //
-//	PUT  /v1/pod                     PodConfig: start the pod's containers (once; repeated calls are no-ops)
+//	PUT  /v1/pod                     PodConfig: start the pod's containers (once; repeated calls only replace its Services)
 //	GET  /v1/status[?watch=1]        PodStatus, or a stream of them as JSON lines, one per change
 //	GET  /v1/logs?container=…        the container's log (LogOptions in the query), streamed when following
 //	POST /v1/exec, /v1/attach        upgrade to Frames (ExecRequest / AttachRequest in the query)
 //	POST /v1/portforward?port=N      upgrade to a raw byte stream to localhost:N inside the VM
 //	GET  /v1/stats                   Stats
 //	PUT  /v1/volumes/{name}          []File: replace a files volume's content atomically (ConfigMap, Secret, token updates)
+//	PUT  /v1/services                []Service: replace the service table (ClusterIP forwarding)
 //	POST /v1/poweroff?grace=…        stop every container within grace (SIGTERM, then SIGKILL) and power off
 package protocol
 
@@ -46,9 +47,32 @@ type PodConfig struct {
 	ResolvConf []byte `json:"resolvConf,omitempty"`
 	// Hostname replaces the pod's name as the containers' hostname (spec.hostname).
 	Hostname string `json:"hostname,omitempty"`
+	// Services is the cluster's service table, programmed before any container starts; PUT /v1/services
+	// replaces it later.
+	Services []Service `json:"services,omitempty"`
 	// FSGroup, when set, owns the pod's volumes as a kubelet's fsGroup does: the group owns every volume's files
 	// and directories (setgid), and files volumes' files are group-readable.
 	FSGroup *int64 `json:"fsGroup,omitempty"`
+	// ShareProcessNamespace puts every container of the pod, init containers included, in one PID namespace
+	// (spec.shareProcessNamespace): each sees and may signal the others' processes, and a pause process is its
+	// PID 1. Without it each container has a PID namespace of its own.
+	ShareProcessNamespace bool `json:"shareProcessNamespace,omitempty"`
+}
+
+// Service is one port of a ClusterIP Service as a pod reaches it: connections to IP:Port over Protocol go to one of
+// the ready Endpoints, chosen at random per connection, as kube-proxy spreads them. With no endpoint, they are
+// refused.
+type Service struct {
+	IP        string     `json:"ip"`
+	Port      int        `json:"port"`
+	Protocol  string     `json:"protocol"` // TCP, UDP or SCTP (SCTP is not forwarded)
+	Endpoints []Endpoint `json:"endpoints,omitempty"`
+}
+
+// Endpoint is a ready backend of a Service port.
+type Endpoint struct {
+	IP   string `json:"ip"`
+	Port int    `json:"port"`
 }
 
 // Volume is one of the pod's volumes, made in the VM before any container starts. Exactly one of EmptyDir and

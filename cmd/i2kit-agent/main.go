@@ -17,6 +17,9 @@ func main() {
 		fmt.Fprintf(os.Stderr, "i2kit-agent: %v\n", err)
 		os.Exit(127)
 	}
+	if len(os.Args) > 1 && os.Args[1] == agent.PauseArg {
+		agent.Pause() // never returns
+	}
 	// PID 1 must outlive the host side of its console going away (a node restart): without O_NOCTTY the console
 	// becomes the agent's controlling terminal, whose hangup sends SIGHUP, and Go exits on SIGHUP by default;
 	// init exiting panics the guest and ends the VM.

@@ -58,6 +58,7 @@ func devCmd() *cobra.Command {
 	up.Flags().IntVar(&cfg.PortBase, "port", 16443, "apiserver port; the plane's other components use the 5 ports after it")
 	up.Flags().StringVar(&cfg.Host, "host", "127.0.0.1", "loopback address to listen on")
 	up.Flags().StringVar(&cfg.ServiceCIDR, "service-cidr", "10.0.0.0/24", "ClusterIP range")
+	up.Flags().StringVar(&cfg.AdvertiseAddress, "advertise-address", "", "address pod VMs reach the apiserver at (the kubernetes Service's endpoint); the apiserver then listens on all addresses: use it in a network namespace")
 	down := &cobra.Command{
 		Use:   "down",
 		Short: "Stop every process of the control plane; --purge also removes its state",

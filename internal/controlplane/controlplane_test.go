@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -68,10 +69,22 @@ func TestConfigDefaultsAndErrors(t *testing.T) {
 	if !filepath.IsAbs(c.StateDir) || c.PortBase != 16443 || c.Host != "127.0.0.1" || c.BinDir != DefaultBinDir() {
 		t.Errorf("defaults = %+v", c)
 	}
-	for _, bad := range []Config{{}, {StateDir: "x", PortBase: 80}, {StateDir: "x", ServiceCIDR: "10.0.0.0"}} {
+	for _, bad := range []Config{{}, {StateDir: "x", PortBase: 80}, {StateDir: "x", ServiceCIDR: "10.0.0.0"},
+		{StateDir: "x", AdvertiseAddress: "127.0.0.1"}, {StateDir: "x", AdvertiseAddress: "node"}, {StateDir: "x", AdvertiseAddress: "0.0.0.0"}} {
 		if err := bad.setDefaults(); err == nil {
 			t.Errorf("%+v: no error", bad)
 		}
+	}
+}
+
+func TestAddressFlags(t *testing.T) {
+	p := &Plane{cfg: Config{Host: "127.0.0.1"}}
+	if got := strings.Join(p.addressFlags(), " "); got != "--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --endpoint-reconciler-type none" {
+		t.Errorf("loopback plane: %s", got)
+	}
+	p.cfg.AdvertiseAddress = "198.18.0.10"
+	if got := strings.Join(p.addressFlags(), " "); got != "--bind-address 0.0.0.0 --advertise-address 198.18.0.10" {
+		t.Errorf("plane advertised to pods: %s", got)
 	}
 }
 

@@ -25,6 +25,11 @@ type Config struct {
 	BinDir string `json:"binDir"`
 	// Host is the loopback address every component listens on; 127.0.0.1 by default.
 	Host string `json:"host"`
+	// AdvertiseAddress, when set, is where pods reach the apiserver: the endpoint of the default/kubernetes Service
+	// (published by the apiserver's endpoint reconciler) and an address of its serving certificate. The apiserver
+	// then listens on every address, so set it only in a network namespace of its own, as the demo and the tests
+	// do. Empty: the apiserver listens on Host alone and the kubernetes Service has no endpoints.
+	AdvertiseAddress string `json:"advertiseAddress,omitempty"`
 	// PortBase is the apiserver's port; etcd client, etcd peer, etcd metrics, controller-manager and scheduler use
 	// the five ports after it. 16443 by default.
 	PortBase int `json:"portBase"`
@@ -61,6 +66,9 @@ func (c *Config) setDefaults() error {
 	}
 	if _, _, err := net.ParseCIDR(c.ServiceCIDR); err != nil {
 		return fmt.Errorf("controlplane: ServiceCIDR: %w", err)
+	}
+	if a := c.AdvertiseAddress; a != "" && (net.ParseIP(a) == nil || net.ParseIP(a).IsLoopback() || net.ParseIP(a).IsUnspecified()) {
+		return fmt.Errorf("controlplane: AdvertiseAddress %q: want an IP address pods can reach, not loopback", a)
 	}
 	return nil
 }
@@ -143,7 +151,11 @@ func Start(ctx context.Context, cfg Config, out io.Writer) (*Plane, error) {
 	_, svcNet, _ := net.ParseCIDR(cfg.ServiceCIDR)
 	firstSvcIP := append(net.IP(nil), svcNet.IP.To4()...)
 	firstSvcIP[3]++
-	if err := writePKI(p.PKIDir(), []net.IP{net.ParseIP(cfg.Host), net.IPv4(127, 0, 0, 1), firstSvcIP}); err != nil {
+	ips := []net.IP{net.ParseIP(cfg.Host), net.IPv4(127, 0, 0, 1), firstSvcIP}
+	if a := net.ParseIP(cfg.AdvertiseAddress); a != nil {
+		ips = append(ips, a)
+	}
+	if err := writePKI(p.PKIDir(), ips); err != nil {
 		return nil, err
 	}
 	if err := p.writeKubeconfigs(); err != nil {
@@ -180,10 +192,9 @@ func (p *Plane) startAll(ctx context.Context, out io.Writer, t0 time.Time) error
 	}
 	fmt.Fprintf(out, "  etcd ready (%s)\n", since(t0))
 
-	if err := p.launch("kube-apiserver",
+	if err := p.launch("kube-apiserver", append([]string{
 		"--etcd-servers", etcdURL,
-		"--bind-address", h, "--advertise-address", h, "--secure-port", p.port(0),
-		"--endpoint-reconciler-type", "none", // 1.37 refuses a loopback advertise address otherwise
+		"--secure-port", p.port(0),
 		"--cert-dir", filepath.Join(p.cfg.StateDir, "apiserver-certs"),
 		"--tls-cert-file", filepath.Join(pki, "apiserver.crt"), "--tls-private-key-file", filepath.Join(pki, "apiserver.key"),
 		"--client-ca-file", filepath.Join(pki, "ca.crt"),
@@ -202,7 +213,8 @@ func (p *Plane) startAll(ctx context.Context, out io.Writer, t0 time.Time) error
 		"--service-account-key-file", filepath.Join(pki, "sa.pub"),
 		"--service-account-signing-key-file", filepath.Join(pki, "sa.key"),
 		"--service-cluster-ip-range", p.cfg.ServiceCIDR,
-		"--authorization-mode", "Node,RBAC", "--allow-privileged=true", "--profiling=false"); err != nil {
+		"--authorization-mode", "Node,RBAC", "--allow-privileged=true", "--profiling=false"},
+		p.addressFlags()...)...); err != nil {
 		return err
 	}
 	tlsCfg, err := p.adminTLS()
@@ -389,4 +401,13 @@ func tailFile(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// addressFlags are the apiserver's listening and advertised addresses (see Config.AdvertiseAddress).
+func (p *Plane) addressFlags() []string {
+	if a := p.cfg.AdvertiseAddress; a != "" {
+		return []string{"--bind-address", "0.0.0.0", "--advertise-address", a}
+	}
+	// 1.37 refuses a loopback advertise address unless nothing publishes it.
+	return []string{"--bind-address", p.cfg.Host, "--advertise-address", p.cfg.Host, "--endpoint-reconciler-type", "none"}
 }

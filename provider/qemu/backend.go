@@ -95,11 +95,11 @@ func (b *Backend) adopt() {
 			err = json.Unmarshal(raw, &st)
 		}
 		if err != nil || !isQEMU(st.Pid) {
-			b.net.delTap(tapName(e.Name())) //nolint:errcheck
+			b.net.delTap(TAPName(e.Name())) //nolint:errcheck
 			os.RemoveAll(dir)
 			continue
 		}
-		v := &machine{st: st, dir: dir, tap: tapName(st.UID), exited: make(chan struct{})}
+		v := &machine{st: st, dir: dir, tap: TAPName(st.UID), exited: make(chan struct{})}
 		b.vms[st.UID] = v
 		go b.watchConsole(v)
 		go b.waitPidfd(v)
@@ -147,7 +147,7 @@ func (b *Backend) Launch(s vm.Spec) (vm.Status, error) {
 		return vm.Status{}, err
 	}
 	dir := filepath.Join(b.cfg.RuntimeDir, s.UID)
-	v := &machine{dir: dir, tap: tapName(s.UID), exited: make(chan struct{}),
+	v := &machine{dir: dir, tap: TAPName(s.UID), exited: make(chan struct{}),
 		st: vm.Status{UID: s.UID, Namespace: s.Namespace, Name: s.Name, IP: ip.String(), State: vm.Booting, Started: time.Now()}}
 	b.vms[s.UID] = v
 	b.mu.Unlock()

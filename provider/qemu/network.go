@@ -42,8 +42,8 @@ func (n *network) ensureBridge() error {
 	return ip("link", "set", n.bridge, "up")
 }
 
-// tapName derives a pod's TAP name (at most 15 bytes) from its UID.
-func tapName(uid string) string {
+// TAPName is the name of a pod's TAP on the host: "i2k" and 12 hex digits derived from its UID (at most 15 bytes).
+func TAPName(uid string) string {
 	sum := sha256.Sum256([]byte(uid))
 	return fmt.Sprintf("i2k%x", sum[:6])
 }

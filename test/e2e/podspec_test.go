@@ -33,7 +33,9 @@ func TestPodSpec(t *testing.T) {
 	t.Run("security context", func(t *testing.T) { testSecurityContext(t, nodeName, reg, n.Log) })
 	t.Run("probes", func(t *testing.T) { testProbes(t, nodeName, reg, n.Log) })
 	t.Run("init containers, lifecycle, hosts", func(t *testing.T) { testLifecycle(t, nodeName, reg, n.Log) })
+	t.Run("services", func(t *testing.T) { testServices(t, nodeName, reg, n.Log) })
 	t.Run("kubectl top", func(t *testing.T) { testKubectlTop(t, nodeName, reg, n.Log) })
+	t.Run("shared process namespace", func(t *testing.T) { testSharedProcessNamespace(t, nodeName, reg, n.Log) })
 }
 
 // testRuntimeData runs a pod that uses the runtime data ordinary workloads use — env in every form, ConfigMap,
@@ -88,12 +90,17 @@ func testRuntimeData(t *testing.T, nodeName, reg string, nodeLog func() string) 
 					{Name: "scratch", MountPath: "/scratch"},
 					{Name: "podinfo", MountPath: "/etc/podinfo"},
 					{Name: "cfg", MountPath: "/etc/mode", SubPath: "mode"},
+					{Name: "opt-cfg", MountPath: "/etc/opt-cfg"},
+					{Name: "opt-secret", MountPath: "/etc/opt-secret"},
 				},
 			}},
 			Volumes: []corev1.Volume{
 				{Name: "cfg", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
 					LocalObjectReference: corev1.LocalObjectReference{Name: "app-cfg"}}}},
 				{Name: "secret", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "app-secret"}}},
+				{Name: "opt-cfg", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+					LocalObjectReference: corev1.LocalObjectReference{Name: "no-such-cfg"}, Optional: &yes}}},
+				{Name: "opt-secret", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "no-such-secret", Optional: &yes}}},
 				{Name: "scratch", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory}}},
 				{Name: "podinfo", VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{Items: []corev1.DownwardAPIVolumeFile{
 					{Path: "labels", FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.labels"}}}}}},
@@ -123,6 +130,10 @@ func testRuntimeData(t *testing.T, nodeName, reg string, nodeLog func() string) 
 		if got := kubectl(t, "exec", "runtime-data", "--", "cat", c.file); strings.TrimSpace(got) != c.want {
 			t.Errorf("%s = %q, want %q", c.file, got, c.want)
 		}
+	}
+	// Optional volumes of a ConfigMap and a Secret that do not exist are mounted empty, as on a kubelet.
+	if got := kubectl(t, "exec", "runtime-data", "--", "ls", "/etc/opt-cfg", "/etc/opt-secret"); got != "/etc/opt-cfg:\n\n/etc/opt-secret:\n" {
+		t.Errorf("optional volumes of missing objects: ls = %q, want two empty directories", got)
 	}
 	if got := kubectl(t, "exec", "runtime-data", "--", "sh", "-c", "echo kept > /scratch/f && cat /scratch/f"); strings.TrimSpace(got) != "kept" {
 		t.Errorf("emptyDir write/read = %q", got)
@@ -483,6 +494,93 @@ func testLifecycle(t *testing.T, nodeName, reg string, nodeLog func() string) {
 	if err != nil {
 		t.Errorf("a pod past its activeDeadlineSeconds did not fail with DeadlineExceeded: %v", err)
 	}
+}
+
+// testSharedProcessNamespace runs a pod with shareProcessNamespace and one without, each with a web container and a
+// sleeping one: with it, ps in either container shows the other's processes and the pause process as PID 1 (an
+// init container's too), and a signal from one container ends the other's process, whose exit and restart are
+// reported; without it, a container sees only its own.
+func testSharedProcessNamespace(t *testing.T, nodeName, reg string, nodeLog func() string) {
+	ctx := context.Background()
+	no, yes := false, true
+	pods := env.Client.CoreV1().Pods("default")
+	t.Cleanup(func() {
+		pods.Delete(ctx, "shared-pid", metav1.DeleteOptions{}) //nolint:errcheck
+		pods.Delete(ctx, "own-pid", metav1.DeleteOptions{})    //nolint:errcheck
+	})
+	mk := func(name string, share bool) {
+		mount := []corev1.VolumeMount{{Name: "work", MountPath: "/work"}}
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec: corev1.PodSpec{NodeName: nodeName, AutomountServiceAccountToken: &no, ShareProcessNamespace: &share,
+				Tolerations: []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+				Volumes:     []corev1.Volume{{Name: "work", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}},
+				InitContainers: []corev1.Container{{Name: "init", Image: reg + "/hello:1", VolumeMounts: mount,
+					Command: []string{"sh", "-c", "ps > /work/init-ps"}}},
+				Containers: []corev1.Container{{Name: "web", Image: reg + "/hello:1", VolumeMounts: mount},
+					{Name: "sleeper", Image: reg + "/hello:1", Command: []string{"sleep", "3600"}}}}}
+		if _, err := pods.Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("shared-pid", yes)
+	mk("own-pid", no)
+	waitRunning(t, "shared-pid", nodeLog)
+	waitRunning(t, "own-pid", nodeLog)
+
+	ps := kubectl(t, "exec", "shared-pid", "-c", "web", "--", "ps")
+	if !strings.Contains(ps, "sleep 3600") || !strings.Contains(ps, "/pause") {
+		t.Errorf("ps in web of a pod sharing its process namespace shows no sleep 3600 of sleeper, or no /pause:\n%s", ps)
+	}
+	if ps := kubectl(t, "exec", "shared-pid", "-c", "sleeper", "--", "ps"); !strings.Contains(ps, "/app") {
+		t.Errorf("ps in sleeper of a pod sharing its process namespace shows no /app of web:\n%s", ps)
+	}
+	if ps := kubectl(t, "exec", "shared-pid", "-c", "web", "--", "cat", "/work/init-ps"); !strings.Contains(ps, "/pause") {
+		t.Errorf("ps in the init container of a pod sharing its process namespace shows no /pause:\n%s", ps)
+	}
+	if ps := kubectl(t, "exec", "own-pid", "-c", "web", "--", "ps"); strings.Contains(ps, "sleep 3600") || strings.Contains(ps, "/pause") {
+		t.Errorf("ps in web of a pod without shareProcessNamespace shows another container's processes:\n%s", ps)
+	}
+
+	// web ends sleeper's sleep with SIGTERM: sleeper exits with 143 and restarts (restartPolicy Always).
+	kubectl(t, "exec", "shared-pid", "-c", "web", "--", "sh", "-c", "ps | grep '[s]leep 3600' | while read pid rest; do kill $pid; done")
+	waitRestarted := func(restarts int32, code int32) {
+		t.Helper()
+		var p *corev1.Pod
+		err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+			var err error
+			p, err = pods.Get(ctx, "shared-pid", metav1.GetOptions{})
+			if err != nil {
+				return false, nil
+			}
+			for _, cs := range p.Status.ContainerStatuses {
+				if cs.Name == "sleeper" {
+					return cs.RestartCount == restarts && cs.State.Running != nil, nil
+				}
+			}
+			return false, nil
+		})
+		if err != nil {
+			t.Fatalf("sleeper, killed from web, is not running after %d restarts: %v; status %+v\n%s", restarts, err, p.Status, nodeLog())
+		}
+		for _, cs := range p.Status.ContainerStatuses {
+			switch last := cs.LastTerminationState.Terminated; {
+			case cs.Name == "web" && cs.RestartCount != 0:
+				t.Errorf("web restarted %d times", cs.RestartCount)
+			case cs.Name == "sleeper" && (last == nil || last.ExitCode != code || last.Reason != "Error"):
+				t.Errorf("sleeper's last termination = %+v, want exit code %d, reason Error", last, code)
+			}
+		}
+		if ps := kubectl(t, "exec", "shared-pid", "-c", "web", "--", "ps"); strings.Count(ps, "sleep 3600") != 1 {
+			t.Errorf("ps in web after sleeper's restart shows not one sleep 3600:\n%s", ps)
+		}
+	}
+	waitRestarted(1, 143) // 128+SIGTERM
+
+	// web kills sleeper's supervisor (its sleep's parent) with SIGKILL: sleeper ends with 137 and its orphaned
+	// sleep with it, killed by its cgroup rather than left to the pause process.
+	kubectl(t, "exec", "shared-pid", "-c", "web", "--", "sh", "-c",
+		"ps | grep '[s]leep 3600' | while read pid rest; do read p comm state ppid rest < /proc/$pid/stat; kill -9 $ppid; done")
+	waitRestarted(2, 137)
 }
 
 // waitRunning waits for a pod to be Running and Ready.

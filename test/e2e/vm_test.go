@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -22,6 +21,7 @@ import (
 	"github.com/i2kit/i2kit/internal/devregistry"
 	"github.com/i2kit/i2kit/internal/proc"
 	"github.com/i2kit/i2kit/provider"
+	"github.com/i2kit/i2kit/provider/qemu"
 	"github.com/i2kit/i2kit/test/harness"
 )
 
@@ -182,11 +182,10 @@ func TestPodsRunAsVMs(t *testing.T) {
 			t.Errorf("QEMU %d of pod %s still runs after delete", pid, uid)
 		}
 	}
-	ifs, _ := net.Interfaces()
-	for _, i := range ifs {
-		// Pod TAPs are i2k<12 hex digits>; bridges (this test's and other tests') stay by design.
-		if tapName.MatchString(i.Name) {
-			t.Errorf("TAP %s left behind", i.Name)
+	for uid := range running {
+		// The bridge stays by design; other tests' TAPs are theirs.
+		if _, err := net.InterfaceByName(qemu.TAPName(uid)); err == nil {
+			t.Errorf("TAP %s of pod %s left behind", qemu.TAPName(uid), uid)
 		}
 	}
 
@@ -210,8 +209,6 @@ func TestPodsRunAsVMs(t *testing.T) {
 	}
 	waitEvent(t, "host-net", provider.ReasonUnsupported)
 }
-
-var tapName = regexp.MustCompile(`^i2k[0-9a-f]{12}$`)
 
 func podReady(p corev1.Pod) bool {
 	for _, c := range p.Status.Conditions {

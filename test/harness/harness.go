@@ -117,7 +117,8 @@ func run(m *testing.M, portBase int, envp **Env) (int, error) {
 			return 1, fmt.Errorf("building %s: %w: %s", b.pkg, err, out)
 		}
 	}
-	plane, err := controlplane.Start(ctx, controlplane.Config{StateDir: filepath.Join(dir, "plane"), PortBase: portBase, DieWithParent: true}, os.Stderr)
+	plane, err := controlplane.Start(ctx, controlplane.Config{StateDir: filepath.Join(dir, "plane"), PortBase: portBase,
+		AdvertiseAddress: NodeIP, DieWithParent: true}, os.Stderr)
 	if err != nil {
 		return 1, err
 	}
