@@ -34,6 +34,7 @@ func TestPodSpec(t *testing.T) {
 	t.Run("probes", func(t *testing.T) { testProbes(t, nodeName, reg, n.Log) })
 	t.Run("init containers, lifecycle, hosts", func(t *testing.T) { testLifecycle(t, nodeName, reg, n.Log) })
 	t.Run("services", func(t *testing.T) { testServices(t, nodeName, reg, n.Log) })
+	t.Run("jobs", func(t *testing.T) { testJobs(t, nodeName, reg, n.Log) })
 	t.Run("kubectl top", func(t *testing.T) { testKubectlTop(t, nodeName, reg, n.Log) })
 	t.Run("shared process namespace", func(t *testing.T) { testSharedProcessNamespace(t, nodeName, reg, n.Log) })
 }
