@@ -103,18 +103,70 @@ func (p *Provider) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 	return nil
 }
 
-// UpdatePod takes note of a changed pod spec. Pods are immutable VMs: nothing else changes in place.
+// UpdatePod takes note of a changed pod. A pod's VM is immutable: what the API lets change in a running pod's
+// spec and a kubelet would apply in place — a container's image, an added ephemeral container (kubectl debug) —
+// is not applied, and a Warning Event says so; an ephemeral container shows as terminated with reason
+// Unsupported, so that kubectl debug stops waiting for it.
 func (p *Provider) UpdatePod(_ context.Context, pod *corev1.Pod) error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	old, ok := p.pods[key(pod.Namespace, pod.Name)]
 	if !ok {
+		p.mu.Unlock()
 		return errdefs.NotFoundf("pod %s/%s is not known to this node", pod.Namespace, pod.Name)
 	}
 	upd := pod.DeepCopy()
-	upd.Status = old.Status
+	upd.Status = *old.Status.DeepCopy()
+	upd.Status.EphemeralContainerStatuses = ephemeralStatuses(upd)
 	p.pods[key(pod.Namespace, pod.Name)] = upd
+	notify := p.notify
+	p.mu.Unlock()
+	for _, why := range notApplied(old, upd) {
+		p.cfg.Events.Event(upd, corev1.EventTypeWarning, ReasonUnsupported, why)
+	}
+	if len(upd.Status.EphemeralContainerStatuses) != len(old.Status.EphemeralContainerStatuses) {
+		notify(upd.DeepCopy())
+	}
 	return nil
+}
+
+// notApplied says what of a pod's update its VM does not apply, one sentence each.
+func notApplied(old, upd *corev1.Pod) []string {
+	var out []string
+	images := map[string]string{}
+	for _, c := range append(append([]corev1.Container(nil), old.Spec.InitContainers...), old.Spec.Containers...) {
+		images[c.Name] = c.Image
+	}
+	for _, c := range append(append([]corev1.Container(nil), upd.Spec.InitContainers...), upd.Spec.Containers...) {
+		if was, ok := images[c.Name]; ok && was != c.Image {
+			out = append(out, fmt.Sprintf("container %s keeps image %s: a pod VM's image is fixed when it is created; "+
+				"replace the pod for %s (a Deployment does)", c.Name, was, c.Image))
+		}
+	}
+	known := map[string]bool{}
+	for _, c := range old.Spec.EphemeralContainers {
+		known[c.Name] = true
+	}
+	for _, c := range upd.Spec.EphemeralContainers {
+		if !known[c.Name] {
+			out = append(out, ephemeralUnsupported(c.Name))
+		}
+	}
+	return out
+}
+
+func ephemeralUnsupported(name string) string {
+	return fmt.Sprintf("ephemeral container %s cannot run: a pod VM's image is fixed when it is created; "+
+		"use kubectl exec, or kubectl debug --copy-to for a new pod", name)
+}
+
+// ephemeralStatuses reports each of a pod's ephemeral containers as never run: terminated with reason Unsupported.
+func ephemeralStatuses(pod *corev1.Pod) []corev1.ContainerStatus {
+	var out []corev1.ContainerStatus
+	for _, c := range pod.Spec.EphemeralContainers {
+		out = append(out, corev1.ContainerStatus{Name: c.Name, Image: c.Image, State: corev1.ContainerState{
+			Terminated: &corev1.ContainerStateTerminated{ExitCode: 128, Reason: ReasonUnsupported, Message: ephemeralUnsupported(c.Name)}}})
+	}
+	return out
 }
 
 // DeletePod ends a pod's VM (within its grace period), forgets the pod and reports it terminated, so that the pod

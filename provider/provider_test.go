@@ -136,6 +136,42 @@ func TestUpdatePodKeepsStatus(t *testing.T) {
 	}
 }
 
+func TestUpdatePodSaysWhatItDoesNotApply(t *testing.T) {
+	p, rec, n := newTestProvider()
+	ctx := context.Background()
+	p.CreatePod(ctx, testPod("a")) //nolint:errcheck
+	<-rec.Events                   // NoBackend
+	upd := testPod("a")
+	upd.Spec.Containers[0].Image = "nginx:2"
+	upd.Spec.EphemeralContainers = []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "debugger", Image: "busybox"}}}
+	if err := p.UpdatePod(ctx, upd); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Warning Unsupported container web keeps image nginx", "Warning Unsupported ephemeral container debugger cannot run"} {
+		select {
+		case e := <-rec.Events:
+			if !strings.HasPrefix(e, want) {
+				t.Errorf("event %q, want %q...", e, want)
+			}
+		default:
+			t.Errorf("no event %q", want)
+		}
+	}
+	es := n.last().Status.EphemeralContainerStatuses
+	if len(es) != 1 || es[0].Name != "debugger" || es[0].State.Terminated == nil || es[0].State.Terminated.Reason != ReasonUnsupported {
+		t.Errorf("ephemeral container statuses = %+v, want debugger terminated with reason Unsupported", es)
+	}
+	// A second update of the same pod says nothing again.
+	if err := p.UpdatePod(ctx, upd.DeepCopy()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-rec.Events:
+		t.Errorf("a repeated update: event %q", e)
+	default:
+	}
+}
+
 func TestStreamsExplainWhyNothingRuns(t *testing.T) {
 	p, _, _ := newTestProvider()
 	ctx := context.Background()

@@ -226,23 +226,38 @@ func (p *Provider) refreshVolumes(ctx context.Context, pod *corev1.Pod, st vm.St
 	}
 }
 
-// enforceDeadline fails a pod once it has been active longer than its activeDeadlineSeconds, as a kubelet does:
+// enforceDeadline fails a pod once it has been active longer than its activeDeadlineSeconds (as it is now: it may
+// be set or shortened on a running pod), as a kubelet does:
 // its VM is stopped within its grace period and the pod ends Failed with reason DeadlineExceeded.
 func (p *Provider) enforceDeadline(ctx context.Context, pod *corev1.Pod) {
-	d := pod.Spec.ActiveDeadlineSeconds
-	if d == nil {
-		return
-	}
 	start := time.Now()
 	if pod.Status.StartTime != nil {
 		start = pod.Status.StartTime.Time
 	}
-	select {
-	case <-ctx.Done():
-		return
-	case <-time.After(time.Until(start.Add(time.Duration(*d) * time.Second))):
+	// The deadline may be set or shortened while the pod runs (UpdatePod): it is read again every second.
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var d int64
+	for {
+		p.mu.Lock()
+		cur, ok := p.pods[key(pod.Namespace, pod.Name)]
+		if ok && cur.UID == pod.UID && cur.Spec.ActiveDeadlineSeconds != nil {
+			d = *cur.Spec.ActiveDeadlineSeconds
+		}
+		p.mu.Unlock()
+		if !ok || cur.UID != pod.UID {
+			return
+		}
+		if d > 0 && !time.Now().Before(start.Add(time.Duration(d)*time.Second)) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
-	msg := fmt.Sprintf("Pod was active on the node longer than the specified deadline (%ds)", *d)
+	msg := fmt.Sprintf("Pod was active on the node longer than the specified deadline (%ds)", d)
 	p.cfg.Events.Event(pod, corev1.EventTypeNormal, "DeadlineExceeded", msg)
 	grace := 30 * time.Second
 	if g := pod.Spec.TerminationGracePeriodSeconds; g != nil {

@@ -153,12 +153,19 @@ func (p *Provider) deleteVM(ctx context.Context, pod *corev1.Pod) error {
 func (p *Provider) storeIfCurrent(pod, updated *corev1.Pod) bool {
 	p.mu.Lock()
 	cur, ok := p.pods[key(pod.Namespace, pod.Name)]
-	p.mu.Unlock()
-	if ok && cur.UID == pod.UID {
-		p.store(updated)
-		return true
+	if !ok || cur.UID != pod.UID {
+		p.mu.Unlock()
+		return false
 	}
-	return false
+	// The status is new; the rest is what the node knows now (UpdatePod may have come meanwhile).
+	upd := cur.DeepCopy()
+	upd.Status = *updated.Status.DeepCopy()
+	upd.Status.EphemeralContainerStatuses = ephemeralStatuses(upd)
+	p.pods[key(pod.Namespace, pod.Name)] = upd
+	notify := p.notify
+	p.mu.Unlock()
+	notify(upd.DeepCopy())
+	return true
 }
 
 // vmSize derives a VM's memory (MiB) and vCPUs from its containers' limits, else requests: the app containers'

@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 )
@@ -454,8 +455,7 @@ func testLifecycle(t *testing.T, nodeName, reg string, nodeLog func() string) {
 	}
 	follow.waitFor(t, "GET /prestop", 30*time.Second)
 
-	deadline := base("deadline")
-	deadline.Spec.ActiveDeadlineSeconds = new(int64(3))
+	deadline := base("deadline") // its deadline is set once it runs, as the API allows
 	deadline.Spec.Containers = []corev1.Container{{Name: "web", Image: reg + "/hello:1"}}
 	if _, err := pods.Create(ctx, deadline, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -487,6 +487,25 @@ func testLifecycle(t *testing.T, nodeName, reg string, nodeLog func() string) {
 		if term := p.Status.ContainerStatuses[0].State.Terminated; term == nil || strings.TrimSpace(term.Message) != want {
 			t.Errorf("pod %s termination = %+v, want message %q", name, p.Status.ContainerStatuses[0].State, want)
 		}
+	}
+	waitRunning(t, "deadline", nodeLog)
+	// kubectl debug adds an ephemeral container, which a VM fixed at creation cannot run: it shows terminated
+	// with reason Unsupported, and an Event says why.
+	kubectl(t, "debug", "deadline", "--image", reg+"/hello:1", "-c", "debugger", "--", "sh")
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		p, err := pods.Get(ctx, "deadline", metav1.GetOptions{})
+		if err != nil || len(p.Status.EphemeralContainerStatuses) != 1 {
+			return false, nil
+		}
+		term := p.Status.EphemeralContainerStatuses[0].State.Terminated
+		return term != nil && term.Reason == "Unsupported" && strings.Contains(term.Message, "debugger"), nil
+	})
+	if err != nil {
+		t.Errorf("an ephemeral container: no terminated status with reason Unsupported: %v", err)
+	}
+	waitEvent(t, "deadline", "Unsupported")
+	if _, err := pods.Patch(ctx, "deadline", types.MergePatchType, []byte(`{"spec":{"activeDeadlineSeconds":3}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
 	}
 	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 		p, err := pods.Get(ctx, "deadline", metav1.GetOptions{})
