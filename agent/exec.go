@@ -226,7 +226,7 @@ func openPTY() (master, slave *os.File, err error) {
 // keeps one open. It returns when the run ends (with its exit code) or ctx does.
 func (r *runtime) attachTo(ctx context.Context, c *container, req protocol.AttachRequest, br *bufio.Reader, fw *protocol.FrameWriter) (int, error) {
 	r.mu.Lock()
-	run, ended, stdin, running := c.run, c.ended, c.stdin, c.pid != 0
+	run, ended, stdin, tty, running := c.run, c.ended, c.stdin, c.tty, c.pid != 0
 	r.mu.Unlock()
 	if !running {
 		return -1, fmt.Errorf("container %s is not running", c.Name)
@@ -234,13 +234,25 @@ func (r *runtime) attachTo(ctx context.Context, c *container, req protocol.Attac
 	if req.Stdin && stdin == nil {
 		return -1, fmt.Errorf("container %s does not keep stdin open (stdin: true in its spec)", c.Name)
 	}
-	if req.TTY {
-		return -1, fmt.Errorf("container %s has no terminal: i2kit runs containers without tty", c.Name)
+	if req.TTY && tty == nil {
+		return -1, fmt.Errorf("container %s has no terminal (tty: true in its spec)", c.Name)
 	}
 	recs, cancel := run.Subscribe()
 	defer cancel()
-	if req.Stdin {
-		go readInput(br, nopCloser{stdin}, nil)
+	if req.Stdin || req.TTY {
+		var in io.WriteCloser // nil: input is dropped, resizes still apply
+		switch {
+		case req.Stdin && c.rc.StdinOnce && !c.rc.TTY:
+			// The main process reads EOF once this attach closes its input or ends.
+			in = stdin
+			defer stdin.Close()
+		case req.Stdin:
+			in = nopCloser{stdin} // stdin stays open for the next attach
+		}
+		if !req.TTY {
+			tty = nil
+		}
+		go readInput(br, in, tty)
 	}
 	for {
 		select {

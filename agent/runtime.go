@@ -84,6 +84,7 @@ type container struct {
 	run    *crilog.Run   // the current run's log
 	ended  chan struct{} // closed when the current run ends
 	stdin  *os.File      // the main process's stdin, when rc.Stdin
+	tty    *os.File      // the main process's terminal (master side), when rc.TTY
 	wake   chan struct{} // cuts a back-off short when the pod stops
 }
 
@@ -391,7 +392,7 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 	}
 	r.mu.Unlock()
 	spec, _ := json.Marshal(supervisorSpec{Container: c.Container, Security: c.rc.Security, Env: c.rc.Env, Root: c.root, Hostname: hostname,
-		Hosts: hosts, Resolv: resolv, Mounts: mounts})
+		Hosts: hosts, Resolv: resolv, Mounts: mounts, TTY: c.rc.TTY})
 	cmd := exec.Command("/proc/self/exe", SupervisorArg)
 	cmd.Args[0] = "i2kit-init" // what ps shows as the container's PID 1
 	cmd.Env = []string{supervisorEnv + "=" + string(spec)}
@@ -404,31 +405,52 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 			cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cg.Fd())
 		}
 	}
-	var stdinW *os.File
-	if c.rc.Stdin {
-		pr, pw, err := os.Pipe()
-		if err != nil {
-			return 0, "", err
-		}
-		defer pr.Close()
-		cmd.Stdin, stdinW = pr, pw
-	}
 	var wg sync.WaitGroup
-	outputs := []*os.File{}
-	for _, stream := range []string{"stdout", "stderr"} {
-		pr, pw, err := os.Pipe()
+	var stdinW, tty *os.File // what attach writes to; the terminal's master, with rc.TTY
+	var outputs []*os.File   // the child's ends, closed here once it started
+	console := &consoleLines{r: r, prefix: "[" + c.Name + "] "}
+	if c.rc.TTY {
+		master, slave, err := openPTY()
 		if err != nil {
 			return 0, "", err
 		}
-		outputs = append(outputs, pw)
+		defer master.Close()
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+		outputs, tty = []*os.File{slave}, master
+		if c.rc.Stdin {
+			stdinW = master
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer pr.Close()
-			io.Copy(io.MultiWriter(run.Stream(stream), &consoleLines{r: r, prefix: "[" + c.Name + "] "}), pr) //nolint:errcheck
+			// A terminal merges the streams: it is logged as stdout, as a kubelet logs it. Reads end (EIO) once
+			// every process has closed the terminal.
+			io.Copy(io.MultiWriter(run.Stream("stdout"), console), master) //nolint:errcheck
 		}()
+	} else {
+		if c.rc.Stdin {
+			pr, pw, err := os.Pipe()
+			if err != nil {
+				return 0, "", err
+			}
+			defer pr.Close()
+			cmd.Stdin, stdinW = pr, pw
+		}
+		for _, stream := range []string{"stdout", "stderr"} {
+			pr, pw, err := os.Pipe()
+			if err != nil {
+				return 0, "", err
+			}
+			outputs = append(outputs, pw)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer pr.Close()
+				io.Copy(io.MultiWriter(run.Stream(stream), console), pr) //nolint:errcheck
+			}()
+		}
+		cmd.Stdout, cmd.Stderr = outputs[0], outputs[1]
 	}
-	cmd.Stdout, cmd.Stderr = outputs[0], outputs[1]
 	ooms := oomKills(c.cgroup)
 	err = startInPIDNamespace(cmd, pidns)
 	for _, f := range outputs {
@@ -443,7 +465,7 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 	}
 	ended := make(chan struct{})
 	r.mu.Lock()
-	c.pid, c.run, c.ended, c.stdin = cmd.Process.Pid, run, ended, stdinW
+	c.pid, c.run, c.ended, c.stdin, c.tty = cmd.Process.Pid, run, ended, stdinW, tty
 	c.status.State = protocol.ContainerState{State: protocol.Running, StartedAt: time.Now()}
 	c.status.Started = c.rc.Startup == nil // else the startup probe sets it, and Ready (see probe)
 	c.status.Ready = c.status.Started && c.rc.Readiness == nil
@@ -460,7 +482,7 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 	}
 	wg.Wait()
 	r.mu.Lock()
-	c.pid, c.stdin = 0, nil
+	c.pid, c.stdin, c.tty = 0, nil, nil
 	c.status.Ready, c.status.Started = false, false
 	close(ended)
 	r.mu.Unlock()

@@ -39,6 +39,9 @@ type supervisorSpec struct {
 	Resolv   []byte             `json:"resolv,omitempty"` // /etc/resolv.conf, when the node sent one
 	// Mounts are bound into Root in order (see bindVolumes).
 	Mounts []bindMount `json:"mounts,omitempty"`
+	// TTY: the supervisor's standard input, output and error are a terminal, which becomes the main process's
+	// controlling terminal (in a session of its own).
+	TTY bool `json:"tty,omitempty"`
 }
 
 // bindMount binds Source, a path in the agent's mount namespace, at Target, a path in the container.
@@ -117,7 +120,7 @@ func Supervise() error {
 	signal.Notify(sigs, syscall.SIGCHLD, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT,
 		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH)
 	main, err := syscall.ForkExec(path, c.Argv, &syscall.ProcAttr{Dir: c.WorkingDir, Env: env,
-		Files: []uintptr{0, 1, 2}, Sys: &syscall.SysProcAttr{Credential: cred}})
+		Files: []uintptr{0, 1, 2}, Sys: &syscall.SysProcAttr{Credential: cred, Setsid: c.TTY, Setctty: c.TTY}})
 	if err != nil {
 		return fmt.Errorf("starting %q, %w", c.Argv[0], err)
 	}

@@ -16,8 +16,7 @@ const ReasonUnsupported = "Unsupported"
 //   - hostNetwork, hostPID, hostIPC and hostPath: the host is the hypervisor's, and a pod VM shares none of it;
 //   - privileged containers: privilege inside the VM would not be what the pod asked for on a node;
 //   - volumes other than emptyDir, configMap, secret, downwardAPI and projected: the node has no storage to
-//     attach to a VM yet;
-//   - tty: a container's main process runs without a terminal (kubectl exec -it has one).
+//     attach to a VM yet.
 func admit(pod *corev1.Pod) string {
 	var why []string
 	s := pod.Spec
@@ -39,9 +38,6 @@ func admit(pod *corev1.Pod) string {
 	for _, c := range append(append([]corev1.Container(nil), s.InitContainers...), s.Containers...) {
 		if sc := c.SecurityContext; sc != nil && sc.Privileged != nil && *sc.Privileged {
 			why = append(why, fmt.Sprintf("privileged container %q", c.Name))
-		}
-		if c.TTY {
-			why = append(why, fmt.Sprintf("tty of container %q (containers run without a terminal; kubectl exec -it has one)", c.Name))
 		}
 	}
 	if len(why) == 0 {

@@ -39,7 +39,7 @@ func TestAdmit(t *testing.T) {
 		{"envFrom", func(p *corev1.Pod) {
 			p.Spec.Containers[0].EnvFrom = []corev1.EnvFromSource{{ConfigMapRef: &corev1.ConfigMapEnvSource{}}}
 		}, ""},
-		{"tty", func(p *corev1.Pod) { p.Spec.Containers[0].TTY = true }, `tty of container "web"`},
+		{"tty", func(p *corev1.Pod) { p.Spec.Containers[0].TTY, p.Spec.Containers[0].Stdin = true, true }, ""},
 		{"shareProcessNamespace", func(p *corev1.Pod) { p.Spec.ShareProcessNamespace = &yes }, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

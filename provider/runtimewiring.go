@@ -171,7 +171,7 @@ func podConfig(pod *corev1.Pod, podIP string, rt podRuntime, resolv []byte) prot
 	}
 	cfg.ShareProcessNamespace = pod.Spec.ShareProcessNamespace != nil && *pod.Spec.ShareProcessNamespace
 	for _, c := range append(append([]corev1.Container(nil), pod.Spec.InitContainers...), pod.Spec.Containers...) {
-		cc := protocol.ContainerConfig{Name: c.Name, Stdin: c.Stdin, Env: rt.Env[c.Name], Mounts: rt.Mounts[c.Name],
+		cc := protocol.ContainerConfig{Name: c.Name, Stdin: c.Stdin, StdinOnce: c.StdinOnce, TTY: c.TTY, Env: rt.Env[c.Name], Mounts: rt.Mounts[c.Name],
 			Command: rt.Command[c.Name], Args: rt.Args[c.Name],
 			Security: securityFor(pod, c), Liveness: probeFor(c, c.LivenessProbe),
 			Readiness: probeFor(c, c.ReadinessProbe), Startup: probeFor(c, c.StartupProbe),

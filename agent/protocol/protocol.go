@@ -118,6 +118,11 @@ type ContainerConfig struct {
 	Env []string `json:"env,omitempty"`
 	// Stdin keeps the main process's standard input open for attach.
 	Stdin bool `json:"stdin,omitempty"`
+	// StdinOnce closes that standard input when the first attach that wrote to it ends (not with TTY).
+	StdinOnce bool `json:"stdinOnce,omitempty"`
+	// TTY gives the main process a terminal for its standard input, output and error (its controlling
+	// terminal); the output is logged as stdout, and attach with TTY drives it (resizes included).
+	TTY bool `json:"tty,omitempty"`
 	// MemoryLimit in bytes and CPULimit in millicores; 0 is unlimited.
 	MemoryLimit int64 `json:"memoryLimit,omitempty"`
 	CPULimit    int64 `json:"cpuLimit,omitempty"`

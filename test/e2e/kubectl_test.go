@@ -192,12 +192,22 @@ func testKubectl(t *testing.T, pod corev1.Pod) {
 
 // testExecTTY drives `kubectl exec -it` from a pseudo-terminal, as a user at a shell does.
 func testExecTTY(t *testing.T, name string) {
+	got, err := driveTTY(t, "echo $((6*7))-tty; tty; exit 0\n", "exec", "-it", name, "--", "sh")
+	if err != nil || !strings.Contains(got, "42-tty") || !strings.Contains(got, "/dev/pts/") {
+		t.Errorf("kubectl exec -it sh: %v; the terminal showed %q", err, got)
+	}
+}
+
+// driveTTY runs kubectl with args on a pseudo-terminal, as a user at a shell does, types input, and returns what
+// the terminal showed once kubectl has exited (or a minute has passed).
+func driveTTY(t *testing.T, input string, args ...string) (string, error) {
+	t.Helper()
 	master, slave, err := openPTY()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer master.Close()
-	cmd := exec.Command(env.Kubectl, "--kubeconfig", env.Plane.KubeconfigPath(), "exec", "-it", name, "--", "sh")
+	cmd := exec.Command(env.Kubectl, append([]string{"--kubeconfig", env.Plane.KubeconfigPath()}, args...)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 	if err := cmd.Start(); err != nil {
@@ -222,7 +232,7 @@ func testExecTTY(t *testing.T, name string) {
 			}
 		}
 	}()
-	io.WriteString(master, "echo $((6*7))-tty; tty; exit 0\n") //nolint:errcheck
+	io.WriteString(master, input) //nolint:errcheck
 	waited := make(chan error, 1)
 	go func() { waited <- cmd.Wait() }()
 	select {
@@ -233,11 +243,8 @@ func testExecTTY(t *testing.T, name string) {
 	master.Close()
 	<-done
 	mu.Lock()
-	got := out.String()
-	mu.Unlock()
-	if err != nil || !strings.Contains(got, "42-tty") || !strings.Contains(got, "/dev/pts/") {
-		t.Errorf("kubectl exec -it sh: %v; the terminal showed %q", err, got)
-	}
+	defer mu.Unlock()
+	return out.String(), err
 }
 
 func openPTY() (master, slave *os.File, err error) {

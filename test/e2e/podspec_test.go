@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -36,6 +37,7 @@ func TestPodSpec(t *testing.T) {
 	t.Run("init containers, lifecycle, hosts", func(t *testing.T) { testLifecycle(t, nodeName, reg, n.Log) })
 	t.Run("services", func(t *testing.T) { testServices(t, nodeName, reg, n.Log) })
 	t.Run("jobs", func(t *testing.T) { testJobs(t, nodeName, reg, n.Log) })
+	t.Run("terminal", func(t *testing.T) { testTerminal(t, nodeName, reg, n.Log) })
 	t.Run("kubectl top", func(t *testing.T) { testKubectlTop(t, nodeName, reg, n.Log) })
 	t.Run("shared process namespace", func(t *testing.T) { testSharedProcessNamespace(t, nodeName, reg, n.Log) })
 }
@@ -625,4 +627,53 @@ func containsLine(out, line string) bool {
 		}
 	}
 	return false
+}
+
+// testTerminal runs a pod whose container has a terminal (tty and stdin, as kubectl run -it makes): kubectl attach
+// -it drives its shell from a pseudo-terminal, the shell sees a terminal, and its exit code ends the pod.
+func testTerminal(t *testing.T, nodeName, reg string, nodeLog func() string) {
+	ctx := context.Background()
+	pods := env.Client.CoreV1().Pods("default")
+	t.Cleanup(func() { pods.Delete(ctx, "term", metav1.DeleteOptions{}) }) //nolint:errcheck
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "term"},
+		Spec: corev1.PodSpec{NodeName: nodeName, AutomountServiceAccountToken: new(false), RestartPolicy: corev1.RestartPolicyNever,
+			Tolerations: []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+			Containers: []corev1.Container{{Name: "shell", Image: reg + "/hello:1", Command: []string{"sh"},
+				Stdin: true, TTY: true}}}}
+	if _, err := pods.Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, "term", nodeLog)
+	got, err := driveTTY(t, "echo $((6*7))-tty; tty; exit 3\n", "attach", "-it", "term")
+	if !strings.Contains(got, "42-tty") || !strings.Contains(got, "/dev/pts/") {
+		t.Errorf("kubectl attach -it to a shell with a terminal: %v; the terminal showed %q", err, got)
+	}
+	p := waitPhase(t, "term", corev1.PodFailed, nodeLog)
+	if term := p.Status.ContainerStatuses[0].State.Terminated; term == nil || term.ExitCode != 3 {
+		t.Errorf("the shell's container ended %+v, want exit code 3", p.Status.ContainerStatuses[0].State)
+	}
+	if out := kubectl(t, "logs", "term"); !strings.Contains(out, "42-tty") {
+		t.Errorf("kubectl logs of the terminal = %q, want what the shell printed", out)
+	}
+
+	// stdinOnce: the first attach's end closes the main process's stdin, which reads EOF.
+	once := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "stdin-once"},
+		Spec: corev1.PodSpec{NodeName: nodeName, AutomountServiceAccountToken: new(false), RestartPolicy: corev1.RestartPolicyNever,
+			Tolerations: []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+			Containers: []corev1.Container{{Name: "reader", Image: reg + "/hello:1", Command: []string{"sh", "-c", "cat; echo got-eof"},
+				Stdin: true, StdinOnce: true}}}}
+	if _, err := pods.Create(ctx, once, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pods.Delete(ctx, "stdin-once", metav1.DeleteOptions{}) }) //nolint:errcheck
+	waitRunning(t, "stdin-once", nodeLog)
+	attach := exec.Command(env.Kubectl, "--kubeconfig", env.Plane.KubeconfigPath(), "attach", "-i", "stdin-once")
+	attach.Stdin = strings.NewReader("typed\n")
+	if out, err := attach.CombinedOutput(); err != nil {
+		t.Errorf("kubectl attach -i: %v: %s", err, out)
+	}
+	waitPhase(t, "stdin-once", corev1.PodSucceeded, nodeLog)
+	if out := kubectl(t, "logs", "stdin-once"); out != "typed\ngot-eof\n" {
+		t.Errorf("logs of a stdinOnce container after one attach = %q, want %q", out, "typed\ngot-eof\n")
+	}
 }
