@@ -38,8 +38,9 @@ const (
 // not lent to this pod under IfNotPresent or Never unless it holds those credentials or the registry lets it in
 // (vmimage.Pull says how), as a kubelet with KubeletEnsureSecretPulledImages does: without that, a pod could run a
 // private image it has no right to. A pull secret that cannot be read is left out with a Warning Event
-// FailedToRetrieveImagePullSecret, as a kubelet does. A failure leaves the containers waiting with ErrImagePull
-// (ErrImageNeverPull for an image absent under policy Never), says why in a Warning Event, and is tried again with
+// FailedToRetrieveImagePullSecret, as a kubelet does. A failure leaves the containers waiting with ErrImagePull,
+// then ImagePullBackOff (ErrImageNeverPull for an image absent under policy Never), says why in a Warning Event,
+// and is tried again with
 // the kubelet's back-off for as long as the pod is on the node, so that a pull secret or an image that comes later
 // lets the pod start. It returns false once the pod is gone.
 func (p *Provider) pullImage(ctx context.Context, pod *corev1.Pod) (*vmimage.Image, bool) {
@@ -83,11 +84,25 @@ func (p *Provider) pullImage(ctx context.Context, pod *corev1.Pod) (*vmimage.Ima
 		if !p.storeIfCurrent(pod, pendingStatus(pod, p.cfg.InternalIP, reason, msg, time.Now())) {
 			return nil, false
 		}
-		p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "BackOff", "Back-off pulling image %q", images(pod))
+		next := time.Now().Add(wait)
+		if reason == "ErrImagePull" {
+			// As on a kubelet: ErrImagePull until the next look at the pod, then ImagePullBackOff until the next
+			// attempt.
+			p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "BackOff", "Back-off pulling image %q", images(pod))
+			select {
+			case <-ctx.Done():
+				return nil, false
+			case <-time.After(min(wait, time.Second)):
+			}
+			backoff := fmt.Sprintf("Back-off pulling image %q: %s", images(pod), msg)
+			if !p.storeIfCurrent(pod, pendingStatus(pod, p.cfg.InternalIP, "ImagePullBackOff", backoff, time.Now())) {
+				return nil, false
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return nil, false
-		case <-time.After(wait):
+		case <-time.After(time.Until(next)):
 		}
 		wait = min(2*wait, maxPullBackoff)
 	}

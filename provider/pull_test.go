@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -282,15 +283,38 @@ func TestPullFailuresAreReportedAndRetried(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			images := &recordingImages{errs: []error{tc.err, tc.err}}
 			p, events := newPullProvider(t, images)
+			var mu sync.Mutex
+			var waiting []corev1.ContainerStateWaiting // every waiting state reported, in order
+			p.NotifyPods(context.Background(), func(pod *corev1.Pod) {
+				if cs := pod.Status.ContainerStatuses; len(cs) > 0 && cs[0].State.Waiting != nil {
+					mu.Lock()
+					waiting = append(waiting, *cs[0].State.Waiting)
+					mu.Unlock()
+				}
+			})
 			if err := p.CreatePod(context.Background(), plainPod("a")); err != nil {
 				t.Fatal(err)
 			}
-			got := waitWaiting(t, p, tc.reason, tc.msg)
-			if w := got.Status.ContainerStatuses[0].State.Waiting; tc.reason == "ErrImageNeverPull" && w.Message != tc.msg {
-				t.Errorf("message %q, want the kubelet's %q", w.Message, tc.msg)
-			}
 			waitPhase(t, p, "a", corev1.PodRunning)
-			for _, e := range []string{tc.event, "Warning Failed Error: " + tc.reason, "Normal BackOff Back-off pulling image"} {
+			mu.Lock()
+			var reasons []string
+			for _, w := range waiting {
+				if w.Reason == tc.reason && !strings.Contains(w.Message, tc.msg) || tc.reason == "ErrImageNeverPull" && w.Reason == tc.reason && w.Message != tc.msg {
+					t.Errorf("%s message %q, want %q", w.Reason, w.Message, tc.msg)
+				}
+				if len(reasons) == 0 || reasons[len(reasons)-1] != w.Reason {
+					reasons = append(reasons, w.Reason)
+				}
+			}
+			mu.Unlock()
+			want := []string{"ContainerCreating", tc.reason} // until the attempt that succeeds
+			if tc.reason == "ErrImagePull" { // then ImagePullBackOff until the next attempt, as on a kubelet
+				want = []string{"ContainerCreating", "ErrImagePull", "ImagePullBackOff", "ErrImagePull", "ImagePullBackOff"}
+			}
+			if !slices.Equal(reasons, want) {
+				t.Errorf("waiting reasons %q, want %q", reasons, want)
+			}
+			for _, e := range []string{tc.event, "Warning Failed Error: " + tc.reason} {
 				if !events.has(e) {
 					t.Errorf("no Event %q:\n%s", e, events)
 				}

@@ -71,13 +71,17 @@ func TestImages(t *testing.T) {
 
 	// Without it, the image the node now has is not lent: the registry is asked, and says 401.
 	create("no-secret", "1", corev1.PullIfNotPresent)
-	msg := waitWaitingFor(t, "no-secret", "ErrImagePull", n.Log)
+	// ErrImagePull, then ImagePullBackOff until the next attempt, as on a kubelet.
+	msg := waitWaitingFor(t, "no-secret", "ImagePullBackOff", n.Log)
 	if up := strings.ToUpper(msg); !strings.Contains(up, "401") && !strings.Contains(up, "UNAUTHORIZED") {
-		t.Errorf("ErrImagePull message %q does not name the registry's 401", msg)
+		t.Errorf("ImagePullBackOff message %q does not name the registry's 401", msg)
 	}
 	waitEvent(t, "no-secret", "Failed")
-	if out := kubectl(t, "get", "pod", "no-secret"); !strings.Contains(out, "ErrImagePull") {
-		t.Errorf("kubectl get pod shows no ErrImagePull:\n%s", out)
+	if out := kubectl(t, "get", "events", "--field-selector", "involvedObject.name=no-secret,reason=Failed"); !strings.Contains(out, "Error: ErrImagePull") {
+		t.Errorf("no Failed Event with ErrImagePull:\n%s", out)
+	}
+	if out := kubectl(t, "get", "pod", "no-secret"); !strings.Contains(out, "ImagePullBackOff") {
+		t.Errorf("kubectl get pod shows no ImagePullBackOff:\n%s", out)
 	}
 
 	// Never: an image the node never pulled waits; one it pulled (with this pod's secret) runs.
