@@ -169,9 +169,12 @@ func (r *runtime) configure(cfg protocol.PodConfig) error {
 	}
 	r.changedLocked()
 	r.mu.Unlock()
+	t0 := time.Now()
 	if err := r.services.set(cfg.Services); err != nil {
 		// The containers run; what they reach through Services fails, and the console says why.
 		r.say("i2kit-agent: service forwarding: %v", err)
+	} else {
+		r.say("i2kit-agent: %d service ports forwarded (%s)", len(cfg.Services), time.Since(t0).Round(time.Millisecond))
 	}
 	if err := r.makeVolumes(cfg.Volumes); err != nil {
 		r.say("i2kit-agent: %v", err)

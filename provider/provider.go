@@ -114,9 +114,7 @@ func (p *Provider) UpdatePod(_ context.Context, pod *corev1.Pod) error {
 		p.mu.Unlock()
 		return errdefs.NotFoundf("pod %s/%s is not known to this node", pod.Namespace, pod.Name)
 	}
-	upd := pod.DeepCopy()
-	upd.Status = *old.Status.DeepCopy()
-	upd.Status.EphemeralContainerStatuses = ephemeralStatuses(upd)
+	upd := withStatus(pod, old.Status)
 	p.pods[key(pod.Namespace, pod.Name)] = upd
 	notify := p.notify
 	p.mu.Unlock()
@@ -157,6 +155,15 @@ func notApplied(old, upd *corev1.Pod) []string {
 func ephemeralUnsupported(name string) string {
 	return fmt.Sprintf("ephemeral container %s cannot run: a pod VM's image is fixed when it is created; "+
 		"use kubectl exec, or kubectl debug --copy-to for a new pod", name)
+}
+
+// withStatus is a copy of pod with status st, in which its ephemeral containers' statuses are derived from its spec
+// (see ephemeralStatuses).
+func withStatus(pod *corev1.Pod, st corev1.PodStatus) *corev1.Pod {
+	upd := pod.DeepCopy()
+	upd.Status = *st.DeepCopy()
+	upd.Status.EphemeralContainerStatuses = ephemeralStatuses(upd)
+	return upd
 }
 
 // ephemeralStatuses reports each of a pod's ephemeral containers as never run: terminated with reason Unsupported.

@@ -308,7 +308,7 @@ func TestPullFailuresAreReportedAndRetried(t *testing.T) {
 			}
 			mu.Unlock()
 			want := []string{"ContainerCreating", tc.reason} // until the attempt that succeeds
-			if tc.reason == "ErrImagePull" { // then ImagePullBackOff until the next attempt, as on a kubelet
+			if tc.reason == "ErrImagePull" {                 // then ImagePullBackOff until the next attempt, as on a kubelet
 				want = []string{"ContainerCreating", "ErrImagePull", "ImagePullBackOff", "ErrImagePull", "ImagePullBackOff"}
 			}
 			if !slices.Equal(reasons, want) {

@@ -158,9 +158,7 @@ func (p *Provider) storeIfCurrent(pod, updated *corev1.Pod) bool {
 		return false
 	}
 	// The status is new; the rest is what the node knows now (UpdatePod may have come meanwhile).
-	upd := cur.DeepCopy()
-	upd.Status = *updated.Status.DeepCopy()
-	upd.Status.EphemeralContainerStatuses = ephemeralStatuses(upd)
+	upd := withStatus(cur, updated.Status)
 	p.pods[key(pod.Namespace, pod.Name)] = upd
 	notify := p.notify
 	p.mu.Unlock()

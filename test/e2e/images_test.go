@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"net"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -137,12 +135,7 @@ func privateRegistry(t *testing.T, user, password string, tags ...string) string
 	}
 	srv := devregistry.Serve(l, devregistry.BasicAuth(user, password))
 	t.Cleanup(func() { srv.Close() })
-	bin := filepath.Join(t.TempDir(), "hello")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "github.com/i2kit/i2kit/examples/hello")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building examples/hello: %v: %s", err, out)
-	}
+	bin := buildStatic(t, "github.com/i2kit/i2kit/examples/hello")
 	addr := l.Addr().String()
 	if err := devregistry.PushBinary(addr+"/private/hello:"+tags[0], bin, "/bin/busybox"); err == nil || !strings.Contains(strings.ToUpper(err.Error()), "UNAUTHORIZED") {
 		t.Fatalf("an anonymous push to the private registry: %v, want UNAUTHORIZED", err)

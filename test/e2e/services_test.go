@@ -2,9 +2,6 @@ package e2e
 
 import (
 	"context"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -24,12 +21,7 @@ import (
 // args, forwards to another pod VM; a Service without endpoints refuses connections at once.
 func testServices(t *testing.T, nodeName, reg string, nodeLog func() string) {
 	ctx := context.Background()
-	bin := filepath.Join(t.TempDir(), "incluster")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "github.com/i2kit/i2kit/test/incluster")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building test/incluster: %v: %s", err, out)
-	}
+	bin := buildStatic(t, "github.com/i2kit/i2kit/test/incluster")
 	if err := devregistry.PushBinary(reg+"/incluster:1", bin, "/bin/busybox"); err != nil {
 		t.Fatal(err)
 	}

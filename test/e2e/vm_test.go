@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -35,16 +36,23 @@ func localRegistry(t testing.TB) string {
 	}
 	srv := devregistry.Serve(l)
 	t.Cleanup(func() { srv.Close() })
-	bin := filepath.Join(t.TempDir(), "hello")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "github.com/i2kit/i2kit/examples/hello")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building examples/hello: %v: %s", err, out)
-	}
+	bin := buildStatic(t, "github.com/i2kit/i2kit/examples/hello")
 	if err := devregistry.PushBinary(l.Addr().String()+"/hello:1", bin, "/bin/busybox"); err != nil {
 		t.Fatal(err)
 	}
 	return l.Addr().String()
+}
+
+// buildStatic builds the Go command pkg as a static linux/amd64 binary, for an image, and returns its path.
+func buildStatic(t testing.TB, pkg string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), path.Base(pkg))
+	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, pkg)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building %s: %v: %s", pkg, err, out)
+	}
+	return bin
 }
 
 // TestPodsRunAsVMs runs a 3-replica Deployment on a node with the qemu backend: every pod becomes a VM whose IP
