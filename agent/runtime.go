@@ -83,6 +83,9 @@ type container struct {
 	pid    int           // the supervisor's, while a run is on
 	run    *crilog.Run   // the current run's log
 	ended  chan struct{} // closed when the current run ends
+	// started is closed once the current run's supervisor forwards signals (it has started the main process) or
+	// has failed: a signal sent before might be lost.
+	started chan struct{}
 	stdin  *os.File      // the main process's stdin, when rc.Stdin
 	tty    *os.File      // the main process's terminal (master side), when rc.TTY
 	wake   chan struct{} // cuts a back-off short when the pod stops
@@ -399,7 +402,12 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 	cmd := exec.Command("/proc/self/exe", SupervisorArg)
 	cmd.Args[0] = "i2kit-init" // what ps shows as the container's PID 1
 	cmd.Env = []string{supervisorEnv + "=" + string(spec)}
-	cmd.ExtraFiles = []*os.File{lis}
+	startedR, startedW, err := os.Pipe() // the supervisor writes a byte once the main process runs
+	if err != nil {
+		return 0, "", err
+	}
+	defer startedR.Close()
+	cmd.ExtraFiles = []*os.File{lis, startedW}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: containerCloneflags(pidns != nil)}
 	if c.cgroup != "" {
 		cg, err := os.Open(c.cgroup)
@@ -456,6 +464,7 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 	}
 	ooms := oomKills(c.cgroup)
 	err = startInPIDNamespace(cmd, pidns)
+	startedW.Close()
 	for _, f := range outputs {
 		f.Close()
 	}
@@ -466,9 +475,14 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 		}
 		return 0, "", fmt.Errorf("starting %s, %w", c.Name, err)
 	}
-	ended := make(chan struct{})
+	ended, started := make(chan struct{}), make(chan struct{})
 	r.mu.Lock()
-	c.pid, c.run, c.ended, c.stdin, c.tty = cmd.Process.Pid, run, ended, stdinW, tty
+	c.pid, c.run, c.ended, c.started, c.stdin, c.tty = cmd.Process.Pid, run, ended, started, stdinW, tty
+	r.mu.Unlock()
+	// Running once the supervisor says the main process runs, or ended (EOF: it failed before, and says why).
+	startedR.Read(make([]byte, 1)) //nolint:errcheck
+	close(started)
+	r.mu.Lock()
 	c.status.State = protocol.ContainerState{State: protocol.Running, StartedAt: time.Now()}
 	c.status.Started = c.rc.Startup == nil // else the startup probe sets it, and Ready (see probe)
 	c.status.Ready = c.status.Started && c.rc.Readiness == nil
@@ -533,7 +547,7 @@ func (r *runtime) stop(ctx context.Context, grace time.Duration) {
 	defer r.stopPause() // once every container has ended
 	r.mu.Lock()
 	r.stopping = true
-	var waits []chan struct{}
+	var waits, starts []chan struct{}
 	var pids []int
 	for _, c := range r.containers {
 		select {
@@ -543,7 +557,7 @@ func (r *runtime) stop(ctx context.Context, grace time.Duration) {
 		}
 		if c.pid != 0 {
 			pids = append(pids, c.pid)
-			waits = append(waits, c.ended)
+			waits, starts = append(waits, c.ended), append(starts, c.started)
 		}
 	}
 	var hooked []*container
@@ -553,6 +567,7 @@ func (r *runtime) stop(ctx context.Context, grace time.Duration) {
 		}
 	}
 	r.mu.Unlock()
+	stopBy := time.Now().Add(grace)
 	deadline := time.NewTimer(grace)
 	defer deadline.Stop()
 	// preStop hooks run first, all at once, within the grace period; then the containers get SIGTERM.
@@ -569,7 +584,11 @@ func (r *runtime) stop(ctx context.Context, grace time.Duration) {
 	}
 	hooks.Wait()
 	cancel()
-	for _, pid := range pids {
+	for i, pid := range pids {
+		select { // a container just starting gets its SIGTERM once its supervisor can pass it on
+		case <-starts[i]:
+		case <-time.After(time.Until(stopBy)):
+		}
 		syscall.Kill(pid, syscall.SIGTERM) //nolint:errcheck
 	}
 	for i, w := range waits {

@@ -124,6 +124,11 @@ func Supervise() error {
 	if err != nil {
 		return fmt.Errorf("starting %q, %w", c.Argv[0], err)
 	}
+	// The agent counts the container as running from now on: signals are forwarded (a SIGTERM that came before
+	// the handlers were in place would have been dropped, the namespace's init ignoring what it does not handle).
+	started := os.NewFile(4, "started")
+	started.Write([]byte{1}) //nolint:errcheck
+	started.Close()
 	os.Stdin.Close()
 	go s.serve(lis, env, c.WorkingDir, cred)
 	for {
