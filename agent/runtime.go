@@ -86,9 +86,9 @@ type container struct {
 	// started is closed once the current run's supervisor forwards signals (it has started the main process) or
 	// has failed: a signal sent before might be lost.
 	started chan struct{}
-	stdin  *os.File      // the main process's stdin, when rc.Stdin
-	tty    *os.File      // the main process's terminal (master side), when rc.TTY
-	wake   chan struct{} // cuts a back-off short when the pod stops
+	stdin   *os.File      // the main process's stdin, when rc.Stdin
+	tty     *os.File      // the main process's terminal (master side), when rc.TTY
+	wake    chan struct{} // cuts a back-off short when the pod stops
 }
 
 func newRuntime(console io.Writer, image ImageConfig, hostname string) *runtime {
