@@ -105,7 +105,8 @@ func testRuntimeData(t *testing.T, nodeName, reg string, nodeLog func() string) 
 				{Name: "opt-cfg", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
 					LocalObjectReference: corev1.LocalObjectReference{Name: "no-such-cfg"}, Optional: &yes}}},
 				{Name: "opt-secret", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "no-such-secret", Optional: &yes}}},
-				{Name: "scratch", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory}}},
+				{Name: "scratch", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory,
+					SizeLimit: new(resource.MustParse("8Mi"))}}},
 				{Name: "podinfo", VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{Items: []corev1.DownwardAPIVolumeFile{
 					{Path: "labels", FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.labels"}}}}}},
 			},
@@ -138,6 +139,10 @@ func testRuntimeData(t *testing.T, nodeName, reg string, nodeLog func() string) 
 	// Optional volumes of a ConfigMap and a Secret that do not exist are mounted empty, as on a kubelet.
 	if got := kubectl(t, "exec", "runtime-data", "--", "ls", "/etc/opt-cfg", "/etc/opt-secret"); got != "/etc/opt-cfg:\n\n/etc/opt-secret:\n" {
 		t.Errorf("optional volumes of missing objects: ls = %q, want two empty directories", got)
+	}
+	// The emptyDir is its own tmpfs of its sizeLimit (the volume's mount reached the container's namespace).
+	if got := kubectl(t, "exec", "runtime-data", "--", "stat", "-f", "-c", "%T %S %b", "/scratch"); strings.TrimSpace(got) != "tmpfs 4096 2048" {
+		t.Errorf("stat -f /scratch = %q, want a tmpfs of 8 MiB (4096-byte blocks)", got)
 	}
 	if got := kubectl(t, "exec", "runtime-data", "--", "sh", "-c", "echo kept > /scratch/f && cat /scratch/f"); strings.TrimSpace(got) != "kept" {
 		t.Errorf("emptyDir write/read = %q", got)
