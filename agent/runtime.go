@@ -72,8 +72,6 @@ type container struct {
 	ctl  string // the supervisor's control socket
 	// rootErr is why the root could not be prepared (see prepareRoots).
 	rootErr error
-	// spare is a supervisor started at boot for the first run (see takeSpare); guarded by runtime.mu.
-	spare *supervisorProc
 	// createErr is why the container cannot be created from the pod's configuration (no command, a user that
 	// breaks runAsNonRoot); set once by configure, it never starts.
 	createErr error
@@ -247,59 +245,9 @@ func (r *runtime) prepare(c *container) error {
 // from configuration to running containers. rootsDone is closed when it is over.
 func (r *runtime) prepareRoots() {
 	defer close(r.rootsDone)
-	// Supervisors started now copy the mounts of this moment: the volumes, mounted once the pod's configuration
-	// comes, must reach them (a shared mount propagates what is mounted under it later).
-	shared := makeShared(VolumesDir)
-	if shared != nil {
-		r.say("i2kit-agent: containers' supervisors start once configured: %v", shared)
-	}
 	for _, c := range r.containers {
 		c.rootErr = r.prepareRoot(c)
-		if c.rootErr != nil || shared != nil {
-			continue
-		}
-		sp, err := spawnSupervisor(c, false, true, nil, "")
-		if err != nil {
-			r.say("i2kit-agent: %v", err)
-			continue
-		}
-		r.mu.Lock()
-		c.spare = sp
-		r.mu.Unlock()
 	}
-}
-
-// makeShared makes dir a shared mount point (binding it onto itself), so that mounts made under it later appear
-// in the mount namespaces copied from this one.
-func makeShared(dir string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	if err := syscall.Mount(dir, dir, "", syscall.MS_BIND, ""); err != nil {
-		return fmt.Errorf("binding %s, %w", dir, err)
-	}
-	if err := syscall.Mount("", dir, "", syscall.MS_SHARED, ""); err != nil {
-		return fmt.Errorf("sharing %s, %w", dir, err)
-	}
-	return nil
-}
-
-// takeSpare returns c's spare supervisor (started at boot, before the pod's configuration, so that the Go
-// runtime's start is off the path to running containers) when it suits this run: a first run, without a
-// terminal, in a PID namespace of its own. One that does not suit is ended.
-func (r *runtime) takeSpare(c *container, pidns *os.File) *supervisorProc {
-	r.mu.Lock()
-	sp := c.spare
-	c.spare = nil
-	r.mu.Unlock()
-	if sp == nil {
-		return nil
-	}
-	if c.rc.TTY || pidns != nil {
-		sp.kill()
-		return nil
-	}
-	return sp
 }
 
 func (r *runtime) prepareRoot(c *container) error {
@@ -427,6 +375,11 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 		return 0, "", err
 	}
 	defer run.Close()
+	lis, err := listenControl(c.ctl)
+	if err != nil {
+		return 0, "", err
+	}
+	defer lis.Close()
 	mounts, err := r.bindMounts(c)
 	if err != nil {
 		return 0, "", err
@@ -446,44 +399,88 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 	r.mu.Unlock()
 	spec, _ := json.Marshal(supervisorSpec{Container: c.Container, Security: c.rc.Security, Env: c.rc.Env, Root: c.root, Hostname: hostname,
 		Hosts: hosts, Resolv: resolv, Mounts: mounts, TTY: c.rc.TTY})
-	sp := r.takeSpare(c, pidns)
-	if sp == nil {
-		if sp, err = spawnSupervisor(c, c.rc.TTY, c.rc.Stdin, pidns, c.cgroup); err != nil {
+	cmd := exec.Command("/proc/self/exe", SupervisorArg)
+	cmd.Args[0] = "i2kit-init" // what ps shows as the container's PID 1
+	cmd.Env = []string{supervisorEnv + "=" + string(spec)}
+	startedR, startedW, err := os.Pipe() // the supervisor writes a byte once the main process runs
+	if err != nil {
+		return 0, "", err
+	}
+	defer startedR.Close()
+	cmd.ExtraFiles = []*os.File{lis, startedW}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: containerCloneflags(pidns != nil)}
+	if c.cgroup != "" {
+		cg, err := os.Open(c.cgroup)
+		if err == nil {
+			defer cg.Close()
+			cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cg.Fd())
+		}
+	}
+	var wg sync.WaitGroup
+	var stdinW, tty *os.File // what attach writes to; the terminal's master, with rc.TTY
+	var outputs []*os.File   // the child's ends, closed here once it started
+	console := &consoleLines{r: r, prefix: "[" + c.Name + "] "}
+	if c.rc.TTY {
+		master, slave, err := openPTY()
+		if err != nil {
 			return 0, "", err
 		}
-	} else if err := sp.joinCgroup(c.cgroup); err != nil {
-		r.say("i2kit-agent: container %s runs without its cgroup: %v", c.Name, err)
-	}
-	defer sp.close()
-	if !c.rc.Stdin && sp.stdin != nil && !sp.tty { // a spare's stdin, not asked for: the main process reads EOF
-		sp.stdin.Close()
-		sp.stdin = nil
-	}
-	ooms := oomKills(c.cgroup)
-	sp.spec.Write(spec) //nolint:errcheck // a supervisor that is gone says why as it exits
-	sp.spec.Close()
-	var wg sync.WaitGroup
-	console := &consoleLines{r: r, prefix: "[" + c.Name + "] "}
-	streams := []string{"stdout", "stderr"} // a terminal merges them: it is logged as stdout, as a kubelet logs it
-	for i, out := range sp.outs {
+		defer master.Close()
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+		outputs, tty = []*os.File{slave}, master
+		if c.rc.Stdin {
+			stdinW = master
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			// Reads end at EOF, or EIO for a terminal, once every process has closed its end.
-			io.Copy(io.MultiWriter(run.Stream(streams[i]), console), out) //nolint:errcheck
+			// A terminal merges the streams: it is logged as stdout, as a kubelet logs it. Reads end (EIO) once
+			// every process has closed the terminal.
+			io.Copy(io.MultiWriter(run.Stream("stdout"), console), master) //nolint:errcheck
 		}()
+	} else {
+		if c.rc.Stdin {
+			pr, pw, err := os.Pipe()
+			if err != nil {
+				return 0, "", err
+			}
+			defer pr.Close()
+			cmd.Stdin, stdinW = pr, pw
+		}
+		for _, stream := range []string{"stdout", "stderr"} {
+			pr, pw, err := os.Pipe()
+			if err != nil {
+				return 0, "", err
+			}
+			outputs = append(outputs, pw)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer pr.Close()
+				io.Copy(io.MultiWriter(run.Stream(stream), console), pr) //nolint:errcheck
+			}()
+		}
+		cmd.Stdout, cmd.Stderr = outputs[0], outputs[1]
 	}
-	var tty *os.File
-	if sp.tty {
-		tty = sp.outs[0]
+	ooms := oomKills(c.cgroup)
+	err = startInPIDNamespace(cmd, pidns)
+	startedW.Close()
+	for _, f := range outputs {
+		f.Close()
 	}
-	cmd, stdinW := sp.cmd, sp.stdin
+	if err != nil {
+		wg.Wait()
+		if stdinW != nil {
+			stdinW.Close()
+		}
+		return 0, "", fmt.Errorf("starting %s, %w", c.Name, err)
+	}
 	ended, started := make(chan struct{}), make(chan struct{})
 	r.mu.Lock()
 	c.pid, c.run, c.ended, c.started, c.stdin, c.tty = cmd.Process.Pid, run, ended, started, stdinW, tty
 	r.mu.Unlock()
 	// Running once the supervisor says the main process runs, or ended (EOF: it failed before, and says why).
-	sp.started.Read(make([]byte, 1)) //nolint:errcheck
+	startedR.Read(make([]byte, 1)) //nolint:errcheck
 	close(started)
 	r.mu.Lock()
 	c.status.State = protocol.ContainerState{State: protocol.Running, StartedAt: time.Now()}
@@ -550,17 +547,6 @@ func (r *runtime) stop(ctx context.Context, grace time.Duration) {
 	defer r.stopPause() // once every container has ended
 	r.mu.Lock()
 	r.stopping = true
-	var spares []*supervisorProc
-	for _, c := range r.containers {
-		if c.spare != nil {
-			spares, c.spare = append(spares, c.spare), nil
-		}
-	}
-	r.mu.Unlock()
-	for _, sp := range spares {
-		sp.kill()
-	}
-	r.mu.Lock()
 	var waits, starts []chan struct{}
 	var pids []int
 	for _, c := range r.containers {

@@ -21,14 +21,9 @@ import (
 	"github.com/i2kit/i2kit/agent/protocol"
 )
 
-// The supervisor's inherited files: its control socket (3), where it says it has started the main process (4),
-// and where its configuration comes from (5), a supervisorSpec as JSON up to EOF. The configuration comes after
-// the start, so that a supervisor can be started before the pod's configuration is known (see spareSupervisor).
-const (
-	supervisorControlFD = 3
-	supervisorStartedFD = 4
-	supervisorSpecFD    = 5
-)
+// supervisorEnv carries a container's configuration to the agent's own re-execution inside the container's new
+// namespaces (see Supervise).
+const supervisorEnv = "I2KIT_CONTAINER"
 
 // SupervisorArg is the argument that makes i2kit-agent act as a container's supervisor (see Supervise).
 const SupervisorArg = "container-init"
@@ -83,12 +78,10 @@ func Supervise() error {
 	// set and no_new_privs, which are a thread's, are what the container's processes inherit.
 	goruntime.LockOSThread()
 	var c supervisorSpec
-	specFile := os.NewFile(supervisorSpecFD, "spec")
-	if err := json.NewDecoder(specFile).Decode(&c); err != nil {
+	if err := json.Unmarshal([]byte(os.Getenv(supervisorEnv)), &c); err != nil {
 		return fmt.Errorf("reading container spec, %w", err)
 	}
-	specFile.Close()
-	lis, err := net.FileListener(os.NewFile(supervisorControlFD, "control"))
+	lis, err := net.FileListener(os.NewFile(3, "control"))
 	if err != nil {
 		return fmt.Errorf("opening the control socket, %w", err)
 	}
@@ -133,7 +126,7 @@ func Supervise() error {
 	}
 	// The agent counts the container as running from now on: signals are forwarded (a SIGTERM that came before
 	// the handlers were in place would have been dropped, the namespace's init ignoring what it does not handle).
-	started := os.NewFile(supervisorStartedFD, "started")
+	started := os.NewFile(4, "started")
 	started.Write([]byte{1}) //nolint:errcheck
 	started.Close()
 	os.Stdin.Close()
