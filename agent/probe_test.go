@@ -348,7 +348,8 @@ func TestProberReadiness(t *testing.T) {
 	}
 	_, port := hostPort(t, lis.Addr().String())
 	r, c := probeRuntime(protocol.ContainerConfig{Name: "web", Readiness: &protocol.Probe{
-		TCPSocket: &protocol.TCPAction{Host: "127.0.0.1", Port: port}, PeriodSeconds: 1, TimeoutSeconds: 100, FailureThreshold: 2}})
+		TCPSocket: &protocol.TCPAction{Host: "127.0.0.1", Port: port}, PeriodSeconds: 1, TimeoutSeconds: 100, FailureThreshold: 2,
+		InitialDelaySeconds: 100}}) // the first probe, which passes, comes after the check of the state at start (1 s here)
 	_, done := fakeRun(t, r, c, "echo; exec sleep 60")
 	if st, _ := r.status(); st.Containers[0].Ready || !st.Containers[0].Started {
 		t.Errorf("at start: %+v", st.Containers[0])
