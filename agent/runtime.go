@@ -180,30 +180,30 @@ func (r *runtime) configure(cfg protocol.PodConfig) error {
 		r.say("i2kit-agent: %d service ports forwarded (%s)", len(cfg.Services), time.Since(t0).Round(time.Millisecond))
 	}
 	if err := r.makeVolumes(cfg.Volumes); err != nil {
-		r.say("i2kit-agent: %v", err)
-		for _, c := range r.containers {
-			r.setState(c, protocol.ContainerState{State: protocol.Waiting, Reason: "CreateContainerError", Message: err.Error()})
-		}
-		return err
+		return r.cannotCreate(r.containers, err)
 	}
 	if cfg.ShareProcessNamespace {
 		if err := r.startPause(); err != nil {
-			r.say("i2kit-agent: %v", err)
-			for _, c := range r.containers {
-				r.setState(c, protocol.ContainerState{State: protocol.Waiting, Reason: "CreateContainerError", Message: err.Error()})
-			}
-			return err
+			return r.cannotCreate(r.containers, err)
 		}
 	}
 	for _, c := range r.containers {
 		if err := r.prepare(c); err != nil {
-			r.say("i2kit-agent: preparing %s: %v", c.Name, err)
-			r.setState(c, protocol.ContainerState{State: protocol.Waiting, Reason: "CreateContainerError", Message: err.Error()})
-			return err
+			return r.cannotCreate([]*container{c}, err)
 		}
 	}
 	go r.startAll()
 	return nil
+}
+
+// cannotCreate says on the console why containers cannot be created, leaves them waiting with
+// CreateContainerError and the reason, and returns err.
+func (r *runtime) cannotCreate(cs []*container, err error) error {
+	r.say("i2kit-agent: %v", err)
+	for _, c := range cs {
+		r.setState(c, protocol.ContainerState{State: protocol.Waiting, Reason: "CreateContainerError", Message: err.Error()})
+	}
+	return err
 }
 
 func (r *runtime) startAll() {

@@ -387,7 +387,8 @@ func listenControl(path string) (*os.File, error) {
 }
 
 // containerUser is who the container runs as: the image's user, overridden by the security context's runAsUser
-// and runAsGroup, with its supplemental groups. runAsNonRoot refuses root, as a kubelet does.
+// and runAsGroup, with its supplemental groups. (runAsNonRoot was checked before the container was created: see
+// verifyRunAsNonRoot.)
 func containerUser(image string, sec *protocol.Security) (uid, gid int, groups []uint32, err error) {
 	user := image
 	if sec != nil && sec.RunAsUser != nil {
@@ -398,9 +399,6 @@ func containerUser(image string, sec *protocol.Security) (uid, gid int, groups [
 	}
 	if sec != nil && sec.RunAsGroup != nil {
 		gid = int(*sec.RunAsGroup)
-	}
-	if sec != nil && sec.RunAsNonRoot && uid == 0 {
-		return 0, 0, nil, errors.New("container has runAsNonRoot and image will run as root")
 	}
 	groups = []uint32{uint32(gid)}
 	if sec != nil {

@@ -256,24 +256,25 @@ func (r *runtimeResolver) servicesEnv() (map[string]string, error) {
 		return r.serviceEnv, nil
 	}
 	byName := map[string]*corev1.Service{}
-	if links := r.pod.Spec.EnableServiceLinks; links == nil || *links {
-		svcs, err := r.l.Services(r.pod.Namespace)
+	add := func(ns string, keep func(*corev1.Service) bool) error {
+		svcs, err := r.l.Services(ns)
 		if err != nil {
-			return nil, fmt.Errorf("listing the services of namespace %s for the service environment, %w", r.pod.Namespace, err)
+			return fmt.Errorf("listing the services of namespace %s for the service environment, %w", ns, err)
 		}
 		for _, s := range svcs {
-			byName[s.Name] = s
-		}
-	}
-	if _, ok := byName["kubernetes"]; !ok || r.pod.Namespace != metav1.NamespaceDefault {
-		svcs, err := r.l.Services(metav1.NamespaceDefault)
-		if err != nil {
-			return nil, fmt.Errorf("listing the services of namespace default for the service environment, %w", err)
-		}
-		for _, s := range svcs {
-			if s.Name == "kubernetes" {
+			if keep(s) {
 				byName[s.Name] = s
 			}
+		}
+		return nil
+	}
+	// The master service first: with links, a Service of the pod's namespace of the same name replaces it.
+	if err := add(metav1.NamespaceDefault, func(s *corev1.Service) bool { return s.Name == "kubernetes" }); err != nil {
+		return nil, err
+	}
+	if links := r.pod.Spec.EnableServiceLinks; links == nil || *links {
+		if err := add(r.pod.Namespace, func(*corev1.Service) bool { return true }); err != nil {
+			return nil, err
 		}
 	}
 	for _, s := range byName {

@@ -99,6 +99,25 @@ func rdPod() *corev1.Pod {
 
 func rdPtr[T any](v T) *T { return &v }
 
+// rdCheckErr checks a resolve's error against a table case: wantErr "" wants none; otherwise err must contain it
+// and be a NotFound as notFound says. It reports whether the case goes on to check the result.
+func rdCheckErr(t *testing.T, err error, wantErr string, notFound bool) bool {
+	t.Helper()
+	if wantErr == "" {
+		if err != nil {
+			t.Fatal(err)
+		}
+		return true
+	}
+	if err == nil || !strings.Contains(err.Error(), wantErr) {
+		t.Fatalf("err = %v, want it to contain %q", err, wantErr)
+	}
+	if apierrors.IsNotFound(err) != notFound {
+		t.Errorf("IsNotFound(%v) = %v, want %v", err, !notFound, notFound)
+	}
+	return false
+}
+
 func rdQ(s string) resource.Quantity { return resource.MustParse(s) }
 
 const rdMiB = 1 << 20
@@ -312,17 +331,8 @@ func TestResolveEnv(t *testing.T) {
 				tc.mutate(pod)
 			}
 			rt, err := rdResolve(t, pod, rdCluster())
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("err = %v, want it to contain %q", err, tc.wantErr)
-				}
-				if apierrors.IsNotFound(err) != tc.notFound {
-					t.Errorf("IsNotFound(%v) = %v, want %v", err, !tc.notFound, tc.notFound)
-				}
+			if !rdCheckErr(t, err, tc.wantErr, tc.notFound) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if got := rt.Env["web"]; !slices.Equal(got, tc.want) {
 				t.Errorf("env:\n got %q\nwant %q", got, tc.want)
@@ -563,17 +573,8 @@ func TestResolveVolumes(t *testing.T) {
 			pod.Spec.Volumes = []corev1.Volume{{Name: "vol", VolumeSource: tc.source}}
 			f := rdCluster()
 			rt, err := rdResolve(t, pod, f)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("err = %v, want it to contain %q", err, tc.wantErr)
-				}
-				if apierrors.IsNotFound(err) != tc.notFound {
-					t.Errorf("IsNotFound(%v) = %v, want %v", err, !tc.notFound, tc.notFound)
-				}
+			if !rdCheckErr(t, err, tc.wantErr, tc.notFound) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			tc.want.Name = "vol"
 			if len(rt.Volumes) != 1 || !reflect.DeepEqual(rt.Volumes[0], tc.want) {
