@@ -1,9 +1,7 @@
 package agent
 
 import (
-	"bufio"
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,10 +9,11 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/i2kit/i2kit/agent/boot"
 
 	"golang.org/x/sys/unix"
 
@@ -22,11 +21,11 @@ import (
 )
 
 // Init performs PID 1's duties: mount the basic filesystems, mount every container image read-only under
-// ImagesDir, serve the protocol on the agent's virtio-serial port, and run the pod's containers — at once with
-// the image's configuration, or, when the kernel command line has ConfigParam=channel, once the node sends the
-// pod's runtime configuration. It prints ReadyMarker to the console, then waits for a power-off request (on the
-// console or over the protocol), stops the containers within the grace period and powers the VM off. It returns
-// only on error.
+// boot.ImagesDir, serve the protocol on the agent's virtio-serial port, and run the pod's containers — at once with
+// the image's configuration, or, when the kernel command line has boot.ConfigParam=channel, once the node sends the
+// pod's runtime configuration. It prints boot.ReadyMarker to the console (a debug aid), then waits for a power-off
+// request over the protocol, stops the containers within the grace period and powers the VM off. It returns only
+// on error.
 func Init(console io.ReadWriter) error {
 	for _, m := range []struct{ src, dst, fstype, opts string }{
 		{"proc", "/proc", "proc", ""}, {"sysfs", "/sys", "sysfs", ""}, {"devtmpfs", "/dev", "devtmpfs", ""},
@@ -48,13 +47,13 @@ func Init(console io.ReadWriter) error {
 	os.Remove("/dev/ptmx")
 	os.Symlink("pts/ptmx", "/dev/ptmx")                                                               //nolint:errcheck // the devpts instance's own multiplexer
 	os.WriteFile(filepath.Join(CgroupDir, "cgroup.subtree_control"), []byte("+cpu +memory +pids"), 0) //nolint:errcheck
-	b, err := os.ReadFile(ConfigPath)
+	b, err := os.ReadFile(boot.ConfigPath)
 	if err != nil {
 		return fmt.Errorf("reading image configuration, %w", err)
 	}
-	var cfg ImageConfig
+	var cfg boot.ImageConfig
 	if err := json.Unmarshal(b, &cfg); err != nil {
-		return fmt.Errorf("decoding %s, %w", ConfigPath, err)
+		return fmt.Errorf("decoding %s, %w", boot.ConfigPath, err)
 	}
 	loadModules(console, cfg.Modules)
 	mounted, err := mountImages(cfg)
@@ -64,19 +63,19 @@ func Init(console io.ReadWriter) error {
 	if err := linkUp("lo"); err != nil {
 		return fmt.Errorf("bringing up lo, %w", err)
 	}
-	rt := newRuntime(console, cfg, cmdlineParam(HostnameParam, "pod"))
+	rt := newRuntime(console, cfg, cmdlineParam(boot.HostnameParam, "pod"))
 	go rt.prepareRoots()
 	poweroff := make(chan time.Duration, 1)
 	srv := &server{rt: rt, poweroff: poweroff, stats: statsSource{Proc: "/proc", Cgroup: CgroupDir}}
 	go srv.serveChannel()
-	if cmdlineParam(ConfigParam, "") != "channel" {
+	if cmdlineParam(boot.ConfigParam, "") != "channel" {
 		if err := rt.configure(protocol.PodConfig{RestartPolicy: protocol.RestartAlways}); err != nil {
 			return err
 		}
 	}
-	rt.say("%s %s", ReadyMarker, strings.Join(mounted, " "))
-	go waitPoweroff(console, poweroff)
-	grace := <-poweroff
+	// A debug aid: nothing reads the console to control the VM. Readiness is the protocol's handshake.
+	rt.say("%s %s", boot.ReadyMarker, strings.Join(mounted, " "))
+	grace := <-poweroff // POST /v1/poweroff
 	fmt.Fprintf(console, "i2kit-agent: stopping the containers (grace %s)\n", grace)
 	rt.stop(context.Background(), grace)
 	fmt.Fprintln(console, "i2kit-agent: powering off")
@@ -85,8 +84,8 @@ func Init(console io.ReadWriter) error {
 }
 
 // mountImages finds each disk by its erofs UUID among the virtio block devices and mounts it read-only at
-// ImagesDir/<container>. It returns "name=entry,entry,..." per container, listing the image root.
-func mountImages(cfg ImageConfig) ([]string, error) {
+// boot.ImagesDir/<container>. It returns "name=entry,entry,..." per container, listing the image root.
+func mountImages(cfg boot.ImageConfig) ([]string, error) {
 	byUUID, err := waitDisks(cfg.Disks, 5*time.Second)
 	if err != nil {
 		return nil, err
@@ -96,7 +95,7 @@ func mountImages(cfg ImageConfig) ([]string, error) {
 		if c.Disk < 0 || c.Disk >= len(cfg.Disks) {
 			return nil, fmt.Errorf("container %s: disk %d out of range", c.Name, c.Disk)
 		}
-		dst := filepath.Join(ImagesDir, c.Name)
+		dst := filepath.Join(boot.ImagesDir, c.Name)
 		if err := os.MkdirAll(dst, 0o755); err != nil {
 			return nil, err
 		}
@@ -118,7 +117,7 @@ func mountImages(cfg ImageConfig) ([]string, error) {
 // waitDisks maps every wanted UUID to a block device — a whole virtio, SCSI/SATA or NVMe disk (separate disks on
 // QEMU) or one of its partitions (the single disk of raw-bios/raw-efi images) — waiting for devices that the
 // kernel is still probing.
-func waitDisks(disks []Disk, timeout time.Duration) (map[string]string, error) {
+func waitDisks(disks []boot.Disk, timeout time.Duration) (map[string]string, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		found := map[string]string{}
@@ -163,13 +162,7 @@ func ErofsUUID(dev string) (string, error) {
 	if sb[0] != 0xe2 || sb[1] != 0xe1 || sb[2] != 0xf5 || sb[3] != 0xe0 { // EROFS_SUPER_MAGIC_V1, little endian
 		return "", errors.New("not erofs")
 	}
-	return FormatUUID(sb[48:64]), nil
-}
-
-// FormatUUID renders 16 bytes in the canonical 8-4-4-4-12 form.
-func FormatUUID(b []byte) string {
-	h := hex.EncodeToString(b)
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+	return boot.FormatUUID(sb[48:64]), nil
 }
 
 // loadModules loads kernel modules in order. A module that fails to load is reported and skipped: what needs it
@@ -216,31 +209,4 @@ func cmdlineParam(key, def string) string {
 		}
 	}
 	return def
-}
-
-// waitPoweroff sends a grace period to poweroff when "poweroff [seconds]" arrives on the console. The end of the
-// console's input is not a request: when the host side of the channel goes away (the node restarts), the guest
-// reads EOF or an error; the VM must run on until a node asks, so reading resumes after a pause.
-func waitPoweroff(console io.Reader, poweroff chan<- time.Duration) {
-	for {
-		sc := bufio.NewScanner(console)
-		for sc.Scan() {
-			f := strings.Fields(sc.Text())
-			if len(f) == 0 || f[0] != "poweroff" {
-				continue
-			}
-			grace := 30 * time.Second
-			if len(f) > 1 {
-				if n, err := strconv.Atoi(f[1]); err == nil && n >= 0 {
-					grace = time.Duration(n) * time.Second
-				}
-			}
-			select {
-			case poweroff <- grace:
-			default:
-			}
-			return
-		}
-		time.Sleep(200 * time.Millisecond) // nobody is on the other side yet
-	}
 }

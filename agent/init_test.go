@@ -28,10 +28,3 @@ func TestErofsUUIDReadsWhatMkfsWrote(t *testing.T) {
 		t.Error("a file that is not erofs has a UUID")
 	}
 }
-
-func TestFormatUUID(t *testing.T) {
-	b := []byte{0x01, 0x23, 0xab, 0xcd, 0x45, 0x67, 0x89, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef}
-	if got := FormatUUID(b); got != "0123abcd-4567-89ef-0123-456789abcdef" {
-		t.Errorf("FormatUUID = %s", got)
-	}
-}

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/i2kit/i2kit/agent/boot"
+
 	"github.com/i2kit/i2kit/agent/protocol"
 )
 
@@ -317,7 +319,7 @@ func fakeRun(t *testing.T, r *runtime, c *container, script string) (ws *syscall
 }
 
 func probeRuntime(rc protocol.ContainerConfig) (*runtime, *container) {
-	r := newRuntime(io.Discard, ImageConfig{Containers: []Container{{Name: "web"}}}, "pod")
+	r := newRuntime(io.Discard, boot.ImageConfig{Containers: []boot.Container{{Name: "web"}}}, "pod")
 	c := r.containers[0]
 	c.rc = rc
 	return r, c

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/i2kit/i2kit/agent/boot"
+
 	"github.com/i2kit/i2kit/agent/crilog"
 	"github.com/i2kit/i2kit/agent/protocol"
 )
@@ -46,7 +48,7 @@ const (
 // namespace for all its containers, under a pause process (see Pause).
 type runtime struct {
 	console  io.Writer
-	image    ImageConfig
+	image    boot.ImageConfig
 	hostname string
 
 	sayMu sync.Mutex // serialises console lines
@@ -66,7 +68,7 @@ type runtime struct {
 
 // container is one container of the pod and its current run.
 type container struct {
-	Container
+	boot.Container
 	rc   protocol.ContainerConfig
 	root string
 	ctl  string // the supervisor's control socket
@@ -91,7 +93,7 @@ type container struct {
 	wake    chan struct{} // cuts a back-off short when the pod stops
 }
 
-func newRuntime(console io.Writer, image ImageConfig, hostname string) *runtime {
+func newRuntime(console io.Writer, image boot.ImageConfig, hostname string) *runtime {
 	r := &runtime{console: console, image: image, hostname: hostname, changed: make(chan struct{}),
 		volumes: map[string]*podVolume{}, rootsDone: make(chan struct{})}
 	for _, c := range image.Containers {
@@ -259,7 +261,7 @@ func (r *runtime) prepareRoot(c *container) error {
 			return err
 		}
 	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", filepath.Join(ImagesDir, c.Name),
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", filepath.Join(boot.ImagesDir, c.Name),
 		filepath.Join(dir, "upper"), filepath.Join(dir, "work"))
 	if err := syscall.Mount("overlay", c.root, "overlay", 0, opts); err != nil {
 		return fmt.Errorf("mounting the root of %s, %w", c.Name, err)
@@ -639,7 +641,7 @@ func (w *consoleLines) Write(p []byte) (int, error) {
 
 // containerArgv is what a container runs: the pod's command and args over the image's entrypoint and cmd, merged
 // as a kubelet does (command drops the image's cmd; args alone follow the image's entrypoint).
-func containerArgv(img Container, rc protocol.ContainerConfig) []string {
+func containerArgv(img boot.Container, rc protocol.ContainerConfig) []string {
 	switch {
 	case len(rc.Command) > 0:
 		return append(slices.Clone(rc.Command), rc.Args...)

@@ -4,11 +4,13 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/i2kit/i2kit/agent/boot"
+
 	"github.com/i2kit/i2kit/agent/protocol"
 )
 
 func TestContainerArgv(t *testing.T) {
-	img := Container{Argv: []string{"/entry", "cmd"}, Entrypoint: []string{"/entry"}}
+	img := boot.Container{Argv: []string{"/entry", "cmd"}, Entrypoint: []string{"/entry"}}
 	for _, tc := range []struct {
 		name string
 		rc   protocol.ContainerConfig
@@ -23,7 +25,7 @@ func TestContainerArgv(t *testing.T) {
 			t.Errorf("%s: got %q, want %q", tc.name, got, tc.want)
 		}
 	}
-	if got := containerArgv(Container{}, protocol.ContainerConfig{Args: []string{"x"}}); !slices.Equal(got, []string{"x"}) {
+	if got := containerArgv(boot.Container{}, protocol.ContainerConfig{Args: []string{"x"}}); !slices.Equal(got, []string{"x"}) {
 		t.Errorf("args without an entrypoint: got %q", got)
 	}
 }

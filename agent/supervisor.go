@@ -16,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/i2kit/i2kit/agent/boot"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/i2kit/i2kit/agent/protocol"
@@ -30,7 +32,7 @@ const SupervisorArg = "container-init"
 
 // supervisorSpec is what the agent hands to Supervise.
 type supervisorSpec struct {
-	Container
+	boot.Container
 	Security *protocol.Security `json:"security,omitempty"`
 	Env      []string           `json:"podEnv,omitempty"` // the pod's, over the image's
 	Root     string             `json:"root"`

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/i2kit/i2kit/agent/boot"
+
 	"github.com/i2kit/i2kit/agent/protocol"
 )
 
@@ -369,7 +371,7 @@ func TestUpdateVolumeRoute(t *testing.T) {
 	if err := writeFiles(dir, []protocol.File{{Path: "k", Data: []byte("1")}}, -1); err != nil {
 		t.Fatal(err)
 	}
-	rt := newRuntime(&bytes.Buffer{}, ImageConfig{}, "pod")
+	rt := newRuntime(&bytes.Buffer{}, boot.ImageConfig{}, "pod")
 	rt.volumes["cm"] = &podVolume{dir: dir}
 	rt.volumes["data"] = &podVolume{dir: t.TempDir(), emptyDir: true}
 	h := (&server{rt: rt}).handler()

@@ -72,6 +72,9 @@ type QEMUConfig struct {
 type ImagesConfig struct {
 	// Store is the image store directory (one node per store).
 	Store string `json:"store,omitempty"`
+	// MaxImages and MaxBytes bound the store: least recently used images go first, images in use never.
+	MaxImages int    `json:"maxImages,omitempty"`
+	MaxBytes  string `json:"maxBytes,omitempty"`
 	// Kernel is the pod VMs' kernel (vmlinux); by default the one `make kernel` built.
 	Kernel string `json:"kernel,omitempty"`
 	// Agent is the i2kit-agent binary; by default the one beside this binary.
@@ -80,6 +83,9 @@ type ImagesConfig struct {
 	InsecureRegistries []string `json:"insecureRegistries,omitempty"`
 	// Mirrors are registry=mirror pairs; mirrors are tried before the registry.
 	Mirrors []string `json:"mirrors,omitempty"`
+	// DockerConfigs are docker config.json files with the node's registry credentials (default:
+	// ~/.docker/config.json), tried after a pod's pull secrets.
+	DockerConfigs []string `json:"dockerConfigs,omitempty"`
 }
 
 // Capacity is the node's resources as Kubernetes quantities.
@@ -101,7 +107,7 @@ func DefaultConfig() Config {
 		Port:          10250,
 		PodCIDR:       "10.88.0.0/16",
 		QEMU:          QEMUConfig{RuntimeDir: "/run/i2kit/qemu", Bridge: "i2kit0"},
-		Images:        ImagesConfig{Store: filepath.Join(cachedir.Root(), "images")},
+		Images:        ImagesConfig{Store: filepath.Join(cachedir.Root(), "images"), MaxImages: 500, MaxBytes: "50Gi"},
 	}
 }
 
@@ -159,6 +165,11 @@ func AddFlags(fs *pflag.FlagSet) *Flags {
 	f.copy["insecure-registry"] = func(dst *Config) { dst.Images.InsecureRegistries = v.Images.InsecureRegistries }
 	fs.StringSliceVar(&v.Images.Mirrors, "registry-mirror", nil, "registry=mirror pairs, tried before the registry")
 	f.copy["registry-mirror"] = func(dst *Config) { dst.Images.Mirrors = v.Images.Mirrors }
+	fs.StringSliceVar(&v.Images.DockerConfigs, "docker-config", nil, "docker config.json files with the node's registry credentials")
+	f.copy["docker-config"] = func(dst *Config) { dst.Images.DockerConfigs = v.Images.DockerConfigs }
+	fs.IntVar(&v.Images.MaxImages, "max-images", 0, "images kept in the store")
+	f.copy["max-images"] = func(dst *Config) { dst.Images.MaxImages = v.Images.MaxImages }
+	str("max-bytes", func(c *Config) *string { return &c.Images.MaxBytes }, "bytes kept in the image store")
 	fs.IntVar(&v.Port, "port", v.Port, "port of the kubelet API")
 	f.copy["port"] = func(dst *Config) { dst.Port = v.Port }
 	fs.StringToStringVar(&v.Labels, "labels", nil, "extra node labels, key=value,...")
@@ -259,6 +270,14 @@ func (c *Config) Validate() error {
 		}
 		if len(c.QEMU.Bridge) > 15 {
 			return fmt.Errorf("qemu.bridge %q: at most 15 characters", c.QEMU.Bridge)
+		}
+	}
+	if c.Backend != "none" {
+		if c.Images.MaxImages < 1 {
+			return fmt.Errorf("images.maxImages %d: must be at least 1", c.Images.MaxImages)
+		}
+		if q, err := resource.ParseQuantity(c.Images.MaxBytes); err != nil || q.Sign() <= 0 {
+			return fmt.Errorf("images.maxBytes %q: want a positive quantity such as 50Gi", c.Images.MaxBytes)
 		}
 		for _, m := range c.Images.Mirrors {
 			if r, mirror, ok := strings.Cut(m, "="); !ok || r == "" || mirror == "" {

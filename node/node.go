@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -31,11 +32,22 @@ import (
 	"github.com/i2kit/i2kit/internal/version"
 	"github.com/i2kit/i2kit/netsync"
 	"github.com/i2kit/i2kit/provider"
+	"github.com/i2kit/i2kit/provider/vm"
 )
+
+// BackendFunc makes a backend from the node's configuration; notify receives every VM status change it observes.
+type BackendFunc func(ctx context.Context, c Config, notify func(vm.Status)) (vm.Backend, error)
+
+// Wiring is what the composition root (cmd/i2kit) gives Run: the backends by name, and the constructor of the
+// image builder, whose closer releases the image store when the node stops.
+type Wiring struct {
+	Backends map[string]BackendFunc
+	Images   func(ImagesConfig) (provider.ImageBuilder, io.Closer, error)
+}
 
 // Run validates c, registers the node and serves until ctx ends, then stops every controller and server it
 // started before returning. A configuration error names the field.
-func Run(ctx context.Context, c Config) error {
+func Run(ctx context.Context, c Config, w Wiring) error {
 	if err := c.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration: %w", err)
 	}
@@ -93,11 +105,10 @@ func Run(ctx context.Context, c Config) error {
 			}
 			return err
 		}})
-	release, err := attachBackend(ctx, c, p)
-	if err != nil {
+	defer p.Stop()
+	if err := attachBackend(ctx, c, w, p); err != nil {
 		return fmt.Errorf("backend %s: %w", c.Backend, err)
 	}
-	defer release()
 	newProvider := func(pc nodeutil.ProviderConfig) (nodeutil.Provider, vknode.NodeProvider, error) {
 		p.UseCluster(pc.ConfigMaps, pc.Secrets, pc.Services, serviceAccountToken(client))
 		return p, nodeProvider{}, nil
@@ -137,6 +148,34 @@ func Run(ctx context.Context, c Config) error {
 		return nil
 	}
 	return err
+}
+
+// attachBackend gives the provider the configured backend and image builder, which it keeps until ctx ends;
+// running VMs keep running when the node stops, to be adopted at the next start.
+func attachBackend(ctx context.Context, c Config, w Wiring, p *provider.Provider) error {
+	if c.Backend == "none" {
+		return nil
+	}
+	newBackend, ok := w.Backends[c.Backend]
+	if !ok {
+		return fmt.Errorf("backend %q: not built into this binary", c.Backend)
+	}
+	images, closer, err := w.Images(c.Images)
+	if err != nil {
+		return err
+	}
+	context.AfterFunc(ctx, func() { closer.Close() })
+	b, err := newBackend(ctx, c, p.VMChanged)
+	if err != nil {
+		return err
+	}
+	p.UseBackend(b, images)
+	vms, err := b.List(ctx)
+	if err != nil {
+		return fmt.Errorf("listing the VMs to adopt, %w", err)
+	}
+	log.G(ctx).WithField("backend", c.Backend).WithField("adopted", len(vms)).Info("backend ready")
+	return nil
 }
 
 // serviceAccountToken requests tokens bound to a pod through the TokenRequest API, as a kubelet does for

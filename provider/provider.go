@@ -17,6 +17,7 @@ import (
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
 	statsv1alpha1 "k8s.io/kubelet/pkg/apis/stats/v1alpha1"
 
 	"github.com/i2kit/i2kit/agent/protocol"
@@ -45,22 +46,26 @@ type Provider struct {
 	cfg     Config
 	started time.Time
 
-	mu      sync.Mutex
-	pods    map[string]*corev1.Pod // by namespace/name
-	notify  func(*corev1.Pod)
-	backend vm.Backend                   // nil: no backend configured
-	builder ImageBuilder                 // with backend
-	agents  map[string]*podAgent         // by pod UID: sessions with the pods' agents
-	images  map[string]map[string]string // by pod UID: container name → imageID
-	cluster *cluster                     // ConfigMaps, Secrets and tokens for runtime data; nil until UseCluster
-	// services is the cluster's service table (SetServices), servicesGen counts its changes.
-	services    []protocol.Service
-	servicesGen uint64
+	// backend runs the pods' VMs and builder makes their images; both nil for a node without a backend. They are
+	// set before the node runs (New, UseBackend) and never change.
+	backend vm.Backend
+	builder ImageBuilder
+	// queue syncs running pods with what they depend on (queue.go); stop ends its workers.
+	queue workqueue.TypedRateLimitingInterface[string]
+	stop  context.CancelFunc
 	// nodeResolv is the node's /etc/resolv.conf, for dnsPolicy Default (and ClusterFirst without cluster DNS).
 	nodeResolv []byte
 	// pullBackoff is the first wait before a failed image pull is tried again (pullImage).
 	pullBackoff time.Duration
-	pulling     map[string]*pullRun // by pod UID: image pulls under way, which DeletePod ends
+
+	mu      sync.Mutex
+	pods    map[string]*corev1.Pod // by namespace/name
+	vms     map[string]*podVM      // by pod UID
+	notify  func(*corev1.Pod)
+	cluster *cluster // ConfigMaps, Secrets and tokens for runtime data; nil until UseCluster
+	// services is the cluster's service table (SetServices), servicesGen counts its changes.
+	services    []protocol.Service
+	servicesGen uint64
 }
 
 var (
@@ -68,12 +73,26 @@ var (
 	_ node.PodNotifier  = (*Provider)(nil)
 )
 
-// New returns a Provider for the node.
+// New returns a Provider for the node; its work queue runs until Stop.
 func New(cfg Config) *Provider {
 	resolv, _ := os.ReadFile("/etc/resolv.conf")
-	return &Provider{cfg: cfg, started: time.Now(), nodeResolv: resolv, pods: map[string]*corev1.Pod{}, notify: func(*corev1.Pod) {},
-		agents: map[string]*podAgent{}, images: map[string]map[string]string{}, pullBackoff: pullBackoff,
-		pulling: map[string]*pullRun{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Provider{cfg: cfg, started: time.Now(), nodeResolv: resolv, pods: map[string]*corev1.Pod{}, notify: func(*corev1.Pod) {},
+		vms: map[string]*podVM{}, pullBackoff: pullBackoff, queue: newQueue(), stop: cancel}
+	go p.run(ctx)
+	return p
+}
+
+// UseBackend gives the provider the backend that runs pod VMs and the builder of their images. Call it before
+// the node runs; the backend reports VM changes to VMChanged.
+func (p *Provider) UseBackend(b vm.Backend, images ImageBuilder) {
+	p.backend, p.builder = b, images
+}
+
+// Stop ends the provider's work queue. Running VMs keep running, to be adopted by the next node.
+func (p *Provider) Stop() {
+	p.stop()
+	p.queue.ShutDown()
 }
 
 func key(namespace, name string) string { return namespace + "/" + name }
@@ -89,10 +108,7 @@ func (p *Provider) NotifyPods(_ context.Context, f func(*corev1.Pod)) {
 // one it cannot run: the pod stays Pending, its containers wait with ReasonNoBackend, and a Warning Event says
 // why; it is never reported Running.
 func (p *Provider) CreatePod(ctx context.Context, pod *corev1.Pod) error {
-	p.mu.Lock()
-	hasBackend := p.backend != nil
-	p.mu.Unlock()
-	if hasBackend {
+	if p.backend != nil {
 		p.createVM(ctx, pod)
 		return nil
 	}
@@ -124,6 +140,8 @@ func (p *Provider) UpdatePod(_ context.Context, pod *corev1.Pod) error {
 	if len(upd.Status.EphemeralContainerStatuses) != len(old.Status.EphemeralContainerStatuses) {
 		notify(upd.DeepCopy())
 	}
+	// Its deadline, labels and annotations (downwardAPI volumes) may have changed.
+	p.queue.Add(string(pod.UID))
 	return nil
 }
 
@@ -179,9 +197,7 @@ func ephemeralStatuses(pod *corev1.Pod) []corev1.ContainerStatus {
 // DeletePod ends a pod's VM (within its grace period), forgets the pod and reports it terminated, so that the pod
 // controller can remove the object without waiting out the grace period. DeletePod may be called repeatedly; a pod that is not known is NotFound.
 func (p *Provider) DeletePod(ctx context.Context, pod *corev1.Pod) error {
-	p.mu.Lock()
 	backend := p.backend
-	p.mu.Unlock()
 	if backend != nil {
 		if err := p.deleteVM(ctx, pod); err != nil {
 			return err
@@ -240,6 +256,29 @@ func (p *Provider) GetPods(context.Context) ([]*corev1.Pod, error) {
 	return out, nil
 }
 
+// podByUID returns the pod of a UID as the node has it now, or nil.
+func (p *Provider) podByUID(uid string) *corev1.Pod {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, q := range p.pods {
+		if string(q.UID) == uid {
+			return q.DeepCopy()
+		}
+	}
+	return nil
+}
+
+// current returns pod as the node has it now (UpdatePod may have changed it), or nil once it is gone or replaced.
+func (p *Provider) current(pod *corev1.Pod) *corev1.Pod {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	cur, ok := p.pods[key(pod.Namespace, pod.Name)]
+	if !ok || cur.UID != pod.UID {
+		return nil
+	}
+	return cur.DeepCopy()
+}
+
 func (p *Provider) store(pod *corev1.Pod) {
 	p.mu.Lock()
 	p.pods[key(pod.Namespace, pod.Name)] = pod
@@ -267,14 +306,11 @@ func (p *Provider) podStats(ctx context.Context) []podStats {
 	var out []podStats
 	var clients []*protocol.Client
 	for _, pod := range p.pods {
-		a := p.agents[string(pod.UID)]
-		if a == nil {
+		v := p.vms[string(pod.UID)]
+		if v == nil {
 			continue
 		}
-		a.mu.Lock()
-		c := a.client
-		a.mu.Unlock()
-		if c != nil {
+		if c := v.connected(); c != nil {
 			out = append(out, podStats{Pod: pod.DeepCopy()})
 			clients = append(clients, c)
 		}
@@ -292,4 +328,22 @@ func (p *Provider) podStats(ctx context.Context) []podStats {
 	}
 	wg.Wait()
 	return out
+}
+
+// storeIfCurrent stores a status computed in the background unless the pod was deleted (or replaced) meanwhile;
+// it reports whether the pod is still current.
+func (p *Provider) storeIfCurrent(pod, updated *corev1.Pod) bool {
+	p.mu.Lock()
+	cur, ok := p.pods[key(pod.Namespace, pod.Name)]
+	if !ok || cur.UID != pod.UID {
+		p.mu.Unlock()
+		return false
+	}
+	// The status is new; the rest is what the node knows now (UpdatePod may have come meanwhile).
+	upd := withStatus(cur, updated.Status)
+	p.pods[key(pod.Namespace, pod.Name)] = upd
+	notify := p.notify
+	p.mu.Unlock()
+	notify(upd.DeepCopy())
+	return true
 }

@@ -60,7 +60,7 @@ func (p *Provider) pullImage(ctx context.Context, pod *corev1.Pod) (*vmimage.Ima
 			t0 := time.Now()
 			p.cfg.Events.Event(pod, corev1.EventTypeNormal, "Pulling", "Building the VM image (pulling "+images(pod)+")")
 			actx, cancel := context.WithTimeout(ctx, pullTimeout)
-			img, err = p.builder.EnsureWith(actx, vmimage.FromPod(pod), "direct", pull)
+			img, err = p.builder.EnsureWith(actx, vmimage.FromPod(pod), p.backend.Format(), pull)
 			cancel()
 			if err == nil {
 				p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "Pulled", "VM image %s ready in %s", img.Key[:12], time.Since(t0).Round(time.Millisecond))

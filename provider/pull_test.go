@@ -327,17 +327,18 @@ func TestDeletedPodStopsRetrying(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitWaiting(t, p, "ErrImagePull", "manifest unknown")
-	p.mu.Lock()
-	run := p.pulling["uid-a"]
-	p.mu.Unlock()
-	if run == nil {
+	v := p.vmFor("uid-a", false)
+	if v == nil {
 		t.Fatal("no pull under way")
 	}
+	v.mu.Lock()
+	pullDone := v.pullDone
+	v.mu.Unlock()
 	if err := p.DeletePod(context.Background(), plainPod("a")); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case <-run.done:
+	case <-pullDone:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the pull still waits to be tried again after the pod was deleted")
 	}

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
@@ -42,6 +43,8 @@ type podRuntime struct {
 	// environment; a container without them is absent.
 	Command, Args map[string][]string
 	Volumes       []protocol.Volume
+	// TokenRefresh is when the earliest service account token in Volumes is due for renewal; zero for none.
+	TokenRefresh time.Time
 }
 
 // Defaults the API server fills in; a pod that did not come through it may lack them.

@@ -2,28 +2,21 @@ package provider
 
 import (
 	"context"
+	"fmt"
 	"time"
-
-	"github.com/virtual-kubelet/virtual-kubelet/log"
 
 	"github.com/i2kit/i2kit/agent/protocol"
 )
 
-// SetServices gives the provider the cluster's service table (netsync.WatchServices) and sends it to every pod
-// VM's agent, which forwards ClusterIP connections by it. A VM configured later receives it with its pod's
-// configuration, before any container starts.
+// SetServices gives the provider the cluster's service table (netsync) and sends it to every pod VM's agent,
+// which forwards ClusterIP connections by it. A VM configured later receives it with its pod's configuration,
+// before any container starts.
 func (p *Provider) SetServices(table []protocol.Service) {
 	p.mu.Lock()
 	p.services = table
 	p.servicesGen++
-	agents := make([]*podAgent, 0, len(p.agents))
-	for _, a := range p.agents {
-		agents = append(agents, a)
-	}
 	p.mu.Unlock()
-	for _, a := range agents {
-		go p.pushServices(context.Background(), a)
-	}
+	p.enqueueAll("")
 }
 
 // serviceTable is the current service table and its generation.
@@ -33,28 +26,26 @@ func (p *Provider) serviceTable() ([]protocol.Service, uint64) {
 	return p.services, p.servicesGen
 }
 
-// pushServices sends the current service table to a connected agent that has an older one. A failure is left to
-// the next change or the next session, which sends the table with the pod's configuration.
-func (p *Provider) pushServices(ctx context.Context, a *podAgent) {
-	a.pushMu.Lock() // the last table read is the last sent
-	defer a.pushMu.Unlock()
+// pushServices sends the current service table to a connected agent that has an older one.
+func (p *Provider) pushServices(ctx context.Context, v *podVM, c *protocol.Client) error {
+	v.pushMu.Lock() // the last table read is the last sent
+	defer v.pushMu.Unlock()
 	table, gen := p.serviceTable()
-	a.mu.Lock()
-	c := a.client
-	stale := c != nil && a.servicesGen < gen
-	a.mu.Unlock()
+	v.mu.Lock()
+	stale := v.servicesGen < gen
+	v.mu.Unlock()
 	if !stale {
-		return
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := c.SetServices(ctx, table); err != nil {
-		log.G(ctx).WithError(err).Warn("sending the service table to a pod's agent")
-		return
+		return fmt.Errorf("sending the service table, %w", err)
 	}
-	a.mu.Lock()
-	if a.client == c && a.servicesGen < gen {
-		a.servicesGen = gen
+	v.mu.Lock()
+	if v.client == c && v.servicesGen < gen {
+		v.servicesGen = gen
 	}
-	a.mu.Unlock()
+	v.mu.Unlock()
+	return nil
 }

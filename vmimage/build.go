@@ -20,7 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
-	"github.com/i2kit/i2kit/agent"
+	"github.com/i2kit/i2kit/agent/boot"
 	"github.com/i2kit/i2kit/vmimage/kernel"
 )
 
@@ -387,7 +387,7 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format string,
 		return nil, err
 	}
 	defer os.RemoveAll(dir) // a no-op once committed
-	cfg := agent.ImageConfig{Version: 1}
+	cfg := boot.ImageConfig{Version: 1}
 	for _, c := range in.Containers {
 		r := byDigest[in.Digests[c.Disk]]
 		ocfg, err := b.imageConfig(ctx, r)
@@ -397,7 +397,7 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format string,
 		// An empty argv is not an error here: a pod gives its command at run time (the agent refuses to start a
 		// container that still has none).
 		run := runConfig(&ocfg.Config, c.Container)
-		cfg.Containers = append(cfg.Containers, agent.Container{Name: c.Name, Disk: c.Disk, Onboot: c.Onboot,
+		cfg.Containers = append(cfg.Containers, boot.Container{Name: c.Name, Disk: c.Disk, Onboot: c.Onboot,
 			Argv: run.Argv, Entrypoint: run.Entrypoint, Env: run.Env, WorkingDir: run.WorkingDir, User: run.User})
 	}
 	// Direct boot loads an uncompressed initramfs: gunzip under TCG costs 0.2 s of every boot, and the host's
@@ -413,7 +413,7 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format string,
 		if err != nil {
 			return nil, err
 		}
-		cfg.Disks = append(cfg.Disks, agent.Disk{UUID: uuids[i], Digest: d, Size: fi.Size()})
+		cfg.Disks = append(cfg.Disks, boot.Disk{UUID: uuids[i], Digest: d, Size: fi.Size()})
 		img.Disks = append(img.Disks, DiskFile{Path: b.Store.blobPath(diskBlobs[i]), Ref: byDigest[d].Ref, Digest: d, UUID: uuids[i], Size: fi.Size()})
 	}
 	if err := b.writeInitramfs(filepath.Join(dir, initramfs), &cfg, kb.Modules, s.Files, format != "direct"); err != nil {
@@ -458,7 +458,7 @@ func (b *Builder) ensureBlob(name string, create func(tmp string) error) error {
 }
 
 // writeInitramfs writes the agent as /init, the kernel modules it loads, its configuration, and the spec's files.
-func (b *Builder) writeInitramfs(path string, cfg *agent.ImageConfig, modules []string, files []File, gz bool) error {
+func (b *Builder) writeInitramfs(path string, cfg *boot.ImageConfig, modules []string, files []File, gz bool) error {
 	agentBin, err := os.ReadFile(b.Agent)
 	if err != nil {
 		return fmt.Errorf("reading agent, %w", err)
@@ -477,7 +477,7 @@ func (b *Builder) writeInitramfs(path string, cfg *agent.ImageConfig, modules []
 	if err != nil {
 		return err
 	}
-	entries = append(entries, cpioEntry{Path: strings.TrimPrefix(agent.ConfigPath, "/"), Mode: cpioReg | 0o644, Data: cfgJSON})
+	entries = append(entries, cpioEntry{Path: strings.TrimPrefix(boot.ConfigPath, "/"), Mode: cpioReg | 0o644, Data: cfgJSON})
 	for _, f := range files {
 		mode := uint64(0o644)
 		if f.Mode != "" {

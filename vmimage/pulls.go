@@ -14,7 +14,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 
-	"github.com/i2kit/i2kit/agent"
+	"github.com/i2kit/i2kit/agent/boot"
 )
 
 // pullsFile is the store's table of the references this node resolved (pulls.json).
@@ -202,7 +202,7 @@ func (s *Store) hasBlob(name string) bool {
 // diskBlob names the disk blob of a container image (by manifest digest) and gives its filesystem's UUID.
 func diskBlob(digest string) (blob, uuid string) {
 	sum := sha256.Sum256([]byte(digest + "\x00" + RootfsFormat))
-	return "disk-" + hex.EncodeToString(sum[:]) + ".erofs", agent.FormatUUID(sum[:16])
+	return "disk-" + hex.EncodeToString(sum[:]) + ".erofs", boot.FormatUUID(sum[:16])
 }
 
 // configBlob names the blob of a container image's configuration file (by manifest digest).

@@ -9,94 +9,40 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/yaml"
 
-	"github.com/i2kit/i2kit/internal/cachedir"
+	"github.com/i2kit/i2kit/node"
 	"github.com/i2kit/i2kit/vmimage"
-	"github.com/i2kit/i2kit/vmimage/kernel"
 )
 
 type imageFlags struct {
-	store      string
-	maxImages  int
-	maxBytes   string
-	kernel     string
-	bzImage    string
-	agent      string
-	insecure   []string
-	mirrors    []string
-	dockerCfgs []string
+	node.ImagesConfig
+	bzImage string
 }
 
-func (f *imageFlags) openStore() (*vmimage.Store, error) {
-	q, err := resource.ParseQuantity(f.maxBytes)
-	if err != nil {
-		return nil, fmt.Errorf("--max-bytes %q: %w", f.maxBytes, err)
-	}
-	return vmimage.OpenStore(f.store, f.maxImages, q.Value())
-}
+func (f *imageFlags) openStore() (*vmimage.Store, error) { return openStore(f.ImagesConfig) }
 
 func (f *imageFlags) builder(progress vmimage.Progress) (*vmimage.Builder, error) {
-	st, err := f.openStore()
+	b, err := newBuilder(f.ImagesConfig, progress)
 	if err != nil {
 		return nil, err
 	}
-	k, bz := f.kernel, f.bzImage
-	if k == "" {
-		if k, err = kernel.Vmlinux(); err != nil {
-			return nil, err
-		}
+	if f.bzImage != "" {
+		b.BzImage = f.bzImage
 	}
-	if bz == "" {
-		if bz, err = kernel.BzImage(); err != nil {
-			return nil, err
-		}
-	}
-	a := f.agent
-	if a == "" {
-		exe, _ := os.Executable()
-		a = filepath.Join(filepath.Dir(exe), "i2kit-agent")
-		if _, err := os.Stat(a); err != nil {
-			return nil, fmt.Errorf("agent binary %s not found: run `make agent` or pass --agent", a)
-		}
-	}
-	src := &vmimage.Source{Insecure: f.insecure, Mirrors: map[string][]string{}}
-	for _, m := range f.mirrors {
-		reg, mirror, ok := strings.Cut(m, "=")
-		if !ok || reg == "" || mirror == "" {
-			return nil, fmt.Errorf("--registry-mirror %q: want registry=mirror", m)
-		}
-		src.Mirrors[reg] = append(src.Mirrors[reg], mirror)
-	}
-	if len(f.dockerCfgs) > 0 {
-		var docs [][]byte
-		for _, p := range f.dockerCfgs {
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return nil, fmt.Errorf("--docker-config: %w", err)
-			}
-			docs = append(docs, b)
-		}
-		kc, err := vmimage.DockerConfigKeychain(docs...)
-		if err != nil {
-			return nil, err
-		}
-		src.Keychain = authn.NewMultiKeychain(kc, authn.DefaultKeychain)
-	}
-	return &vmimage.Builder{Store: st, Source: src, Kernel: k, BzImage: bz, Agent: a, Progress: progress}, nil
+	return b, nil
 }
 
 func imageCmd() *cobra.Command {
 	f := &imageFlags{}
 	cmd := &cobra.Command{Use: "image", Short: "Build, list, inspect and remove pod VM images"}
 	pf := cmd.PersistentFlags()
-	pf.StringVar(&f.store, "store", filepath.Join(cachedir.Root(), "images"), "image store directory")
-	pf.IntVar(&f.maxImages, "max-images", 200, "images kept in the store (least recently used go first; images in use never)")
-	pf.StringVar(&f.maxBytes, "max-bytes", "20Gi", "bytes kept in the store")
+	def := node.DefaultConfig().Images
+	pf.StringVar(&f.Store, "store", def.Store, "image store directory")
+	pf.IntVar(&f.MaxImages, "max-images", def.MaxImages, "images kept in the store (least recently used go first; images in use never)")
+	pf.StringVar(&f.MaxBytes, "max-bytes", def.MaxBytes, "bytes kept in the store")
 
 	var specFile, podFile, format, outDir string
 	build := &cobra.Command{
@@ -134,12 +80,12 @@ func imageCmd() *cobra.Command {
 	build.Flags().StringVar(&podFile, "pod", "", "Pod manifest (YAML): its containers become the image's")
 	build.Flags().StringVar(&format, "format", "direct", "output format: "+strings.Join(vmimage.FormatNames(), ", "))
 	build.Flags().StringVarP(&outDir, "output", "o", "", "also copy the image's files into this directory")
-	build.Flags().StringVar(&f.kernel, "kernel", "", "uncompressed kernel (vmlinux) for direct images (default: the one `make kernel` built)")
+	build.Flags().StringVar(&f.Kernel, "kernel", "", "uncompressed kernel (vmlinux) for direct images (default: the one `make kernel` built)")
 	build.Flags().StringVar(&f.bzImage, "bzimage", "", "compressed kernel (bzImage) for raw images (default: the one `make kernel` built)")
-	build.Flags().StringVar(&f.agent, "agent", "", "i2kit-agent binary (default: beside this binary)")
-	build.Flags().StringSliceVar(&f.insecure, "insecure-registry", nil, "registry hosts served over plain HTTP")
-	build.Flags().StringSliceVar(&f.mirrors, "registry-mirror", nil, "registry=mirror, tried before the registry (repeatable)")
-	build.Flags().StringSliceVar(&f.dockerCfgs, "docker-config", nil, "docker config.json files with registry credentials (default: ~/.docker/config.json)")
+	build.Flags().StringVar(&f.Agent, "agent", "", "i2kit-agent binary (default: beside this binary)")
+	build.Flags().StringSliceVar(&f.InsecureRegistries, "insecure-registry", nil, "registry hosts served over plain HTTP")
+	build.Flags().StringSliceVar(&f.Mirrors, "registry-mirror", nil, "registry=mirror, tried before the registry (repeatable)")
+	build.Flags().StringSliceVar(&f.DockerConfigs, "docker-config", nil, "docker config.json files with registry credentials (default: ~/.docker/config.json)")
 
 	ls := &cobra.Command{
 		Use:   "ls",

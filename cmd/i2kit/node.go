@@ -25,7 +25,7 @@ then flags. SIGTERM or SIGINT stops the node cleanly.`,
 			}
 		}
 		flags.Apply(&cfg)
-		return node.Run(cmd.Context(), cfg)
+		return node.Run(cmd.Context(), cfg, wiring)
 	}
 	return cmd
 }

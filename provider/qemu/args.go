@@ -6,8 +6,11 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/i2kit/i2kit/agent/protocol"
 )
 
 // VM is the plain-data description of one microVM's QEMU command line.
@@ -23,6 +26,11 @@ type VM struct {
 	// TSCkHz is passed as tsc_early_khz under TCG: microvm's PIT-based TSC calibration fails now and then under
 	// TCG and the guest hangs forever; a given frequency avoids it. 0 leaves it out.
 	TSCkHz int
+	// Dir is the VM's runtime directory: the console log, the agent's channel socket and the pid file. "" runs
+	// the VM on stdio with no agent channel (tests that boot an image by hand).
+	Dir string
+	// TAP and MAC attach the VM's one NIC to a host TAP; "" gives the VM no network.
+	TAP, MAC string
 }
 
 // Args renders the QEMU arguments for vm (without the binary). It is a pure function: golden-tested.
@@ -40,14 +48,34 @@ func Args(vm VM) []string {
 		"-accel", accel, "-cpu", cpu,
 		"-m", strconv.Itoa(vm.MemoryMiB) + "M", "-smp", strconv.Itoa(vm.CPUs),
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-		"-serial", "stdio",
-		"-kernel", vm.Kernel, "-initrd", vm.Initramfs, "-append", strings.TrimSpace(cmdline),
 	}
+	if vm.Dir == "" {
+		args = append(args, "-serial", "stdio")
+	} else {
+		// QEMU writes the console to a file itself: a debug aid that loses nothing while no node runs. Nothing
+		// reads it to control the VM (readiness and power-off go through the agent's protocol).
+		args = append(args, "-chardev", "file,id=console,path="+filepath.Join(vm.Dir, "console.log"), "-serial", "chardev:console")
+	}
+	args = append(args,
+		"-kernel", vm.Kernel, "-initrd", vm.Initramfs, "-append", strings.TrimSpace(cmdline))
 	for i, d := range vm.Disks {
 		id := fmt.Sprintf("disk%d", i)
 		args = append(args,
 			"-drive", fmt.Sprintf("id=%s,file=%s,format=raw,if=none,readonly=on,cache=unsafe", id, d),
 			"-device", "virtio-blk-device,drive="+id)
+	}
+	if vm.Dir != "" {
+		args = append(args,
+			// the agent's channel (package agent/protocol): a virtio-serial port served on a unix socket
+			"-device", "virtio-serial-device,max_ports=2",
+			"-chardev", "socket,id=agent,path="+filepath.Join(vm.Dir, "agent.sock")+",server=on,wait=off",
+			"-device", "virtserialport,chardev=agent,name="+protocol.PortName,
+			"-pidfile", filepath.Join(vm.Dir, "qemu.pid"))
+	}
+	if vm.TAP != "" {
+		args = append(args,
+			"-netdev", fmt.Sprintf("tap,id=net0,ifname=%s,script=no,downscript=no,vhost=off", vm.TAP),
+			"-device", "virtio-net-device,netdev=net0,mac="+vm.MAC)
 	}
 	return args
 }

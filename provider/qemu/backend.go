@@ -1,8 +1,6 @@
 package qemu
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -18,16 +17,15 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/i2kit/i2kit/agent"
-	"github.com/i2kit/i2kit/agent/protocol"
+	"github.com/i2kit/i2kit/agent/boot"
 	"github.com/i2kit/i2kit/internal/proc"
 	"github.com/i2kit/i2kit/provider/vm"
 )
 
 // Config places the backend.
 type Config struct {
-	// RuntimeDir holds one directory per pod UID: the VM's record, QEMU's pid file and console socket, and the
-	// console log. It is rebuilt from what runs when the backend starts.
+	// RuntimeDir holds one directory per pod UID: the VM's record, QEMU's pid file, log and console log, and the
+	// agent's channel socket. The backend's inventory is rebuilt from it when the backend starts.
 	RuntimeDir string
 	// Bridge is the host bridge the pods' TAPs join; its address is the first of PodCIDR.
 	Bridge  string
@@ -36,10 +34,14 @@ type Config struct {
 	QEMU string
 }
 
+// Format is the image format the qemu backend boots: an uncompressed kernel, the agent's initramfs and one disk
+// per container image.
+const Format = "direct"
+
 var _ vm.Backend = (*Backend)(nil)
 
 // Backend runs pod VMs as QEMU microVMs on this machine. A VM's lifetime is the backend's, never a request's:
-// QEMU runs in a session of its own and survives a restart of the node, which adopts it.
+// QEMU runs in a session of its own and survives a restart of the node, whose new backend adopts it.
 type Backend struct {
 	cfg    Config
 	net    *network
@@ -51,13 +53,20 @@ type Backend struct {
 	vms map[string]*machine
 }
 
+// machine is one VM. Its state moves Running → Stopping → Terminated, or to Failed when QEMU exits on its own.
 type machine struct {
-	mu      sync.Mutex
-	st      vm.Status
-	dir     string
-	tap     string
-	exited  chan struct{}
-	console net.Conn
+	dir    string
+	tap    string
+	exited chan struct{} // closed once QEMU has exited
+
+	mu  sync.Mutex
+	rec record
+}
+
+// record is what the runtime directory keeps of a VM (vm.json): its status and QEMU's pid.
+type record struct {
+	vm.Status
+	Pid int `json:"pid"`
 }
 
 // New prepares the bridge and adopts the VMs that still run from RuntimeDir; records of VMs that are gone are
@@ -84,107 +93,114 @@ func New(cfg Config, notify func(vm.Status)) (*Backend, error) {
 	return b, nil
 }
 
+// Format is the image format the backend boots.
+func (b *Backend) Format() string { return Format }
+
 // adopt rebuilds the VM table from the runtime directory: live QEMU processes are adopted, never relaunched.
 func (b *Backend) adopt() {
 	ents, _ := os.ReadDir(b.cfg.RuntimeDir)
 	for _, e := range ents {
 		dir := filepath.Join(b.cfg.RuntimeDir, e.Name())
 		raw, err := os.ReadFile(filepath.Join(dir, "vm.json"))
-		var st vm.Status
+		var rec record
 		if err == nil {
-			err = json.Unmarshal(raw, &st)
+			err = json.Unmarshal(raw, &rec)
 		}
-		if err != nil || !isQEMU(st.Pid) {
+		if err != nil || rec.UID != e.Name() || !isQEMU(rec.Pid) {
 			b.net.delTap(TAPName(e.Name())) //nolint:errcheck
 			os.RemoveAll(dir)
 			continue
 		}
-		v := &machine{st: st, dir: dir, tap: TAPName(st.UID), exited: make(chan struct{})}
-		b.vms[st.UID] = v
-		go b.watchConsole(v)
+		v := &machine{rec: rec, dir: dir, tap: TAPName(rec.UID), exited: make(chan struct{})}
+		b.vms[rec.UID] = v
 		go b.waitPidfd(v)
 	}
 }
 
 // List returns every VM's status.
-func (b *Backend) List() []vm.Status {
+func (b *Backend) List(context.Context) ([]vm.Status, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	out := make([]vm.Status, 0, len(b.vms))
 	for _, v := range b.vms {
-		v.mu.Lock()
-		out = append(out, v.st)
-		v.mu.Unlock()
+		out = append(out, v.status())
 	}
-	return out
+	return out, nil
 }
 
 // Get returns a VM's status.
-func (b *Backend) Get(uid string) (vm.Status, error) {
-	b.mu.Lock()
-	v, ok := b.vms[uid]
-	b.mu.Unlock()
-	if !ok {
-		return vm.Status{}, fmt.Errorf("%w: %s", vm.ErrNotFound, uid)
+func (b *Backend) Get(_ context.Context, uid string) (vm.Status, error) {
+	v, err := b.machine(uid)
+	if err != nil {
+		return vm.Status{}, err
 	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return v.st, nil
+	return v.status(), nil
 }
 
-// Launch starts the VM for a pod. It is idempotent per UID: a second call returns the VM the first made.
-func (b *Backend) Launch(s vm.Spec) (vm.Status, error) {
+func (b *Backend) machine(uid string) (*machine, error) {
 	b.mu.Lock()
-	if v, ok := b.vms[s.UID]; ok {
+	defer b.mu.Unlock()
+	v, ok := b.vms[uid]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", vm.ErrNotFound, uid)
+	}
+	return v, nil
+}
+
+func (v *machine) status() vm.Status {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.rec.Status
+}
+
+// Launch starts the VM for a pod. It is idempotent per UID: a second call returns the VM the first made. A launch
+// that fails half way leaves no process, TAP or directory behind.
+func (b *Backend) Launch(ctx context.Context, p vm.Plan) (vm.Status, error) {
+	if p.Image == nil || p.Image.Format != Format {
+		return vm.Status{}, fmt.Errorf("launching VM: the qemu backend boots %s images", Format)
+	}
+	if err := ctx.Err(); err != nil {
+		return vm.Status{}, fmt.Errorf("launching VM, %w", err)
+	}
+	b.mu.Lock()
+	if v, ok := b.vms[p.UID]; ok {
 		b.mu.Unlock()
-		v.mu.Lock()
-		defer v.mu.Unlock()
-		return v.st, nil
+		return v.status(), nil
 	}
 	ip, err := b.allocateLocked()
 	if err != nil {
 		b.mu.Unlock()
 		return vm.Status{}, err
 	}
-	dir := filepath.Join(b.cfg.RuntimeDir, s.UID)
-	v := &machine{dir: dir, tap: TAPName(s.UID), exited: make(chan struct{}),
-		st: vm.Status{UID: s.UID, Namespace: s.Namespace, Name: s.Name, IP: ip.String(), State: vm.Booting, Started: time.Now()}}
-	b.vms[s.UID] = v
+	dir := filepath.Join(b.cfg.RuntimeDir, p.UID)
+	v := &machine{dir: dir, tap: TAPName(p.UID), exited: make(chan struct{}),
+		rec: record{Status: vm.Status{UID: p.UID, Namespace: p.Namespace, Name: p.Name, IP: ip.String(), State: vm.Booting, Started: time.Now()}}}
+	b.vms[p.UID] = v
 	b.mu.Unlock()
 
-	if err := b.start(v, s); err != nil {
+	if err := b.start(v, p, ip); err != nil {
 		b.mu.Lock()
-		delete(b.vms, s.UID)
+		delete(b.vms, p.UID)
 		b.mu.Unlock()
 		b.net.delTap(v.tap) //nolint:errcheck
 		os.RemoveAll(dir)
-		return vm.Status{}, err
+		return vm.Status{}, fmt.Errorf("launching VM, %w", err)
 	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return v.st, nil
+	return v.status(), nil
 }
 
-func (b *Backend) start(v *machine, s vm.Spec) error {
+func (b *Backend) start(v *machine, p vm.Plan, ip net.IP) error {
 	if err := os.MkdirAll(v.dir, 0o700); err != nil {
 		return err
 	}
 	if err := b.net.addTap(v.tap); err != nil {
 		return err
 	}
-	// The pod's name is its hostname, as on any node; a pod name is a DNS subdomain, safe on a command line.
-	cmdline := s.Cmdline + " " + b.net.kernelIP(net.ParseIP(v.st.IP)) + " " + agent.HostnameParam + "=" + s.Name
-	args := Args(VM{Kernel: s.Kernel, Initramfs: s.Initramfs, Cmdline: cmdline, Disks: s.Disks,
-		MemoryMiB: s.MemoryMiB, CPUs: s.CPUs, KVM: b.kvm, TSCkHz: b.tsc})
-	args = withConsoleSocket(args, filepath.Join(v.dir, "console.sock"))
-	args = append(args,
-		// the agent's channel (package agent/protocol): a virtio-serial port served on a unix socket
-		"-device", "virtio-serial-device,max_ports=2",
-		"-chardev", "socket,id=agent,path="+filepath.Join(v.dir, "agent.sock")+",server=on,wait=off",
-		"-device", "virtserialport,chardev=agent,name="+protocol.PortName,
-		"-netdev", fmt.Sprintf("tap,id=net0,ifname=%s,script=no,downscript=no,vhost=off", v.tap),
-		"-device", "virtio-net-device,netdev=net0,mac="+macFor(s.UID),
-		"-pidfile", filepath.Join(v.dir, "qemu.pid"))
+	img := p.Image
+	cmdline := boot.Cmdline(img.Spec.Kernel.Cmdline, boot.Params{Hostname: p.Name, Channel: true,
+		Network: &boot.Network{IP: ip, Gateway: b.net.gw, Mask: b.net.cidr.Mask}})
+	args := Args(VM{Kernel: img.Kernel, Initramfs: img.Initramfs, Cmdline: cmdline, Disks: img.DiskPaths(),
+		MemoryMiB: p.MemoryMiB, CPUs: p.CPUs, KVM: b.kvm, TSCkHz: b.tsc, Dir: v.dir, TAP: v.tap, MAC: macFor(p.UID)})
 	logf, err := os.Create(filepath.Join(v.dir, "qemu.log"))
 	if err != nil {
 		return err
@@ -197,80 +213,23 @@ func (b *Backend) start(v *machine, s vm.Spec) error {
 	if err != nil {
 		return fmt.Errorf("starting qemu, %w", err)
 	}
-	v.mu.Lock()
-	v.st.Pid = cmd.Process.Pid
-	v.mu.Unlock()
-	b.record(v)
+	b.update(v, func(r *record) {
+		r.Pid, r.ID = cmd.Process.Pid, strconv.Itoa(cmd.Process.Pid)
+		r.State = vm.Running // the machine runs; the agent's handshake says when it serves
+	})
 	go func() {
 		err := cmd.Wait()
 		b.exited(v, err)
 	}()
-	go b.watchConsole(v)
 	return nil
 }
 
-// withConsoleSocket serves the guest's serial console on a unix socket instead of QEMU's stdio, so that the
-// backend — or a restarted one — can read it and send the agent "poweroff".
-func withConsoleSocket(args []string, sock string) []string {
-	out := make([]string, 0, len(args)+2)
-	for i := 0; i < len(args); i++ {
-		if args[i] == "-serial" && i+1 < len(args) {
-			// QEMU itself logs the console, so that nothing is lost while no backend is connected (a restart).
-			log := filepath.Join(filepath.Dir(sock), "console.log")
-			out = append(out, "-chardev", "socket,id=console,path="+sock+",server=on,wait=off,logfile="+log+",logappend=on",
-				"-serial", "chardev:console")
-			i++
-			continue
-		}
-		out = append(out, args[i])
-	}
-	return out
-}
-
-// watchConsole reads the guest console (QEMU logs it to console.log) and marks the VM Running at the agent's
-// ready marker.
-func (b *Backend) watchConsole(v *machine) {
-	sock := filepath.Join(v.dir, "console.sock")
-	var conn net.Conn
-	for {
-		var err error
-		if conn, err = net.Dial("unix", sock); err == nil {
-			break
-		}
-		select {
-		case <-v.exited:
-			return
-		case <-time.After(20 * time.Millisecond): // QEMU is still creating the socket
-		}
-	}
-	v.mu.Lock()
-	v.console = conn
-	v.mu.Unlock()
-	// The console is read to its end, whatever it holds: a backend that stopped reading would stall the guest.
-	r := bufio.NewReaderSize(conn, 64<<10)
-	for {
-		line, err := r.ReadSlice('\n')
-		if bytes.Contains(line, []byte(agent.ReadyMarker)) {
-			b.update(v, func(st *vm.Status) {
-				if st.State == vm.Booting {
-					st.State, st.Ready = vm.Running, time.Now()
-				}
-			})
-		}
-		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
-			return
-		}
-	}
-}
-
 // DialAgent connects to the agent's virtio-serial port. QEMU serves one connection at a time: a second waits
-// until the first is closed.
+// until the first is closed. Bytes sent before the guest opens the port wait in the socket.
 func (b *Backend) DialAgent(ctx context.Context, uid string) (net.Conn, error) {
-	b.mu.Lock()
-	v, ok := b.vms[uid]
-	b.mu.Unlock()
-	if !ok {
-		return nil, fmt.Errorf("%w: %s", vm.ErrNotFound, uid)
+	v, err := b.machine(uid)
+	if err != nil {
+		return nil, err
 	}
 	var d net.Dialer
 	return d.DialContext(ctx, "unix", filepath.Join(v.dir, "agent.sock"))
@@ -279,7 +238,7 @@ func (b *Backend) DialAgent(ctx context.Context, uid string) (net.Conn, error) {
 // waitPidfd waits for an adopted QEMU (not our child) to exit.
 func (b *Backend) waitPidfd(v *machine) {
 	v.mu.Lock()
-	pid := v.st.Pid
+	pid := v.rec.Pid
 	v.mu.Unlock()
 	fd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
@@ -296,98 +255,90 @@ func (b *Backend) waitPidfd(v *machine) {
 	b.exited(v, errors.New("qemu exited"))
 }
 
-// exited records the end of a VM's QEMU: Terminated when asked to stop, Failed otherwise.
+// exited records the end of a VM's QEMU: Terminated when asked to stop, Failed otherwise (the guest powered
+// itself off without being asked, crashed, or QEMU was killed).
 func (b *Backend) exited(v *machine, err error) {
 	select {
 	case <-v.exited:
 		return
 	default:
 	}
-	b.update(v, func(st *vm.Status) {
-		if st.State == vm.Stopping {
-			st.State, st.Reason = vm.Terminated, "Deleted"
+	b.update(v, func(r *record) {
+		if r.State == vm.Stopping {
+			r.State, r.Reason = vm.Terminated, "Deleted"
 			return
 		}
-		st.State, st.Reason = vm.Failed, "VMExited"
-		st.Message = "the pod's VM exited unexpectedly"
+		r.State, r.Reason = vm.Failed, "VMExited"
+		r.Message = "the pod's VM exited unexpectedly"
 		if err != nil {
-			st.Message += ": " + err.Error()
+			r.Message += ": " + err.Error()
 		}
 		if tail := tailFile(filepath.Join(v.dir, "qemu.log"), 3); tail != "" {
-			st.Message += ": " + tail
+			r.Message += ": " + tail
 		}
 	})
 	close(v.exited)
 }
 
-// Terminate stops a pod's VM: the agent is asked to stop the containers within grace and power off; QEMU is
-// killed when it has not ended after grace. The TAP and the runtime directory are removed. Terminate may be
-// called repeatedly; once the VM is gone it returns ErrNotFound.
-func (b *Backend) Terminate(ctx context.Context, uid string, grace time.Duration) error {
-	b.mu.Lock()
-	v, ok := b.vms[uid]
-	b.mu.Unlock()
-	if !ok {
-		return fmt.Errorf("%w: %s", vm.ErrNotFound, uid)
+// Terminate ends a pod's VM at once — QEMU is killed unless it has exited — and removes its TAP and runtime
+// directory. It may be called repeatedly; once the VM is gone it returns ErrNotFound.
+func (b *Backend) Terminate(ctx context.Context, uid string) error {
+	v, err := b.machine(uid)
+	if err != nil {
+		return err
 	}
-	booting := false
-	b.update(v, func(st *vm.Status) {
-		booting = st.State == vm.Booting
-		if st.State == vm.Booting || st.State == vm.Running {
-			st.State = vm.Stopping
+	b.update(v, func(r *record) {
+		if !r.State.Exited() {
+			r.State = vm.Stopping
 		}
 	})
-	// A VM whose agent is not up runs no container yet (they start once the node configures a Running VM):
-	// nothing needs the grace period, and nothing would hear a power-off request.
-	if booting {
-		grace = 0
-	}
 	v.mu.Lock()
-	conn, pid := v.console, v.st.Pid
+	pid := v.rec.Pid
 	v.mu.Unlock()
-	if conn != nil && grace > 0 {
-		// The agent gets most of the grace period for the containers; the rest is for it to power off.
-		fmt.Fprintf(conn, "poweroff %d\n", int((grace * 4 / 5).Seconds())) //nolint:errcheck
-	}
-	select {
-	case <-v.exited:
-	case <-time.After(grace):
-	case <-ctx.Done():
-	}
 	select {
 	case <-v.exited:
 	default:
-		syscall.Kill(pid, syscall.SIGKILL) //nolint:errcheck
-		<-v.exited
-	}
-	if conn != nil {
-		conn.Close()
+		if pid > 0 {
+			syscall.Kill(pid, syscall.SIGKILL) //nolint:errcheck
+		}
+		select {
+		case <-v.exited:
+		case <-ctx.Done():
+			return fmt.Errorf("terminating VM %s, %w", uid, ctx.Err())
+		}
 	}
 	if err := b.net.delTap(v.tap); err != nil {
-		return err
+		return fmt.Errorf("terminating VM %s: removing its TAP, %w", uid, err)
 	}
 	b.mu.Lock()
-	delete(b.vms, uid)
+	if b.vms[uid] == v {
+		delete(b.vms, uid)
+	}
 	b.mu.Unlock()
-	return os.RemoveAll(v.dir)
+	if err := os.RemoveAll(v.dir); err != nil {
+		return fmt.Errorf("terminating VM %s, %w", uid, err)
+	}
+	return nil
 }
 
-func (b *Backend) update(v *machine, f func(*vm.Status)) {
+func (b *Backend) update(v *machine, f func(*record)) {
 	v.mu.Lock()
-	before := v.st
-	f(&v.st)
-	st := v.st
+	before := v.rec
+	f(&v.rec)
+	after := v.rec
 	v.mu.Unlock()
-	if st != before {
+	if after != before {
 		b.record(v)
-		b.notify(st)
+	}
+	if after.Status != before.Status {
+		b.notify(after.Status)
 	}
 }
 
-// record writes the VM's status to its runtime directory, from which a restarted backend adopts it.
+// record writes the VM's record to its runtime directory, from which a restarted backend adopts it.
 func (b *Backend) record(v *machine) {
 	v.mu.Lock()
-	raw, _ := json.Marshal(v.st)
+	raw, _ := json.Marshal(v.rec)
 	v.mu.Unlock()
 	tmp := filepath.Join(v.dir, "vm.json.tmp")
 	if os.WriteFile(tmp, raw, 0o600) == nil {
@@ -398,7 +349,7 @@ func (b *Backend) record(v *machine) {
 func (b *Backend) allocateLocked() (net.IP, error) {
 	used := map[string]bool{b.net.gw.String(): true}
 	for _, v := range b.vms {
-		used[v.st.IP] = true
+		used[v.status().IP] = true
 	}
 	for i := uint32(2); i < b.net.size()-1; i++ {
 		ip := nthIP(b.net.cidr, i)

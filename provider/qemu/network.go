@@ -73,11 +73,6 @@ func (n *network) delTap(name string) error {
 	return ip("link", "del", name)
 }
 
-// kernelIP is the kernel's ip= argument that configures the guest's eth0 before init runs.
-func (n *network) kernelIP(podIP net.IP) string {
-	return fmt.Sprintf("ip=%s::%s:%s::eth0:off", podIP, n.gw, net.IP(n.cidr.Mask))
-}
-
 // nthIP is the n-th address of a network.
 func nthIP(n *net.IPNet, i uint32) net.IP {
 	b := n.IP.To4()

@@ -1,5 +1,7 @@
-// Package vm is the contract between the provider and its backends: what a pod's VM is asked to be (Spec) and
-// what it is (Status). Backends (provider/qemu, later provider/aws) implement Backend.
+// Package vm is the contract between the provider and the backends that run pods' VMs (provider/qemu, later
+// provider/aws): what a pod's VM is asked to be (Plan), what it is (Status), and the calls every backend answers
+// (Backend). Every call takes a context and can fail: a cloud API pages, throttles and times out. Package vmtest
+// is the conformance kit every backend must pass.
 package vm
 
 import (
@@ -7,10 +9,13 @@ import (
 	"errors"
 	"net"
 	"time"
+
+	"github.com/i2kit/i2kit/vmimage"
 )
 
 // State is where a VM is in its life. Booting → Running → Stopping → Terminated; a VM that exits on its own
-// (QEMU crash, guest panic, killed by hand, instance gone) ends Failed.
+// (a hypervisor crash, a guest panic, killed by hand, an instance stopped from outside) ends Failed. Running means
+// the machine runs; whether its agent serves is the protocol's handshake, not the backend's business.
 type State string
 
 const (
@@ -21,13 +26,21 @@ const (
 	Failed     State = "Failed"
 )
 
-// Spec is what a backend needs to run one pod's VM.
-type Spec struct {
+// Exited reports whether a VM in state s has ended.
+func (s State) Exited() bool { return s == Terminated || s == Failed }
+
+// Plan is what one pod's VM is to be: the pod's identity, the image, the size and the tags. It says what to run,
+// never how a hypervisor or a cloud does it.
+type Plan struct {
 	UID, Namespace, Name string
-	Kernel, Initramfs    string
-	Cmdline              string
-	Disks                []string
-	MemoryMiB, CPUs      int
+	// Image is the pod's VM image, built in the backend's Format.
+	Image *vmimage.Image
+	// Published is what the backend's Publish returned for Image ("" for backends that publish nothing).
+	Published string
+	MemoryMiB int
+	CPUs      int
+	// Tags label the VM (cluster, node, namespace, name, pod UID): the inventory List and a restart rebuild from.
+	Tags map[string]string
 }
 
 // Status is a VM's observable state.
@@ -40,25 +53,40 @@ type Status struct {
 	Reason    string    `json:"reason,omitempty"`
 	Message   string    `json:"message,omitempty"`
 	Started   time.Time `json:"started"`
-	Ready     time.Time `json:"ready,omitempty"`
-	Pid       int       `json:"pid,omitempty"`
+	// ID is the backend's own name for the VM (a QEMU pid, an instance ID), for logs and error messages.
+	ID string `json:"id,omitempty"`
 }
 
 // ErrNotFound is returned for pod UIDs a backend has no VM for.
 var ErrNotFound = errors.New("vm not found")
 
-// Backend runs pods' VMs. Implementations report every status change to the function they were made with.
+// IsNotFound reports whether err says the VM does not exist.
+func IsNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
+
+// Backend runs pods' VMs. A VM's lifetime is the backend's, never a request context's: contexts bound the calls,
+// not the VMs. Implementations report every status change they observe (a VM that exits on its own above all) to
+// the function they were made with; Get and List are the source of truth.
 type Backend interface {
-	// Launch starts the VM for a pod; it is idempotent per UID: a second call returns the VM the first made.
-	Launch(Spec) (Status, error)
-	// Get returns a VM's status, or ErrNotFound.
-	Get(uid string) (Status, error)
-	// List returns every VM the backend owns, including VMs it adopted at start.
-	List() []Status
-	// Terminate stops a VM — gracefully within grace, then forcibly — and releases what it held. It may be
-	// called repeatedly; once the VM is gone it returns ErrNotFound.
-	Terminate(ctx context.Context, uid string, grace time.Duration) error
-	// DialAgent opens the channel to a running VM's agent (see package agent/protocol); the caller owns the
+	// Format is the vmimage output format the backend boots (vmimage.Formats).
+	Format() string
+	// Launch starts the VM for a pod. It is idempotent per Plan.UID: a second call, also after a restart of the
+	// backend or a launch cancelled half way, finds the VM the first made and never makes a second.
+	Launch(ctx context.Context, p Plan) (Status, error)
+	// Get returns a VM's status, or an error that IsNotFound.
+	Get(ctx context.Context, uid string) (Status, error)
+	// List returns every VM this node owns, including those a restarted backend found again.
+	List(ctx context.Context) ([]Status, error)
+	// Terminate ends a VM at once and releases what it held (addresses, devices, disks). The graceful part — the
+	// agent stopping the containers within the grace period and powering off — is the caller's, over the
+	// protocol. Terminate may be called repeatedly; once the VM is gone it returns an error that IsNotFound.
+	Terminate(ctx context.Context, uid string) error
+	// DialAgent opens a byte stream to a running VM's agent (package agent/protocol); the caller owns the
 	// connection. A backend may allow one open channel per VM at a time.
 	DialAgent(ctx context.Context, uid string) (net.Conn, error)
+}
+
+// Publisher is implemented by backends that must make a built image bootable before launching it (e.g. an EBS
+// snapshot and an AMI). Publish is idempotent per image key; it returns what Plan.Published carries.
+type Publisher interface {
+	Publish(ctx context.Context, img *vmimage.Image) (string, error)
 }

@@ -30,7 +30,7 @@ func TestNodeStopsWithoutLeaks(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(func() { env.DeleteNode(t, cfg.NodeName) })
 	done := make(chan error, 1)
-	go func() { done <- node.Run(ctx, cfg) }()
+	go func() { done <- node.Run(ctx, cfg, node.Wiring{}) }()
 	if _, err := env.WaitNodeReady(context.Background(), cfg.NodeName, 10*time.Second); err != nil {
 		cancel()
 		t.Fatalf("node not ready: %v (Run: %v)", err, <-done)

@@ -19,7 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
-	"github.com/i2kit/i2kit/agent"
+	"github.com/i2kit/i2kit/agent/boot"
 	"github.com/i2kit/i2kit/provider/qemu"
 	"github.com/i2kit/i2kit/vmimage"
 )
@@ -181,7 +181,7 @@ func rawBoots(b *testing.B, store string, n int) []time.Duration {
 		}
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
-			if strings.Contains(sc.Text(), agent.ReadyMarker) {
+			if strings.Contains(sc.Text(), boot.ReadyMarker) {
 				out = append(out, time.Since(t0))
 				break
 			}

@@ -44,7 +44,7 @@ func BenchmarkDirectBoot(b *testing.B) {
 	var ds []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		boot(b, args)
+		bootVM(b, args)
 		ds = append(ds, bootTime)
 	}
 	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })

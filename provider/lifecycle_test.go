@@ -30,7 +30,9 @@ type fakeBackend struct {
 	notify     func(vm.Status)
 }
 
-func (f *fakeBackend) Launch(s vm.Spec) (vm.Status, error) {
+func (f *fakeBackend) Format() string { return "direct" }
+
+func (f *fakeBackend) Launch(_ context.Context, s vm.Plan) (vm.Status, error) {
 	f.mu.Lock()
 	if st, ok := f.vms[s.UID]; ok {
 		f.mu.Unlock()
@@ -42,7 +44,7 @@ func (f *fakeBackend) Launch(s vm.Spec) (vm.Status, error) {
 	f.vms[s.UID] = st
 	f.mu.Unlock()
 	running := st
-	running.State, running.Ready = vm.Running, time.Now()
+	running.State = vm.Running
 	go func() {
 		f.mu.Lock()
 		f.vms[s.UID] = running
@@ -64,7 +66,7 @@ func (f *fakeBackend) counts() (launches int, terminated []string) {
 	return f.launches, append([]string(nil), f.terminated...)
 }
 
-func (f *fakeBackend) Get(uid string) (vm.Status, error) {
+func (f *fakeBackend) Get(_ context.Context, uid string) (vm.Status, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	st, ok := f.vms[uid]
@@ -74,17 +76,17 @@ func (f *fakeBackend) Get(uid string) (vm.Status, error) {
 	return st, nil
 }
 
-func (f *fakeBackend) List() []vm.Status {
+func (f *fakeBackend) List(context.Context) ([]vm.Status, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out []vm.Status
 	for _, st := range f.vms {
 		out = append(out, st)
 	}
-	return out
+	return out, nil
 }
 
-func (f *fakeBackend) Terminate(_ context.Context, uid string, _ time.Duration) error {
+func (f *fakeBackend) Terminate(_ context.Context, uid string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if _, ok := f.vms[uid]; !ok {
@@ -98,7 +100,7 @@ func (f *fakeBackend) Terminate(_ context.Context, uid string, _ time.Duration) 
 // DialAgent serves a fake agent over the real protocol: it takes the pod's configuration and reports every
 // configured container running.
 func (f *fakeBackend) DialAgent(_ context.Context, uid string) (net.Conn, error) {
-	if _, err := f.Get(uid); err != nil {
+	if _, err := f.Get(context.Background(), uid); err != nil {
 		return nil, err
 	}
 	host, guest := net.Pipe()
@@ -196,7 +198,7 @@ func TestPodRunsAsVM(t *testing.T) {
 
 func TestAdoptedVMIsNotLaunchedAgain(t *testing.T) {
 	p, b, _ := newVMProvider(t, fakeImages{})
-	b.set(vm.Status{UID: "uid-a", IP: "10.0.0.9", State: vm.Running, Started: time.Now(), Ready: time.Now()})
+	b.set(vm.Status{UID: "uid-a", IP: "10.0.0.9", State: vm.Running, Started: time.Now()})
 	if err := p.CreatePod(context.Background(), plainPod("a")); err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package provider
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -13,18 +12,12 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/i2kit/i2kit/agent"
 	"github.com/i2kit/i2kit/provider/vm"
 	"github.com/i2kit/i2kit/vmimage"
 )
 
-// UseBackend gives the provider the backend that runs pod VMs and the builder of their images. Call it before
-// the node runs; the backend reports VM changes to VMChanged.
-func (p *Provider) UseBackend(b vm.Backend, images ImageBuilder) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.backend, p.builder = b, images
-}
+// launchTimeout bounds one call to the backend's Launch (and Publish); the VM itself outlives it.
+const launchTimeout = 5 * time.Minute
 
 // createVM admits a pod, then builds its image and launches its VM in the background: CreatePod must not wait
 // for either. Progress shows in the pod's status and Events, as a kubelet shows pulls and starts.
@@ -37,9 +30,13 @@ func (p *Provider) createVM(ctx context.Context, pod *corev1.Pod) {
 	if u := unenforced(pod); len(u) > 0 {
 		p.cfg.Events.Event(pod, corev1.EventTypeWarning, "Unenforced", "accepted but not enforced inside the pod VM (its isolation is the VM's): "+strings.Join(u, "; "))
 	}
+	v := p.vmFor(string(pod.UID), true)
 	// After a node restart the pod's VM may already run: adopt it as it is, launch nothing. Its status stays
 	// what the API server has until the agent reports.
-	if st, err := p.backend.Get(string(pod.UID)); err == nil && st.State == vm.Running {
+	if st, err := p.backend.Get(ctx, string(pod.UID)); err == nil && st.State == vm.Running {
+		v.mu.Lock()
+		v.vm = st
+		v.mu.Unlock()
 		p.store(pod.DeepCopy())
 		p.connectAgent(ctx, pod)
 		return
@@ -47,42 +44,46 @@ func (p *Provider) createVM(ctx context.Context, pod *corev1.Pod) {
 	p.store(pendingStatus(pod, p.cfg.InternalIP, "ContainerCreating", "building the pod's VM image", time.Now()))
 	// The VM outlives the request (its logger stays); pulling its image lasts until the pod is deleted.
 	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	run := &pullRun{cancel: cancel, done: make(chan struct{})}
-	p.mu.Lock()
-	if prev := p.pulling[string(pod.UID)]; prev != nil {
-		prev.cancel()
+	done := make(chan struct{})
+	v.mu.Lock()
+	if v.pull != nil {
+		v.pull()
 	}
-	p.pulling[string(pod.UID)] = run
-	p.mu.Unlock()
-	go p.startVM(pctx, run, pod.DeepCopy())
+	v.pull, v.pullDone = cancel, done
+	v.mu.Unlock()
+	go func() {
+		defer close(done)
+		p.startVM(pctx, v, pod.DeepCopy())
+	}()
 }
 
-// pullRun is a pod's image pull under way; done is closed when it ends.
-type pullRun struct {
-	cancel context.CancelFunc
-	done   chan struct{}
-}
-
-func (p *Provider) startVM(ctx context.Context, run *pullRun, pod *corev1.Pod) {
+// startVM builds the pod's image, publishes it where the backend needs that, and launches the VM.
+func (p *Provider) startVM(ctx context.Context, v *podVM, pod *corev1.Pod) {
 	img, ok := p.pullImage(ctx, pod)
-	close(run.done)
-	p.mu.Lock()
-	if p.pulling[string(pod.UID)] == run {
-		delete(p.pulling, string(pod.UID))
-	}
-	p.mu.Unlock()
-	run.cancel()
+	v.mu.Lock()
+	v.pull = nil
+	v.mu.Unlock()
 	if !ok {
 		return
 	}
-	p.mu.Lock()
-	p.images[string(pod.UID)] = imageIDs(pod, img)
-	p.mu.Unlock()
-	disks := img.DiskPaths()
+	v.mu.Lock()
+	v.imageIDs = imageIDs(pod, img)
+	v.mu.Unlock()
+	lctx, cancel := context.WithTimeout(ctx, launchTimeout)
+	defer cancel()
 	mem, cpus := vmSize(pod)
-	st, err := p.backend.Launch(vm.Spec{UID: string(pod.UID), Namespace: pod.Namespace, Name: pod.Name,
-		Kernel: img.Kernel, Initramfs: img.Initramfs, Cmdline: img.Spec.Kernel.Cmdline + " " + agent.ConfigParam + "=channel",
-		Disks: disks, MemoryMiB: mem, CPUs: cpus})
+	plan := vm.Plan{UID: string(pod.UID), Namespace: pod.Namespace, Name: pod.Name, Image: img, MemoryMiB: mem, CPUs: cpus,
+		Tags: p.tags(pod)}
+	var err error
+	if pub, ok := p.backend.(vm.Publisher); ok {
+		if plan.Published, err = pub.Publish(lctx, img); err != nil {
+			err = fmt.Errorf("publishing the VM image, %w", err)
+		}
+	}
+	var st vm.Status
+	if err == nil {
+		st, err = p.backend.Launch(lctx, plan)
+	}
 	if err != nil {
 		msg := fmt.Sprintf("launching the VM: %v", err)
 		p.cfg.Events.Event(pod, corev1.EventTypeWarning, "Failed", msg)
@@ -90,30 +91,66 @@ func (p *Provider) startVM(ctx context.Context, run *pullRun, pod *corev1.Pod) {
 		return
 	}
 	p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "Created", "Created VM with IP %s (%d MiB, %d vCPU)", st.IP, mem, cpus)
-	p.VMChanged(st) // an adopted VM may already run: no change will be reported for it
+	p.VMChanged(st) // the VM may have been running already: no change will be reported for it
 }
 
-// VMChanged applies a VM's new state to its pod's status.
+// Tag keys every VM carries (the backend's inventory).
+const (
+	TagNode      = "i2kit.io/node"
+	TagNamespace = "i2kit.io/pod-namespace"
+	TagName      = "i2kit.io/pod-name"
+	TagUID       = "i2kit.io/pod-uid"
+)
+
+func (p *Provider) tags(pod *corev1.Pod) map[string]string {
+	return map[string]string{TagNode: p.cfg.NodeName, TagNamespace: pod.Namespace, TagName: pod.Name, TagUID: string(pod.UID)}
+}
+
+// VMChanged applies a VM's new state to its pod's status. The backend calls it for every change it observes.
 func (p *Provider) VMChanged(st vm.Status) {
-	p.mu.Lock()
-	var pod *corev1.Pod
-	for _, q := range p.pods {
-		if string(q.UID) == st.UID {
-			pod = q.DeepCopy()
-		}
-	}
-	p.mu.Unlock()
-	if pod == nil {
+	v := p.vmFor(st.UID, false)
+	pod := p.podByUID(st.UID)
+	if v == nil || pod == nil {
 		return
 	}
-	switch st.State {
-	case vm.Running:
+	v.mu.Lock()
+	if st.UID == v.vm.UID && rank(st.State) < rank(v.vm.State) {
+		v.mu.Unlock()
+		return // an older report (Launch's answer after the backend's notification)
+	}
+	v.vm = st
+	deleting := v.deleting
+	if st.State.Exited() {
+		select {
+		case <-v.exited:
+		default:
+			close(v.exited)
+		}
+	}
+	v.mu.Unlock()
+	switch {
+	case st.State == vm.Running && !deleting:
 		p.connectAgent(context.Background(), pod) // the agent reports the containers
-	case vm.Failed:
-		go p.disconnectAgent(st.UID)
+	case st.State == vm.Failed && !deleting:
+		go p.disconnectAgent(st.UID, true)
 		p.cfg.Events.Event(pod, corev1.EventTypeWarning, st.Reason, st.Message)
 		p.storeIfCurrent(pod, failedStatus(pod, p.cfg.InternalIP, st.Reason, st.Message, time.Now()))
 	}
+}
+
+// rank orders the VM states: a VM never moves back.
+func rank(s vm.State) int {
+	switch s {
+	case vm.Booting:
+		return 1
+	case vm.Running:
+		return 2
+	case vm.Stopping:
+		return 3
+	case vm.Terminated, vm.Failed:
+		return 4
+	}
+	return 0
 }
 
 // deleteVM ends a pod's VM within the pod's grace period.
@@ -125,45 +162,95 @@ func (p *Provider) deleteVM(ctx context.Context, pod *corev1.Pod) error {
 	for _, c := range pod.Spec.Containers {
 		p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "Killing", "Stopping container %s", c.Name)
 	}
-	p.mu.Lock()
-	if run := p.pulling[string(pod.UID)]; run != nil { // a pull being tried again ends with the pod
-		run.cancel()
-		delete(p.pulling, string(pod.UID))
+	v := p.vmFor(string(pod.UID), false)
+	if v == nil {
+		return nil
 	}
-	p.mu.Unlock()
-	// The session with the agent stays while the VM stops: preStop hooks and the last lines of followed logs
-	// still flow through it.
-	err := p.backend.Terminate(ctx, string(pod.UID), grace)
-	p.disconnectAgent(string(pod.UID))
+	err := p.stopVM(ctx, pod, v, grace)
+	p.forgetVM(string(pod.UID))
 	p.mu.Lock()
-	delete(p.images, string(pod.UID))
 	c := p.cluster
 	p.mu.Unlock()
 	if c != nil {
 		c.forget(string(pod.UID))
 	}
-	if err != nil && !errors.Is(err, vm.ErrNotFound) {
+	return err
+}
+
+// stopVM stops a pod's VM within grace: an image pull under way ends; the agent is asked, over the protocol, to
+// stop the containers within most of the grace period and power off; the backend ends what is left when the VM
+// has exited or the grace period is over. A VM whose agent never took the pod's configuration runs no container
+// and is ended at once.
+func (p *Provider) stopVM(ctx context.Context, pod *corev1.Pod, v *podVM, grace time.Duration) error {
+	v.mu.Lock()
+	v.deleting = true
+	if v.pull != nil { // a pull being tried again ends with the pod
+		v.pull()
+	}
+	configured := v.configured
+	v.mu.Unlock()
+	if configured && grace > 0 {
+		p.powerOff(ctx, pod, v, grace)
+	}
+	// The session stayed while the VM stopped: preStop hooks and the last lines of followed logs flowed through it.
+	p.disconnectAgent(v.uid, true)
+	err := p.backend.Terminate(context.WithoutCancel(ctx), v.uid)
+	if err != nil && !vm.IsNotFound(err) {
 		return fmt.Errorf("terminating the VM, %w", err)
 	}
 	return nil
 }
 
-// storeIfCurrent stores a status computed in the background unless the pod was deleted (or replaced) meanwhile;
-// it reports whether the pod is still current.
-func (p *Provider) storeIfCurrent(pod, updated *corev1.Pod) bool {
-	p.mu.Lock()
-	cur, ok := p.pods[key(pod.Namespace, pod.Name)]
-	if !ok || cur.UID != pod.UID {
-		p.mu.Unlock()
-		return false
+// powerOff asks the pod's agent to stop the containers and power off, and waits until the VM has exited or grace
+// is over.
+func (p *Provider) powerOff(ctx context.Context, pod *corev1.Pod, v *podVM, grace time.Duration) {
+	deadline := time.NewTimer(grace)
+	defer deadline.Stop()
+	c, err := p.client(ctx, pod.Namespace, pod.Name, min(grace, 5*time.Second))
+	if err == nil {
+		// The agent gets most of the grace period for the containers; the rest is for it to power off.
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err = c.PowerOff(rctx, grace*4/5)
+		cancel()
 	}
-	// The status is new; the rest is what the node knows now (UpdatePod may have come meanwhile).
-	upd := withStatus(cur, updated.Status)
-	p.pods[key(pod.Namespace, pod.Name)] = upd
-	notify := p.notify
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("pod", key(pod.Namespace, pod.Name)).Info("asking the agent to power off; ending the VM")
+		return
+	}
+	select {
+	case <-v.exited:
+	case <-deadline.C:
+	case <-ctx.Done():
+	}
+}
+
+// CollectGarbage ends VMs whose pod this node no longer has, once they are older than grace: pods deleted while
+// the node was down, or whose deletion was lost. It lists the backend before the pods, so that a VM launched
+// meanwhile is never taken for an orphan.
+func (p *Provider) CollectGarbage(ctx context.Context, grace time.Duration) {
+	if p.backend == nil {
+		return
+	}
+	vms, err := p.backend.List(ctx)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("listing the VMs for garbage collection")
+		return
+	}
+	p.mu.Lock()
+	known := map[string]bool{}
+	for _, pod := range p.pods {
+		known[string(pod.UID)] = true
+	}
 	p.mu.Unlock()
-	notify(upd.DeepCopy())
-	return true
+	for _, st := range vms {
+		if known[st.UID] || time.Since(st.Started) < grace {
+			continue
+		}
+		log.G(ctx).WithField("uid", st.UID).WithField("pod", st.Namespace+"/"+st.Name).Info("ending a VM whose pod is gone")
+		if err := p.backend.Terminate(ctx, st.UID); err != nil && !vm.IsNotFound(err) {
+			log.G(ctx).WithError(err).WithField("uid", st.UID).Warn("ending an orphaned VM")
+		}
+	}
 }
 
 // vmSize derives a VM's memory (MiB) and vCPUs from its containers' limits, else requests: the app containers'
@@ -248,32 +335,4 @@ func failedStatus(pod *corev1.Pod, hostIP, reason, msg string, now time.Time) *c
 		}
 	}
 	return out
-}
-
-// CollectGarbage ends VMs whose pod this node no longer has, once they are older than grace: pods deleted while
-// the node was down, or whose deletion was lost. It lists the backend before the pods, so that a VM launched
-// meanwhile is never taken for an orphan.
-func (p *Provider) CollectGarbage(ctx context.Context, grace time.Duration) {
-	p.mu.Lock()
-	backend := p.backend
-	p.mu.Unlock()
-	if backend == nil {
-		return
-	}
-	vms := backend.List()
-	p.mu.Lock()
-	known := map[string]bool{}
-	for _, pod := range p.pods {
-		known[string(pod.UID)] = true
-	}
-	p.mu.Unlock()
-	for _, st := range vms {
-		if known[st.UID] || time.Since(st.Started) < grace {
-			continue
-		}
-		log.G(ctx).WithField("uid", st.UID).WithField("pod", st.Namespace+"/"+st.Name).Info("ending a VM whose pod is gone")
-		if err := backend.Terminate(ctx, st.UID, 10*time.Second); err != nil && !errors.Is(err, vm.ErrNotFound) {
-			log.G(ctx).WithError(err).WithField("uid", st.UID).Warn("ending an orphaned VM")
-		}
-	}
 }

@@ -1,6 +1,14 @@
-// Package agent is the guest side of a pod VM: i2kit-agent runs as PID 1, mounts the VM's filesystems, runs the
-// pod's containers and serves the node over one narrow, versioned protocol (package protocol).
-package agent
+// Package boot is the contract between a pod VM image and the agent that boots in it: where the image builder puts
+// the image's configuration, how the container disks are found, and the kernel command line the host passes. The
+// host (vmimage, the backends) and the guest (package agent) import it; it holds no runtime code of either.
+package boot
+
+import (
+	"encoding/hex"
+	"fmt"
+	"net"
+	"strings"
+)
 
 // ConfigPath is where the image builder puts the image's configuration in the initramfs.
 const ConfigPath = "/etc/i2kit/image.json"
@@ -15,7 +23,9 @@ const HostnameParam = "i2kit.hostname"
 // runtime configuration over the protocol instead of starting the image's containers at boot.
 const ConfigParam = "i2kit.config"
 
-// ReadyMarker starts the console line the agent prints when the VM is ready; tests and backends wait for it.
+// ReadyMarker starts the console line the agent prints once it serves the protocol. It is a debug aid (and what
+// tests of images booted without a node wait for): no backend relies on the console, readiness is the protocol's
+// handshake.
 const ReadyMarker = "I2KIT_AGENT_READY"
 
 // ImageConfig is what the builder tells the agent about an image.
@@ -26,7 +36,7 @@ type ImageConfig struct {
 	// kernel's virtio, filesystem and cloud drivers. Empty for the built-in podvm kernel.
 	Modules []string `json:"modules,omitempty"`
 	// Disks are the read-only container image filesystems, found by their erofs UUID whatever the order in which
-	// the hypervisor attaches them.
+	// the hypervisor attaches them (virtio, NVMe: device names are never relied on).
 	Disks []Disk `json:"disks"`
 	// Containers lists what to run, by name; Disk indexes Disks.
 	Containers []Container `json:"containers"`
@@ -53,4 +63,44 @@ type Container struct {
 	WorkingDir string   `json:"workingDir"`
 	// User is the image's user: "uid[:gid]" or a name looked up in the container's /etc/passwd and /etc/group.
 	User string `json:"user,omitempty"`
+}
+
+// FormatUUID renders 16 bytes in the canonical 8-4-4-4-12 form.
+func FormatUUID(b []byte) string {
+	h := hex.EncodeToString(b)
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+// Params is what a backend tells the agent of one pod's VM on the kernel command line.
+type Params struct {
+	// Hostname is the pod's name, the containers' hostname. A pod name is a DNS subdomain: safe on a command line.
+	Hostname string
+	// Channel makes the agent wait for the pod's runtime configuration from the node (ConfigParam=channel)
+	// instead of running the image's containers at boot.
+	Channel bool
+	// Network configures eth0 statically before the agent starts (the kernel's ip=); nil leaves it to the agent
+	// (e.g. DHCP or the cloud's metadata).
+	Network *Network
+}
+
+// Network is a static IPv4 configuration of the VM's first interface.
+type Network struct {
+	IP, Gateway net.IP
+	Mask        net.IPMask
+}
+
+// Cmdline is the kernel command line of a pod's VM: the image's own (base) followed by the parameters. It is the
+// only place the command line is assembled.
+func Cmdline(base string, p Params) string {
+	parts := strings.Fields(base)
+	if p.Channel {
+		parts = append(parts, ConfigParam+"=channel")
+	}
+	if n := p.Network; n != nil {
+		parts = append(parts, fmt.Sprintf("ip=%s::%s:%s::eth0:off", n.IP, n.Gateway, net.IP(n.Mask)))
+	}
+	if p.Hostname != "" {
+		parts = append(parts, HostnameParam+"="+p.Hostname)
+	}
+	return strings.Join(parts, " ")
 }

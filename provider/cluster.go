@@ -20,10 +20,6 @@ import (
 // server's) and lifetime; it returns the token and when it expires.
 type TokenFunc func(ctx context.Context, pod *corev1.Pod, audience string, expirationSeconds int64) (string, time.Time, error)
 
-// volumeRefresh is how often a running pod's files volumes are re-resolved; a changed ConfigMap, Secret or a
-// token due for renewal reaches the VM within it (a kubelet takes up to a minute).
-const volumeRefresh = 10 * time.Second
-
 // clusterDNS is the cluster DNS service's address (kube-system/kube-dns), or "" when the cluster has none.
 func (p *Provider) clusterDNS() string {
 	p.mu.Lock()
@@ -64,7 +60,14 @@ type cachedToken struct {
 	issued, refresh time.Time
 }
 
-func (c *cluster) lookups(ctx context.Context) lookups {
+// lookups reads the cluster for one resolution; refresh is set to the earliest renewal due of the tokens it hands
+// out.
+func (c *cluster) lookups(ctx context.Context, refresh *time.Time) lookups {
+	due := func(t time.Time) {
+		if refresh.IsZero() || t.Before(*refresh) {
+			*refresh = t
+		}
+	}
 	return lookups{
 		ConfigMap: func(ns, name string) (*corev1.ConfigMap, error) { return c.configMaps.ConfigMaps(ns).Get(name) },
 		Secret:    func(ns, name string) (*corev1.Secret, error) { return c.secrets.Secrets(ns).Get(name) },
@@ -80,6 +83,7 @@ func (c *cluster) lookups(ctx context.Context) lookups {
 			t, ok := c.tokens[k]
 			c.mu.Unlock()
 			if ok && time.Now().Before(t.refresh) {
+				due(t.refresh)
 				return t.token, nil
 			}
 			tok, expires, err := c.token(ctx, pod, audience, exp)
@@ -90,6 +94,7 @@ func (c *cluster) lookups(ctx context.Context) lookups {
 			c.mu.Lock()
 			c.tokens[k] = cachedToken{token: tok, issued: now, refresh: now.Add(expires.Sub(now) * 4 / 5)}
 			c.mu.Unlock()
+			due(now.Add(expires.Sub(now) * 4 / 5))
 			return tok, nil
 		},
 	}
@@ -124,34 +129,15 @@ func (p *Provider) resolve(ctx context.Context, pod *corev1.Pod, st vm.Status) (
 	p.mu.Lock()
 	c := p.cluster
 	p.mu.Unlock()
+	var refresh time.Time
 	l := noCluster
 	if c != nil {
-		l = c.lookups(ctx)
+		l = c.lookups(ctx, &refresh)
 	}
 	mem, cpus := vmSize(pod)
-	return resolveRuntime(pod, st.IP, p.cfg.InternalIP, cpus, int64(mem)<<20, l)
-}
-
-// awaitRuntime resolves the pod's runtime data, retrying while something it needs is missing (a ConfigMap not
-// created yet): the containers wait with CreateContainerConfigError and a Warning Event says why, as on a kubelet.
-func (p *Provider) awaitRuntime(ctx context.Context, pod *corev1.Pod, st vm.Status) (podRuntime, bool) {
-	last := ""
-	for {
-		rt, err := p.resolve(ctx, pod, st)
-		if err == nil {
-			return rt, true
-		}
-		if msg := err.Error(); msg != last {
-			last = msg
-			p.cfg.Events.Event(pod, corev1.EventTypeWarning, "Failed", "Error: "+msg)
-			p.storeIfCurrent(pod, pendingStatus(pod, p.cfg.InternalIP, "CreateContainerConfigError", msg, time.Now()))
-		}
-		select {
-		case <-ctx.Done():
-			return podRuntime{}, false
-		case <-time.After(2 * time.Second):
-		}
-	}
+	rt, err := resolveRuntime(pod, st.IP, p.cfg.InternalIP, cpus, int64(mem)<<20, l)
+	rt.TokenRefresh = refresh
+	return rt, err
 }
 
 // podConfig is the pod's runtime configuration for its agent.
@@ -188,82 +174,4 @@ func podConfig(pod *corev1.Pod, podIP string, rt podRuntime, resolv []byte) prot
 		cfg.Containers = append(cfg.Containers, cc)
 	}
 	return cfg
-}
-
-// refreshVolumes keeps a running pod's files volumes current: every volumeRefresh it resolves them again and
-// sends the agent those whose content changed (updated ConfigMaps and Secrets, renewed tokens).
-func (p *Provider) refreshVolumes(ctx context.Context, pod *corev1.Pod, st vm.Status, c *protocol.Client, sent []protocol.Volume) {
-	hashes := map[string]string{}
-	for _, v := range sent {
-		hashes[v.Name] = volumeFilesHash(v)
-	}
-	t := time.NewTicker(volumeRefresh)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-c.Done():
-			return
-		case <-t.C:
-		}
-		rt, err := p.resolve(ctx, pod, st)
-		if err != nil {
-			continue // what was mounted stays, as on a kubelet
-		}
-		for _, v := range rt.Volumes {
-			if v.EmptyDir != nil {
-				continue
-			}
-			h := volumeFilesHash(v)
-			if h == hashes[v.Name] {
-				continue
-			}
-			if err := c.UpdateVolume(ctx, v.Name, v.Files); err == nil {
-				hashes[v.Name] = h
-			}
-		}
-	}
-}
-
-// enforceDeadline fails a pod once it has been active longer than its activeDeadlineSeconds (as it is now: it may
-// be set or shortened on a running pod), as a kubelet does:
-// its VM is stopped within its grace period and the pod ends Failed with reason DeadlineExceeded.
-func (p *Provider) enforceDeadline(ctx context.Context, pod *corev1.Pod) {
-	start := time.Now()
-	if pod.Status.StartTime != nil {
-		start = pod.Status.StartTime.Time
-	}
-	// The deadline may be set or shortened while the pod runs (UpdatePod): it is read again every second.
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	var d int64
-	for {
-		p.mu.Lock()
-		cur, ok := p.pods[key(pod.Namespace, pod.Name)]
-		if ok && cur.UID == pod.UID && cur.Spec.ActiveDeadlineSeconds != nil {
-			d = *cur.Spec.ActiveDeadlineSeconds
-		}
-		p.mu.Unlock()
-		if !ok || cur.UID != pod.UID {
-			return
-		}
-		if d > 0 && !time.Now().Before(start.Add(time.Duration(d)*time.Second)) {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-	msg := fmt.Sprintf("Pod was active on the node longer than the specified deadline (%ds)", d)
-	p.cfg.Events.Event(pod, corev1.EventTypeNormal, "DeadlineExceeded", msg)
-	grace := 30 * time.Second
-	if g := pod.Spec.TerminationGracePeriodSeconds; g != nil {
-		grace = time.Duration(*g) * time.Second
-	}
-	p.disconnectAgentAsync(string(pod.UID))
-	p.backend.Terminate(context.WithoutCancel(ctx), string(pod.UID), grace) //nolint:errcheck // the status says what happened
-	p.storeIfCurrent(pod, failedStatus(pod, p.cfg.InternalIP, "DeadlineExceeded", msg, time.Now()))
 }

@@ -1,0 +1,28 @@
+package main
+
+import (
+	"context"
+	"io"
+
+	"github.com/i2kit/i2kit/node"
+	"github.com/i2kit/i2kit/provider"
+	"github.com/i2kit/i2kit/provider/qemu"
+	"github.com/i2kit/i2kit/provider/vm"
+)
+
+// wiring is the composition root of `i2kit node`: the table of backends by the name `backend` selects
+// (node.Backends lists the same names, "none" included) and the image builder they share with `i2kit image`.
+var wiring = node.Wiring{
+	Backends: map[string]node.BackendFunc{
+		"qemu": func(_ context.Context, c node.Config, notify func(vm.Status)) (vm.Backend, error) {
+			return qemu.New(qemu.Config{RuntimeDir: c.QEMU.RuntimeDir, Bridge: c.QEMU.Bridge, PodCIDR: c.PodCIDR}, notify)
+		},
+	},
+	Images: func(c node.ImagesConfig) (provider.ImageBuilder, io.Closer, error) {
+		b, err := newBuilder(c, nil)
+		if err != nil {
+			return nil, nil, err
+		}
+		return b, b.Store, nil
+	},
+}

@@ -1,0 +1,88 @@
+package provider
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/i2kit/i2kit/agent/protocol"
+	"github.com/i2kit/i2kit/provider/vm"
+)
+
+// podVM is everything the provider holds of one pod's VM, by pod UID: the image pull under way, the VM's last
+// known status, the session with its agent and what that agent was last sent. The pod object itself stays in
+// Provider.pods (the API server's copy, as the node has it now).
+type podVM struct {
+	uid string
+
+	mu sync.Mutex
+	// pull ends the image pull under way, nil when none runs; pullDone is closed when it has ended.
+	pull     context.CancelFunc
+	pullDone chan struct{}
+	// imageIDs names each container's image by digest (a kubelet's imageID).
+	imageIDs map[string]string
+	vm       vm.Status
+	// exited is closed once the backend reports the VM ended.
+	exited chan struct{}
+	// deleting is set once the pod's VM is being stopped on purpose (delete, deadline): its exit is no failure.
+	deleting bool
+	// configured is set once an agent took the pod's configuration: containers may run.
+	configured bool
+
+	// The session with the agent, kept by runSession (session.go).
+	session *agentSession
+	// client is the connected, configured session's client; nil while there is none. ready is closed once a
+	// client is set and replaced when it is lost.
+	client *protocol.Client
+	ready  chan struct{}
+	status *protocol.PodStatus
+	// kick wakes a session waiting for runtime data that was missing (a ConfigMap not created yet).
+	kick chan struct{}
+	// volumeHashes is what each files volume held when last sent; servicesGen the service table the agent has.
+	volumeHashes map[string]string
+	servicesGen  uint64
+	// pushMu serialises what the work queue sends to the agent (volumes, the service table).
+	pushMu sync.Mutex
+	// deadlineDone is set once an exceeded activeDeadlineSeconds has been acted on.
+	deadlineDone bool
+	// tokenRefresh is when the next service account token of the pod's volumes is due for renewal.
+	tokenRefresh time.Time
+}
+
+func newPodVM(uid string) *podVM {
+	return &podVM{uid: uid, exited: make(chan struct{}), ready: make(chan struct{}), kick: make(chan struct{}, 1)}
+}
+
+// vmFor returns the pod VM state of a UID, making it when create is set; nil otherwise.
+func (p *Provider) vmFor(uid string, create bool) *podVM {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	v := p.vms[uid]
+	if v == nil && create {
+		v = newPodVM(uid)
+		p.vms[uid] = v
+	}
+	return v
+}
+
+// forgetVM drops a pod's VM state.
+func (p *Provider) forgetVM(uid string) {
+	p.mu.Lock()
+	delete(p.vms, uid)
+	p.mu.Unlock()
+}
+
+// connected returns the configured session's client, or nil.
+func (v *podVM) connected() *protocol.Client {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.client
+}
+
+// wake tells a session waiting for runtime data to try again.
+func (v *podVM) wake() {
+	select {
+	case v.kick <- struct{}{}:
+	default:
+	}
+}
