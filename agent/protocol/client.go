@@ -55,7 +55,7 @@ func NewClient(conn net.Conn, timeout time.Duration) (*Client, error) {
 		return nil, err
 	}
 	tr := &http.Transport{
-		DialContext:       func(context.Context, string, string) (net.Conn, error) { return s.Open() },
+		DialContext:            func(context.Context, string, string) (net.Conn, error) { return s.Open() },
 		DisableKeepAlives:      true, // a stream per request: streams are cheap, and none outlives its request
 		MaxResponseHeaderBytes: maxResponseHeader,
 	}

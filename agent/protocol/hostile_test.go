@@ -37,7 +37,7 @@ type cost struct {
 	alloc      uint64
 	held       int64
 	goroutines int
-	err         error
+	err        error
 }
 
 func (c cost) String() string {
