@@ -48,6 +48,11 @@ type runtime struct {
 	console  io.Writer
 	image    ImageConfig
 	hostname string
+	// mirrorOutput copies the containers' output to the console, a prefixed line at a time. Only for a pod
+	// configured from its image, booted without a node, whose console is all there is: under a node the console
+	// is the host's to log, and a container's output would fill it at the container's will (the container's log
+	// files are the source of kubectl logs). The agent's own lines always go to the console.
+	mirrorOutput bool
 
 	sayMu sync.Mutex // serialises console lines
 
@@ -368,7 +373,7 @@ func (r *runtime) supervise(c *container) bool {
 	}
 }
 
-// runOnce runs c once and waits for it. Its output goes to the run's log and, prefixed, to the console.
+// runOnce runs c once and waits for it. Its output goes to the run's log (see containerOutput).
 func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, err error) {
 	run, err := c.logs.NewRun(attempt)
 	if err != nil {
@@ -436,7 +441,7 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 			defer wg.Done()
 			// A terminal merges the streams: it is logged as stdout, as a kubelet logs it. Reads end (EIO) once
 			// every process has closed the terminal.
-			io.Copy(io.MultiWriter(run.Stream("stdout"), console), master) //nolint:errcheck
+			io.Copy(r.containerOutput(run.Stream("stdout"), console), master) //nolint:errcheck
 		}()
 	} else {
 		if c.rc.Stdin {
@@ -457,7 +462,7 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 			go func() {
 				defer wg.Done()
 				defer pr.Close()
-				io.Copy(io.MultiWriter(run.Stream(stream), console), pr) //nolint:errcheck
+				io.Copy(r.containerOutput(run.Stream(stream), console), pr) //nolint:errcheck
 			}()
 		}
 		cmd.Stdout, cmd.Stderr = outputs[0], outputs[1]
@@ -612,6 +617,14 @@ func (r *runtime) say(format string, args ...any) {
 	r.sayMu.Lock()
 	defer r.sayMu.Unlock()
 	fmt.Fprintf(r.console, format+"\n", args...)
+}
+
+// containerOutput is where a container's output stream goes: its log, and the console only with mirrorOutput.
+func (r *runtime) containerOutput(log io.Writer, console *consoleLines) io.Writer {
+	if !r.mirrorOutput {
+		return log
+	}
+	return io.MultiWriter(log, console)
 }
 
 // consoleLines copies a container's output to the console, a prefixed line at a time.
