@@ -8,7 +8,7 @@ LDFLAGS := -X github.com/i2kit/i2kit/internal/version.Version=$(VERSION)
 I2KIT   := bin/i2kit
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v /test/)
 
-.PHONY: all build agent deps kernel controlplane metrics-server test unit e2e lint bench demo demo-down clean
+.PHONY: all build agent deps kernel controlplane metrics-server test unit e2e lint fuzz-agent bench demo demo-down clean
 
 all: build
 
@@ -42,6 +42,10 @@ e2e: deps controlplane kernel metrics-server ## end-to-end tests: real control p
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+
+AGENT_FUZZ = FuzzReadFrame FuzzReadLine FuzzDial FuzzAccept FuzzDecodeStatus FuzzDecodeStats
+fuzz-agent: ## fuzz the agent protocol's decoders, FUZZTIME (15s) each; seeds in agent/protocol/testdata/fuzz
+	@for f in $(AGENT_FUZZ); do echo "== $$f"; $(GO) test -run='^$$' -fuzz="^$$f\$$" -fuzztime=$(or $(FUZZTIME),15s) ./agent/protocol/ || exit 1; done
 
 bench: deps controlplane kernel ## benchmarks, medians printed
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 5x -timeout 30m ./...
