@@ -8,7 +8,7 @@ LDFLAGS := -X github.com/i2kit/i2kit/internal/version.Version=$(VERSION)
 I2KIT   := bin/i2kit
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v /test/)
 
-.PHONY: all build agent deps kernel controlplane metrics-server test unit e2e lint bench demo demo-down clean
+.PHONY: all build agent deps kernel controlplane metrics-server test unit e2e lint fuzz-agent bench demo demo-down clean
 
 all: build
 
@@ -44,6 +44,10 @@ lint: ## gofmt, go vet, and the host/guest boundary: the host binary links no gu
 	$(GO) vet ./...
 	@guest=$$($(GO) list -deps ./cmd/i2kit | grep -E '^github.com/i2kit/i2kit/agent(/|$$)|nftables' | grep -vxE 'github.com/i2kit/i2kit/agent/(boot|protocol)'); \
 	if [ -n "$$guest" ]; then echo "cmd/i2kit links guest code (only agent/boot and agent/protocol are shared):"; echo "$$guest"; exit 1; fi
+
+AGENT_FUZZ = FuzzReadFrame FuzzReadLine FuzzDial FuzzAccept FuzzDecodeStatus FuzzDecodeStats
+fuzz-agent: ## fuzz the agent protocol's decoders, FUZZTIME (15s) each; seeds in agent/protocol/testdata/fuzz
+	@for f in $(AGENT_FUZZ); do echo "== $$f"; $(GO) test -run='^$$' -fuzz="^$$f\$$" -fuzztime=$(or $(FUZZTIME),15s) ./agent/protocol/ || exit 1; done
 
 bench: deps controlplane kernel ## benchmarks, medians printed
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 5x -timeout 30m ./...

@@ -64,11 +64,13 @@ func Init(console io.ReadWriter) error {
 		return fmt.Errorf("bringing up lo, %w", err)
 	}
 	rt := newRuntime(console, cfg, cmdlineParam(boot.HostnameParam, "pod"))
+	byNode := cmdlineParam(boot.ConfigParam, "") == "channel"
+	rt.mirrorOutput = !byNode
 	go rt.prepareRoots()
 	poweroff := make(chan time.Duration, 1)
 	srv := &server{rt: rt, poweroff: poweroff, stats: statsSource{Proc: "/proc", Cgroup: CgroupDir}}
 	go srv.serveChannel()
-	if cmdlineParam(boot.ConfigParam, "") != "channel" {
+	if !byNode {
 		if err := rt.configure(protocol.PodConfig{RestartPolicy: protocol.RestartAlways}); err != nil {
 			return err
 		}

@@ -50,6 +50,11 @@ type runtime struct {
 	console  io.Writer
 	image    boot.ImageConfig
 	hostname string
+	// mirrorOutput copies the containers' output to the console, a prefixed line at a time. Only for a pod
+	// configured from its image, booted without a node, whose console is all there is: under a node the console
+	// is the host's to log, and a container's output would fill it at the container's will (the container's log
+	// files are the source of kubectl logs). The agent's own lines always go to the console.
+	mirrorOutput bool
 
 	sayMu sync.Mutex // serialises console lines
 
@@ -370,7 +375,7 @@ func (r *runtime) supervise(c *container) bool {
 	}
 }
 
-// runOnce runs c once and waits for it. Its output goes to the run's log and, prefixed, to the console.
+// runOnce runs c once and waits for it. Its output goes to the run's log (see containerOutput).
 func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, err error) {
 	run, err := c.logs.NewRun(attempt)
 	if err != nil {
@@ -386,6 +391,7 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 	if err != nil {
 		return 0, "", err
 	}
+	defer closeMountFiles(mounts)
 	if path := c.rc.TerminationMessagePath; path != "" {
 		// Each run starts with an empty message file of its own, bind-mounted where the container writes it.
 		if err := os.WriteFile(terminationLogFile(c), nil, 0o666); err != nil {
@@ -399,6 +405,13 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 		hostname = r.cfg.Hostname
 	}
 	r.mu.Unlock()
+	var subPaths []*os.File // after the control socket (3) and the started pipe (4)
+	for i := range mounts { // a resolved subPath: the supervisor binds the descriptor (see bindMount)
+		if f := mounts[i].file; f != nil {
+			subPaths = append(subPaths, f)
+			mounts[i].FD = 4 + len(subPaths)
+		}
+	}
 	spec, _ := json.Marshal(supervisorSpec{Container: c.Container, Security: c.rc.Security, Env: c.rc.Env, Root: c.root, Hostname: hostname,
 		Hosts: hosts, Resolv: resolv, Mounts: mounts, TTY: c.rc.TTY})
 	cmd := exec.Command("/proc/self/exe", SupervisorArg)
@@ -409,7 +422,7 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 		return 0, "", err
 	}
 	defer startedR.Close()
-	cmd.ExtraFiles = []*os.File{lis, startedW}
+	cmd.ExtraFiles = append([]*os.File{lis, startedW}, subPaths...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: containerCloneflags(pidns != nil)}
 	if c.cgroup != "" {
 		cg, err := os.Open(c.cgroup)
@@ -438,7 +451,7 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 			defer wg.Done()
 			// A terminal merges the streams: it is logged as stdout, as a kubelet logs it. Reads end (EIO) once
 			// every process has closed the terminal.
-			io.Copy(io.MultiWriter(run.Stream("stdout"), console), master) //nolint:errcheck
+			io.Copy(r.containerOutput(run.Stream("stdout"), console), master) //nolint:errcheck
 		}()
 	} else {
 		if c.rc.Stdin {
@@ -459,7 +472,7 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 			go func() {
 				defer wg.Done()
 				defer pr.Close()
-				io.Copy(io.MultiWriter(run.Stream(stream), console), pr) //nolint:errcheck
+				io.Copy(r.containerOutput(run.Stream(stream), console), pr) //nolint:errcheck
 			}()
 		}
 		cmd.Stdout, cmd.Stderr = outputs[0], outputs[1]
@@ -614,6 +627,14 @@ func (r *runtime) say(format string, args ...any) {
 	r.sayMu.Lock()
 	defer r.sayMu.Unlock()
 	fmt.Fprintf(r.console, format+"\n", args...)
+}
+
+// containerOutput is where a container's output stream goes: its log, and the console only with mirrorOutput.
+func (r *runtime) containerOutput(log io.Writer, console *consoleLines) io.Writer {
+	if !r.mirrorOutput {
+		return log
+	}
+	return io.MultiWriter(log, console)
 }
 
 // consoleLines copies a container's output to the console, a prefixed line at a time.

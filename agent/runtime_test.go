@@ -1,7 +1,10 @@
 package agent
 
 import (
+	"bytes"
+	"io"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/i2kit/i2kit/agent/boot"
@@ -55,6 +58,32 @@ func TestVerifyRunAsNonRoot(t *testing.T) {
 		}
 		if got != tc.wantErr {
 			t.Errorf("%s: got %q, want %q", tc.name, got, tc.wantErr)
+		}
+	}
+}
+
+// TestContainerOutputStaysOffTheConsole: under a node, a container's output goes to its log only, and the agent's
+// own lines to the console; a pod booted from its image alone mirrors the output to the console, prefixed.
+func TestContainerOutputStaysOffTheConsole(t *testing.T) {
+	for _, mirror := range []bool{false, true} {
+		var console, log bytes.Buffer
+		r := newRuntime(&console, boot.ImageConfig{}, "pod")
+		r.mirrorOutput = mirror
+		w := r.containerOutput(&log, &consoleLines{r: r, prefix: "[web] "})
+		io.WriteString(w, "secret output\nmore")           //nolint:errcheck
+		io.WriteString(w, strings.Repeat("x", 10000)+"\n") //nolint:errcheck
+		r.say("i2kit-agent: a line of the agent's")
+		if !strings.HasPrefix(log.String(), "secret output\nmore") {
+			t.Errorf("mirror %v: the log has %.40q", mirror, log.String())
+		}
+		if !strings.Contains(console.String(), "i2kit-agent: a line of the agent's\n") {
+			t.Errorf("mirror %v: the agent's line is not on the console: %.100q", mirror, console.String())
+		}
+		if got := strings.Contains(console.String(), "secret output"); got != mirror {
+			t.Errorf("mirror %v: the container's output on the console: %v (%.100q)", mirror, got, console.String())
+		}
+		if mirror && !strings.Contains(console.String(), "[web] secret output\n") {
+			t.Errorf("mirrored output is not prefixed: %.100q", console.String())
 		}
 	}
 }

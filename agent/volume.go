@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/i2kit/i2kit/agent/protocol"
 )
 
@@ -118,7 +120,9 @@ func (r *runtime) updateVolume(name string, files []protocol.File) error {
 }
 
 // bindMounts resolves c's mounts, in order, to what its supervisor binds. A files volume is always bound
-// read-only, as a kubelet mounts configMap, secret, downwardAPI and projected volumes.
+// read-only, as a kubelet mounts configMap, secret, downwardAPI and projected volumes. A mount with a subPath
+// holds the resolved subPath's descriptor (see volumeSource), which the caller hands to the supervisor and closes
+// (closeMountFiles).
 func (r *runtime) bindMounts(c *container) ([]bindMount, error) {
 	var out []bindMount
 	for _, m := range c.rc.Mounts {
@@ -129,14 +133,28 @@ func (r *runtime) bindMounts(c *container) ([]bindMount, error) {
 			return nil, fmt.Errorf("mount at %s, volume %s, %w", m.Path, m.Volume, errUnknownVolume)
 		}
 		v.mu.Lock()
-		src, err := volumeSource(v.dir, m, v.emptyDir)
+		f, err := volumeSource(v.dir, m, v.emptyDir)
 		v.mu.Unlock()
 		if err != nil {
+			closeMountFiles(out)
 			return nil, fmt.Errorf("mount of volume %s at %s, %w", m.Volume, m.Path, err)
 		}
-		out = append(out, bindMount{Source: src, Target: m.Path, ReadOnly: m.ReadOnly || !v.emptyDir})
+		b := bindMount{Source: v.dir, Target: m.Path, ReadOnly: m.ReadOnly || !v.emptyDir, file: f}
+		if f != nil {
+			b.Source = filepath.Join(v.dir, m.SubPath) // for messages: the mount binds f
+		}
+		out = append(out, b)
 	}
 	return out, nil
+}
+
+// closeMountFiles closes the descriptors that mounts hold.
+func closeMountFiles(mounts []bindMount) {
+	for _, m := range mounts {
+		if m.file != nil {
+			m.file.Close()
+		}
+	}
 }
 
 // makeVolume makes volume v at dir. An emptyDir is a tmpfs of mode 0777, sized at its SizeLimit capped at
@@ -434,54 +452,97 @@ func sameFiles(data string, files []protocol.File) bool {
 	return true
 }
 
-// volumeSource returns the path, in the agent's mount namespace, that mount m of the volume at dir binds: dir
-// itself, or dir/m.SubPath. A SubPath is relative with no ".." element; its symlinks are resolved once, here, as a
-// kubelet resolves a subPath at a container's start (a later update of a files volume does not reach a subPath
-// mount), and must stay within dir. When create is set (an emptyDir, whose content is the containers'), the
-// missing directories of a SubPath are made with dir's permissions.
-func volumeSource(dir string, m protocol.Mount, create bool) (string, error) {
+// volumeSource opens what mount m of the volume at dir binds: nil for dir itself (the agent's own directory,
+// which no container can change), or dir/m.SubPath. A SubPath is relative with no ".." element; it is resolved
+// once, here, as a kubelet resolves a subPath at a container's start (a later update of a files volume does not
+// reach a subPath mount), by the kernel with openat2(RESOLVE_BENEATH): its symlinks are followed only while they
+// stay within dir (an absolute one is refused, as a link a container made names its own filesystem). The mount
+// binds the returned descriptor, not a path (see bindMount.FD): a container that shares the volume and swaps a
+// directory of the SubPath for a symlink after this resolution changes nothing. When create is set (an emptyDir,
+// whose content is the containers'), the missing directories of a SubPath are made with dir's permissions,
+// through descriptors too. The caller closes the file.
+func volumeSource(dir string, m protocol.Mount, create bool) (*os.File, error) {
 	if m.SubPath == "" {
-		return dir, nil
+		return nil, nil
 	}
 	if filepath.IsAbs(m.SubPath) || slices.Contains(strings.Split(m.SubPath, "/"), "..") {
-		return "", fmt.Errorf("subPath %q is not a relative path without ..", m.SubPath)
+		return nil, fmt.Errorf("subPath %q is not a relative path without ..", m.SubPath)
 	}
-	root, err := filepath.EvalSymlinks(dir)
+	root, err := os.OpenFile(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	rootInfo, err := os.Stat(root)
+	defer root.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(root.Fd()), &st); err != nil {
+		return nil, err
+	}
+	perm := uint32(st.Mode) & 0o777
+	sub := filepath.Clean(m.SubPath)
+	f, err := openBeneath(root, sub)
+	if err == nil || !create || !errors.Is(err, fs.ErrNotExist) {
+		if err != nil {
+			return nil, fmt.Errorf("subPath %s, %w", m.SubPath, err)
+		}
+		return f, nil
+	}
+	// Make the missing directories one at a time, each in its parent's descriptor.
+	parent, err := os.OpenFile(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	cur := root
-	for _, e := range strings.Split(filepath.Clean(m.SubPath), "/") {
-		if e == "." {
-			continue
+	elems := strings.Split(sub, "/")
+	for i, e := range elems {
+		next, err := openBeneath(root, filepath.Join(elems[:i+1]...))
+		if errors.Is(err, fs.ErrNotExist) {
+			next, err = mkdirBeneath(parent, e, perm)
 		}
-		next := filepath.Join(cur, e)
-		fi, err := os.Lstat(next)
-		switch {
-		case errors.Is(err, fs.ErrNotExist) && create:
-			if err := os.Mkdir(next, rootInfo.Mode().Perm()); err != nil && !errors.Is(err, fs.ErrExist) {
-				return "", fmt.Errorf("making subPath %s, %w", m.SubPath, err)
-			}
-			if err := os.Chmod(next, rootInfo.Mode().Perm()); err != nil {
-				return "", fmt.Errorf("making subPath %s, %w", m.SubPath, err)
-			}
-		case err != nil:
-			return "", fmt.Errorf("subPath %s, %w", m.SubPath, err)
-		case fi.Mode()&fs.ModeSymlink != 0:
-			if next, err = filepath.EvalSymlinks(next); err != nil {
-				return "", fmt.Errorf("subPath %s, %w", m.SubPath, err)
-			}
-			if !within(root, next) {
-				return "", fmt.Errorf("subPath %s resolves to %s, outside the volume", m.SubPath, next)
-			}
+		parent.Close()
+		if err != nil {
+			return nil, fmt.Errorf("making subPath %s, %w", m.SubPath, err)
 		}
-		cur = next
+		parent = next
 	}
-	return cur, nil
+	return parent, nil
+}
+
+// resolveBeneath confines a resolution to its starting directory: no "..", absolute symlink or magic link
+// (/proc/self/fd/N) out of it, symlinks within it followed. The kernel checks this as it walks, so that no rename
+// racing with the walk takes it out.
+const resolveBeneath = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV
+
+// openBeneath opens path within the directory root (see resolveBeneath) as an O_PATH descriptor: a file or a
+// directory, never opened for reading or writing. The kernel answers EAGAIN when a rename raced with the walk;
+// a few retries get past a container that renames in a loop, or fail.
+func openBeneath(root *os.File, path string) (*os.File, error) {
+	how := &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: resolveBeneath}
+	fd, err := unix.Openat2(int(root.Fd()), path, how)
+	for try := 0; errors.Is(err, unix.EAGAIN) && try < 8; try++ {
+		fd, err = unix.Openat2(int(root.Fd()), path, how)
+	}
+	if err != nil {
+		return nil, &fs.PathError{Op: "openat2", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
+// mkdirBeneath makes the directory name in parent (a lost race with a container making it too is fine) and opens
+// it, refusing a symlink put in its place, to set its mode through the descriptor: the mode is perm, whatever the
+// umask.
+func mkdirBeneath(parent *os.File, name string, perm uint32) (*os.File, error) {
+	if err := unix.Mkdirat(int(parent.Fd()), name, perm); err != nil && !errors.Is(err, unix.EEXIST) {
+		return nil, &fs.PathError{Op: "mkdirat", Path: name, Err: err}
+	}
+	fd, err := unix.Openat2(int(parent.Fd()), name, &unix.OpenHow{Flags: unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: resolveBeneath | unix.RESOLVE_NO_SYMLINKS})
+	if err != nil {
+		return nil, &fs.PathError{Op: "openat2", Path: name, Err: err}
+	}
+	if err := unix.Fchmod(fd, perm); err != nil {
+		unix.Close(fd)
+		return nil, &fs.PathError{Op: "fchmod", Path: name, Err: err}
+	}
+	return os.NewFile(uintptr(fd), name), nil
 }
 
 // within reports whether the clean path p is root or under it.
@@ -514,7 +575,11 @@ func bindVolume(root string, m bindMount) error {
 	if target == root {
 		return errors.New("the target resolves to the container's root")
 	}
-	fi, err := os.Stat(m.Source)
+	source := m.Source
+	if m.FD > 0 {
+		source = "/proc/self/fd/" + strconv.Itoa(m.FD) // the descriptor's file itself, whatever its path now is
+	}
+	fi, err := os.Stat(source)
 	if err != nil {
 		return err
 	}
@@ -529,7 +594,7 @@ func bindVolume(root string, m bindMount) error {
 	if err != nil {
 		return fmt.Errorf("making the target, %w", err)
 	}
-	if err := syscall.Mount(m.Source, target, "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
+	if err := syscall.Mount(source, target, "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
 		return err
 	}
 	if m.ReadOnly {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -246,6 +247,20 @@ func TestMakeVolumeFiles(t *testing.T) {
 	}
 }
 
+// resolved returns what volumeSource opened, as a path ("" for nil), and closes it.
+func resolved(t *testing.T, f *os.File, err error) (string, error) {
+	t.Helper()
+	if err != nil || f == nil {
+		return "", err
+	}
+	defer f.Close()
+	p, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(f.Fd())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, nil
+}
+
 func TestVolumeSource(t *testing.T) {
 	files := filepath.Join(t.TempDir(), "files")
 	if err := writeFiles(files, []protocol.File{{Path: "conf/app.yaml", Data: []byte("x")}, {Path: "key", Data: []byte("k")}}, -1); err != nil {
@@ -253,20 +268,24 @@ func TestVolumeSource(t *testing.T) {
 	}
 	rfiles, _ := filepath.EvalSymlinks(files)
 	ts := dataTarget(t, files)
+	source := func(dir string, m protocol.Mount, create bool) (string, error) {
+		f, err := volumeSource(dir, m, create)
+		return resolved(t, f, err)
+	}
 
-	if got, err := volumeSource(files, protocol.Mount{Volume: "v", Path: "/etc/app"}, false); err != nil || got != files {
+	if got, err := source(files, protocol.Mount{Volume: "v", Path: "/etc/app"}, false); err != nil || got != "" {
 		t.Errorf("no subPath: %q, %v; want the volume's directory", got, err)
 	}
 	// A subPath through the atomic writer's links resolves to the current timestamped file, once.
-	got, err := volumeSource(files, protocol.Mount{Volume: "v", Path: "/etc/key", SubPath: "key"}, false)
+	got, err := source(files, protocol.Mount{Volume: "v", Path: "/etc/key", SubPath: "key"}, false)
 	if want := filepath.Join(rfiles, ts, "key"); err != nil || got != want {
 		t.Errorf("subPath key: %q, %v; want %q", got, err, want)
 	}
-	got, err = volumeSource(files, protocol.Mount{Volume: "v", Path: "/etc/app", SubPath: "conf"}, false)
+	got, err = source(files, protocol.Mount{Volume: "v", Path: "/etc/app", SubPath: "conf"}, false)
 	if want := filepath.Join(rfiles, ts, "conf"); err != nil || got != want {
 		t.Errorf("subPath conf: %q, %v; want %q", got, err, want)
 	}
-	if _, err := volumeSource(files, protocol.Mount{Volume: "v", Path: "/x", SubPath: "missing"}, false); err == nil {
+	if _, err := source(files, protocol.Mount{Volume: "v", Path: "/x", SubPath: "missing"}, false); err == nil {
 		t.Error("a missing subPath of a files volume resolved")
 	}
 
@@ -274,31 +293,33 @@ func TestVolumeSource(t *testing.T) {
 	os.Mkdir(empty, 0o777) //nolint:errcheck
 	os.Chmod(empty, 0o777) //nolint:errcheck
 	rempty, _ := filepath.EvalSymlinks(empty)
-	got, err = volumeSource(empty, protocol.Mount{Volume: "e", Path: "/data", SubPath: "a/b"}, true)
+	got, err = source(empty, protocol.Mount{Volume: "e", Path: "/data", SubPath: "a/b"}, true)
 	if want := filepath.Join(rempty, "a", "b"); err != nil || got != want {
 		t.Fatalf("emptyDir subPath a/b: %q, %v; want %q", got, err, want)
 	}
-	if fi, err := os.Stat(filepath.Join(empty, "a")); err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o777 {
-		t.Errorf("the made subPath directory: %v, %v; want a directory of mode 0777", fi, err)
+	for _, d := range []string{"a", "a/b"} {
+		if fi, err := os.Stat(filepath.Join(empty, d)); err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o777 {
+			t.Errorf("the made subPath directory %s: %v, %v; want a directory of mode 0777", d, fi, err)
+		}
 	}
-	// A link within the volume is followed; one out of it, relative or absolute, is refused.
+	// A link within the volume is followed; one out of it, relative or absolute, is refused, and so is an
+	// absolute one into it (a container's link names its own filesystem, not the agent's).
 	os.Symlink("a", filepath.Join(empty, "in"))                          //nolint:errcheck
 	os.Symlink("../..", filepath.Join(empty, "up"))                      //nolint:errcheck
 	os.Symlink("/etc", filepath.Join(empty, "abs"))                      //nolint:errcheck
 	os.Symlink(filepath.Join(empty, "a"), filepath.Join(empty, "absin")) //nolint:errcheck
-	got, err = volumeSource(empty, protocol.Mount{Volume: "e", Path: "/data", SubPath: "in/b"}, true)
+	os.Symlink("/proc/self/root", filepath.Join(empty, "magic"))         //nolint:errcheck
+	got, err = source(empty, protocol.Mount{Volume: "e", Path: "/data", SubPath: "in/b"}, true)
 	if want := filepath.Join(rempty, "a", "b"); err != nil || got != want {
 		t.Errorf("subPath in/b: %q, %v; want %q", got, err, want)
 	}
-	if got, err = volumeSource(empty, protocol.Mount{Volume: "e", Path: "/data", SubPath: "absin"}, true); err != nil || got != filepath.Join(rempty, "a") {
-		t.Errorf("subPath absin: %q, %v", got, err)
-	}
-	for _, sub := range []string{"up", "up/x", "abs", "abs/new", "../x", "/etc", "a/../../x"} {
-		if got, err := volumeSource(empty, protocol.Mount{Volume: "e", Path: "/data", SubPath: sub}, true); err == nil {
+	for _, sub := range []string{"up", "up/x", "abs", "abs/new", "absin", "absin/new", "magic", "magic/x", "../x", "/etc", "a/../../x"} {
+		if got, err := source(empty, protocol.Mount{Volume: "e", Path: "/data", SubPath: sub}, true); err == nil {
 			t.Errorf("subPath %s resolved to %s, out of the volume", sub, got)
 		}
 	}
 	mustNotExist(t, filepath.Join(filepath.Dir(rempty), "..", "x"))
+	mustNotExist(t, "/etc/new")
 }
 
 func TestScopedJoin(t *testing.T) {

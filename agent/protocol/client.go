@@ -17,6 +17,29 @@ import (
 	"github.com/hashicorp/yamux"
 )
 
+// MaxResponseBytes bounds every response the host reads whole from an agent: a status (or one line of a watch), a
+// stats snapshot. An agent is hostile (a workload may have taken it over), so a response over the bound is a
+// protocol violation: the call fails with ErrOverLimit and the session ends. Error bodies are cut at
+// maxErrorBody; logs, exec and port-forward stream, each frame bounded (see ReadFrame).
+const MaxResponseBytes = 4 << 20
+
+// MaxContainers bounds the containers a PodStatus or a Stats from an agent may list (a pod's init and app
+// containers, far fewer in practice); more is a protocol violation, like a response over MaxResponseBytes. It
+// is checked as the list is decoded, so that a response of tiny entries cannot cost more than this many.
+const MaxContainers = 256
+
+// maxInterfaces bounds the network interfaces of a Stats (a VM has lo and one or two more).
+const maxInterfaces = 64
+
+// maxErrorBody bounds the message of an agent's error answer; maxResponseHeader the headers of any answer.
+const (
+	maxErrorBody      = 4096
+	maxResponseHeader = 64 << 10
+)
+
+// ErrOverLimit is why a call failed when the agent's answer broke one of the bounds above.
+var ErrOverLimit = errors.New("the agent's answer is over the protocol's limits")
+
 // Client is the host's side of a session with one agent. Its methods are safe for concurrent use; each runs on a
 // stream of its own. Once the session ends (Done is closed), every call fails and a new Client must be dialled.
 type Client struct {
@@ -32,8 +55,9 @@ func NewClient(conn net.Conn, timeout time.Duration) (*Client, error) {
 		return nil, err
 	}
 	tr := &http.Transport{
-		DialContext:       func(context.Context, string, string) (net.Conn, error) { return s.Open() },
-		DisableKeepAlives: true, // a stream per request: streams are cheap, and none outlives its request
+		DialContext:            func(context.Context, string, string) (net.Conn, error) { return s.Open() },
+		DisableKeepAlives:      true, // a stream per request: streams are cheap, and none outlives its request
+		MaxResponseHeaderBytes: maxResponseHeader,
 	}
 	return &Client{sess: s, http: &http.Client{Transport: tr}}, nil
 }
@@ -83,20 +107,64 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 		return nil, err
 	}
 	if resp.StatusCode >= 300 && resp.StatusCode != http.StatusSwitchingProtocols {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 		resp.Body.Close()
 		return nil, &RemoteError{Status: resp.StatusCode, Message: string(bytes.TrimSpace(msg))}
 	}
 	return resp, nil
 }
 
-func (c *Client) getJSON(ctx context.Context, path string, out any) error {
+func (c *Client) getJSON(ctx context.Context, path string, out func([]byte) error) error {
 	resp, err := c.do(ctx, http.MethodGet, path, nil, nil, nil)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	return json.NewDecoder(resp.Body).Decode(out)
+	b, err := readBounded(resp.Body, MaxResponseBytes)
+	if err == nil {
+		err = out(b)
+	}
+	return c.violated(err)
+}
+
+// violated ends the session when err says the agent broke the protocol's bounds, and returns err.
+func (c *Client) violated(err error) error {
+	if errors.Is(err, ErrOverLimit) {
+		c.sess.Close()
+	}
+	return err
+}
+
+// readBounded reads r to its end, failing with ErrOverLimit past max bytes (having read at most max+1).
+func readBounded(r io.Reader, max int) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, int64(max)+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > max {
+		return nil, fmt.Errorf("%w: an answer of more than %d bytes", ErrOverLimit, max)
+	}
+	return b, nil
+}
+
+// readBoundedLine reads a line of at most max bytes (its newline not counted), without the newline; past max it
+// fails with ErrOverLimit, having buffered at most max plus br's size.
+func readBoundedLine(br *bufio.Reader, max int) ([]byte, error) {
+	var line []byte
+	for {
+		frag, err := br.ReadSlice('\n')
+		if len(line)+len(frag) > max+1 || (err != nil && len(line)+len(frag) > max) {
+			return nil, fmt.Errorf("%w: a line of more than %d bytes", ErrOverLimit, max)
+		}
+		line = append(line, frag...)
+		switch err {
+		case nil:
+			return line[:len(line)-1], nil
+		case bufio.ErrBufferFull:
+			continue
+		}
+		return nil, err
+	}
 }
 
 // Configure sends the pod's runtime configuration; the agent starts the containers. Repeated calls are no-ops.
@@ -133,22 +201,30 @@ func (c *Client) UpdateVolume(ctx context.Context, name string, files []File) er
 // Status returns the pod's status.
 func (c *Client) Status(ctx context.Context) (PodStatus, error) {
 	var st PodStatus
-	err := c.getJSON(ctx, "/v1/status", &st)
+	err := c.getJSON(ctx, "/v1/status", func(b []byte) (err error) { st, err = decodeStatus(b); return err })
 	return st, err
 }
 
-// Watch calls f with the pod's status and again at every change, until ctx ends or the session does.
+// Watch calls f with the pod's status and again at every change, until ctx ends or the session does. Each status
+// is a line of at most MaxResponseBytes; a longer one ends the session with ErrOverLimit.
 func (c *Client) Watch(ctx context.Context, f func(PodStatus)) error {
 	resp, err := c.do(ctx, http.MethodGet, "/v1/status", url.Values{"watch": {"1"}}, nil, nil)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	dec := json.NewDecoder(resp.Body)
+	br := bufio.NewReaderSize(resp.Body, 64<<10)
 	for {
-		var st PodStatus
-		if err := dec.Decode(&st); err != nil {
-			return err
+		line, err := readBoundedLine(br, MaxResponseBytes)
+		if err != nil {
+			return c.violated(err)
+		}
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		st, err := decodeStatus(line)
+		if err != nil {
+			return c.violated(err)
 		}
 		f(st)
 	}
@@ -157,7 +233,7 @@ func (c *Client) Watch(ctx context.Context, f func(PodStatus)) error {
 // Stats returns a snapshot of the VM's resource use.
 func (c *Client) Stats(ctx context.Context) (Stats, error) {
 	var st Stats
-	err := c.getJSON(ctx, "/v1/stats", &st)
+	err := c.getJSON(ctx, "/v1/stats", func(b []byte) (err error) { st, err = decodeStats(b); return err })
 	return st, err
 }
 

@@ -35,8 +35,21 @@ func yamuxConfig() *yamux.Config {
 	return c
 }
 
+// hostYamuxConfig is the host's: it accepts no stream (see Dial), so its backlog is one, and a stream it closed
+// that the agent does not close in turn is reset after a short while rather than holding its receive window.
+// yamux allows no receive window below its initial 256 KiB: a stream the host opened buffers at most that.
+func hostYamuxConfig() *yamux.Config {
+	c := yamuxConfig()
+	c.AcceptBacklog = 1
+	c.StreamCloseTimeout = 15 * time.Second
+	return c
+}
+
 // Dial runs the host's side of the handshake on conn and returns the session's client side. The handshake
-// skips whatever an earlier session left on the stream; it fails after timeout.
+// skips whatever an earlier session left on the stream; it fails after timeout, having buffered at most a
+// handshake line whatever the agent sends. The session refuses every stream the agent opens (the host sends a
+// go-away before it reads a frame: a stream the agent opens is reset at once and buffers nothing), and it drops
+// the agent's pings beyond maxPingsPerSecond (see hostConn). The caller must not Accept on it.
 func Dial(conn net.Conn, timeout time.Duration) (*yamux.Session, error) {
 	nonce := make([]byte, 8)
 	rand.Read(nonce) //nolint:errcheck // never fails
@@ -45,6 +58,7 @@ func Dial(conn net.Conn, timeout time.Duration) (*yamux.Session, error) {
 	if _, err := fmt.Fprintf(conn, "%s%d %s\n", helloMagic, Version, n); err != nil {
 		return nil, fmt.Errorf("sending hello, %w", err)
 	}
+	want := fmt.Sprintf("%s%d %s", okMagic, Version, n)
 	for {
 		line, err := readLine(conn, okMagic, errMagic)
 		if err != nil {
@@ -53,16 +67,24 @@ func Dial(conn net.Conn, timeout time.Duration) (*yamux.Session, error) {
 		if rest, ok := strings.CutPrefix(line, errMagic); ok {
 			return nil, fmt.Errorf("%w: %s", ErrVersion, rest)
 		}
-		if line == fmt.Sprintf("%s%d %s", okMagic, Version, n) {
+		if line == want {
 			break
 		}
 		// an answer to an earlier session's hello: skip it
 	}
-	conn.SetDeadline(time.Time{}) //nolint:errcheck
-	s, err := yamux.Client(conn, yamuxConfig())
+	hc := newHostConn(conn)
+	s, err := yamux.Client(hc, hostYamuxConfig())
 	if err != nil {
 		return nil, fmt.Errorf("starting the session, %w", err)
 	}
+	// The go-away goes out while yamux reads nothing yet and the handshake's deadline still holds: no stream the
+	// agent opens can be queued for an Accept that never comes, and an agent that does not read fails the dial.
+	if err := s.GoAway(); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("refusing the agent's streams, %w", err)
+	}
+	conn.SetDeadline(time.Time{}) //nolint:errcheck
+	hc.open()
 	return s, nil
 }
 
@@ -89,10 +111,17 @@ func Accept(rw io.ReadWriteCloser) (*yamux.Session, error) {
 	}
 }
 
+// maxHandshakeLine bounds a handshake line from its prefix on; readLine buffers at most this and a prefix's length.
+const maxHandshakeLine = 256
+
 // readLine reads r a byte at a time — so that nothing after the line is consumed — until a line that starts with
-// one of the prefixes, which it returns without its newline. Bytes before a prefix are skipped.
+// one of the prefixes, which it returns without its newline. Bytes before a prefix are skipped. It holds at most
+// 64+maxHandshakeLine bytes, whatever r sends: a peer that floods it costs time (bound it with a deadline), not
+// memory.
 func readLine(r io.Reader, prefixes ...string) (string, error) {
-	var buf []byte
+	const keep = 32 // enough for a prefix that spans reads
+	var arr [2*64 + maxHandshakeLine]byte
+	buf := arr[:0]
 	b := make([]byte, 1)
 	for {
 		if _, err := io.ReadFull(r, b); err != nil {
@@ -107,15 +136,15 @@ func readLine(r io.Reader, prefixes ...string) (string, error) {
 		}
 		if start < 0 {
 			if len(buf) > 64 {
-				buf = buf[len(buf)-32:] // keep enough for a prefix that spans reads
+				buf = buf[:copy(buf, buf[len(buf)-keep:])]
 			}
 			continue
 		}
 		if b[0] == '\n' {
 			return string(buf[start : len(buf)-1]), nil
 		}
-		if len(buf)-start > 256 {
-			buf = nil // not a handshake line
+		if len(buf)-start > maxHandshakeLine {
+			buf = buf[:0] // not a handshake line
 		}
 	}
 }
