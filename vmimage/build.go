@@ -16,7 +16,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
@@ -77,6 +76,7 @@ type inputs struct {
 	RootfsFormat string           `json:"rootfsFormat"`
 	Containers   []inputContainer `json:"containers"`
 	Digests      []string         `json:"digests"`
+	Repos        []string         `json:"repos"` // the repository each disk's digest was pulled from (diskBlob)
 	Files        []File           `json:"files"`
 }
 
@@ -199,12 +199,14 @@ func (b *Builder) inputs(s *Spec, format string, kb *kernel.Bundle, resolved map
 		Agent: ah, Modules: mods, RootfsFormat: RootfsFormat, Files: s.Files}
 	diskIdx := map[string]int{}
 	add := func(c Container, onboot bool) {
-		d := resolved[c.Image].Digest.String()
-		i, ok := diskIdx[d]
+		r := resolved[c.Image]
+		k := r.repo + "@" + r.Digest.String()
+		i, ok := diskIdx[k]
 		if !ok {
 			i = len(in.Digests)
-			diskIdx[d] = i
-			in.Digests = append(in.Digests, d)
+			diskIdx[k] = i
+			in.Digests = append(in.Digests, r.Digest.String())
+			in.Repos = append(in.Repos, r.repo)
 		}
 		in.Containers = append(in.Containers, inputContainer{Container: c, Onboot: onboot, Disk: i})
 	}
@@ -282,7 +284,17 @@ func (b *Builder) kernelBundle(ctx context.Context, image, format string) (*kern
 func (b *Builder) unpackKernelImage(ctx context.Context, r *Resolved) (*kernel.Bundle, error) {
 	dir := filepath.Join(b.Store.Dir(), "kernels", r.Digest.Hex)
 	if _, err := os.Stat(dir); err != nil {
-		img, err := r.Open(ctx)
+		img, c, err := r.open(ctx)
+		if err != nil {
+			return nil, err
+		}
+		m, _, cf, err := inspect(img)
+		if err != nil {
+			return nil, err
+		}
+		release := b.Store.holdBlobs(layerHolds(cf))
+		defer release()
+		layers, err := b.fetchLayers(ctx, img, m, cf, c, b.progress())
 		if err != nil {
 			return nil, err
 		}
@@ -291,10 +303,8 @@ func (b *Builder) unpackKernelImage(ctx context.Context, r *Resolved) (*kernel.B
 			return nil, err
 		}
 		defer os.RemoveAll(tmp)
-		rc := mutate.Extract(img)
-		err = untar(ctx, rc, tmp)
-		rc.Close()
-		if err != nil {
+		imageMax, _ := b.Source.limits()
+		if err := applyLayers(ctx, layers, tmp, imageMax); err != nil {
 			return nil, fmt.Errorf("unpacking kernel image, %w", err)
 		}
 		if err := os.Rename(tmp, dir); err != nil {
@@ -338,7 +348,7 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format string,
 	uuids := make([]string, len(in.Digests))
 	held := []string{kernelBlob}
 	for i, d := range in.Digests {
-		diskBlobs[i], uuids[i] = diskBlob(d)
+		diskBlobs[i], uuids[i] = diskBlob(in.Repos[i], d)
 		held = append(held, diskBlobs[i], configBlob(d))
 	}
 	release := b.Store.holdBlobs(held)
@@ -347,34 +357,26 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format string,
 	if err := b.ensureBlob(kernelBlob, func(tmp string) error { return copyFile(kernelFor(kb, format), tmp) }); err != nil {
 		return nil, fmt.Errorf("storing kernel, %w", err)
 	}
-	byDigest := map[string]*Resolved{}
+	byDisk := make([]*Resolved, len(in.Digests)) // the resolved image of each disk
 	for _, r := range resolved {
-		byDigest[r.Digest.String()] = r
+		for i, d := range in.Digests {
+			if d == r.Digest.String() && in.Repos[i] == r.repo {
+				byDisk[i] = r
+			}
+		}
 	}
+	diskLayers := make([][]string, len(in.Digests))
 	g, gctx := errgroup.WithContext(ctx)
-	for i, d := range in.Digests {
+	for i := range in.Digests {
 		g.Go(func() error {
-			r := byDigest[d]
-			_, err, _ := b.flight.Do("disk/"+diskBlobs[i], func() (any, error) {
-				return nil, b.ensureBlob(diskBlobs[i], func(tmp string) error {
-					remoteImg, err := r.Open(gctx)
-					if err != nil {
-						return err
-					}
-					img, err := fetchLayers(gctx, remoteImg, filepath.Join(b.Store.Dir(), "layers"), p)
-					if err != nil {
-						return err
-					}
-					task := "rootfs " + r.Ref
-					p.Start(task, 0)
-					err = buildRootfs(gctx, img, filepath.Dir(tmp), tmp, uuids[i])
-					p.Done(task, err)
-					return err
-				})
+			r := byDisk[i]
+			v, err, _ := b.flight.Do("disk/"+diskBlobs[i], func() (any, error) {
+				return b.ensureDisk(gctx, r, diskBlobs[i], uuids[i], p)
 			})
 			if err != nil {
 				return fmt.Errorf("image %s: %w", r.Ref, err)
 			}
+			diskLayers[i] = v.([]string)
 			return nil
 		})
 	}
@@ -389,7 +391,7 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format string,
 	defer os.RemoveAll(dir) // a no-op once committed
 	cfg := agent.ImageConfig{Version: 1}
 	for _, c := range in.Containers {
-		r := byDigest[in.Digests[c.Disk]]
+		r := byDisk[c.Disk]
 		ocfg, err := b.imageConfig(ctx, r)
 		if err != nil {
 			return nil, fmt.Errorf("image %s: reading its configuration, %w", r.Ref, err)
@@ -414,7 +416,8 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format string,
 			return nil, err
 		}
 		cfg.Disks = append(cfg.Disks, agent.Disk{UUID: uuids[i], Digest: d, Size: fi.Size()})
-		img.Disks = append(img.Disks, DiskFile{Path: b.Store.blobPath(diskBlobs[i]), Ref: byDigest[d].Ref, Digest: d, UUID: uuids[i], Size: fi.Size()})
+		img.Disks = append(img.Disks, DiskFile{Path: b.Store.blobPath(diskBlobs[i]), Ref: byDisk[i].Ref, Digest: d, UUID: uuids[i],
+			Size: fi.Size(), Layers: diskLayers[i]})
 	}
 	if err := b.writeInitramfs(filepath.Join(dir, initramfs), &cfg, kb.Modules, s.Files, format != "direct"); err != nil {
 		return nil, err
@@ -439,6 +442,52 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format string,
 		return nil, err
 	}
 	return b.Store.commit(dir, img)
+}
+
+// ensureDisk makes the disk blob of r's image unless the store holds it, and returns the diff_ids of its layers
+// (those the store knows of, for a disk it already holds). The disk is made only of layers verified against the
+// manifest's digests, itself verified against r's digest, and only when every layer applied: it is a function
+// of r's digest.
+func (b *Builder) ensureDisk(ctx context.Context, r *Resolved, blob, uuid string, p Progress) ([]string, error) {
+	if b.Store.hasBlob(blob) {
+		return b.Store.diskLayers(blob), nil
+	}
+	img, c, err := r.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m, raw, cf, err := inspect(img)
+	if err != nil {
+		return nil, err
+	}
+	if d, err := img.Digest(); err != nil || d != r.Digest {
+		return nil, fmt.Errorf("the registry's manifest is %v, not %s", d, r.Digest) // remote.Image checks it too
+	}
+	release := b.Store.holdBlobs(layerHolds(cf))
+	defer release()
+	layers, err := b.fetchLayers(ctx, img, m, cf, c, p)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.Store.writeBlob(configBlob(r.Digest.String()), raw); err != nil {
+		return nil, fmt.Errorf("storing the image configuration, %w", err)
+	}
+	imageMax, _ := b.Source.limits()
+	err = b.ensureBlob(blob, func(tmp string) error {
+		task := "rootfs " + r.Ref
+		p.Start(task, 0)
+		err := buildRootfs(ctx, layers, imageMax, filepath.Dir(tmp), tmp, uuid)
+		p.Done(task, err)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	diffs := make([]string, len(cf.RootFS.DiffIDs))
+	for i, d := range cf.RootFS.DiffIDs {
+		diffs[i] = d.String()
+	}
+	return diffs, nil
 }
 
 func (b *Builder) ensureBlob(name string, create func(tmp string) error) error {

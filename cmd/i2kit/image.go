@@ -64,7 +64,7 @@ func (f *imageFlags) builder(progress vmimage.Progress) (*vmimage.Builder, error
 			return nil, fmt.Errorf("agent binary %s not found: run `make agent` or pass --agent", a)
 		}
 	}
-	src := &vmimage.Source{Insecure: f.insecure, Mirrors: map[string][]string{}}
+	src := &vmimage.Source{Insecure: f.insecure, Mirrors: map[string][]string{}, AllowLocalLayouts: true} // the user names their own files
 	for _, m := range f.mirrors {
 		reg, mirror, ok := strings.Cut(m, "=")
 		if !ok || reg == "" || mirror == "" {
