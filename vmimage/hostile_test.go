@@ -474,3 +474,20 @@ func gz(b []byte) []byte {
 	zw.Close()
 	return buf.Bytes()
 }
+
+// TestLargeManifestIsRefused: a manifest over 4 MiB (go-containerregistry alone reads 100 MiB) is refused.
+func TestLargeManifestIsRefused(t *testing.T) {
+	img := imageOf(t, layer(t, file{"x", "y"}))
+	raw, err := img.RawManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw = append(raw, bytes.Repeat([]byte(" "), 5<<20)...) // still valid JSON
+	mt, _ := img.MediaType()
+	host := serveRegistry(t, devregistry.ServeManifests("app", raw, string(mt)))
+	pushImage(t, host, "app:1", img)
+	b := newBuilder(t, &Source{Insecure: []string{host}}, 10, 1<<30)
+	if _, err := b.Ensure(context.Background(), spec(host+"/app:1"), "direct"); err == nil || !strings.Contains(err.Error(), "more than 4194304") {
+		t.Fatalf("error %v, want the manifest refused for its size", err)
+	}
+}
