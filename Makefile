@@ -8,7 +8,7 @@ LDFLAGS := -X github.com/i2kit/i2kit/internal/version.Version=$(VERSION)
 I2KIT   := bin/i2kit
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v /test/)
 
-.PHONY: all build agent deps kernel controlplane metrics-server test unit e2e lint fuzz-agent bench demo demo-down clean
+.PHONY: all build agent deps kernel controlplane metrics-server test unit fuzz fuzz-agent e2e lint bench demo demo-down clean
 
 all: build
 
@@ -31,10 +31,16 @@ controlplane: build ## build etcd and the Kubernetes binaries into the versioned
 metrics-server: ## metrics-server v0.8.0 from the Go module proxy into the cache (for kubectl top in the e2e tests)
 	scripts/metrics-server.sh >/dev/null
 
-test: deps lint unit e2e ## everything: lint, unit tests, end-to-end tests against a real control plane
+test: deps lint unit fuzz e2e ## everything: lint, unit tests, end-to-end tests against a real control plane
 
 unit: deps ## unit tests (no control plane; erofs-utils from make deps)
 	$(GO) test -count=1 -race $(UNIT_PKGS)
+
+FUZZTIME    ?= 20s
+FUZZ_TARGETS = FuzzApplyLayer FuzzDecode
+
+fuzz: ## each fuzz target of vmimage (layer extraction, spec decoding) for FUZZTIME; seeds in vmimage/testdata/fuzz
+	@for f in $(FUZZ_TARGETS); do $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./vmimage || exit 1; done
 
 e2e: deps controlplane kernel metrics-server ## end-to-end tests: real control plane in a network namespace (root), pod VMs under QEMU
 	$(GO) test -count=1 -timeout 30m -v ./test/e2e/... ./test/vm/...

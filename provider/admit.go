@@ -16,7 +16,9 @@ const ReasonUnsupported = "Unsupported"
 //   - hostNetwork, hostPID, hostIPC and hostPath: the host is the hypervisor's, and a pod VM shares none of it;
 //   - privileged containers: privilege inside the VM would not be what the pod asked for on a node;
 //   - volumes other than emptyDir, configMap, secret, downwardAPI and projected: the node has no storage to
-//     attach to a VM yet.
+//     attach to a VM yet;
+//   - "oci:" images: they name a directory on the node (for `i2kit image build`); a pod's images come from
+//     registries.
 func admit(pod *corev1.Pod) string {
 	var why []string
 	s := pod.Spec
@@ -38,6 +40,9 @@ func admit(pod *corev1.Pod) string {
 	for _, c := range append(append([]corev1.Container(nil), s.InitContainers...), s.Containers...) {
 		if sc := c.SecurityContext; sc != nil && sc.Privileged != nil && *sc.Privileged {
 			why = append(why, fmt.Sprintf("privileged container %q", c.Name))
+		}
+		if strings.HasPrefix(c.Image, "oci:") {
+			why = append(why, fmt.Sprintf("container %q's image names a path on the node (oci:); pod images come from registries", c.Name))
 		}
 	}
 	if len(why) == 0 {

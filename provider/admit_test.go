@@ -32,6 +32,10 @@ func TestAdmit(t *testing.T) {
 		{"privileged", func(p *corev1.Pod) {
 			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Privileged: &yes}
 		}, `privileged container "web"`},
+		{"oci layout image", func(p *corev1.Pod) { p.Spec.Containers[0].Image = "oci:/var/lib/i2kit/x" }, `container "web"'s image names a path on the node`},
+		{"init container's oci layout image", func(p *corev1.Pod) {
+			p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "oci:/tmp/layout:1"}}
+		}, `container "init"'s image names a path`},
 		{"env value", func(p *corev1.Pod) { p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "A", Value: "b"}} }, ""},
 		{"env from a source", func(p *corev1.Pod) {
 			p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "A", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}}}

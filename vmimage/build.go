@@ -10,13 +10,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
@@ -24,17 +22,57 @@ import (
 	"github.com/i2kit/i2kit/vmimage/kernel"
 )
 
-// Format is an output format of a pod VM image.
+// Format is an output format of a pod VM image: its name and what building it means, as data the build follows
+// rather than branches on names.
 type Format struct {
 	Name        string
 	Description string
+
+	// vmlinux says the format boots the uncompressed kernel (PVH direct boot); others boot the bzImage.
+	vmlinux bool
+	// initramfs is the initramfs file's name; a ".gz" name is compressed.
+	initramfs string
+	// disk writes the format's single bootable disk at out from its boot files and the container image disks;
+	// nil for a format that boots from separate files.
+	disk func(ctx context.Context, out string, boot rawBoot, disks []string) error
 }
 
 // Formats is the table of output formats: `direct` for QEMU, the raw disks for clouds (an AMI is made from them).
+// Direct boot loads an uncompressed initramfs: gunzip under TCG costs 0.2 s of every boot, and the host's page
+// cache shares the file between VMs. Boot disks keep it compressed.
 var Formats = []Format{
-	{"direct", "uncompressed vmlinux (PVH) + uncompressed initramfs (agent only) + one read-only erofs disk per container image, for QEMU microvm"},
-	{"raw-bios", "one GPT disk: a FAT boot partition with syslinux, bzImage and initramfs, then one erofs partition per container image"},
-	{"raw-efi", "one GPT disk: an EFI system partition with a unified kernel image (systemd-boot stub), then one erofs partition per container image"},
+	{Name: "direct", Description: "uncompressed vmlinux (PVH) + uncompressed initramfs (agent only) + one read-only erofs disk per container image, for QEMU microvm",
+		vmlinux: true, initramfs: "initramfs.cpio"},
+	{Name: "raw-bios", Description: "one GPT disk: a FAT boot partition with syslinux, bzImage and initramfs, then one erofs partition per container image",
+		initramfs: "initramfs.cpio.gz", disk: rawDisk(false)},
+	{Name: "raw-efi", Description: "one GPT disk: an EFI system partition with a unified kernel image (systemd-boot stub), then one erofs partition per container image",
+		initramfs: "initramfs.cpio.gz", disk: rawDisk(true)},
+}
+
+// rawDisk is the disk writer of the raw formats, for UEFI or BIOS boot.
+func rawDisk(efi bool) func(ctx context.Context, out string, boot rawBoot, disks []string) error {
+	return func(ctx context.Context, out string, boot rawBoot, disks []string) error {
+		boot.EFI = efi
+		return writeRawDisk(ctx, out, boot, disks)
+	}
+}
+
+// formatNamed returns the format called name.
+func formatNamed(name string) (*Format, error) {
+	for i := range Formats {
+		if Formats[i].Name == name {
+			return &Formats[i], nil
+		}
+	}
+	return nil, fmt.Errorf("format %q: unknown, want one of %s", name, strings.Join(FormatNames(), ", "))
+}
+
+// kernelFile is the kernel file of kb the format boots.
+func (f *Format) kernelFile(kb *kernel.Bundle) string {
+	if f.vmlinux {
+		return kb.Vmlinux
+	}
+	return kb.BzImage
 }
 
 // FormatNames lists the formats Ensure accepts.
@@ -77,6 +115,7 @@ type inputs struct {
 	RootfsFormat string           `json:"rootfsFormat"`
 	Containers   []inputContainer `json:"containers"`
 	Digests      []string         `json:"digests"`
+	Repos        []string         `json:"repos"` // the repository each disk's digest was pulled from (diskBlob)
 	Files        []File           `json:"files"`
 }
 
@@ -95,9 +134,10 @@ func (b *Builder) Ensure(ctx context.Context, spec *Spec, format string) (*Image
 
 // EnsureWith is Ensure with pull saying how the container images are found: the credentials of the pod the image
 // is for, and its containers' pull policies. The kernel image is always resolved with the Source's credentials.
-func (b *Builder) EnsureWith(ctx context.Context, spec *Spec, format string, pull Pull) (*Image, error) {
-	if !slices.Contains(FormatNames(), format) {
-		return nil, fmt.Errorf("format %q: unknown, want one of %s", format, strings.Join(FormatNames(), ", "))
+func (b *Builder) EnsureWith(ctx context.Context, spec *Spec, name string, pull Pull) (*Image, error) {
+	format, err := formatNamed(name)
+	if err != nil {
+		return nil, err
 	}
 	s := *spec
 	s.SetDefaults()
@@ -178,8 +218,8 @@ func (b *Builder) resolveAll(ctx context.Context, s *Spec, pull Pull) (map[strin
 	return refs, nil
 }
 
-func (b *Builder) inputs(s *Spec, format string, kb *kernel.Bundle, resolved map[string]*Resolved) (*inputs, error) {
-	kh, err := b.hashFile(kernelFor(kb, format))
+func (b *Builder) inputs(s *Spec, format *Format, kb *kernel.Bundle, resolved map[string]*Resolved) (*inputs, error) {
+	kh, err := b.hashFile(format.kernelFile(kb))
 	if err != nil {
 		return nil, fmt.Errorf("kernel: %w", err)
 	}
@@ -195,16 +235,18 @@ func (b *Builder) inputs(s *Spec, format string, kb *kernel.Bundle, resolved map
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	in := &inputs{Format: format, Platform: b.Source.platform().String(), Kernel: kh, Cmdline: s.Kernel.Cmdline,
+	in := &inputs{Format: format.Name, Platform: b.Source.platform().String(), Kernel: kh, Cmdline: s.Kernel.Cmdline,
 		Agent: ah, Modules: mods, RootfsFormat: RootfsFormat, Files: s.Files}
 	diskIdx := map[string]int{}
 	add := func(c Container, onboot bool) {
-		d := resolved[c.Image].Digest.String()
-		i, ok := diskIdx[d]
+		r := resolved[c.Image]
+		k := r.repo + "@" + r.Digest.String()
+		i, ok := diskIdx[k]
 		if !ok {
 			i = len(in.Digests)
-			diskIdx[d] = i
-			in.Digests = append(in.Digests, d)
+			diskIdx[k] = i
+			in.Digests = append(in.Digests, r.Digest.String())
+			in.Repos = append(in.Repos, r.repo)
 		}
 		in.Containers = append(in.Containers, inputContainer{Container: c, Onboot: onboot, Disk: i})
 	}
@@ -217,19 +259,11 @@ func (b *Builder) inputs(s *Spec, format string, kb *kernel.Bundle, resolved map
 	return in, nil
 }
 
-// kernelFor is the kernel file a format boots.
-func kernelFor(kb *kernel.Bundle, format string) string {
-	if format == "direct" {
-		return kb.Vmlinux
-	}
-	return kb.BzImage
-}
-
 // kernelBundle resolves kernel.image: the podvm kernel the builder was given; "debian:<dir>", an extracted
 // linux-image package; or a LinuxKit kernel OCI image (kernel + kernel.tar), pulled like container images and
 // unpacked once into the store's kernels/ (kept: kernels are few). A modular kernel's vmlinux is extracted from
 // its bzImage once, for direct boot.
-func (b *Builder) kernelBundle(ctx context.Context, image, format string) (*kernel.Bundle, error) {
+func (b *Builder) kernelBundle(ctx context.Context, image string, format *Format) (*kernel.Bundle, error) {
 	var kb *kernel.Bundle
 	switch {
 	case image == DefaultKernel:
@@ -252,11 +286,11 @@ func (b *Builder) kernelBundle(ctx context.Context, image, format string) (*kern
 		}
 		kb = v.(*kernel.Bundle)
 	}
-	if kernelFor(kb, format) != "" {
+	if format.kernelFile(kb) != "" {
 		return kb, nil
 	}
-	if format != "direct" || kb.BzImage == "" {
-		return nil, fmt.Errorf("no kernel configured for format %s", format)
+	if !format.vmlinux || kb.BzImage == "" {
+		return nil, fmt.Errorf("no kernel configured for format %s", format.Name)
 	}
 	h, err := b.hashFile(kb.BzImage)
 	if err != nil {
@@ -282,7 +316,17 @@ func (b *Builder) kernelBundle(ctx context.Context, image, format string) (*kern
 func (b *Builder) unpackKernelImage(ctx context.Context, r *Resolved) (*kernel.Bundle, error) {
 	dir := filepath.Join(b.Store.Dir(), "kernels", r.Digest.Hex)
 	if _, err := os.Stat(dir); err != nil {
-		img, err := r.Open(ctx)
+		img, c, err := r.open(ctx)
+		if err != nil {
+			return nil, err
+		}
+		m, _, cf, err := inspect(img)
+		if err != nil {
+			return nil, err
+		}
+		release := b.Store.holdBlobs(layerHolds(cf))
+		defer release()
+		layers, err := b.fetchLayers(ctx, img, m, cf, c, b.progress())
 		if err != nil {
 			return nil, err
 		}
@@ -291,10 +335,8 @@ func (b *Builder) unpackKernelImage(ctx context.Context, r *Resolved) (*kernel.B
 			return nil, err
 		}
 		defer os.RemoveAll(tmp)
-		rc := mutate.Extract(img)
-		err = untar(ctx, rc, tmp)
-		rc.Close()
-		if err != nil {
+		imageMax, _ := b.Source.limits()
+		if err := applyLayers(ctx, layers, tmp, imageMax); err != nil {
 			return nil, fmt.Errorf("unpacking kernel image, %w", err)
 		}
 		if err := os.Rename(tmp, dir); err != nil {
@@ -331,50 +373,42 @@ func (b *Builder) hashFile(path string) (string, error) {
 
 // build makes the image for key. Work happens in the store's tmp/ and is committed atomically; blobs are shared
 // and built once.
-func (b *Builder) build(ctx context.Context, key string, s *Spec, format string, kb *kernel.Bundle, in *inputs,
+func (b *Builder) build(ctx context.Context, key string, s *Spec, format *Format, kb *kernel.Bundle, in *inputs,
 	resolved map[string]*Resolved, p Progress) (*Image, error) {
 	kernelBlob := "kernel-" + strings.TrimPrefix(in.Kernel, "sha256:")
 	diskBlobs := make([]string, len(in.Digests))
 	uuids := make([]string, len(in.Digests))
 	held := []string{kernelBlob}
 	for i, d := range in.Digests {
-		diskBlobs[i], uuids[i] = diskBlob(d)
+		diskBlobs[i], uuids[i] = diskBlob(in.Repos[i], d)
 		held = append(held, diskBlobs[i], configBlob(d))
 	}
 	release := b.Store.holdBlobs(held)
 	defer release()
 
-	if err := b.ensureBlob(kernelBlob, func(tmp string) error { return copyFile(kernelFor(kb, format), tmp) }); err != nil {
+	if err := b.ensureBlob(kernelBlob, func(tmp string) error { return copyFile(format.kernelFile(kb), tmp) }); err != nil {
 		return nil, fmt.Errorf("storing kernel, %w", err)
 	}
-	byDigest := map[string]*Resolved{}
+	byDisk := make([]*Resolved, len(in.Digests)) // the resolved image of each disk
 	for _, r := range resolved {
-		byDigest[r.Digest.String()] = r
+		for i, d := range in.Digests {
+			if d == r.Digest.String() && in.Repos[i] == r.repo {
+				byDisk[i] = r
+			}
+		}
 	}
+	diskLayers := make([][]string, len(in.Digests))
 	g, gctx := errgroup.WithContext(ctx)
-	for i, d := range in.Digests {
+	for i := range in.Digests {
 		g.Go(func() error {
-			r := byDigest[d]
-			_, err, _ := b.flight.Do("disk/"+diskBlobs[i], func() (any, error) {
-				return nil, b.ensureBlob(diskBlobs[i], func(tmp string) error {
-					remoteImg, err := r.Open(gctx)
-					if err != nil {
-						return err
-					}
-					img, err := fetchLayers(gctx, remoteImg, filepath.Join(b.Store.Dir(), "layers"), p)
-					if err != nil {
-						return err
-					}
-					task := "rootfs " + r.Ref
-					p.Start(task, 0)
-					err = buildRootfs(gctx, img, filepath.Dir(tmp), tmp, uuids[i])
-					p.Done(task, err)
-					return err
-				})
+			r := byDisk[i]
+			v, err, _ := b.flight.Do("disk/"+diskBlobs[i], func() (any, error) {
+				return b.ensureDisk(gctx, r, diskBlobs[i], uuids[i], p)
 			})
 			if err != nil {
 				return fmt.Errorf("image %s: %w", r.Ref, err)
 			}
+			diskLayers[i] = v.([]string)
 			return nil
 		})
 	}
@@ -389,7 +423,7 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format string,
 	defer os.RemoveAll(dir) // a no-op once committed
 	cfg := boot.ImageConfig{Version: 1}
 	for _, c := range in.Containers {
-		r := byDigest[in.Digests[c.Disk]]
+		r := byDisk[c.Disk]
 		ocfg, err := b.imageConfig(ctx, r)
 		if err != nil {
 			return nil, fmt.Errorf("image %s: reading its configuration, %w", r.Ref, err)
@@ -400,13 +434,8 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format string,
 		cfg.Containers = append(cfg.Containers, boot.Container{Name: c.Name, Disk: c.Disk, Onboot: c.Onboot,
 			Argv: run.Argv, Entrypoint: run.Entrypoint, Env: run.Env, WorkingDir: run.WorkingDir, User: run.User})
 	}
-	// Direct boot loads an uncompressed initramfs: gunzip under TCG costs 0.2 s of every boot, and the host's
-	// page cache shares the file between VMs. Boot disks keep it compressed.
-	initramfs := "initramfs.cpio"
-	if format != "direct" {
-		initramfs += ".gz"
-	}
-	img := &Image{Key: key, Format: format, Spec: *s, Created: time.Now().UTC(), Kernel: b.Store.blobPath(kernelBlob),
+	initramfs := format.initramfs
+	img := &Image{Key: key, Format: format.Name, Spec: *s, Created: time.Now().UTC(), Kernel: b.Store.blobPath(kernelBlob),
 		Initramfs: filepath.Join(b.Store.Dir(), "images", key, initramfs)}
 	for i, d := range in.Digests {
 		fi, err := os.Stat(b.Store.blobPath(diskBlobs[i]))
@@ -414,20 +443,21 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format string,
 			return nil, err
 		}
 		cfg.Disks = append(cfg.Disks, boot.Disk{UUID: uuids[i], Digest: d, Size: fi.Size()})
-		img.Disks = append(img.Disks, DiskFile{Path: b.Store.blobPath(diskBlobs[i]), Ref: byDigest[d].Ref, Digest: d, UUID: uuids[i], Size: fi.Size()})
+		img.Disks = append(img.Disks, DiskFile{Path: b.Store.blobPath(diskBlobs[i]), Ref: byDisk[i].Ref, Digest: d, UUID: uuids[i],
+			Size: fi.Size(), Layers: diskLayers[i]})
 	}
-	if err := b.writeInitramfs(filepath.Join(dir, initramfs), &cfg, kb.Modules, s.Files, format != "direct"); err != nil {
+	if err := b.writeInitramfs(filepath.Join(dir, initramfs), &cfg, kb.Modules, s.Files, strings.HasSuffix(initramfs, ".gz")); err != nil {
 		return nil, err
 	}
-	if format != "direct" {
+	if format.disk != nil {
 		raw := filepath.Join(dir, "disk.raw")
-		task := "disk " + format
+		task := "disk " + format.Name
 		p.Start(task, 0)
-		err := writeRawDisk(ctx, raw, rawBoot{BzImage: img.Kernel, Initramfs: filepath.Join(dir, initramfs),
-			Cmdline: s.Kernel.Cmdline, EFI: format == "raw-efi"}, img.DiskPaths())
+		err := format.disk(ctx, raw, rawBoot{BzImage: img.Kernel, Initramfs: filepath.Join(dir, initramfs),
+			Cmdline: s.Kernel.Cmdline}, img.DiskPaths())
 		p.Done(task, err)
 		if err != nil {
-			return nil, fmt.Errorf("writing %s disk, %w", format, err)
+			return nil, fmt.Errorf("writing %s disk, %w", format.Name, err)
 		}
 		img.Raw = filepath.Join(b.Store.Dir(), "images", key, "disk.raw")
 	}
@@ -439,6 +469,52 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format string,
 		return nil, err
 	}
 	return b.Store.commit(dir, img)
+}
+
+// ensureDisk makes the disk blob of r's image unless the store holds it, and returns the diff_ids of its layers
+// (those the store knows of, for a disk it already holds). The disk is made only of layers verified against the
+// manifest's digests, itself verified against r's digest, and only when every layer applied: it is a function
+// of r's digest.
+func (b *Builder) ensureDisk(ctx context.Context, r *Resolved, blob, uuid string, p Progress) ([]string, error) {
+	if b.Store.hasBlob(blob) {
+		return b.Store.diskLayers(blob), nil
+	}
+	img, c, err := r.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m, raw, cf, err := inspect(img)
+	if err != nil {
+		return nil, err
+	}
+	if d, err := img.Digest(); err != nil || d != r.Digest {
+		return nil, fmt.Errorf("the registry's manifest is %v, not %s", d, r.Digest) // remote.Image checks it too
+	}
+	release := b.Store.holdBlobs(layerHolds(cf))
+	defer release()
+	layers, err := b.fetchLayers(ctx, img, m, cf, c, p)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.Store.writeBlob(configBlob(r.Digest.String()), raw); err != nil {
+		return nil, fmt.Errorf("storing the image configuration, %w", err)
+	}
+	imageMax, _ := b.Source.limits()
+	err = b.ensureBlob(blob, func(tmp string) error {
+		task := "rootfs " + r.Ref
+		p.Start(task, 0)
+		err := buildRootfs(ctx, layers, imageMax, filepath.Dir(tmp), tmp, uuid)
+		p.Done(task, err)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	diffs := make([]string, len(cf.RootFS.DiffIDs))
+	for i, d := range cf.RootFS.DiffIDs {
+		diffs[i] = d.String()
+	}
+	return diffs, nil
 }
 
 func (b *Builder) ensureBlob(name string, create func(tmp string) error) error {

@@ -333,8 +333,8 @@ func TestBadInputErrors(t *testing.T) {
 		t.Errorf("missing image: %v", err)
 	}
 	reg.corruptBlob.Store(true)
-	if _, err := b.Ensure(ctx, spec(reg.host()+"/app:1"), "direct"); err == nil || !strings.Contains(err.Error(), "layer") {
-		t.Errorf("corrupt layer: %v", err)
+	if _, err := b.Ensure(ctx, spec(reg.host()+"/app:1"), "direct"); err == nil || !strings.Contains(err.Error(), "checksum") && !strings.Contains(err.Error(), "digest") {
+		t.Errorf("corrupt blobs: %v", err)
 	}
 	if n, _ := b.Store.Stats(); n != 0 {
 		t.Errorf("failed builds left %d cache entries", n)

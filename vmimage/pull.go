@@ -93,7 +93,7 @@ func (b *Builder) resolveFor(ctx context.Context, ref string, policy PullPolicy,
 	// A disk built before configurations were kept in the store: keep its configuration now, so that the image
 	// counts as present for later pods (a build, which needs it, keeps it otherwise). It is best effort: this
 	// pull needs it only if it builds, and then the build fetches it again.
-	if disk, _ := diskBlob(res.Digest.String()); b.Store.hasBlob(disk) && !b.Store.hasBlob(configBlob(res.Digest.String())) {
+	if disk, _ := diskBlob(res.repo, res.Digest.String()); b.Store.hasBlob(disk) && !b.Store.hasBlob(configBlob(res.Digest.String())) {
 		b.imageConfig(ctx, res) //nolint:errcheck
 	}
 	b.Store.recordPull(platform, r, res.Digest.String(), res.pulledWith) //nolint:errcheck // a lost record costs a registry lookup later
@@ -121,18 +121,18 @@ func (b *Builder) present(ctx context.Context, ref string, r name.Reference, rec
 	if err != nil {
 		return nil, fmt.Errorf("image %q: %w", ref, err)
 	}
-	// The build reads the disk and the config from the store; Open is only needed if they went meanwhile.
-	open := func(ctx context.Context) (v1.Image, error) {
+	// The build reads the disk and the config from the store; open is only needed if they went meanwhile.
+	open := func(ctx context.Context) (v1.Image, credential, error) {
 		if policy == PullNever {
-			return nil, &NeverPullError{Ref: ref}
+			return nil, credential{}, &NeverPullError{Ref: ref}
 		}
 		res, err := b.Source.resolve(ctx, r.Context().Digest(rec.Digest).String(), pod)
 		if err != nil {
-			return nil, err
+			return nil, credential{}, err
 		}
-		return res.Open(ctx)
+		return res.open(ctx)
 	}
-	return &Resolved{Ref: ref, Digest: digest, From: "store", Open: open}, nil
+	return newResolved(ref, r.Context().Name(), "store", digest, credential{}, open), nil
 }
 
 // mayUse reports whether a pod may use an image the store holds without asking the registry: it was resolved
@@ -172,11 +172,7 @@ func (b *Builder) imageConfig(ctx context.Context, r *Resolved) (*v1.ConfigFile,
 	if err != nil {
 		return nil, err
 	}
-	raw, err := img.RawConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cf, err := v1.ParseConfigFile(bytes.NewReader(raw))
+	_, raw, cf, err := inspect(img)
 	if err != nil {
 		return nil, err
 	}

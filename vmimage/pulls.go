@@ -31,6 +31,10 @@ type pullTable struct {
 	Refs map[string]string `json:"refs"`
 	// Images maps "<platform> <repository>@<digest>" to who may use that image.
 	Images map[string]*imageAccess `json:"images"`
+	// Layers maps a cached layer's diff_id to who may use it without downloading it again: a layer is content
+	// that some registry gave to some credentials, and only those (or everyone, if given without pod
+	// credentials) may have it from the cache.
+	Layers map[string]*imageAccess `json:"layers,omitempty"`
 }
 
 // imageAccess says who may use an image the store holds.
@@ -65,18 +69,26 @@ func (s *Store) openPulls() error {
 	s.pullMu.Lock()
 	defer s.pullMu.Unlock()
 	s.pulls = t
-	n := len(t.Refs) + len(t.Images)
+	n := len(t.Refs) + len(t.Images) + len(t.Layers)
 	for k, d := range t.Refs {
-		if !s.hasContent(d) {
+		_, ref, _ := strings.Cut(k, " ")
+		r, err := name.ParseReference(ref, name.WeakValidation)
+		if err != nil || !s.hasContent(r.Context().Name(), d) {
 			delete(t.Refs, k)
 		}
 	}
 	for k := range t.Images {
-		if _, d, _ := strings.Cut(k, "@"); !s.hasContent(d) {
+		_, ri, _ := strings.Cut(k, " ")
+		if repo, d, _ := strings.Cut(ri, "@"); !s.hasContent(repo, d) {
 			delete(t.Images, k)
 		}
 	}
-	if n != len(t.Refs)+len(t.Images) {
+	for d := range t.Layers {
+		if !s.hasLayer(d) {
+			delete(t.Layers, d)
+		}
+	}
+	if n != len(t.Refs)+len(t.Images)+len(t.Layers) {
 		return s.savePullsLocked()
 	}
 	return nil
@@ -102,6 +114,9 @@ func loadPulls(dir string) (*pullTable, error) {
 	if t.Images == nil {
 		t.Images = map[string]*imageAccess{}
 	}
+	if t.Layers == nil {
+		t.Layers = map[string]*imageAccess{}
+	}
 	return t, nil
 }
 
@@ -118,7 +133,7 @@ func (s *Store) pulled(platform string, r name.Reference) (pullRecord, bool) {
 		return pullRecord{}, false
 	}
 	a, ok := s.pulls.Images[imageKey(platform, r, digest)]
-	if !ok || !s.hasContent(digest) {
+	if !ok || !s.hasContent(r.Context().Name(), digest) {
 		return pullRecord{}, false
 	}
 	return pullRecord{Digest: digest, imageAccess: imageAccess{Public: a.Public, Credentials: slices.Clone(a.Credentials)}}, true
@@ -133,11 +148,22 @@ func (s *Store) recordPull(platform string, r name.Reference, digest string, c c
 	if k := refKey(platform, r); s.pulls.Refs[k] != digest {
 		s.pulls.Refs[k], changed = digest, true
 	}
-	ik := imageKey(platform, r, digest)
-	a := s.pulls.Images[ik]
+	if s.grantLocked(s.pulls.Images, imageKey(platform, r, digest), c) {
+		changed = true
+	}
+	if !changed {
+		return nil
+	}
+	return s.savePullsLocked()
+}
+
+// grantLocked records in table that c may use key's content, and reports whether that changed the table.
+func (s *Store) grantLocked(table map[string]*imageAccess, key string, c credential) bool {
+	a := table[key]
+	changed := false
 	if a == nil {
 		a, changed = &imageAccess{}, true
-		s.pulls.Images[ik] = a
+		table[key] = a
 	}
 	if !c.pod {
 		changed = changed || !a.Public
@@ -145,10 +171,29 @@ func (s *Store) recordPull(platform string, r name.Reference, digest string, c c
 	} else if h := s.credentialHashLocked(c.id); !slices.Contains(a.Credentials, h) {
 		a.Credentials, changed = append(a.Credentials, h), true
 	}
-	if !changed {
+	return changed
+}
+
+// recordLayer notes that a registry gave the layer diffID to credentials c (it was verified on the way in).
+func (s *Store) recordLayer(diffID string, c credential) error {
+	s.pullMu.Lock()
+	defer s.pullMu.Unlock()
+	if !s.grantLocked(s.pulls.Layers, diffID, c) {
 		return nil
 	}
 	return s.savePullsLocked()
+}
+
+// mayUseLayer reports whether credentials c may take the layer diffID from the cache: it was given without pod
+// credentials (every pod could fetch it), or to these same credentials.
+func (s *Store) mayUseLayer(diffID string, c credential) bool {
+	s.pullMu.Lock()
+	defer s.pullMu.Unlock()
+	a := s.pulls.Layers[diffID]
+	if a == nil {
+		return false
+	}
+	return a.Public || c.pod && slices.Contains(a.Credentials, s.credentialHashLocked(c.id))
 }
 
 func (s *Store) savePullsLocked() error {
@@ -187,10 +232,10 @@ func (s *Store) credentialHashLocked(id string) string {
 	return hex.EncodeToString(m.Sum(nil))
 }
 
-// hasContent reports whether the store holds what a build needs of a container image: its disk and its
-// configuration.
-func (s *Store) hasContent(digest string) bool {
-	disk, _ := diskBlob(digest)
+// hasContent reports whether the store holds what a build needs of a container image of repository repo: its
+// disk and its configuration.
+func (s *Store) hasContent(repo, digest string) bool {
+	disk, _ := diskBlob(repo, digest)
 	return s.hasBlob(disk) && s.hasBlob(configBlob(digest))
 }
 
@@ -199,9 +244,12 @@ func (s *Store) hasBlob(name string) bool {
 	return err == nil
 }
 
-// diskBlob names the disk blob of a container image (by manifest digest) and gives its filesystem's UUID.
-func diskBlob(digest string) (blob, uuid string) {
-	sum := sha256.Sum256([]byte(digest + "\x00" + RootfsFormat))
+// diskBlob names the disk blob of a container image (by the repository the user named and its manifest digest)
+// and gives its filesystem's UUID. The repository is part of the name: a disk is used only by pulls that its
+// repository's registry answered, so that a registry that serves another's manifest (a digest is no secret)
+// does not get that registry's disk without serving its layers, which the build verifies.
+func diskBlob(repo, digest string) (blob, uuid string) {
+	sum := sha256.Sum256([]byte(repo + "\x00" + digest + "\x00" + RootfsFormat))
 	return "disk-" + hex.EncodeToString(sum[:]) + ".erofs", boot.FormatUUID(sum[:16])
 }
 

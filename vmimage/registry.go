@@ -17,8 +17,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
-// Source says where container images come from: registries (with credentials, mirrors and plain-HTTP hosts) or
-// OCI image layouts on disk ("oci:<dir>[:<tag>|@<digest>]").
+// Source says where container images come from: registries (with credentials, mirrors and plain-HTTP hosts) or,
+// when AllowLocalLayouts is set, OCI image layouts on disk ("oci:<dir>[:<tag>|@<digest>]"). Everything a source
+// sends is bounded and checked (media types, sizes, digests) before it is used.
 type Source struct {
 	// Keychain supplies registry credentials; authn.DefaultKeychain (the docker config) when nil.
 	Keychain authn.Keychain
@@ -30,6 +31,32 @@ type Source struct {
 	Platform v1.Platform
 	// Transport carries registry requests; http.DefaultTransport when nil.
 	Transport http.RoundTripper
+	// AllowLocalLayouts admits "oci:<dir>" references: paths on this machine, for `i2kit image build`. A node
+	// leaves it false, so that a pod names registries and never the node's files.
+	AllowLocalLayouts bool
+	// MaxImageBytes bounds the uncompressed bytes of one container image's layers, as downloaded and as
+	// extracted; DefaultMaxImageBytes when 0.
+	MaxImageBytes int64
+	// MaxLayerBytes bounds the uncompressed bytes of one layer; MaxImageBytes when 0.
+	MaxLayerBytes int64
+}
+
+// DefaultMaxImageBytes is Source.MaxImageBytes when unset.
+const DefaultMaxImageBytes = 16 << 30
+
+// ErrLocalLayout is matched (errors.Is) by the error for an "oci:" reference a Source does not admit.
+var ErrLocalLayout = errors.New(`"oci:" image references name local paths, which this builder does not read`)
+
+func (s *Source) limits() (image, layer int64) {
+	image = s.MaxImageBytes
+	if image <= 0 {
+		image = DefaultMaxImageBytes
+	}
+	layer = s.MaxLayerBytes
+	if layer <= 0 || layer > image {
+		layer = image
+	}
+	return image, layer
 }
 
 // Resolved is a container image pinned by digest.
@@ -40,7 +67,20 @@ type Resolved struct {
 	// Open returns the image; its layers are fetched lazily within ctx.
 	Open func(ctx context.Context) (v1.Image, error)
 
+	// repo is the repository the user named ("oci:<dir>" for a layout): with the digest, it names the image's
+	// disk, so that a digest one registry served is never reused for a pull from another without its content.
+	repo string
+	// open is Open that also says which credentials the registry took (zero for layouts).
+	open       func(ctx context.Context) (v1.Image, credential, error)
 	pulledWith credential // the credentials the registry took; zero for layouts and images already on the node
+}
+
+func newResolved(ref, repo, from string, digest v1.Hash, c credential, open func(ctx context.Context) (v1.Image, credential, error)) *Resolved {
+	return &Resolved{Ref: ref, Digest: digest, From: from, repo: repo, pulledWith: c, open: open,
+		Open: func(ctx context.Context) (v1.Image, error) {
+			img, _, err := open(ctx)
+			return img, err
+		}}
 }
 
 func (s *Source) platform() v1.Platform {
@@ -60,6 +100,9 @@ func (s *Source) Resolve(ctx context.Context, ref string) (*Resolved, error) {
 // before the node's credentials.
 func (s *Source) resolve(ctx context.Context, ref string, pod []authn.Keychain) (*Resolved, error) {
 	if dir, ok := strings.CutPrefix(ref, "oci:"); ok {
+		if !s.AllowLocalLayouts {
+			return nil, fmt.Errorf("image %q: %w", ref, ErrLocalLayout) // nothing is looked up: the path's existence stays private
+		}
 		return s.resolveLayout(ref, dir)
 	}
 	r, err := name.ParseReference(ref, name.WeakValidation)
@@ -71,6 +114,7 @@ func (s *Source) resolve(ctx context.Context, ref string, pod []authn.Keychain) 
 		res, err := s.fetch(ctx, r, host, pod)
 		if err == nil {
 			res.Ref = ref
+			res.repo = r.Context().Name()
 			return res, nil
 		}
 		errs = append(errs, fmt.Errorf("from %s: %w", host, err))
@@ -99,7 +143,7 @@ func (s *Source) remoteOptions(ctx context.Context, auth authn.Authenticator) []
 	if tr == nil {
 		tr = http.DefaultTransport
 	}
-	return []remote.Option{remote.WithAuth(auth), remote.WithTransport(tr), remote.WithPlatform(s.platform()), remote.WithContext(ctx)}
+	return []remote.Option{remote.WithAuth(auth), remote.WithTransport(boundedManifests{tr}), remote.WithPlatform(s.platform()), remote.WithContext(ctx)}
 }
 
 func (s *Source) fetch(ctx context.Context, r name.Reference, host string, pod []authn.Keychain) (*Resolved, error) {
@@ -125,14 +169,18 @@ func (s *Source) fetch(ctx context.Context, r name.Reference, host string, pod [
 			}
 			break
 		}
+		if err := checkManifest(img); err != nil {
+			return nil, err
+		}
 		digest, err := img.Digest()
 		if err != nil {
 			return nil, err
 		}
-		open := func(ctx context.Context) (v1.Image, error) {
-			return remote.Image(repo.Digest(digest.String()), s.remoteOptions(ctx, c.auth)...)
+		open := func(ctx context.Context) (v1.Image, credential, error) {
+			img, err := remote.Image(repo.Digest(digest.String()), s.remoteOptions(ctx, c.auth)...)
+			return img, c, err
 		}
-		return &Resolved{Digest: digest, Open: open, From: host, pulledWith: c}, nil
+		return newResolved("", "", host, digest, c, open), nil
 	}
 	return nil, errors.Join(errs...)
 }
@@ -272,7 +320,8 @@ func (s *Source) resolveLayout(ref, spec string) (*Resolved, error) {
 		if err != nil {
 			continue // an index within the index: not supported here
 		}
-		return &Resolved{Ref: ref, Digest: d.Digest, From: dir, Open: func(context.Context) (v1.Image, error) { return img, nil }}, nil
+		return newResolved(ref, "oci:"+dir, dir, d.Digest, credential{},
+			func(context.Context) (v1.Image, credential, error) { return img, credential{}, nil }), nil
 	}
 	return nil, fmt.Errorf("image %q: no image for %s in OCI layout %s", ref, plat.String(), dir)
 }

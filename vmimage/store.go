@@ -39,6 +39,9 @@ type DiskFile struct {
 	Digest string `json:"digest"`
 	UUID   string `json:"uuid"`
 	Size   int64  `json:"size"`
+	// Layers are the diff_ids of the layers the disk was made of: the store keeps them in its layer cache while
+	// an image that uses the disk is cached.
+	Layers []string `json:"layers,omitempty"`
 }
 
 // ErrNotFound is returned for keys the store does not hold.
@@ -47,7 +50,8 @@ var ErrNotFound = errors.New("image not found")
 // ErrInUse is returned when removing an image a VM uses.
 var ErrInUse = errors.New("image is in use")
 
-// Store keeps built images on disk under one directory, fronted by an LRU bounded by entries and bytes. It is
+// Store keeps built images on disk under one directory, fronted by an LRU bounded by entries and bytes (images,
+// their blobs and the layers they were made of). It is
 // the only writer of that directory (an exclusive lock keeps other processes out until Close): builds work in tmp/ and are committed by an atomic rename, so a killed
 // build leaves no entry; at open the LRU is rebuilt from disk and tmp/ is emptied. Eviction never removes an
 // image that is acquired (a running VM uses it), and re-checks under the lock before deleting.
@@ -226,6 +230,22 @@ func (s *Store) tmpDir(prefix string) (string, error) {
 
 func (s *Store) blobPath(name string) string { return filepath.Join(s.dir, "blobs", name) }
 
+// layerPath is where the layer cache keeps the uncompressed tar of diff_id hex.
+func (s *Store) layerPath(hex string) string { return filepath.Join(s.dir, "layers", hex) }
+
+// hasLayer reports whether the layer cache holds diffID ("sha256:<hex>").
+func (s *Store) hasLayer(diffID string) bool {
+	_, hex, ok := strings.Cut(diffID, ":")
+	if !ok || strings.ContainsAny(hex, "/.") {
+		return false
+	}
+	_, err := os.Stat(s.layerPath(hex))
+	return err == nil
+}
+
+// layerHold is the name under which holdBlobs keeps a layer of the cache from garbage collection.
+func layerHold(hex string) string { return "layer/" + hex }
+
 // holdBlobs keeps blobs from garbage collection while a build that will reference them runs.
 func (s *Store) holdBlobs(names []string) (release func()) {
 	s.mu.Lock()
@@ -276,6 +296,7 @@ func (s *Store) commit(tmp string, img *Image) (*Image, error) {
 		return nil, fmt.Errorf("committing image, %w", err)
 	}
 	s.lru.Add(img.Key, img)
+	s.gcBlobsLocked() // layers no image uses count towards the bound until they go
 	s.recountLocked()
 	s.pins[img.Key]++ // the caller's build is not evicted before it is returned
 	s.evictLocked()
@@ -310,7 +331,7 @@ func (s *Store) removeLocked(key string) {
 	s.recountLocked()
 }
 
-// gcBlobsLocked deletes blobs no image references and no build holds.
+// gcBlobsLocked deletes blobs and cached layers no image references and no build holds.
 func (s *Store) gcBlobsLocked() {
 	used := map[string]bool{}
 	for _, img := range s.lru.Values() {
@@ -318,6 +339,10 @@ func (s *Store) gcBlobsLocked() {
 		for _, d := range img.Disks {
 			used[filepath.Base(d.Path)] = true
 			used[configBlob(d.Digest)] = true
+			for _, l := range d.Layers {
+				_, hex, _ := strings.Cut(l, ":")
+				used[layerHold(hex)] = true
+			}
 		}
 	}
 	ents, _ := os.ReadDir(filepath.Join(s.dir, "blobs"))
@@ -326,12 +351,18 @@ func (s *Store) gcBlobsLocked() {
 			os.Remove(s.blobPath(e.Name()))
 		}
 	}
+	ents, _ = os.ReadDir(filepath.Join(s.dir, "layers"))
+	for _, e := range ents {
+		if h := layerHold(e.Name()); !used[h] && s.building[h] == 0 {
+			os.RemoveAll(s.layerPath(e.Name()))
+		}
+	}
 }
 
-// recountLocked sums the bytes of images and blobs on disk.
+// recountLocked sums the bytes of images, blobs and cached layers on disk.
 func (s *Store) recountLocked() {
 	var n int64
-	for _, d := range []string{"images", "blobs"} {
+	for _, d := range []string{"images", "blobs", "layers"} {
 		filepath.WalkDir(filepath.Join(s.dir, d), func(_ string, e os.DirEntry, err error) error { //nolint:errcheck
 			if err == nil && e.Type().IsRegular() {
 				if fi, err := e.Info(); err == nil {
@@ -376,4 +407,19 @@ func (img *Image) DiskPaths() []string {
 		out[i] = d.Path
 	}
 	return out
+}
+
+// diskLayers returns the diff_ids of the layers a cached image records for the disk blob name; nil when no
+// cached image uses it.
+func (s *Store) diskLayers(name string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, img := range s.lru.Values() {
+		for _, d := range img.Disks {
+			if filepath.Base(d.Path) == name && d.Layers != nil {
+				return d.Layers
+			}
+		}
+	}
+	return nil
 }

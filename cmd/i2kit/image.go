@@ -32,6 +32,7 @@ func (f *imageFlags) builder(progress vmimage.Progress) (*vmimage.Builder, error
 	if f.bzImage != "" {
 		b.BzImage = f.bzImage
 	}
+	b.Source.AllowLocalLayouts = true // the user names their own files; pods never do
 	return b, nil
 }
 

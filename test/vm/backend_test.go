@@ -30,7 +30,7 @@ func TestQEMUBackendConformance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bl := &vmimage.Builder{Store: st, Source: &vmimage.Source{}, Kernel: vmlinux, Agent: buildAgent(t, dir)}
+	bl := &vmimage.Builder{Store: st, Source: &vmimage.Source{AllowLocalLayouts: true}, Kernel: vmlinux, Agent: buildAgent(t, dir)}
 	img, err := bl.Ensure(context.Background(), &vmimage.Spec{Services: []vmimage.Container{{Name: "web", Image: "oci:" + ociLayout(t, dir)}}}, qemu.Format)
 	if err != nil {
 		t.Fatal(err)

@@ -31,7 +31,7 @@ func BenchmarkDirectBoot(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	bl := &vmimage.Builder{Store: st, Source: &vmimage.Source{}, Kernel: vmlinux, BzImage: bz, Agent: buildAgent(b, dir)}
+	bl := &vmimage.Builder{Store: st, Source: &vmimage.Source{AllowLocalLayouts: true}, Kernel: vmlinux, BzImage: bz, Agent: buildAgent(b, dir)}
 	img, err := bl.Ensure(context.Background(), &vmimage.Spec{Services: []vmimage.Container{{Name: "web", Image: "oci:" + ociLayout(b, dir)}}}, "direct")
 	if err != nil {
 		b.Fatal(err)

@@ -135,7 +135,7 @@ func TestDirectImageBootsToAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &vmimage.Builder{Store: st, Source: &vmimage.Source{}, Kernel: vmlinux, Agent: buildAgent(t, dir)}
+	b := &vmimage.Builder{Store: st, Source: &vmimage.Source{AllowLocalLayouts: true}, Kernel: vmlinux, Agent: buildAgent(t, dir)}
 	bzImage, err := kernel.BzImage()
 	if err != nil {
 		t.Fatal(err)
@@ -260,7 +260,7 @@ func TestAlternativeKernelsBoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &vmimage.Builder{Store: st, Source: &vmimage.Source{}, Agent: buildAgent(t, dir)}
+	b := &vmimage.Builder{Store: st, Source: &vmimage.Source{AllowLocalLayouts: true}, Agent: buildAgent(t, dir)}
 	containers := []vmimage.Container{{Name: "web", Image: "oci:" + ociLayout(t, dir)}}
 	for _, k := range []struct{ name, image string }{
 		{"debian", "debian:" + deb},
