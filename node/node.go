@@ -26,11 +26,11 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
 
 	"github.com/i2kit/i2kit/internal/version"
-	"github.com/i2kit/i2kit/netsync"
 	"github.com/i2kit/i2kit/provider"
 	"github.com/i2kit/i2kit/provider/vm"
 )
@@ -113,8 +113,11 @@ func Run(ctx context.Context, c Config, w Wiring) error {
 		p.UseCluster(pc.ConfigMaps, pc.Secrets, pc.Services, serviceAccountToken(client))
 		return p, nodeProvider{}, nil
 	}
+	var services cache.SharedIndexInformer // virtual-kubelet's, shared with netsync: one Services watch per node
 	n, err := nodeutil.NewNode(c.NodeName, newProvider,
 		nodeutil.WithClient(client),
+		shareServiceInformer(&services),
+		watchRuntimeObjects(p.ObjectChanged),
 		nodeutil.AttachProviderRoutes(mux),
 		nodeutil.WithTLSConfig(func(t *tls.Config) error {
 			t.Certificates = []tls.Certificate{cert}
@@ -139,7 +142,12 @@ func Run(ctx context.Context, c Config, w Wiring) error {
 	gc.Add(2)
 	go func() { defer gc.Done(); collectGarbage(ctx, n, p) }()
 	// Pod VMs reach ClusterIPs (the API server's among them) through the service table their agents forward by.
-	go func() { defer gc.Done(); netsync.WatchServices(ctx, client, p.SetServices) }()
+	go func() {
+		defer gc.Done()
+		if err := syncServices(ctx, client, services, p.SetServices); err != nil {
+			log.G(ctx).WithError(err).Error("keeping the pods' service table")
+		}
+	}()
 	err = n.Run(ctx)
 	requested := ctx.Err() != nil // a requested stop is not a failure
 	cancel()
