@@ -88,7 +88,12 @@ func Supervise() error {
 	if err := json.Unmarshal([]byte(os.Getenv(supervisorEnv)), &c); err != nil {
 		return fmt.Errorf("reading container spec, %w", err)
 	}
-	lis, err := net.FileListener(os.NewFile(3, "control"))
+	// The control socket (3) and the started pipe (4) come without close-on-exec: the container's processes must
+	// not inherit them (a process holding the control socket could answer the agent's exec requests).
+	unix.CloseOnExec(4)
+	ctl := os.NewFile(3, "control")
+	lis, err := net.FileListener(ctl) // a close-on-exec duplicate
+	ctl.Close()
 	if err != nil {
 		return fmt.Errorf("opening the control socket, %w", err)
 	}
