@@ -31,15 +31,15 @@ controlplane: build ## build etcd and the Kubernetes binaries into the versioned
 metrics-server: ## metrics-server v0.8.0 from the Go module proxy into the cache (for kubectl top in the e2e tests)
 	scripts/metrics-server.sh >/dev/null
 
-test: deps lint unit fuzz e2e ## everything: lint, unit tests, end-to-end tests against a real control plane
+test: deps lint unit fuzz fuzz-agent e2e ## everything: lint, unit tests, end-to-end tests against a real control plane
 
 unit: deps ## unit tests (no control plane; erofs-utils from make deps)
 	$(GO) test -count=1 -race $(UNIT_PKGS)
 
-FUZZTIME    ?= 20s
+FUZZTIME    ?= 15s
 FUZZ_TARGETS = FuzzApplyLayer FuzzDecode
 
-fuzz: ## each fuzz target of vmimage (layer extraction, spec decoding) for FUZZTIME; seeds in vmimage/testdata/fuzz
+fuzz: ## each fuzz target of vmimage (layer extraction, spec decoding) for FUZZTIME (15s); seeds in vmimage/testdata/fuzz
 	@for f in $(FUZZ_TARGETS); do $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./vmimage || exit 1; done
 
 e2e: deps controlplane kernel metrics-server ## end-to-end tests: real control plane in a network namespace (root), pod VMs under QEMU
@@ -53,7 +53,7 @@ lint: ## gofmt, go vet, and the host/guest boundary: the host binary links no gu
 
 AGENT_FUZZ = FuzzReadFrame FuzzReadLine FuzzDial FuzzAccept FuzzDecodeStatus FuzzDecodeStats
 fuzz-agent: ## fuzz the agent protocol's decoders, FUZZTIME (15s) each; seeds in agent/protocol/testdata/fuzz
-	@for f in $(AGENT_FUZZ); do echo "== $$f"; $(GO) test -run='^$$' -fuzz="^$$f\$$" -fuzztime=$(or $(FUZZTIME),15s) ./agent/protocol/ || exit 1; done
+	@for f in $(AGENT_FUZZ); do echo "== $$f"; $(GO) test -run='^$$' -fuzz="^$$f\$$" -fuzztime=$(FUZZTIME) ./agent/protocol/ || exit 1; done
 
 bench: deps controlplane kernel ## benchmarks, medians printed
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 5x -timeout 30m ./...
