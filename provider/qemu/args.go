@@ -54,31 +54,37 @@ func Args(vm VM) []string {
 	} else {
 		// QEMU writes the console to a file itself: a debug aid that loses nothing while no node runs. Nothing
 		// reads it to control the VM (readiness and power-off go through the agent's protocol).
-		args = append(args, "-chardev", "file,id=console,path="+filepath.Join(vm.Dir, "console.log"), "-serial", "chardev:console")
+		args = append(args, "-chardev", "file,id=console,path="+optEscape(filepath.Join(vm.Dir, "console.log")), "-serial", "chardev:console")
 	}
 	args = append(args,
 		"-kernel", vm.Kernel, "-initrd", vm.Initramfs, "-append", strings.TrimSpace(cmdline))
 	for i, d := range vm.Disks {
 		id := fmt.Sprintf("disk%d", i)
 		args = append(args,
-			"-drive", fmt.Sprintf("id=%s,file=%s,format=raw,if=none,readonly=on,cache=unsafe", id, d),
+			"-drive", fmt.Sprintf("id=%s,file=%s,format=raw,if=none,readonly=on,cache=unsafe", id, optEscape(d)),
 			"-device", "virtio-blk-device,drive="+id)
 	}
 	if vm.Dir != "" {
 		args = append(args,
 			// the agent's channel (package agent/protocol): a virtio-serial port served on a unix socket
 			"-device", "virtio-serial-device,max_ports=2",
-			"-chardev", "socket,id=agent,path="+filepath.Join(vm.Dir, "agent.sock")+",server=on,wait=off",
+			"-chardev", "socket,id=agent,path="+optEscape(filepath.Join(vm.Dir, "agent.sock"))+",server=on,wait=off",
 			"-device", "virtserialport,chardev=agent,name="+protocol.PortName,
 			"-pidfile", filepath.Join(vm.Dir, "qemu.pid"))
 	}
 	if vm.TAP != "" {
 		args = append(args,
-			"-netdev", fmt.Sprintf("tap,id=net0,ifname=%s,script=no,downscript=no,vhost=off", vm.TAP),
-			"-device", "virtio-net-device,netdev=net0,mac="+vm.MAC)
+			"-netdev", fmt.Sprintf("tap,id=net0,ifname=%s,script=no,downscript=no,vhost=off", optEscape(vm.TAP)),
+			"-device", "virtio-net-device,netdev=net0,mac="+optEscape(vm.MAC))
 	}
 	return args
 }
+
+// optEscape escapes a value placed inside a QEMU option string (key=value,key=value): QEMU reads ",," as one
+// literal comma, so a path with a comma stays one value instead of adding options (a disk path such as
+// "/x/a,file=/etc/shadow" must not name a second file). -kernel, -initrd and -append take their whole argument
+// as the value; node configuration refuses commas in paths anyway (node.Config.Validate).
+func optEscape(v string) string { return strings.ReplaceAll(v, ",", ",,") }
 
 // HostHasKVM reports whether hardware KVM (Intel VT-x or AMD-V) is usable. /dev/kvm alone is not enough: some
 // hosts offer a paravirtual KVM (PVM) that only runs specially patched guests.
