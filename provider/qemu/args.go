@@ -26,7 +26,7 @@ type VM struct {
 	// TSCkHz is passed as tsc_early_khz under TCG: microvm's PIT-based TSC calibration fails now and then under
 	// TCG and the guest hangs forever; a given frequency avoids it. 0 leaves it out.
 	TSCkHz int
-	// Dir is the VM's runtime directory: the console log, the agent's channel socket and the pid file. "" runs
+	// Dir is the VM's runtime directory: the console's socket, the agent's channel socket and the pid file. "" runs
 	// the VM on stdio with no agent channel (tests that boot an image by hand).
 	Dir string
 	// TAP and MAC attach the VM's one NIC to a host TAP; "" gives the VM no network.
@@ -52,9 +52,12 @@ func Args(vm VM) []string {
 	if vm.Dir == "" {
 		args = append(args, "-serial", "stdio")
 	} else {
-		// QEMU writes the console to a file itself: a debug aid that loses nothing while no node runs. Nothing
-		// reads it to control the VM (readiness and power-off go through the agent's protocol).
-		args = append(args, "-chardev", "file,id=console,path="+optEscape(filepath.Join(vm.Dir, "console.log")), "-serial", "chardev:console")
+		// The console is served on a socket that the backend copies into a size-capped, rotated console.log
+		// (recordConsole): a guest flooding its console cannot fill the host's /run. Output while no one reads is
+		// dropped (wait=off): the console is a debug aid; nothing reads it to control the VM (readiness and
+		// power-off go through the agent's protocol).
+		args = append(args, "-chardev", "socket,id=console,path="+optEscape(filepath.Join(vm.Dir, "console.sock"))+",server=on,wait=off",
+			"-serial", "chardev:console")
 	}
 	args = append(args,
 		"-kernel", vm.Kernel, "-initrd", vm.Initramfs, "-append", strings.TrimSpace(cmdline))

@@ -114,6 +114,7 @@ func (b *Backend) adopt() {
 		v := &machine{rec: rec, dir: dir, tap: TAPName(rec.UID), exited: make(chan struct{})}
 		b.vms[rec.UID] = v
 		go b.waitPidfd(v)
+		go b.recordConsole(v)
 	}
 }
 
@@ -221,7 +222,19 @@ func (b *Backend) start(v *machine, p vm.Plan, ip net.IP) error {
 		err := cmd.Wait()
 		b.exited(v, err)
 	}()
+	go b.recordConsole(v)
 	return nil
+}
+
+// recordConsole keeps the VM's console in its runtime directory (recordConsole) until QEMU exits.
+func (b *Backend) recordConsole(v *machine) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		<-v.exited
+		cancel()
+	}()
+	recordConsole(ctx, v.dir)
+	cancel()
 }
 
 // DialAgent connects to the agent's virtio-serial port. QEMU serves one connection at a time: a second waits
