@@ -6,7 +6,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -33,7 +35,9 @@ type Config struct {
 	NodeName string `json:"nodeName,omitempty"`
 	// Backend runs the pods' VMs: one of Backends.
 	Backend string `json:"backend,omitempty"`
-	// Capacity is what the node offers the scheduler; allocatable equals capacity.
+	// Capacity is what the node offers the scheduler; allocatable equals capacity. Pod VMs larger than its cpu or
+	// memory are refused. Unset cpu and memory default to this host's with the qemu backend (its VMs run here),
+	// else to 8 and 32Gi.
 	Capacity Capacity `json:"capacity,omitempty"`
 	// Labels are added to the node's standard labels (and may override them).
 	Labels map[string]string `json:"labels,omitempty"`
@@ -102,7 +106,7 @@ func DefaultConfig() Config {
 		Kubeconfig:    os.Getenv("KUBECONFIG"),
 		NodeName:      "i2kit",
 		Backend:       "none",
-		Capacity:      Capacity{CPU: "8", Memory: "32Gi", Pods: "110", EphemeralStorage: "100Gi"},
+		Capacity:      Capacity{Pods: "110", EphemeralStorage: "100Gi"}, // cpu and memory: Validate (DefaultCapacity)
 		ListenAddress: "0.0.0.0",
 		Port:          10250,
 		PodCIDR:       "10.88.0.0/16",
@@ -146,8 +150,8 @@ func AddFlags(fs *pflag.FlagSet) *Flags {
 	str("kubeconfig", func(c *Config) *string { return &c.Kubeconfig }, "kubeconfig to reach the cluster (default $KUBECONFIG; empty: in-cluster)")
 	str("node-name", func(c *Config) *string { return &c.NodeName }, "name of the Node object")
 	str("backend", func(c *Config) *string { return &c.Backend }, "backend that runs pod VMs: "+strings.Join(Backends, ", "))
-	str("cpu", func(c *Config) *string { return &c.Capacity.CPU }, "node CPU capacity")
-	str("memory", func(c *Config) *string { return &c.Capacity.Memory }, "node memory capacity")
+	str("cpu", func(c *Config) *string { return &c.Capacity.CPU }, "node CPU capacity (default: the host's with --backend qemu, else 8)")
+	str("memory", func(c *Config) *string { return &c.Capacity.Memory }, "node memory capacity (default: the host's with --backend qemu, else 32Gi)")
 	str("pods", func(c *Config) *string { return &c.Capacity.Pods }, "node pod capacity")
 	str("ephemeral-storage", func(c *Config) *string { return &c.Capacity.EphemeralStorage }, "node ephemeral-storage capacity")
 	str("listen-address", func(c *Config) *string { return &c.ListenAddress }, "address the kubelet API listens on")
@@ -206,6 +210,7 @@ func (c *Config) Validate() error {
 	if !slices.Contains(Backends, c.Backend) {
 		return fmt.Errorf("backend %q: unknown, want one of %s", c.Backend, strings.Join(Backends, ", "))
 	}
+	c.Capacity = DefaultCapacity(c.Capacity, c.Backend, runtime.NumCPU(), hostMemTotal())
 	for _, q := range []struct{ field, val string }{
 		{"capacity.cpu", c.Capacity.CPU}, {"capacity.memory", c.Capacity.Memory},
 		{"capacity.pods", c.Capacity.Pods}, {"capacity.ephemeral-storage", c.Capacity.EphemeralStorage},
@@ -271,6 +276,16 @@ func (c *Config) Validate() error {
 		if len(c.QEMU.Bridge) > 15 {
 			return fmt.Errorf("qemu.bridge %q: at most 15 characters", c.QEMU.Bridge)
 		}
+		// These paths end up inside QEMU's key=value,... options; the backend escapes commas, and a comma in a
+		// node's path is refused as well, so that no configuration can add options to QEMU's command line.
+		for _, f := range []struct{ field, path string }{
+			{"qemu.runtimeDir", c.QEMU.RuntimeDir}, {"images.store", c.Images.Store},
+			{"images.kernel", c.Images.Kernel}, {"images.agent", c.Images.Agent},
+		} {
+			if strings.ContainsAny(f.path, ",\x00\n") {
+				return fmt.Errorf("%s %q: must not contain a comma, NUL or newline (they would be read as QEMU options)", f.field, f.path)
+			}
+		}
 	}
 	if c.Backend != "none" {
 		if c.Images.MaxImages < 1 {
@@ -286,6 +301,42 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// DefaultCapacity fills a capacity's unset cpu and memory: with the qemu backend from the host the VMs run on
+// (hostCPUs, hostMemBytes; 0 when unknown), otherwise, or when the host's are unknown, 8 CPUs and 32Gi.
+func DefaultCapacity(c Capacity, backend string, hostCPUs int, hostMemBytes int64) Capacity {
+	if c.CPU == "" {
+		c.CPU = "8"
+		if backend == "qemu" && hostCPUs > 0 {
+			c.CPU = strconv.Itoa(hostCPUs)
+		}
+	}
+	if c.Memory == "" {
+		c.Memory = "32Gi"
+		if backend == "qemu" && hostMemBytes > 0 {
+			c.Memory = resource.NewQuantity(hostMemBytes, resource.BinarySI).String()
+		}
+	}
+	return c
+}
+
+// hostMemTotal is the host's MemTotal from /proc/meminfo in bytes; 0 if unknown.
+func hostMemTotal() int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "MemTotal:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				return 0
+			}
+			return kb << 10
+		}
+	}
+	return 0
 }
 
 // ParseTaints parses taints in kubectl's form key[=value]:Effect.

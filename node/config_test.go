@@ -41,6 +41,11 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"missing cert file", func(c *Config) { c.TLSCertFile, c.TLSKeyFile = "/nonexistent.crt", "/nonexistent.key" }, "tlsCertFile: "},
 		{"missing client ca", func(c *Config) { c.ClientCAFile = "/nonexistent" }, "clientCAFile: "},
 		{"missing kubeconfig", func(c *Config) { c.Kubeconfig = "/nonexistent" }, "kubeconfig: "},
+		{"comma in runtimeDir", func(c *Config) { c.Backend, c.QEMU.RuntimeDir = "qemu", "/run/a,b" }, `qemu.runtimeDir "/run/a,b": must not contain a comma`},
+		{"comma in store", func(c *Config) { c.Backend, c.Images.Store = "qemu", "/x/a,file=/etc/shadow" }, `images.store "/x/a,file=/etc/shadow": must not contain a comma`},
+		{"comma in kernel", func(c *Config) { c.Backend, c.Images.Kernel = "qemu", "/k/v,x" }, `images.kernel "/k/v,x"`},
+		{"comma in agent", func(c *Config) { c.Backend, c.Images.Agent = "qemu", "/a/b,c" }, `images.agent "/a/b,c"`},
+		{"qemu defaults", func(c *Config) { c.Backend = "qemu" }, ""},
 		{"pod cidr", func(c *Config) { c.PodCIDR = "10.88.0.0" }, `podCIDR "10.88.0.0"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -107,5 +112,30 @@ func TestFlagsOverrideFileOverridesDefaults(t *testing.T) {
 	}
 	if c.Taints == nil || len(c.Taints) != 0 {
 		t.Errorf("--taints= gave %#v, want an empty, non-nil list (no taints)", c.Taints)
+	}
+}
+
+func TestDefaultCapacity(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		in         Capacity
+		backend    string
+		cpus       int
+		mem        int64
+		wantCPU    string
+		wantMemory string
+	}{
+		{"qemu takes the host's", Capacity{}, "qemu", 4, 16 << 30, "4", "16Gi"},
+		{"qemu keeps configured values", Capacity{CPU: "2", Memory: "1Gi"}, "qemu", 4, 16 << 30, "2", "1Gi"},
+		{"qemu with the host unknown", Capacity{}, "qemu", 0, 0, "8", "32Gi"},
+		{"odd MemTotal", Capacity{}, "qemu", 2, 8039352 << 10, "2", "8039352Ki"},
+		{"none keeps the fixed defaults", Capacity{}, "none", 4, 16 << 30, "8", "32Gi"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := DefaultCapacity(tc.in, tc.backend, tc.cpus, tc.mem)
+			if got.CPU != tc.wantCPU || got.Memory != tc.wantMemory {
+				t.Errorf("DefaultCapacity = cpu %q memory %q, want %q %q", got.CPU, got.Memory, tc.wantCPU, tc.wantMemory)
+			}
+		})
 	}
 }

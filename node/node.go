@@ -21,6 +21,7 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -95,7 +96,14 @@ func Run(ctx context.Context, c Config, w Wiring) error {
 		os.Setenv("KUBECONFIG", c.Kubeconfig) //nolint:errcheck
 	}
 	mux := http.NewServeMux()
-	p := provider.New(provider.Config{NodeName: c.NodeName, InternalIP: c.InternalIP, Events: events,
+	capacity := corev1.ResourceList{} // Validate has parsed them
+	if q, err := resource.ParseQuantity(c.Capacity.CPU); err == nil {
+		capacity[corev1.ResourceCPU] = q
+	}
+	if q, err := resource.ParseQuantity(c.Capacity.Memory); err == nil {
+		capacity[corev1.ResourceMemory] = q
+	}
+	p := provider.New(provider.Config{NodeName: c.NodeName, InternalIP: c.InternalIP, Events: events, Capacity: capacity,
 		RemovePod: func(ctx context.Context, pod *corev1.Pod) error {
 			zero := int64(0)
 			err := client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{

@@ -3,6 +3,7 @@ package provider
 import (
 	"context"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -25,6 +26,11 @@ func (p *Provider) createVM(ctx context.Context, pod *corev1.Pod) {
 	if why := admit(pod); why != "" {
 		p.cfg.Events.Event(pod, corev1.EventTypeWarning, ReasonUnsupported, why)
 		p.store(failedStatus(pod, p.cfg.InternalIP, ReasonUnsupported, why, time.Now()))
+		return
+	}
+	if reason, msg := fitsNode(pod, p.cfg.Capacity); reason != "" {
+		p.cfg.Events.Event(pod, corev1.EventTypeWarning, reason, msg)
+		p.store(failedStatus(pod, p.cfg.InternalIP, reason, msg, time.Now()))
 		return
 	}
 	if u := unenforced(pod); len(u) > 0 {
@@ -253,9 +259,9 @@ func (p *Provider) CollectGarbage(ctx context.Context, grace time.Duration) {
 	}
 }
 
-// vmSize derives a VM's memory (MiB) and vCPUs from its containers' limits, else requests: the app containers'
-// sum or the largest init container, whichever is more, plus the guest's own overhead; with floors.
-func vmSize(pod *corev1.Pod) (memMiB, cpus int) {
+// podResources is what a pod asks for, from its containers' limits, else requests: the app containers' sum or
+// the largest init container, whichever is more. Sums saturate rather than overflow.
+func podResources(pod *corev1.Pod) (memBytes, milliCPU int64) {
 	sum := func(cs []corev1.Container, max bool) (mem, milli int64) {
 		for _, c := range cs {
 			m, cpu := quantity(c, corev1.ResourceMemory), quantity(c, corev1.ResourceCPU)
@@ -263,13 +269,19 @@ func vmSize(pod *corev1.Pod) (memMiB, cpus int) {
 				mem, milli = maxi(mem, m.Value()), maxi(milli, cpu.MilliValue())
 				continue
 			}
-			mem, milli = mem+m.Value(), milli+cpu.MilliValue()
+			mem, milli = addSat(mem, m.Value()), addSat(milli, cpu.MilliValue())
 		}
 		return mem, milli
 	}
 	am, ac := sum(pod.Spec.Containers, false)
 	im, ic := sum(pod.Spec.InitContainers, true)
-	mem, milli := maxi(am, im), maxi(ac, ic)
+	return maxi(am, im), maxi(ac, ic)
+}
+
+// vmSize derives a VM's memory (MiB) and vCPUs from what its pod asks for (podResources), plus the guest's own
+// overhead; with floors. Pods larger than the node are refused before (fitsNode).
+func vmSize(pod *corev1.Pod) (memMiB, cpus int) {
+	mem, milli := podResources(pod)
 	memMiB = int(mem>>20) + 64 // the guest kernel and agent
 	memMiB = int(maxi(int64(memMiB), 128))
 	cpus = int((milli + 999) / 1000)
@@ -277,6 +289,41 @@ func vmSize(pod *corev1.Pod) (memMiB, cpus int) {
 		cpus = 1
 	}
 	return memMiB, cpus
+}
+
+// fitsNode returns a reason and message when a pod asks for more cpu or memory than the node offers in all
+// (capacity; a resource it lacks is not checked), "" when it fits. The reasons are a kubelet's admission's:
+// "OutOf" and the resource's name.
+func fitsNode(pod *corev1.Pod, capacity corev1.ResourceList) (reason, msg string) {
+	mem, milli := podResources(pod)
+	for _, r := range []struct {
+		name corev1.ResourceName
+		want int64 // in the unit of have
+		have func(*resource.Quantity) int64
+	}{
+		{corev1.ResourceCPU, milli, (*resource.Quantity).MilliValue},
+		{corev1.ResourceMemory, mem, (*resource.Quantity).Value},
+	} {
+		q, set := capacity[r.name]
+		if !set || q.Sign() <= 0 || r.want <= r.have(&q) {
+			continue
+		}
+		asked := resource.NewMilliQuantity(r.want, resource.DecimalSI)
+		if r.name == corev1.ResourceMemory {
+			asked = resource.NewQuantity(r.want, resource.BinarySI)
+		}
+		return "OutOf" + string(r.name), fmt.Sprintf("Node didn't have enough resource: %s, requested: %s, capacity: %s "+
+			"(a pod's VM is sized by its containers' limits, else requests)", r.name, asked, &q)
+	}
+	return "", ""
+}
+
+// addSat adds two non-negative quantities, saturating at math.MaxInt64.
+func addSat(a, b int64) int64 {
+	if s := a + b; s >= a {
+		return s
+	}
+	return math.MaxInt64
 }
 
 func quantity(c corev1.Container, r corev1.ResourceName) resource.Quantity {

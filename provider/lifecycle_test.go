@@ -262,3 +262,59 @@ func TestVMSize(t *testing.T) {
 }
 
 func mustQ(s string) resource.Quantity { return resource.MustParse(s) }
+
+func TestFitsNode(t *testing.T) {
+	node := corev1.ResourceList{corev1.ResourceCPU: mustQ("4"), corev1.ResourceMemory: mustQ("8Gi")}
+	for _, tc := range []struct {
+		name     string
+		limits   corev1.ResourceList
+		requests corev1.ResourceList
+		capacity corev1.ResourceList
+		want     string
+	}{
+		{"no resources", nil, nil, node, ""},
+		{"exactly the node", corev1.ResourceList{corev1.ResourceCPU: mustQ("4"), corev1.ResourceMemory: mustQ("8Gi")}, nil, node, ""},
+		{"too many cpus", corev1.ResourceList{corev1.ResourceCPU: mustQ("1000")}, nil, node, "OutOfcpu"},
+		{"a millicpu too many", corev1.ResourceList{corev1.ResourceCPU: mustQ("4001m")}, nil, node, "OutOfcpu"},
+		{"too much memory", corev1.ResourceList{corev1.ResourceMemory: mustQ("1Ti")}, nil, node, "OutOfmemory"},
+		{"requests when no limits", nil, corev1.ResourceList{corev1.ResourceMemory: mustQ("9Gi")}, node, "OutOfmemory"},
+		{"limits win over requests", corev1.ResourceList{corev1.ResourceMemory: mustQ("1Gi")},
+			corev1.ResourceList{corev1.ResourceMemory: mustQ("9Gi")}, node, ""},
+		{"huge quantities do not overflow", corev1.ResourceList{corev1.ResourceMemory: mustQ("8Ei")}, nil, node, "OutOfmemory"},
+		{"no capacity known", corev1.ResourceList{corev1.ResourceCPU: mustQ("1000")}, nil, nil, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := plainPod("a")
+			pod.Spec.Containers[0].Resources = corev1.ResourceRequirements{Limits: tc.limits, Requests: tc.requests}
+			if got, msg := fitsNode(pod, tc.capacity); got != tc.want {
+				t.Errorf("fitsNode = %q (%s), want %q", got, msg, tc.want)
+			}
+		})
+	}
+}
+
+// TestOversizedPodIsRefused checks that a pod larger than the node fails with a kubelet's reason and a Warning
+// Event, and is never launched (no -m 1048640M -smp 1000 VM).
+func TestOversizedPodIsRefused(t *testing.T) {
+	p, rec, _ := newTestProvider()
+	p.cfg.Capacity = corev1.ResourceList{corev1.ResourceCPU: mustQ("4"), corev1.ResourceMemory: mustQ("8Gi")}
+	b := &fakeBackend{vms: map[string]vm.Status{}, notify: p.VMChanged}
+	p.UseBackend(b, fakeImages{})
+	pod := plainPod("big")
+	pod.Spec.Containers[0].Resources.Limits = corev1.ResourceList{corev1.ResourceCPU: mustQ("1000"), corev1.ResourceMemory: mustQ("1Ti")}
+	if err := p.CreatePod(context.Background(), pod); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := p.GetPod(context.Background(), "default", "big")
+	if launches, _ := b.counts(); got.Status.Phase != corev1.PodFailed || got.Status.Reason != "OutOfcpu" || launches != 0 {
+		t.Errorf("status %s/%s (%s) after %d launches, want Failed/OutOfcpu and none", got.Status.Phase, got.Status.Reason, got.Status.Message, launches)
+	}
+	select {
+	case e := <-rec.Events:
+		if !strings.HasPrefix(e, "Warning OutOfcpu") {
+			t.Errorf("event %q, want a Warning OutOfcpu", e)
+		}
+	default:
+		t.Error("no Event")
+	}
+}

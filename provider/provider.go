@@ -38,6 +38,9 @@ type Config struct {
 	// RemovePod deletes a pod object whose VM has ended (grace 0, preconditioned on its UID), as a kubelet does
 	// once a pod's containers are stopped; without it the object would wait out its whole grace period. Optional.
 	RemovePod func(ctx context.Context, pod *corev1.Pod) error
+	// Capacity is what the node offers (its cpu and memory); a pod asking for more is refused (OutOfcpu,
+	// OutOfmemory) and never booted. A resource it lacks is not checked.
+	Capacity corev1.ResourceList
 }
 
 // Provider implements nodeutil.Provider and node.PodNotifier. It keeps the pods bound to the node in memory; the

@@ -26,7 +26,7 @@ type VM struct {
 	// TSCkHz is passed as tsc_early_khz under TCG: microvm's PIT-based TSC calibration fails now and then under
 	// TCG and the guest hangs forever; a given frequency avoids it. 0 leaves it out.
 	TSCkHz int
-	// Dir is the VM's runtime directory: the console log, the agent's channel socket and the pid file. "" runs
+	// Dir is the VM's runtime directory: the console's socket, the agent's channel socket and the pid file. "" runs
 	// the VM on stdio with no agent channel (tests that boot an image by hand).
 	Dir string
 	// TAP and MAC attach the VM's one NIC to a host TAP; "" gives the VM no network.
@@ -52,33 +52,42 @@ func Args(vm VM) []string {
 	if vm.Dir == "" {
 		args = append(args, "-serial", "stdio")
 	} else {
-		// QEMU writes the console to a file itself: a debug aid that loses nothing while no node runs. Nothing
-		// reads it to control the VM (readiness and power-off go through the agent's protocol).
-		args = append(args, "-chardev", "file,id=console,path="+filepath.Join(vm.Dir, "console.log"), "-serial", "chardev:console")
+		// The console is served on a socket that the backend copies into a size-capped, rotated console.log
+		// (recordConsole): a guest flooding its console cannot fill the host's /run. Output while no one reads is
+		// dropped (wait=off): the console is a debug aid; nothing reads it to control the VM (readiness and
+		// power-off go through the agent's protocol).
+		args = append(args, "-chardev", "socket,id=console,path="+optEscape(filepath.Join(vm.Dir, "console.sock"))+",server=on,wait=off",
+			"-serial", "chardev:console")
 	}
 	args = append(args,
 		"-kernel", vm.Kernel, "-initrd", vm.Initramfs, "-append", strings.TrimSpace(cmdline))
 	for i, d := range vm.Disks {
 		id := fmt.Sprintf("disk%d", i)
 		args = append(args,
-			"-drive", fmt.Sprintf("id=%s,file=%s,format=raw,if=none,readonly=on,cache=unsafe", id, d),
+			"-drive", fmt.Sprintf("id=%s,file=%s,format=raw,if=none,readonly=on,cache=unsafe", id, optEscape(d)),
 			"-device", "virtio-blk-device,drive="+id)
 	}
 	if vm.Dir != "" {
 		args = append(args,
 			// the agent's channel (package agent/protocol): a virtio-serial port served on a unix socket
 			"-device", "virtio-serial-device,max_ports=2",
-			"-chardev", "socket,id=agent,path="+filepath.Join(vm.Dir, "agent.sock")+",server=on,wait=off",
+			"-chardev", "socket,id=agent,path="+optEscape(filepath.Join(vm.Dir, "agent.sock"))+",server=on,wait=off",
 			"-device", "virtserialport,chardev=agent,name="+protocol.PortName,
 			"-pidfile", filepath.Join(vm.Dir, "qemu.pid"))
 	}
 	if vm.TAP != "" {
 		args = append(args,
-			"-netdev", fmt.Sprintf("tap,id=net0,ifname=%s,script=no,downscript=no,vhost=off", vm.TAP),
-			"-device", "virtio-net-device,netdev=net0,mac="+vm.MAC)
+			"-netdev", fmt.Sprintf("tap,id=net0,ifname=%s,script=no,downscript=no,vhost=off", optEscape(vm.TAP)),
+			"-device", "virtio-net-device,netdev=net0,mac="+optEscape(vm.MAC))
 	}
 	return args
 }
+
+// optEscape escapes a value placed inside a QEMU option string (key=value,key=value): QEMU reads ",," as one
+// literal comma, so a path with a comma stays one value instead of adding options (a disk path such as
+// "/x/a,file=/etc/shadow" must not name a second file). -kernel, -initrd and -append take their whole argument
+// as the value; node configuration refuses commas in paths anyway (node.Config.Validate).
+func optEscape(v string) string { return strings.ReplaceAll(v, ",", ",,") }
 
 // HostHasKVM reports whether hardware KVM (Intel VT-x or AMD-V) is usable. /dev/kvm alone is not enough: some
 // hosts offer a paravirtual KVM (PVM) that only runs specially patched guests.

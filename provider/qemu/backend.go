@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/virtual-kubelet/virtual-kubelet/log"
 	"golang.org/x/sys/unix"
 
 	"github.com/i2kit/i2kit/agent/boot"
@@ -34,6 +35,12 @@ type Config struct {
 	QEMU string
 }
 
+// cgroupRoot is where cgroup v2 is mounted; each VM's QEMU runs in cgroupSlice/<pod UID> under it.
+const (
+	cgroupRoot  = "/sys/fs/cgroup"
+	cgroupSlice = "i2kit.slice"
+)
+
 // Format is the image format the qemu backend boots: an uncompressed kernel, the agent's initramfs and one disk
 // per container image.
 const Format = "direct"
@@ -47,6 +54,7 @@ type Backend struct {
 	net    *network
 	kvm    bool
 	tsc    int
+	cg     *cgroups // nil where the host offers no writable cgroup v2
 	notify func(vm.Status)
 
 	mu  sync.Mutex
@@ -89,6 +97,9 @@ func New(cfg Config, notify func(vm.Status)) (*Backend, error) {
 		return nil, err
 	}
 	b := &Backend{cfg: cfg, net: n, kvm: HostHasKVM(), tsc: HostTSCkHz(), notify: notify, vms: map[string]*machine{}}
+	if b.cg, err = newCgroups(cgroupRoot, filepath.Join(cgroupRoot, cgroupSlice)); err != nil {
+		log.L.WithError(err).Warn("qemu backend: VMs run without a cgroup of their own (no memory or CPU limit beyond QEMU's -m and -smp)")
+	}
 	b.adopt()
 	return b, nil
 }
@@ -108,12 +119,14 @@ func (b *Backend) adopt() {
 		}
 		if err != nil || rec.UID != e.Name() || !isQEMU(rec.Pid) {
 			b.net.delTap(TAPName(e.Name())) //nolint:errcheck
+			b.cg.remove(e.Name())           //nolint:errcheck
 			os.RemoveAll(dir)
 			continue
 		}
 		v := &machine{rec: rec, dir: dir, tap: TAPName(rec.UID), exited: make(chan struct{})}
 		b.vms[rec.UID] = v
 		go b.waitPidfd(v)
+		go b.recordConsole(v)
 	}
 }
 
@@ -183,6 +196,7 @@ func (b *Backend) Launch(ctx context.Context, p vm.Plan) (vm.Status, error) {
 		delete(b.vms, p.UID)
 		b.mu.Unlock()
 		b.net.delTap(v.tap) //nolint:errcheck
+		b.cg.remove(p.UID)  //nolint:errcheck
 		os.RemoveAll(dir)
 		return vm.Status{}, fmt.Errorf("launching VM, %w", err)
 	}
@@ -208,6 +222,15 @@ func (b *Backend) start(v *machine, p vm.Plan, ip net.IP) error {
 	cmd := exec.Command(b.cfg.QEMU, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // outlives the node: a restarted node adopts it
+	cg, err := b.cg.create(p.UID, p.MemoryMiB, p.CPUs)
+	if err != nil {
+		logf.Close()
+		return err
+	}
+	if cg != nil { // QEMU starts in its cgroup (clone3 CLONE_INTO_CGROUP): it never runs unbounded
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cg.Fd())
+		defer cg.Close()
+	}
 	err = cmd.Start()
 	logf.Close()
 	if err != nil {
@@ -221,7 +244,19 @@ func (b *Backend) start(v *machine, p vm.Plan, ip net.IP) error {
 		err := cmd.Wait()
 		b.exited(v, err)
 	}()
+	go b.recordConsole(v)
 	return nil
+}
+
+// recordConsole keeps the VM's console in its runtime directory (recordConsole) until QEMU exits.
+func (b *Backend) recordConsole(v *machine) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		<-v.exited
+		cancel()
+	}()
+	recordConsole(ctx, v.dir)
+	cancel()
 }
 
 // DialAgent connects to the agent's virtio-serial port. QEMU serves one connection at a time: a second waits
@@ -309,6 +344,9 @@ func (b *Backend) Terminate(ctx context.Context, uid string) error {
 	}
 	if err := b.net.delTap(v.tap); err != nil {
 		return fmt.Errorf("terminating VM %s: removing its TAP, %w", uid, err)
+	}
+	if err := b.cg.remove(uid); err != nil {
+		return fmt.Errorf("terminating VM %s, %w", uid, err)
 	}
 	b.mu.Lock()
 	if b.vms[uid] == v {
