@@ -66,6 +66,9 @@ type machine struct {
 	dir    string
 	tap    string
 	exited chan struct{} // closed once QEMU has exited
+	// launched is closed once Launch has started QEMU or failed (failed says which); adopted VMs have it closed.
+	launched chan struct{}
+	failed   bool
 
 	mu  sync.Mutex
 	rec record
@@ -123,7 +126,8 @@ func (b *Backend) adopt() {
 			os.RemoveAll(dir)
 			continue
 		}
-		v := &machine{rec: rec, dir: dir, tap: TAPName(rec.UID), exited: make(chan struct{})}
+		v := &machine{rec: rec, dir: dir, tap: TAPName(rec.UID), exited: make(chan struct{}), launched: make(chan struct{})}
+		close(v.launched)
 		b.vms[rec.UID] = v
 		go b.waitPidfd(v)
 		go b.recordConsole(v)
@@ -178,6 +182,14 @@ func (b *Backend) Launch(ctx context.Context, p vm.Plan) (vm.Status, error) {
 	b.mu.Lock()
 	if v, ok := b.vms[p.UID]; ok {
 		b.mu.Unlock()
+		select { // a launch under way: its result is this one's
+		case <-v.launched:
+		case <-ctx.Done():
+			return vm.Status{}, fmt.Errorf("launching VM, %w", ctx.Err())
+		}
+		if v.failed {
+			return vm.Status{}, fmt.Errorf("launching VM: a concurrent launch failed")
+		}
 		return v.status(), nil
 	}
 	ip, err := b.allocateLocked()
@@ -186,7 +198,7 @@ func (b *Backend) Launch(ctx context.Context, p vm.Plan) (vm.Status, error) {
 		return vm.Status{}, err
 	}
 	dir := filepath.Join(b.cfg.RuntimeDir, p.UID)
-	v := &machine{dir: dir, tap: TAPName(p.UID), exited: make(chan struct{}),
+	v := &machine{dir: dir, tap: TAPName(p.UID), exited: make(chan struct{}), launched: make(chan struct{}),
 		rec: record{Status: vm.Status{UID: p.UID, Namespace: p.Namespace, Name: p.Name, IP: ip.String(), State: vm.Booting, Started: time.Now()}}}
 	b.vms[p.UID] = v
 	b.mu.Unlock()
@@ -198,8 +210,11 @@ func (b *Backend) Launch(ctx context.Context, p vm.Plan) (vm.Status, error) {
 		b.net.delTap(v.tap) //nolint:errcheck
 		b.cg.remove(p.UID)  //nolint:errcheck
 		os.RemoveAll(dir)
+		v.failed = true
+		close(v.launched)
 		return vm.Status{}, fmt.Errorf("launching VM, %w", err)
 	}
+	close(v.launched)
 	return v.status(), nil
 }
 
@@ -259,15 +274,28 @@ func (b *Backend) recordConsole(v *machine) {
 	cancel()
 }
 
-// DialAgent connects to the agent's virtio-serial port. QEMU serves one connection at a time: a second waits
-// until the first is closed. Bytes sent before the guest opens the port wait in the socket.
+// DialAgent connects to the agent's virtio-serial port, waiting (within ctx) for QEMU to create its socket. QEMU
+// serves one connection at a time: a second waits until the first is closed. Bytes sent before the guest opens the
+// port wait in the socket.
 func (b *Backend) DialAgent(ctx context.Context, uid string) (net.Conn, error) {
 	v, err := b.machine(uid)
 	if err != nil {
 		return nil, err
 	}
 	var d net.Dialer
-	return d.DialContext(ctx, "unix", filepath.Join(v.dir, "agent.sock"))
+	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 200*time.Millisecond) {
+		conn, err := d.DialContext(ctx, "unix", filepath.Join(v.dir, "agent.sock"))
+		if err == nil || !errors.Is(err, os.ErrNotExist) {
+			return conn, err
+		}
+		select { // QEMU is still creating the socket
+		case <-v.exited:
+			return nil, fmt.Errorf("dialling the agent of VM %s: the VM has exited", uid)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("dialling the agent of VM %s, %w", uid, ctx.Err())
+		case <-time.After(wait):
+		}
+	}
 }
 
 // waitPidfd waits for an adopted QEMU (not our child) to exit.
