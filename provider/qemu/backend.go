@@ -52,6 +52,7 @@ var _ vm.Backend = (*Backend)(nil)
 type Backend struct {
 	cfg    Config
 	net    *network
+	filter *tapFilter // keeps each TAP to its VM's MAC and IPv4 address
 	kvm    bool
 	tsc    int
 	cg     *cgroups // nil where the host offers no writable cgroup v2
@@ -96,10 +97,14 @@ func New(cfg Config, notify func(vm.Status)) (*Backend, error) {
 	if err := n.ensureBridge(); err != nil {
 		return nil, fmt.Errorf("qemu backend: bridge %s, %w", cfg.Bridge, err)
 	}
+	filter := newTapFilter(cfg.Bridge)
+	if err := filter.ensure(); err != nil {
+		return nil, fmt.Errorf("qemu backend: filtering the pods' TAPs, %w", err)
+	}
 	if err := os.MkdirAll(cfg.RuntimeDir, 0o700); err != nil {
 		return nil, err
 	}
-	b := &Backend{cfg: cfg, net: n, kvm: HostHasKVM(), tsc: HostTSCkHz(), notify: notify, vms: map[string]*machine{}}
+	b := &Backend{cfg: cfg, net: n, filter: filter, kvm: HostHasKVM(), tsc: HostTSCkHz(), notify: notify, vms: map[string]*machine{}}
 	if b.cg, err = newCgroups(cgroupRoot, filepath.Join(cgroupRoot, cgroupSlice)); err != nil {
 		log.L.WithError(err).Warn("qemu backend: VMs run without a cgroup of their own (no memory or CPU limit beyond QEMU's -m and -smp)")
 	}
@@ -110,9 +115,11 @@ func New(cfg Config, notify func(vm.Status)) (*Backend, error) {
 // Format is the image format the backend boots.
 func (b *Backend) Format() string { return Format }
 
-// adopt rebuilds the VM table from the runtime directory: live QEMU processes are adopted, never relaunched.
+// adopt rebuilds the VM table from the runtime directory: live QEMU processes are adopted, never relaunched, and
+// their TAPs' filters re-ensured; the filters of TAPs without a live VM are removed.
 func (b *Backend) adopt() {
 	ents, _ := os.ReadDir(b.cfg.RuntimeDir)
+	keep := map[string]bool{}
 	for _, e := range ents {
 		dir := filepath.Join(b.cfg.RuntimeDir, e.Name())
 		raw, err := os.ReadFile(filepath.Join(dir, "vm.json"))
@@ -121,16 +128,24 @@ func (b *Backend) adopt() {
 			err = json.Unmarshal(raw, &rec)
 		}
 		if err != nil || rec.UID != e.Name() || !isQEMU(rec.Pid) {
-			b.net.delTap(TAPName(e.Name())) //nolint:errcheck
-			b.cg.remove(e.Name())           //nolint:errcheck
+			b.net.delTap(TAPName(e.Name()))    //nolint:errcheck
+			b.filter.remove(TAPName(e.Name())) //nolint:errcheck
+			b.cg.remove(e.Name())              //nolint:errcheck
 			os.RemoveAll(dir)
 			continue
 		}
 		v := &machine{rec: rec, dir: dir, tap: TAPName(rec.UID), exited: make(chan struct{}), launched: make(chan struct{})}
 		close(v.launched)
+		keep[v.tap] = true
+		if err := b.filter.allow(v.tap, macFor(rec.UID), net.ParseIP(rec.IP)); err != nil {
+			log.L.WithError(err).WithField("uid", rec.UID).Error("qemu backend: an adopted VM's TAP is not filtered: its pod may spoof other pods' addresses")
+		}
 		b.vms[rec.UID] = v
 		go b.waitPidfd(v)
 		go b.recordConsole(v)
+	}
+	if err := b.filter.retain(keep); err != nil {
+		log.L.WithError(err).Warn("qemu backend: removing the filters of TAPs that are gone")
 	}
 }
 
@@ -207,8 +222,9 @@ func (b *Backend) Launch(ctx context.Context, p vm.Plan) (vm.Status, error) {
 		b.mu.Lock()
 		delete(b.vms, p.UID)
 		b.mu.Unlock()
-		b.net.delTap(v.tap) //nolint:errcheck
-		b.cg.remove(p.UID)  //nolint:errcheck
+		b.net.delTap(v.tap)    //nolint:errcheck
+		b.filter.remove(v.tap) //nolint:errcheck
+		b.cg.remove(p.UID)     //nolint:errcheck
 		os.RemoveAll(dir)
 		v.failed = true
 		close(v.launched)
@@ -225,11 +241,14 @@ func (b *Backend) start(v *machine, p vm.Plan, ip net.IP) error {
 	if err := b.net.addTap(v.tap); err != nil {
 		return err
 	}
+	if err := b.filter.allow(v.tap, macFor(p.UID), ip); err != nil { // before QEMU opens the TAP
+		return err
+	}
 	img := p.Image
 	cmdline := boot.Cmdline(img.Spec.Kernel.Cmdline, boot.Params{Hostname: p.Name, Channel: true,
 		Network: &boot.Network{IP: ip, Gateway: b.net.gw, Mask: b.net.cidr.Mask}})
 	args := Args(VM{Kernel: img.Kernel, Initramfs: img.Initramfs, Cmdline: cmdline, Disks: img.DiskPaths(),
-		MemoryMiB: p.MemoryMiB, CPUs: p.CPUs, KVM: b.kvm, TSCkHz: b.tsc, Dir: v.dir, TAP: v.tap, MAC: macFor(p.UID)})
+		MemoryMiB: p.MemoryMiB, CPUs: p.CPUs, KVM: b.kvm, TSCkHz: b.tsc, Dir: v.dir, TAP: v.tap, MAC: macFor(p.UID).String()})
 	logf, err := os.Create(filepath.Join(v.dir, "qemu.log"))
 	if err != nil {
 		return err
@@ -343,8 +362,8 @@ func (b *Backend) exited(v *machine, err error) {
 	close(v.exited)
 }
 
-// Terminate ends a pod's VM at once — QEMU is killed unless it has exited — and removes its TAP and runtime
-// directory. It may be called repeatedly; once the VM is gone it returns ErrNotFound.
+// Terminate ends a pod's VM at once — QEMU is killed unless it has exited — and removes its TAP, the TAP's filter
+// and its runtime directory. It may be called repeatedly; once the VM is gone it returns ErrNotFound.
 func (b *Backend) Terminate(ctx context.Context, uid string) error {
 	v, err := b.machine(uid)
 	if err != nil {
@@ -372,6 +391,9 @@ func (b *Backend) Terminate(ctx context.Context, uid string) error {
 	}
 	if err := b.net.delTap(v.tap); err != nil {
 		return fmt.Errorf("terminating VM %s: removing its TAP, %w", uid, err)
+	}
+	if err := b.filter.remove(v.tap); err != nil {
+		return fmt.Errorf("terminating VM %s: removing its TAP's filter, %w", uid, err)
 	}
 	if err := b.cg.remove(uid); err != nil {
 		return fmt.Errorf("terminating VM %s, %w", uid, err)

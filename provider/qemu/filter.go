@@ -45,6 +45,30 @@ func (f *tapFilter) baseChains() []*nftables.Chain {
 
 func (f *tapFilter) isBase(name string) bool { return name == "prerouting" || name == "input" }
 
+// ensure creates the table and its base chains unless they exist; it fails where the kernel has no nftables for
+// the bridge family, on which the backend must not run pods.
+func (f *tapFilter) ensure() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, err := f.ensureLocked()
+	return err
+}
+
+func (f *tapFilter) ensureLocked() (*nftables.Conn, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return nil, fmt.Errorf("opening nftables, %w", err)
+	}
+	c.AddTable(f.table)
+	for _, b := range f.baseChains() {
+		c.AddChain(b)
+	}
+	if err := c.Flush(); err != nil {
+		return nil, fmt.Errorf("creating nftables table %s, %w", f.table.Name, err)
+	}
+	return c, nil
+}
+
 // allow makes the TAP accept only frames from mac and the IPv4 address ip, replacing any rules it had: it is
 // idempotent, and safe to call for a TAP that does not exist yet (the rules match its name).
 func (f *tapFilter) allow(tap string, mac net.HardwareAddr, ip net.IP) error {
@@ -54,18 +78,11 @@ func (f *tapFilter) allow(tap string, mac net.HardwareAddr, ip net.IP) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	c, err := nftables.New()
+	c, err := f.ensureLocked()
 	if err != nil {
-		return fmt.Errorf("filtering TAP %s: opening nftables, %w", tap, err)
+		return fmt.Errorf("filtering TAP %s, %w", tap, err)
 	}
-	c.AddTable(f.table)
 	bases := f.baseChains()
-	for _, b := range bases {
-		c.AddChain(b)
-	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("filtering TAP %s: creating table %s, %w", tap, f.table.Name, err)
-	}
 	old, err := f.jumps(c, map[string]bool{"prerouting": true, "input": true}, tap)
 	if err != nil {
 		return fmt.Errorf("filtering TAP %s, %w", tap, err)

@@ -49,9 +49,9 @@ func TAPName(uid string) string {
 }
 
 // macFor derives a stable, locally administered MAC address from a pod UID.
-func macFor(uid string) string {
+func macFor(uid string) net.HardwareAddr {
 	sum := sha256.Sum256([]byte("mac/" + uid))
-	return fmt.Sprintf("52:54:%02x:%02x:%02x:%02x", sum[0], sum[1], sum[2], sum[3])
+	return net.HardwareAddr{0x52, 0x54, sum[0], sum[1], sum[2], sum[3]}
 }
 
 func (n *network) addTap(name string) error {
