@@ -48,10 +48,20 @@ func (p *Provider) createVM(ctx context.Context, pod *corev1.Pod) {
 		return
 	}
 	p.store(pendingStatus(pod, p.cfg.InternalIP, "ContainerCreating", "building the pod's VM image", time.Now()))
-	// The VM outlives the request (its logger stays); pulling its image lasts until the pod is deleted.
-	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	p.startPull(pod, v)
+}
+
+// startPull starts an attempt at the pod's image, then its VM, in the background; the attempt ends when the pod is
+// deleted. The VM outlives it.
+func (p *Provider) startPull(pod *corev1.Pod, v *podVM) {
+	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	v.mu.Lock()
+	if v.deleting {
+		v.mu.Unlock()
+		cancel()
+		return
+	}
 	if v.pull != nil {
 		v.pull()
 	}
@@ -59,13 +69,14 @@ func (p *Provider) createVM(ctx context.Context, pod *corev1.Pod) {
 	v.mu.Unlock()
 	go func() {
 		defer close(done)
-		p.startVM(pctx, v, pod.DeepCopy())
+		defer cancel()
+		p.startVM(ctx, v, pod.DeepCopy())
 	}()
 }
 
 // startVM builds the pod's image, publishes it where the backend needs that, and launches the VM.
 func (p *Provider) startVM(ctx context.Context, v *podVM, pod *corev1.Pod) {
-	img, ok := p.pullImage(ctx, pod)
+	img, ok := p.pullImage(ctx, pod, v)
 	v.mu.Lock()
 	v.pull = nil
 	v.mu.Unlock()

@@ -19,6 +19,11 @@ type podVM struct {
 	// pull ends the image pull under way, nil when none runs; pullDone is closed when it has ended.
 	pull     context.CancelFunc
 	pullDone chan struct{}
+	// The back-off of failed pulls: the next wait, when the next attempt is due, when ErrImagePull turns
+	// ImagePullBackOff, and what the last attempt said (an Event is emitted when it changes).
+	pullWait               time.Duration
+	pullRetry, pullBackoff time.Time
+	pullErr, pullUnread    string
 	// imageIDs names each container's image by digest (a kubelet's imageID).
 	imageIDs map[string]string
 	vm       vm.Status

@@ -38,74 +38,104 @@ const (
 // not lent to this pod under IfNotPresent or Never unless it holds those credentials or the registry lets it in
 // (vmimage.Pull says how), as a kubelet with KubeletEnsureSecretPulledImages does: without that, a pod could run a
 // private image it has no right to. A pull secret that cannot be read is left out with a Warning Event
-// FailedToRetrieveImagePullSecret, as a kubelet does. A failure leaves the containers waiting with ErrImagePull,
-// then ImagePullBackOff (ErrImageNeverPull for an image absent under policy Never), says why in a Warning Event,
-// and is tried again with
-// the kubelet's back-off for as long as the pod is on the node, so that a pull secret or an image that comes later
-// lets the pod start. It returns false once the pod is gone.
-func (p *Provider) pullImage(ctx context.Context, pod *corev1.Pod) (*vmimage.Image, bool) {
-	wait := p.pullBackoff
-	lastUnread, lastErr := "", ""
-	for {
-		pull, unread, err := p.pullFor(pod)
-		if u := strings.Join(unread, ", "); u != lastUnread {
-			lastUnread = u
-			if u != "" {
-				p.cfg.Events.Eventf(pod, corev1.EventTypeWarning, "FailedToRetrieveImagePullSecret",
-					"Unable to retrieve some image pull secrets (%s); attempting to pull the image may not succeed.", u)
-			}
-		}
-		var img *vmimage.Image
-		if err == nil {
-			t0 := time.Now()
-			p.cfg.Events.Event(pod, corev1.EventTypeNormal, "Pulling", "Building the VM image (pulling "+images(pod)+")")
-			actx, cancel := context.WithTimeout(ctx, pullTimeout)
-			img, err = p.builder.EnsureWith(actx, vmimage.FromPod(pod), p.backend.Format(), pull)
-			cancel()
-			if err == nil {
-				p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "Pulled", "VM image %s ready in %s", img.Key[:12], time.Since(t0).Round(time.Millisecond))
-				return img, true
-			}
-		}
-		reason, msg := "ErrImagePull", "building the VM image: "+err.Error()
-		var never *vmimage.NeverPullError
-		if errors.As(err, &never) {
-			reason, msg = "ErrImageNeverPull", never.Error()
-		}
-		if msg != lastErr {
-			lastErr = msg
-			if reason == "ErrImageNeverPull" {
-				p.cfg.Events.Event(pod, corev1.EventTypeWarning, reason, msg)
-			} else {
-				p.cfg.Events.Event(pod, corev1.EventTypeWarning, "Failed", msg)
-			}
-			p.cfg.Events.Event(pod, corev1.EventTypeWarning, "Failed", "Error: "+reason)
-		}
-		if !p.storeIfCurrent(pod, pendingStatus(pod, p.cfg.InternalIP, reason, msg, time.Now())) {
-			return nil, false
-		}
-		next := time.Now().Add(wait)
-		if reason == "ErrImagePull" {
-			// As on a kubelet: ErrImagePull until the next look at the pod, then ImagePullBackOff until the next
-			// attempt.
-			p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "BackOff", "Back-off pulling image %q", images(pod))
-			select {
-			case <-ctx.Done():
-				return nil, false
-			case <-time.After(min(wait, time.Second)):
-			}
-			backoff := fmt.Sprintf("Back-off pulling image %q: %s", images(pod), msg)
-			if !p.storeIfCurrent(pod, pendingStatus(pod, p.cfg.InternalIP, "ImagePullBackOff", backoff, time.Now())) {
-				return nil, false
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return nil, false
-		case <-time.After(time.Until(next)):
-		}
-		wait = min(2*wait, maxPullBackoff)
+// FailedToRetrieveImagePullSecret, as a kubelet does. pullImage makes one attempt. A failure leaves the containers
+// waiting with ErrImagePull (ErrImageNeverPull for an image absent under policy Never), says why in a Warning Event,
+// and schedules the next attempt with the kubelet's back-off on the work queue (see pullDue), for as long as the pod
+// is on the node, so that a pull secret or an image that comes later lets the pod start. It returns false on
+// failure.
+func (p *Provider) pullImage(ctx context.Context, pod *corev1.Pod, v *podVM) (*vmimage.Image, bool) {
+	pull, unread, err := p.pullFor(pod)
+	v.mu.Lock()
+	u := strings.Join(unread, ", ")
+	newUnread := u != v.pullUnread
+	v.pullUnread = u
+	v.mu.Unlock()
+	if newUnread && u != "" {
+		p.cfg.Events.Eventf(pod, corev1.EventTypeWarning, "FailedToRetrieveImagePullSecret",
+			"Unable to retrieve some image pull secrets (%s); attempting to pull the image may not succeed.", u)
 	}
+	var img *vmimage.Image
+	if err == nil {
+		t0 := time.Now()
+		p.cfg.Events.Event(pod, corev1.EventTypeNormal, "Pulling", "Building the VM image (pulling "+images(pod)+")")
+		actx, cancel := context.WithTimeout(ctx, pullTimeout)
+		img, err = p.builder.EnsureWith(actx, vmimage.FromPod(pod), p.backend.Format(), pull)
+		cancel()
+		if err == nil {
+			p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "Pulled", "VM image %s ready in %s", img.Key[:12], time.Since(t0).Round(time.Millisecond))
+			return img, true
+		}
+	}
+	if ctx.Err() != nil {
+		return nil, false // the pod is gone
+	}
+	reason, msg := "ErrImagePull", "building the VM image: "+err.Error()
+	var never *vmimage.NeverPullError
+	if errors.As(err, &never) {
+		reason, msg = "ErrImageNeverPull", never.Error()
+	}
+	now := time.Now()
+	v.mu.Lock()
+	newErr := msg != v.pullErr
+	v.pullErr = msg
+	if v.pullWait == 0 {
+		v.pullWait = p.pullBackoff
+	}
+	wait := v.pullWait
+	v.pullWait = min(2*wait, maxPullBackoff)
+	v.pullRetry = now.Add(wait)
+	v.pullBackoff = time.Time{}
+	if reason == "ErrImagePull" {
+		// As on a kubelet: ErrImagePull until the next look at the pod, then ImagePullBackOff until the next attempt.
+		v.pullBackoff = now.Add(min(wait, time.Second))
+	}
+	v.mu.Unlock()
+	if newErr {
+		if reason == "ErrImageNeverPull" {
+			p.cfg.Events.Event(pod, corev1.EventTypeWarning, reason, msg)
+		} else {
+			p.cfg.Events.Event(pod, corev1.EventTypeWarning, "Failed", msg)
+		}
+		p.cfg.Events.Event(pod, corev1.EventTypeWarning, "Failed", "Error: "+reason)
+	}
+	if !p.storeIfCurrent(pod, pendingStatus(pod, p.cfg.InternalIP, reason, msg, now)) {
+		return nil, false
+	}
+	if reason == "ErrImagePull" {
+		p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "BackOff", "Back-off pulling image %q", images(pod))
+	}
+	p.queue.AddAfter(v.uid, min(wait, time.Second))
+	return nil, false
+}
+
+// pullDue does what a failed pull's back-off has made due (sync calls it): ImagePullBackOff once the pod has shown
+// ErrImagePull for a moment, a new attempt once the back-off is over. It returns how long until the next is due, 0
+// for nothing.
+func (p *Provider) pullDue(pod *corev1.Pod, v *podVM, now time.Time) time.Duration {
+	v.mu.Lock()
+	if v.pull != nil || v.pullRetry.IsZero() {
+		v.mu.Unlock()
+		return 0
+	}
+	showBackoff := !v.pullBackoff.IsZero() && !now.Before(v.pullBackoff)
+	if showBackoff {
+		v.pullBackoff = time.Time{}
+	}
+	retry := !now.Before(v.pullRetry)
+	if retry {
+		v.pullRetry = time.Time{}
+	}
+	msg, next := v.pullErr, v.pullRetry.Sub(now)
+	v.mu.Unlock()
+	if showBackoff {
+		backoff := fmt.Sprintf("Back-off pulling image %q: %s", images(pod), msg)
+		p.storeIfCurrent(pod, pendingStatus(pod, p.cfg.InternalIP, "ImagePullBackOff", backoff, now))
+	}
+	if retry {
+		p.startPull(pod, v)
+		return 0
+	}
+	return next
 }
 
 // pullFor is how the pod's images are pulled: a keychain per pull secret of the pod's namespace, in the order the

@@ -12,8 +12,8 @@ import (
 	"github.com/i2kit/i2kit/agent/protocol"
 )
 
-// The work queue keeps running pods in step with what they depend on, one pod UID per item: their
-// activeDeadlineSeconds (a delayed enqueue when it is due), their files volumes (ConfigMaps, Secrets, the pod's own
+// The work queue keeps pods in step with what they depend on, one pod UID per item: a failed image pull's back-off
+// (a delayed enqueue when the next attempt is due), their activeDeadlineSeconds (likewise), their files volumes (ConfigMaps, Secrets, the pod's own
 // labels and annotations, service account tokens due for renewal) and the service table. Whatever may have changed
 // a pod enqueues it — an update of the pod, a ConfigMap or Secret event of its namespace, a new service table, a
 // session configured — and sync does what is due. No pod has a ticker or a poll loop of its own.
@@ -109,6 +109,7 @@ func (p *Provider) sync(ctx context.Context, uid string) error {
 	} else {
 		due(d)
 	}
+	due(p.pullDue(pod, v, time.Now()))
 	v.wake()
 	if c := v.connected(); c != nil {
 		if err := p.pushVolumes(ctx, pod, v, c); err != nil {
