@@ -391,7 +391,6 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 	if err != nil {
 		return 0, "", err
 	}
-	defer closeMountFiles(mounts)
 	if path := c.rc.TerminationMessagePath; path != "" {
 		// Each run starts with an empty message file of its own, bind-mounted where the container writes it.
 		if err := os.WriteFile(terminationLogFile(c), nil, 0o666); err != nil {
@@ -405,13 +404,6 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 		hostname = r.cfg.Hostname
 	}
 	r.mu.Unlock()
-	var subPaths []*os.File // after the control socket (3) and the started pipe (4)
-	for i := range mounts { // a resolved subPath: the supervisor binds the descriptor (see bindMount)
-		if f := mounts[i].file; f != nil {
-			subPaths = append(subPaths, f)
-			mounts[i].FD = 4 + len(subPaths)
-		}
-	}
 	spec, _ := json.Marshal(supervisorSpec{Container: c.Container, Security: c.rc.Security, Env: c.rc.Env, Root: c.root, Hostname: hostname,
 		Hosts: hosts, Resolv: resolv, Mounts: mounts, TTY: c.rc.TTY})
 	cmd := exec.Command("/proc/self/exe", SupervisorArg)
@@ -422,7 +414,7 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 		return 0, "", err
 	}
 	defer startedR.Close()
-	cmd.ExtraFiles = append([]*os.File{lis, startedW}, subPaths...)
+	cmd.ExtraFiles = []*os.File{lis, startedW}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: containerCloneflags(pidns != nil)}
 	if c.cgroup != "" {
 		cg, err := os.Open(c.cgroup)

@@ -9,8 +9,6 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/i2kit/i2kit/agent/protocol"
 )
 
 // TestSubPathMountResistsSymlinkSwap races a container that swaps a subPath's directory for a symlink out of the
@@ -67,13 +65,8 @@ func TestSubPathMountResistsSymlinkSwap(t *testing.T) {
 		}
 		target := filepath.Join(ctr, "mnt")
 		for i := 0; i < 50000 && r.mounts < 300 && r.escapes == 0; i++ {
-			f, err := volumeSource(vol, protocol.Mount{Volume: "v", Path: "/mnt", SubPath: "sub"}, true)
-			if err != nil {
-				continue // resolved while it was the symlink: refused
-			}
-			err = bindVolume(ctr, bindMount{Source: filepath.Join(vol, "sub"), Target: "/mnt", FD: int(f.Fd())})
-			f.Close()
-			if err != nil {
+			// Resolved and bound as the supervisor does; refused when resolved while it was the symlink.
+			if err := bindVolume(ctr, bindMount{Source: vol, SubPath: "sub", Create: true, Target: "/mnt"}); err != nil {
 				continue
 			}
 			r.mounts++

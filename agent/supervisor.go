@@ -46,16 +46,16 @@ type supervisorSpec struct {
 	TTY bool `json:"tty,omitempty"`
 }
 
-// bindMount binds Source, a path in the agent's mount namespace, at Target, a path in the container; with FD,
-// it binds the file that the supervisor's descriptor FD is open on instead (a subPath the agent resolved, see
-// volumeSource), and Source only names it. The agent holds that file in file until it hands it over.
+// bindMount binds Source, a path in the agent's mount namespace, at Target, a path in the container; with
+// SubPath, it binds what SubPath resolves to within Source, resolved and bound by descriptor in the supervisor's
+// own mount namespace (see volumeSource: a bind from a descriptor opened in another mount namespace is refused by
+// the kernel). Create makes the SubPath's missing directories (an emptyDir).
 type bindMount struct {
 	Source   string `json:"source"`
 	Target   string `json:"target"`
 	ReadOnly bool   `json:"readOnly,omitempty"`
-	FD       int    `json:"fd,omitempty"`
-
-	file *os.File
+	SubPath  string `json:"subPath,omitempty"`
+	Create   bool   `json:"create,omitempty"`
 }
 
 // execSpec is a request to the supervisor's control socket: run Argv with the three descriptors sent alongside.
@@ -187,13 +187,7 @@ func enterRoot(c supervisorSpec) error {
 			return fmt.Errorf("mounting /%s, %w", m.dst, err)
 		}
 	}
-	err := bindVolumes(c.Root, c.Mounts)
-	for _, m := range c.Mounts { // bound: the container's processes must not inherit them
-		if m.FD > 0 {
-			unix.Close(m.FD)
-		}
-	}
-	if err != nil {
+	if err := bindVolumes(c.Root, c.Mounts); err != nil {
 		return err
 	}
 	if err := syscall.Sethostname([]byte(c.Hostname)); err != nil {

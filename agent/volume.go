@@ -120,9 +120,9 @@ func (r *runtime) updateVolume(name string, files []protocol.File) error {
 }
 
 // bindMounts resolves c's mounts, in order, to what its supervisor binds. A files volume is always bound
-// read-only, as a kubelet mounts configMap, secret, downwardAPI and projected volumes. A mount with a subPath
-// holds the resolved subPath's descriptor (see volumeSource), which the caller hands to the supervisor and closes
-// (closeMountFiles).
+// read-only, as a kubelet mounts configMap, secret, downwardAPI and projected volumes. A subPath is resolved here
+// once (so that a bad one fails before the container is created, and an emptyDir's missing directories are made),
+// and again by the supervisor, which binds it by descriptor.
 func (r *runtime) bindMounts(c *container) ([]bindMount, error) {
 	var out []bindMount
 	for _, m := range c.rc.Mounts {
@@ -136,25 +136,14 @@ func (r *runtime) bindMounts(c *container) ([]bindMount, error) {
 		f, err := volumeSource(v.dir, m, v.emptyDir)
 		v.mu.Unlock()
 		if err != nil {
-			closeMountFiles(out)
 			return nil, fmt.Errorf("mount of volume %s at %s, %w", m.Volume, m.Path, err)
 		}
-		b := bindMount{Source: v.dir, Target: m.Path, ReadOnly: m.ReadOnly || !v.emptyDir, file: f}
 		if f != nil {
-			b.Source = filepath.Join(v.dir, m.SubPath) // for messages: the mount binds f
+			f.Close()
 		}
-		out = append(out, b)
+		out = append(out, bindMount{Source: v.dir, Target: m.Path, ReadOnly: m.ReadOnly || !v.emptyDir, SubPath: m.SubPath, Create: v.emptyDir})
 	}
 	return out, nil
-}
-
-// closeMountFiles closes the descriptors that mounts hold.
-func closeMountFiles(mounts []bindMount) {
-	for _, m := range mounts {
-		if m.file != nil {
-			m.file.Close()
-		}
-	}
 }
 
 // makeVolume makes volume v at dir. An emptyDir is a tmpfs of mode 0777, sized at its SizeLimit capped at
@@ -576,8 +565,13 @@ func bindVolume(root string, m bindMount) error {
 		return errors.New("the target resolves to the container's root")
 	}
 	source := m.Source
-	if m.FD > 0 {
-		source = "/proc/self/fd/" + strconv.Itoa(m.FD) // the descriptor's file itself, whatever its path now is
+	if m.SubPath != "" {
+		f, err := volumeSource(m.Source, protocol.Mount{SubPath: m.SubPath}, m.Create)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		source = "/proc/self/fd/" + strconv.Itoa(int(f.Fd())) // the descriptor's file itself, whatever its path now is
 	}
 	fi, err := os.Stat(source)
 	if err != nil {
