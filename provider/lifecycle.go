@@ -36,7 +36,7 @@ func (p *Provider) createVM(ctx context.Context, pod *corev1.Pod) {
 	if u := unenforced(pod); len(u) > 0 {
 		p.cfg.Events.Event(pod, corev1.EventTypeWarning, "Unenforced", "accepted but not enforced inside the pod VM (its isolation is the VM's): "+strings.Join(u, "; "))
 	}
-	v := p.vmFor(string(pod.UID), true)
+	v := p.vmOf(pod)
 	// After a node restart the pod's VM may already run: adopt it as it is, launch nothing. Its status stays
 	// what the API server has until the agent reports.
 	if st, err := p.backend.Get(ctx, string(pod.UID)); err == nil && st.State == vm.Running {
@@ -125,7 +125,7 @@ func (p *Provider) tags(pod *corev1.Pod) map[string]string {
 
 // VMChanged applies a VM's new state to its pod's status. The backend calls it for every change it observes.
 func (p *Provider) VMChanged(st vm.Status) {
-	v := p.vmFor(st.UID, false)
+	v := p.vmFor(st.UID)
 	pod := p.podByUID(st.UID)
 	if v == nil || pod == nil {
 		return
@@ -179,7 +179,7 @@ func (p *Provider) deleteVM(ctx context.Context, pod *corev1.Pod) error {
 	for _, c := range pod.Spec.Containers {
 		p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "Killing", "Stopping container %s", c.Name)
 	}
-	v := p.vmFor(string(pod.UID), false)
+	v := p.vmFor(string(pod.UID))
 	if v == nil {
 		return nil
 	}

@@ -2,8 +2,11 @@ package provider
 
 import (
 	"context"
+
 	"sync"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/i2kit/i2kit/agent/protocol"
 	"github.com/i2kit/i2kit/provider/vm"
@@ -14,6 +17,7 @@ import (
 // Provider.pods (the API server's copy, as the node has it now).
 type podVM struct {
 	uid string
+	key string // the pod's namespace/name in Provider.pods
 
 	mu sync.Mutex
 	// pull ends the image pull under way, nil when none runs; pullDone is closed when it has ended.
@@ -48,24 +52,33 @@ type podVM struct {
 	servicesGen  uint64
 	// pushMu serialises what the work queue sends to the agent (volumes, the service table).
 	pushMu sync.Mutex
+	// volumesStale says the files volumes may have changed since they were sent (see pushVolumes).
+	volumesStale bool
 	// deadlineDone is set once an exceeded activeDeadlineSeconds has been acted on.
 	deadlineDone bool
 	// tokenRefresh is when the next service account token of the pod's volumes is due for renewal.
 	tokenRefresh time.Time
 }
 
-func newPodVM(uid string) *podVM {
-	return &podVM{uid: uid, exited: make(chan struct{}), ready: make(chan struct{}), kick: make(chan struct{}, 1)}
+func newPodVM(uid, key string) *podVM {
+	return &podVM{uid: uid, key: key, exited: make(chan struct{}), ready: make(chan struct{}), kick: make(chan struct{}, 1)}
 }
 
-// vmFor returns the pod VM state of a UID, making it when create is set; nil otherwise.
-func (p *Provider) vmFor(uid string, create bool) *podVM {
+// vmFor returns the pod VM state of a UID, or nil.
+func (p *Provider) vmFor(uid string) *podVM {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	v := p.vms[uid]
-	if v == nil && create {
-		v = newPodVM(uid)
-		p.vms[uid] = v
+	return p.vms[uid]
+}
+
+// vmOf returns the pod VM state of pod, making it if there is none.
+func (p *Provider) vmOf(pod *corev1.Pod) *podVM {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	v := p.vms[string(pod.UID)]
+	if v == nil {
+		v = newPodVM(string(pod.UID), key(pod.Namespace, pod.Name))
+		p.vms[v.uid] = v
 	}
 	return v
 }
@@ -90,4 +103,11 @@ func (v *podVM) wake() {
 	case v.kick <- struct{}{}:
 	default:
 	}
+}
+
+// markVolumesStale makes the next sync resolve the pod's files volumes again.
+func (v *podVM) markVolumesStale() {
+	v.mu.Lock()
+	v.volumesStale = true
+	v.mu.Unlock()
 }

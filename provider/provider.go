@@ -144,6 +144,9 @@ func (p *Provider) UpdatePod(_ context.Context, pod *corev1.Pod) error {
 		notify(upd.DeepCopy())
 	}
 	// Its deadline, labels and annotations (downwardAPI volumes) may have changed.
+	if v := p.vmFor(string(pod.UID)); v != nil {
+		v.markVolumesStale()
+	}
 	p.queue.Add(string(pod.UID))
 	return nil
 }
@@ -259,14 +262,17 @@ func (p *Provider) GetPods(context.Context) ([]*corev1.Pod, error) {
 	return out, nil
 }
 
-// podByUID returns the pod of a UID as the node has it now, or nil.
+// podByUID returns the pod of a UID that has a VM state, as the node has it now, or nil: a lookup by the key the
+// state keeps, not a scan of every pod (sync and VMChanged call it for each event).
 func (p *Provider) podByUID(uid string) *corev1.Pod {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for _, q := range p.pods {
-		if string(q.UID) == uid {
-			return q.DeepCopy()
-		}
+	v := p.vms[uid]
+	if v == nil {
+		return nil
+	}
+	if q, ok := p.pods[v.key]; ok && string(q.UID) == uid {
+		return q.DeepCopy()
 	}
 	return nil
 }

@@ -327,7 +327,7 @@ func TestDeletedPodStopsRetrying(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitWaiting(t, p, "ErrImagePull", "manifest unknown")
-	v := p.vmFor("uid-a", false)
+	v := p.vmFor("uid-a")
 	if v == nil {
 		t.Fatal("no pull under way")
 	}

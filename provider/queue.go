@@ -47,7 +47,7 @@ func (p *Provider) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			p.enqueueAll("")
+			p.enqueueAll("", true)
 		}
 	}
 }
@@ -67,14 +67,18 @@ func (p *Provider) work(ctx context.Context) bool {
 	return true
 }
 
-// enqueueAll enqueues every pod of a namespace ("" for all) that has a VM.
-func (p *Provider) enqueueAll(namespace string) {
+// enqueueAll enqueues every pod of a namespace ("" for all) that has a VM; with volumes, their files volumes are
+// resolved again at the sync (what changed may be in them).
+func (p *Provider) enqueueAll(namespace string, volumes bool) {
 	p.mu.Lock()
 	var uids []string
 	for _, pod := range p.pods {
 		if namespace == "" || pod.Namespace == namespace {
-			if _, ok := p.vms[string(pod.UID)]; ok {
+			if v, ok := p.vms[string(pod.UID)]; ok {
 				uids = append(uids, string(pod.UID))
+				if volumes {
+					v.markVolumesStale()
+				}
 			}
 		}
 	}
@@ -86,13 +90,13 @@ func (p *Provider) enqueueAll(namespace string) {
 
 // ObjectChanged tells the provider that a ConfigMap or Secret of a namespace changed: the pods of the namespace
 // that use it are synced (their runtime data resolved again). The node calls it from its informers' events.
-func (p *Provider) ObjectChanged(namespace string) { p.enqueueAll(namespace) }
+func (p *Provider) ObjectChanged(namespace string) { p.enqueueAll(namespace, true) }
 
 // sync does what is due for one pod: end it when its deadline has passed, wake its session when it waits for
 // runtime data, send its agent the files volumes whose content changed and the service table it lacks. It
 // enqueues the pod again for what comes due later (the deadline, a token's renewal).
 func (p *Provider) sync(ctx context.Context, uid string) error {
-	v := p.vmFor(uid, false)
+	v := p.vmFor(uid)
 	pod := p.podByUID(uid)
 	if v == nil || pod == nil {
 		return nil
@@ -103,12 +107,12 @@ func (p *Provider) sync(ctx context.Context, uid string) error {
 			next = d
 		}
 	}
-	if d, exceeded := deadline(pod, time.Now()); exceeded {
+	d, exceeded := deadline(pod, time.Now())
+	if exceeded {
 		p.deadlineExceeded(ctx, pod, v)
 		return nil
-	} else {
-		due(d)
 	}
+	due(d)
 	due(p.pullDue(pod, v, time.Now()))
 	v.wake()
 	if c := v.connected(); c != nil {
@@ -176,7 +180,14 @@ func (p *Provider) pushVolumes(ctx context.Context, pod *corev1.Pod, v *podVM, c
 	defer v.pushMu.Unlock()
 	v.mu.Lock()
 	st := v.vm
+	// Only what may have changed a files volume resolves them again: a ConfigMap or Secret event, an update of
+	// the pod, a token due for renewal, the periodic resync; a new service table alone does not.
+	stale := v.volumesStale || (!v.tokenRefresh.IsZero() && !time.Now().Before(v.tokenRefresh))
+	v.volumesStale = false
 	v.mu.Unlock()
+	if !stale {
+		return nil
+	}
 	rt, err := p.resolve(ctx, pod, st)
 	if err != nil {
 		return nil

@@ -18,7 +18,7 @@ func (p *Provider) SetServices(table netsync.Table) {
 	p.services = wire
 	p.servicesGen++
 	p.mu.Unlock()
-	p.enqueueAll("")
+	p.enqueueAll("", false)
 }
 
 // wireServices is a service table in the agent protocol's form. Pod VMs have IPv4 addresses only, so a dual-stack

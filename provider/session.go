@@ -30,7 +30,7 @@ type agentSession struct {
 
 // connectAgent starts the session with a pod's agent unless one runs; the VM runs.
 func (p *Provider) connectAgent(ctx context.Context, pod *corev1.Pod) {
-	v := p.vmFor(string(pod.UID), true)
+	v := p.vmOf(pod)
 	v.mu.Lock()
 	if v.session != nil {
 		v.mu.Unlock()
@@ -49,7 +49,7 @@ func (p *Provider) connectAgent(ctx context.Context, pod *corev1.Pod) {
 
 // disconnectAgent ends a pod's session; with wait, it waits for the session's goroutine.
 func (p *Provider) disconnectAgent(uid string, wait bool) {
-	v := p.vmFor(uid, false)
+	v := p.vmFor(uid)
 	if v == nil {
 		return
 	}
@@ -229,7 +229,7 @@ func (p *Provider) client(ctx context.Context, namespace, name string, wait time
 	if p.backend == nil {
 		return nil, errdefs.InvalidInputf("pod %s/%s is not running: node %s has no backend configured", namespace, name, p.cfg.NodeName)
 	}
-	v := p.vmFor(string(pod.UID), false)
+	v := p.vmFor(string(pod.UID))
 	if v == nil {
 		return nil, errdefs.InvalidInputf("pod %s/%s is not running yet", namespace, name)
 	}
