@@ -20,7 +20,8 @@ import (
 // MaxResponseBytes bounds every response the host reads whole from an agent: a status (or one line of a watch), a
 // stats snapshot. An agent is hostile (a workload may have taken it over), so a response over the bound is a
 // protocol violation: the call fails with ErrOverLimit and the session ends. Error bodies are cut at
-// maxErrorBody; logs, exec and port-forward stream, each frame bounded (see ReadFrame).
+// maxErrorBody; exec and attach stream frames bounded by ReadFrame; a log is cut at its LimitBytes whatever the
+// agent sends.
 const MaxResponseBytes = 4 << 20
 
 // MaxContainers bounds the containers a PodStatus or a Stats from an agent may list (a pod's init and app
@@ -242,6 +243,12 @@ func (c *Client) Logs(ctx context.Context, o LogOptions) (io.ReadCloser, error) 
 	resp, err := c.do(ctx, http.MethodGet, "/v1/logs", o.Query(), nil, nil)
 	if err != nil {
 		return nil, err
+	}
+	if o.LimitBytes > 0 { // the agent is not trusted to honour it
+		return struct {
+			io.Reader
+			io.Closer
+		}{io.LimitReader(resp.Body, o.LimitBytes), resp.Body}, nil
 	}
 	return resp.Body, nil
 }

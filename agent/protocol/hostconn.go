@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"bufio"
 	"encoding/binary"
 	"io"
 	"net"
@@ -26,6 +27,7 @@ const maxPingsPerSecond = 8
 // go-away), and it drops the agent's ping requests beyond maxPingsPerSecond. It passes everything else as is.
 type hostConn struct {
 	net.Conn
+	br        *bufio.Reader // reads c.Conn
 	gate      chan struct{} // closed by open
 	closed    chan struct{} // closed by Close
 	closeOnce sync.Once
@@ -39,7 +41,8 @@ type hostConn struct {
 }
 
 func newHostConn(c net.Conn) *hostConn {
-	return &hostConn{Conn: c, gate: make(chan struct{}), closed: make(chan struct{}), hdrOff: yamuxHeaderSize}
+	// Frames are read through a buffer, many per read(2), as yamux itself would read them.
+	return &hostConn{Conn: c, br: bufio.NewReader(c), gate: make(chan struct{}), closed: make(chan struct{}), hdrOff: yamuxHeaderSize}
 }
 
 // open lets reads through.
@@ -66,11 +69,11 @@ func (c *hostConn) Read(p []byte) (int, error) {
 			return n, nil
 		}
 		if c.payload > 0 {
-			n, err := c.Conn.Read(p[:min(uint32(len(p)), c.payload)])
+			n, err := c.br.Read(p[:min(uint32(len(p)), c.payload)])
 			c.payload -= uint32(n)
 			return n, err
 		}
-		if _, err := io.ReadFull(c.Conn, c.hdr[:]); err != nil {
+		if _, err := io.ReadFull(c.br, c.hdr[:]); err != nil {
 			return 0, err
 		}
 		flags := binary.BigEndian.Uint16(c.hdr[2:4])

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"runtime"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -510,9 +509,9 @@ func TestHandshakeThatNeverCompletesIsBounded(t *testing.T) {
 func TestAgentThatNeverAnswersCostsNothingOnceClosed(t *testing.T) {
 	noLeaks(t)
 	release := make(chan struct{})
-	var calls atomic.Int32
+	reached := make(chan struct{}, 3)
 	conn := agentAnswering(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		calls.Add(1)
+		reached <- struct{}{}
 		select {
 		case <-release:
 		case <-r.Context().Done():
@@ -531,8 +530,12 @@ func TestAgentThatNeverAnswersCostsNothingOnceClosed(t *testing.T) {
 	errc := make(chan error, 2)
 	go func() { _, err := c.Status(context.Background()); errc <- err }()
 	go func() { errc <- c.Watch(context.Background(), func(PodStatus) {}) }()
-	for calls.Load() < 3 { // both calls reached the agent
-		runtime.Gosched()
+	for range 3 { // the timed-out status, then both calls, reached the agent
+		select {
+		case <-reached:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the calls never reached the agent")
+		}
 	}
 	c.Close()
 	for range 2 {
