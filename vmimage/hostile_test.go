@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,7 +29,7 @@ import (
 	"github.com/i2kit/i2kit/internal/devregistry"
 )
 
-// These tests play a hostile registry (devregistry's TamperBlobs and ServeManifests) or push hostile images to
+// These tests play a hostile registry (tamperBlobs and serveManifests, options of devregistry.Serve) or push hostile images to
 // an honest one, and check that a build fails, or that what other pods get is untouched.
 
 // serveRegistry serves a devregistry with opts and returns its host.
@@ -197,7 +198,7 @@ func TestManifestCopyWithoutBlobsGetsNoDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	mt, _ := img.MediaType()
-	evil := serveRegistry(t, devregistry.ServeManifests("app", raw, string(mt)))
+	evil := serveRegistry(t, serveManifests("app", raw, string(mt)))
 	b := newBuilder(t, &Source{Keychain: authn.NewMultiKeychain(), Insecure: []string{private, evil}}, 10, 1<<30)
 	ctx := context.Background()
 	if _, err := b.EnsureWith(ctx, spec(private+"/app@"+digest.String()), "direct", Pull{Keychains: []authn.Keychain{keychain(t, private, "alice", "s3cret")}}); err != nil {
@@ -244,10 +245,12 @@ func TestTamperedDownloads(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			honest := serveRegistry(t)
-			evil := serveRegistry(t, devregistry.TamperBlobs(func(d string, n int, body []byte) ([]byte, bool) {
+			var downloads atomic.Int32
+			evil := serveRegistry(t, tamperBlobs(func(d string, n int, body []byte) ([]byte, bool) {
 				if d != goodDigest.String() {
 					return body, false
 				}
+				downloads.Add(1)
 				return tc.tamper(n, body)
 			}))
 			img := imageOf(t, good)
@@ -267,6 +270,11 @@ func TestTamperedDownloads(t *testing.T) {
 			if who := listDisk(t, got.Disks[0].Path)["who"]; who != "good" {
 				t.Errorf("the honest registry's pod has who=%q", who)
 			}
+			// The defence is that a layer is downloaded once and its bytes are the ones verified: a second
+			// download (the old code's unverified copy) would be the tampered one.
+			if n := downloads.Load(); n != 1 {
+				t.Errorf("the layer was downloaded %d times from the tampering registry, want once", n)
+			}
 		})
 	}
 }
@@ -276,7 +284,7 @@ func TestTamperedDownloads(t *testing.T) {
 func TestDroppedDownloadLeavesNoCacheFile(t *testing.T) {
 	l := layer(t, file{"big", strings.Repeat("x", 64<<10)}, file{"who", "good"})
 	ld, _ := l.Digest()
-	host := serveRegistry(t, devregistry.TamperBlobs(func(d string, n int, body []byte) ([]byte, bool) {
+	host := serveRegistry(t, tamperBlobs(func(d string, n int, body []byte) ([]byte, bool) {
 		if d == ld.String() && n == 0 {
 			return body[:len(body)/2], true
 		}
@@ -484,7 +492,7 @@ func TestLargeManifestIsRefused(t *testing.T) {
 	}
 	raw = append(raw, bytes.Repeat([]byte(" "), 5<<20)...) // still valid JSON
 	mt, _ := img.MediaType()
-	host := serveRegistry(t, devregistry.ServeManifests("app", raw, string(mt)))
+	host := serveRegistry(t, serveManifests("app", raw, string(mt)))
 	pushImage(t, host, "app:1", img)
 	b := newBuilder(t, &Source{Insecure: []string{host}}, 10, 1<<30)
 	if _, err := b.Ensure(context.Background(), spec(host+"/app:1"), "direct"); err == nil || !strings.Contains(err.Error(), "more than 4194304") {
