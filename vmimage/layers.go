@@ -13,7 +13,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -58,20 +60,11 @@ func checkManifest(img v1.Image) error {
 		return fmt.Errorf("%w: configuration of %d bytes, more than %d", ErrNotImage, m.Config.Size, maxConfigBytes)
 	}
 	for _, l := range m.Layers {
-		if !isLayerType(l.MediaType) {
+		if !slices.Contains(layerTypes, l.MediaType) {
 			return fmt.Errorf("%w: layer %s has media type %q", ErrNotImage, l.Digest, l.MediaType)
 		}
 	}
 	return nil
-}
-
-func isLayerType(mt types.MediaType) bool {
-	for _, t := range layerTypes {
-		if mt == t {
-			return true
-		}
-	}
-	return false
 }
 
 // inspect checks an image (see checkManifest) and returns its manifest, raw configuration (bounded, and verified
@@ -126,6 +119,8 @@ func (b *Builder) fetchLayers(ctx context.Context, img v1.Image, m *v1.Manifest,
 	imageMax, layerMax := b.Source.limits()
 	budget := &byteBudget{left: imageMax}
 	paths := make([]string, len(m.Layers))
+	var fetchedMu sync.Mutex
+	var fetched []string // diff_ids downloaded and verified by this call
 	g, ctx := errgroup.WithContext(ctx)
 	g.SetLimit(4)
 	for i, desc := range m.Layers {
@@ -143,16 +138,21 @@ func (b *Builder) fetchLayers(ctx context.Context, img v1.Image, m *v1.Manifest,
 			}
 			task := "layer " + desc.Digest.Hex[:12]
 			p.Start(task, desc.Size)
-			err := b.downloadLayer(ctx, img, desc, diff, paths[i], min(layerMax, imageMax), budget, progressWriter{p, task})
+			err := b.downloadLayer(ctx, img, desc, diff, paths[i], layerMax, budget, progressWriter{p, task})
 			p.Done(task, err)
 			if err != nil {
 				return fmt.Errorf("fetching layer %s, %w", desc.Digest, err)
 			}
-			b.Store.recordLayer(diff.String(), c) //nolint:errcheck // a lost record costs a download later
+			fetchedMu.Lock()
+			fetched = append(fetched, diff.String())
+			fetchedMu.Unlock()
 			return nil
 		})
 	}
-	if err := g.Wait(); err != nil {
+	err := g.Wait()
+	// Recorded in one write of the pull table, also when another layer failed: what was verified stays usable.
+	b.Store.recordLayers(fetched, c) //nolint:errcheck // a lost record costs a download later
+	if err != nil {
 		return nil, err
 	}
 	return paths, nil

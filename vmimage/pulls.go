@@ -174,11 +174,18 @@ func (s *Store) grantLocked(table map[string]*imageAccess, key string, c credent
 	return changed
 }
 
-// recordLayer notes that a registry gave the layer diffID to credentials c (it was verified on the way in).
-func (s *Store) recordLayer(diffID string, c credential) error {
+// recordLayers notes that a registry gave the layers diffIDs to credentials c (they were verified on the way in),
+// in one write of the pull table.
+func (s *Store) recordLayers(diffIDs []string, c credential) error {
 	s.pullMu.Lock()
 	defer s.pullMu.Unlock()
-	if !s.grantLocked(s.pulls.Layers, diffID, c) {
+	changed := false
+	for _, d := range diffIDs {
+		if s.grantLocked(s.pulls.Layers, d, c) {
+			changed = true
+		}
+	}
+	if !changed {
 		return nil
 	}
 	return s.savePullsLocked()
