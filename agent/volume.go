@@ -133,7 +133,7 @@ func (r *runtime) bindMounts(c *container) ([]bindMount, error) {
 			return nil, fmt.Errorf("mount at %s, volume %s, %w", m.Path, m.Volume, errUnknownVolume)
 		}
 		v.mu.Lock()
-		f, err := volumeSource(v.dir, m, v.emptyDir)
+		f, err := volumeSource(v.dir, m.SubPath, v.emptyDir)
 		v.mu.Unlock()
 		if err != nil {
 			return nil, fmt.Errorf("mount of volume %s at %s, %w", m.Volume, m.Path, err)
@@ -441,21 +441,21 @@ func sameFiles(data string, files []protocol.File) bool {
 	return true
 }
 
-// volumeSource opens what mount m of the volume at dir binds: nil for dir itself (the agent's own directory,
-// which no container can change), or dir/m.SubPath. A SubPath is relative with no ".." element; it is resolved
+// volumeSource opens what a mount of the volume at dir with subPath binds: nil for dir itself (the agent's own
+// directory, which no container can change), or dir/subPath. A subPath is relative with no ".." element; it is resolved
 // once, here, as a kubelet resolves a subPath at a container's start (a later update of a files volume does not
 // reach a subPath mount), by the kernel with openat2(RESOLVE_BENEATH): its symlinks are followed only while they
-// stay within dir (an absolute one is refused, as a link a container made names its own filesystem). The mount
-// binds the returned descriptor, not a path (see bindMount.FD): a container that shares the volume and swaps a
-// directory of the SubPath for a symlink after this resolution changes nothing. When create is set (an emptyDir,
-// whose content is the containers'), the missing directories of a SubPath are made with dir's permissions,
+// stay within dir (an absolute one is refused, as a link a container made names its own filesystem). The
+// supervisor binds the returned descriptor, not a path, in its own mount namespace (see bindVolume): a container
+// that shares the volume and swaps a directory of the subPath for a symlink after this resolution changes nothing.
+// When create is set (an emptyDir, whose content is the containers'), the missing directories of a subPath are made with dir's permissions,
 // through descriptors too. The caller closes the file.
-func volumeSource(dir string, m protocol.Mount, create bool) (*os.File, error) {
-	if m.SubPath == "" {
+func volumeSource(dir, subPath string, create bool) (*os.File, error) {
+	if subPath == "" {
 		return nil, nil
 	}
-	if filepath.IsAbs(m.SubPath) || slices.Contains(strings.Split(m.SubPath, "/"), "..") {
-		return nil, fmt.Errorf("subPath %q is not a relative path without ..", m.SubPath)
+	if filepath.IsAbs(subPath) || slices.Contains(strings.Split(subPath, "/"), "..") {
+		return nil, fmt.Errorf("subPath %q is not a relative path without ..", subPath)
 	}
 	root, err := os.OpenFile(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -467,11 +467,11 @@ func volumeSource(dir string, m protocol.Mount, create bool) (*os.File, error) {
 		return nil, err
 	}
 	perm := uint32(st.Mode) & 0o777
-	sub := filepath.Clean(m.SubPath)
+	sub := filepath.Clean(subPath)
 	f, err := openBeneath(root, sub)
 	if err == nil || !create || !errors.Is(err, fs.ErrNotExist) {
 		if err != nil {
-			return nil, fmt.Errorf("subPath %s, %w", m.SubPath, err)
+			return nil, fmt.Errorf("subPath %s, %w", subPath, err)
 		}
 		return f, nil
 	}
@@ -488,7 +488,7 @@ func volumeSource(dir string, m protocol.Mount, create bool) (*os.File, error) {
 		}
 		parent.Close()
 		if err != nil {
-			return nil, fmt.Errorf("making subPath %s, %w", m.SubPath, err)
+			return nil, fmt.Errorf("making subPath %s, %w", subPath, err)
 		}
 		parent = next
 	}
@@ -566,7 +566,7 @@ func bindVolume(root string, m bindMount) error {
 	}
 	source := m.Source
 	if m.SubPath != "" {
-		f, err := volumeSource(m.Source, protocol.Mount{SubPath: m.SubPath}, m.Create)
+		f, err := volumeSource(m.Source, m.SubPath, m.Create)
 		if err != nil {
 			return err
 		}

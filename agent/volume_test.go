@@ -269,7 +269,7 @@ func TestVolumeSource(t *testing.T) {
 	rfiles, _ := filepath.EvalSymlinks(files)
 	ts := dataTarget(t, files)
 	source := func(dir string, m protocol.Mount, create bool) (string, error) {
-		f, err := volumeSource(dir, m, create)
+		f, err := volumeSource(dir, m.SubPath, create)
 		return resolved(t, f, err)
 	}
 
