@@ -270,11 +270,16 @@ func (s *server) powerOff(w http.ResponseWriter, req *http.Request) {
 	if err != nil {
 		grace = 30 * time.Second
 	}
+	// The answer goes out before the request is handed on: with nothing to stop, the VM powers off at once, and an
+	// answer still in the server's buffer would never reach the host.
+	w.WriteHeader(http.StatusAccepted)
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
 	select {
 	case s.poweroff <- grace:
 	default: // already powering off
 	}
-	w.WriteHeader(http.StatusAccepted)
 }
 
 // serveChannel serves the protocol on the virtio-serial port named protocol.PortName, one session at a time:
