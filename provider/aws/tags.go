@@ -1,0 +1,17 @@
+package aws
+
+// The tags the backend puts on what it creates, and lists them by. Instances carry the cluster, node and pod tags;
+// snapshots and AMIs the cluster and image-digest tags (they are shared by the node's pods of one image).
+const (
+	TagCluster      = "i2kit.io/cluster"
+	TagNode         = "i2kit.io/node"
+	TagPodNamespace = "i2kit.io/pod-namespace"
+	TagPodName      = "i2kit.io/pod-name"
+	TagPodUID       = "i2kit.io/pod-uid"
+	// TagImageDigest is the content digest of the vmimage an AMI or snapshot holds.
+	TagImageDigest = "i2kit.io/image-digest"
+	// TagLastUsed is when a pod was last launched from an AMI (RFC 3339); unused images are garbage.
+	TagLastUsed = "i2kit.io/last-used"
+	// TagName is the console's name column.
+	TagName = "Name"
+)
