@@ -90,7 +90,7 @@ func (p *Provider) startVM(ctx context.Context, v *podVM, pod *corev1.Pod) {
 	defer cancel()
 	mem, cpus := vmSize(pod)
 	plan := vm.Plan{UID: string(pod.UID), Namespace: pod.Namespace, Name: pod.Name, Image: img, MemoryMiB: mem, CPUs: cpus,
-		Tags: p.tags(pod)}
+		Tags: p.tags(pod), Annotations: pod.Annotations}
 	var err error
 	if pub, ok := p.backend.(vm.Publisher); ok {
 		if plan.Published, err = pub.Publish(lctx, img); err != nil {

@@ -10,9 +10,12 @@ package aws
 
 import (
 	"context"
+	"net"
 
 	"github.com/aws/aws-sdk-go-v2/service/ebs"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+
+	"github.com/i2kit/i2kit/provider/vm"
 )
 
 // EC2API is the part of the EC2 API the backend calls; *ec2.Client implements it, tests give fakes. Every method
@@ -46,3 +49,11 @@ var (
 	_ EC2API = (*ec2.Client)(nil)
 	_ EBSAPI = (*ebs.Client)(nil)
 )
+
+// agentChannel is how the backend reaches its instances' agents (channel.go): what an instance's user-data says
+// (public material only), and a mutually authenticated TLS connection to the agent of a running instance, whose
+// key is pinned from the instance's console.
+type agentChannel interface {
+	UserData(p vm.Plan) ([]byte, error)
+	Dial(ctx context.Context, instanceID, privateIP string) (net.Conn, error)
+}

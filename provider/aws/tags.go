@@ -15,3 +15,13 @@ const (
 	// TagName is the console's name column.
 	TagName = "Name"
 )
+
+// The pod annotations the backend reads.
+const (
+	// AnnotationInstanceType names the instance type a pod runs on, overriding the cheapest that fits; it must be
+	// one of the allowed types.
+	AnnotationInstanceType = "i2kit.io/instance-type"
+	// AnnotationInstanceMetadata set to "enabled" keeps the instance metadata service reachable from the pod's
+	// containers; by default the agent blocks it and the node turns the endpoint off once the agent has connected.
+	AnnotationInstanceMetadata = "i2kit.io/instance-metadata"
+)

@@ -41,6 +41,8 @@ type Plan struct {
 	CPUs      int
 	// Tags label the VM (cluster, node, namespace, name, pod UID): the inventory List and a restart rebuild from.
 	Tags map[string]string
+	// Annotations are the pod's: a backend reads its own options there (e.g. an instance type).
+	Annotations map[string]string
 }
 
 // Status is a VM's observable state.
