@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -23,7 +25,9 @@ import (
 // Init performs PID 1's duties: mount the basic filesystems, mount every container image read-only under
 // boot.ImagesDir, serve the protocol on the agent's virtio-serial port, and run the pod's containers — at once with
 // the image's configuration, or, when the kernel command line has boot.ConfigParam=channel, once the node sends the
-// pod's runtime configuration. It prints boot.ReadyMarker to the console (a debug aid), then waits for a power-off
+// pod's runtime configuration. With boot.ConfigParam=boot.CloudConfig (a cloud instance, see cloud.go) it reads
+// the instance metadata service instead of the command line and serves the protocol over TLS on the network
+// instead of the virtio-serial port, and the node sends the configuration as with channel. It prints boot.ReadyMarker to the console (a debug aid), then waits for a power-off
 // request over the protocol, stops the containers within the grace period and powers the VM off. It returns only
 // on error.
 func Init(console io.ReadWriter) error {
@@ -63,13 +67,32 @@ func Init(console io.ReadWriter) error {
 	if err := linkUp("lo"); err != nil {
 		return fmt.Errorf("bringing up lo, %w", err)
 	}
-	rt := newRuntime(console, cfg, cmdlineParam(boot.HostnameParam, "pod"))
-	byNode := cmdlineParam(boot.ConfigParam, "") == "channel"
+	mode := cmdlineParam(boot.ConfigParam, "")
+	hostname := cmdlineParam(boot.HostnameParam, "pod")
+	var cloud cloudInstance
+	if mode == boot.CloudConfig {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		cloud, err = cloudBoot(ctx, console, newIMDS(imdsBase), func() (tls.Certificate, error) { return newAgentKey(time.Now()) })
+		cancel()
+		if err != nil {
+			return err
+		}
+		hostname = cloud.hostname("pod")
+	}
+	rt := newRuntime(console, cfg, hostname)
+	byNode := mode == "channel" || mode == boot.CloudConfig
 	rt.mirrorOutput = !byNode
 	go rt.prepareRoots()
 	poweroff := make(chan time.Duration, 1)
 	srv := &server{rt: rt, poweroff: poweroff, stats: statsSource{Proc: "/proc", Cgroup: CgroupDir}}
-	go srv.serveChannel()
+	if mode == boot.CloudConfig {
+		addr := ":" + strconv.Itoa(cloud.md.UserData.AgentPort)
+		if _, err := cloud.serve(addr, srv.handler(), blockMetadata, rt.say); err != nil {
+			return err
+		}
+	} else {
+		go srv.serveChannel()
+	}
 	if !byNode {
 		if err := rt.configure(protocol.PodConfig{RestartPolicy: protocol.RestartAlways}); err != nil {
 			return err

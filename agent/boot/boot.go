@@ -81,6 +81,11 @@ type Params struct {
 	// Network configures eth0 statically before the agent starts (the kernel's ip=); nil leaves it to the agent
 	// (e.g. DHCP or the cloud's metadata).
 	Network *Network
+	// Cloud makes a cloud image's command line, shared by every instance booted from it: the kernel configures
+	// the network by DHCP (ip=dhcp, which needs CONFIG_IP_PNP_DHCP) and the agent reads its configuration from the
+	// instance metadata service (ConfigParam=CloudConfig) and waits for the node's over TLS. It overrides Channel
+	// and Network; Hostname must be empty (the hostname comes in user-data).
+	Cloud bool
 }
 
 // Network is a static IPv4 configuration of the VM's first interface.
@@ -93,10 +98,13 @@ type Network struct {
 // only place the command line is assembled.
 func Cmdline(base string, p Params) string {
 	parts := strings.Fields(base)
-	if p.Channel {
+	switch {
+	case p.Cloud:
+		parts = append(parts, ConfigParam+"="+CloudConfig, "ip=dhcp")
+	case p.Channel:
 		parts = append(parts, ConfigParam+"=channel")
 	}
-	if n := p.Network; n != nil {
+	if n := p.Network; n != nil && !p.Cloud {
 		parts = append(parts, fmt.Sprintf("ip=%s::%s:%s::eth0:off", n.IP, n.Gateway, net.IP(n.Mask)))
 	}
 	if p.Hostname != "" {
