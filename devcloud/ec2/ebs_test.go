@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -216,4 +217,28 @@ func TestSnapshotsAndImages(t *testing.T) {
 	}
 	_, err = e.ec2.DeleteSnapshot(ctx, &awsec2.DeleteSnapshotInput{SnapshotId: aws.String(snap)})
 	wantCode(t, err, "InvalidSnapshot.NotFound")
+}
+
+// TestPutSnapshotBlockBodyLength sends what the SDK never would: a DataLength of a whole block over a shorter
+// body whose checksum matches it.
+func TestPutSnapshotBlockBodyLength(t *testing.T) {
+	e := newEnv(t, Options{})
+	start, err := e.ebs.StartSnapshot(ctxT(t), &ebs.StartSnapshotInput{VolumeSize: aws.Int64(1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := disk(1000)
+	sum := sha256.Sum256(body)
+	req, _ := http.NewRequest(http.MethodPut, e.url+"/snapshots/"+aws.ToString(start.SnapshotId)+"/blocks/0", bytes.NewReader(body))
+	req.Header.Set("X-Amz-Data-Length", "524288")
+	req.Header.Set("X-Amz-Checksum", b64(sum[:]))
+	req.Header.Set("X-Amz-Checksum-Algorithm", "SHA256")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("X-Amzn-ErrorType") != "ValidationException" {
+		t.Errorf("a short block answered %d %s", resp.StatusCode, resp.Header.Get("X-Amzn-ErrorType"))
+	}
 }
