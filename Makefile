@@ -45,11 +45,13 @@ fuzz: ## each fuzz target of vmimage (layer extraction, spec decoding) for FUZZT
 e2e: deps controlplane kernel metrics-server ## end-to-end tests: real control plane in a network namespace (root), pod VMs under QEMU
 	$(GO) test -count=1 -timeout 30m -v ./test/e2e/... ./test/vm/...
 
-lint: ## gofmt, go vet, and the host/guest boundary: the host binary links no guest package (only agent/boot and agent/protocol are shared)
+lint: ## gofmt, go vet, and the binary's boundaries: the host binary links no guest package (only agent/boot and agent/protocol are shared) and no devcloud or test support
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	@guest=$$($(GO) list -deps ./cmd/i2kit | grep -E '^github.com/i2kit/i2kit/agent(/|$$)' | grep -vxE 'github.com/i2kit/i2kit/agent/(boot|protocol)'); \
 	if [ -n "$$guest" ]; then echo "cmd/i2kit links guest code (only agent/boot and agent/protocol are shared):"; echo "$$guest"; exit 1; fi
+	@dev=$$($(GO) list -deps ./cmd/i2kit | grep -E '^github.com/i2kit/i2kit/(devcloud|provider/aws/awstest)(/|$$)'); \
+	if [ -n "$$dev" ]; then echo "cmd/i2kit links development and test tools:"; echo "$$dev"; exit 1; fi
 
 AGENT_FUZZ = FuzzReadFrame FuzzReadLine FuzzDial FuzzAccept FuzzDecodeStatus FuzzDecodeStats
 fuzz-agent: ## fuzz the agent protocol's decoders, FUZZTIME (15s) each; seeds in agent/protocol/testdata/fuzz
