@@ -97,7 +97,7 @@ func splitPEM(t *testing.T, b []byte) (cert, key []byte) {
 	}
 }
 
-func writeFile(t *testing.T, name string, b []byte) string {
+func writePEM(t *testing.T, name string, b []byte) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), name)
 	if err := os.WriteFile(p, b, 0o600); err != nil {
@@ -139,7 +139,7 @@ func TestLoadCAFromFiles(t *testing.T) {
 		{"a key file over the bound", certPEM, append(keyPEM, padding...), "over 65536 bytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := LoadCA(writeFile(t, "ca.crt", tc.cert), writeFile(t, "ca.key", tc.key), "")
+			got, err := LoadCA(writePEM(t, "ca.crt", tc.cert), writePEM(t, "ca.key", tc.key), "")
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
 					t.Fatalf("got %v, want %q", err, tc.err)
@@ -156,7 +156,7 @@ func TestLoadCAFromFiles(t *testing.T) {
 	}
 	t.Run("a state file over the bound", func(t *testing.T) {
 		dir := t.TempDir()
-		writeFileAt(t, filepath.Join(dir, CAFileName), append(caPEM, padding...))
+		writePEMAt(t, filepath.Join(dir, CAFileName), append(caPEM, padding...))
 		if _, err := LoadCA("", "", dir); err == nil || !strings.Contains(err.Error(), "over 65536 bytes") {
 			t.Fatalf("got %v", err)
 		}
@@ -168,7 +168,7 @@ func TestLoadCAFromFiles(t *testing.T) {
 	}
 }
 
-func writeFileAt(t *testing.T, path string, b []byte) {
+func writePEMAt(t *testing.T, path string, b []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)

@@ -77,7 +77,7 @@ func (f *consoleEC2) GetConsoleOutput(_ context.Context, in *ec2.GetConsoleOutpu
 	text, ok := f.console[*in.InstanceId]
 	if !ok {
 		f.mu.Unlock()
-		return nil, &apiError{"InvalidInstanceID.NotFound"}
+		return nil, &codedError{"InvalidInstanceID.NotFound"}
 	}
 	f.consoleReads++
 	n, after := f.consoleReads, f.afterRead
@@ -121,7 +121,7 @@ func (f *consoleEC2) DescribeInstances(_ context.Context, in *ec2.DescribeInstan
 	var r types.Reservation
 	for _, id := range in.InstanceIds {
 		if _, ok := f.console[id]; !ok {
-			return nil, &apiError{"InvalidInstanceID.NotFound"}
+			return nil, &codedError{"InvalidInstanceID.NotFound"}
 		}
 		inst := types.Instance{InstanceId: &id}
 		for k, v := range f.tags[id] {
@@ -132,11 +132,11 @@ func (f *consoleEC2) DescribeInstances(_ context.Context, in *ec2.DescribeInstan
 	return &ec2.DescribeInstancesOutput{Reservations: []types.Reservation{r}}, nil
 }
 
-// apiError is an AWS error as the SDK's smithy.APIError shows its code.
-type apiError struct{ code string }
+// codedError is an AWS error as the SDK's smithy.APIError shows its code.
+type codedError struct{ code string }
 
-func (e *apiError) Error() string     { return "api error " + e.code }
-func (e *apiError) ErrorCode() string { return e.code }
+func (e *codedError) Error() string     { return "api error " + e.code }
+func (e *codedError) ErrorCode() string { return e.code }
 
 // testChannel returns a channel over api, with a CA of its own and a port free on 127/8, that backs off briefly.
 func testChannel(t *testing.T, api EC2API) *Channel {
@@ -174,14 +174,14 @@ func startAgent(t *testing.T, c *Channel, ip string) *awstest.FakeAgent {
 	return a
 }
 
-func testContext(t *testing.T) context.Context {
+func chanContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
 	return ctx
 }
 
-// session opens a protocol session on conn and asks for the pod's status: the whole path works.
-func session(t *testing.T, ctx context.Context, conn net.Conn) {
+// openSession opens a protocol session on conn and asks for the pod's status: the whole path works.
+func openSession(t *testing.T, ctx context.Context, conn net.Conn) {
 	t.Helper()
 	c, err := protocol.NewClient(conn, 5*time.Second)
 	if err != nil {
@@ -198,7 +198,7 @@ func TestDialPinsTheConsoleKeyAndKeepsItAsATag(t *testing.T) {
 	ch := testChannel(t, api)
 	a := startAgent(t, ch, "127.0.0.1")
 	api.setConsole("i-1", "[    0.000000] Linux version 6.1\n[    1.2] i2kit-agent: starting\n"+a.ConsoleLine())
-	ctx := testContext(t)
+	ctx := chanContext(t)
 	conn, err := ch.Dial(ctx, "i-1", "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
@@ -206,7 +206,7 @@ func TestDialPinsTheConsoleKeyAndKeepsItAsATag(t *testing.T) {
 	if v := conn.(*tls.Conn).ConnectionState().Version; v != tls.VersionTLS13 {
 		t.Errorf("TLS version %x, want 1.3", v)
 	}
-	session(t, ctx, conn)
+	openSession(t, ctx, conn)
 	if got := api.tag("i-1", TagAgentKey); got != a.Fingerprint() {
 		t.Fatalf("tag %s = %q, want the agent's %q", TagAgentKey, got, a.Fingerprint())
 	}
@@ -214,7 +214,7 @@ func TestDialPinsTheConsoleKeyAndKeepsItAsATag(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	session(t, ctx, conn)
+	openSession(t, ctx, conn)
 	if reads, creates, describes := api.counts(); reads != 1 || creates != 1 || describes != 1 {
 		t.Fatalf("%d console reads, %d CreateTags, %d DescribeInstances for two dials, want one each", reads, creates, describes)
 	}
@@ -226,7 +226,7 @@ func TestDialRefusesAnImpostor(t *testing.T) {
 	agent := startAgent(t, ch, "127.0.0.1")
 	impostor := startAgent(t, ch, "127.0.0.2") // knows everything user-data says, not the agent's key
 	api.setConsole("i-1", agent.ConsoleLine())
-	ctx := testContext(t)
+	ctx := chanContext(t)
 	conn, err := ch.Dial(ctx, "i-1", "127.0.0.2")
 	if err == nil {
 		conn.Close()
@@ -273,7 +273,7 @@ func TestDialRefusesTLSBelow13(t *testing.T) {
 		}
 	}()
 	api.setConsole("i-1", boot.KeyLine(boot.KeyFingerprint(cert.Leaf))+"\n")
-	conn, err := ch.Dial(testContext(t), "i-1", "127.0.0.3")
+	conn, err := ch.Dial(chanContext(t), "i-1", "127.0.0.3")
 	if err == nil {
 		conn.Close()
 		t.Fatal("the channel spoke TLS 1.2")
@@ -293,12 +293,12 @@ func TestDialWaitsForTheKeyLine(t *testing.T) {
 			api.setConsole("i-1", "[    0.0] booting\n"+a.ConsoleLine())
 		}
 	}
-	ctx := testContext(t)
+	ctx := chanContext(t)
 	conn, err := ch.Dial(ctx, "i-1", "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	session(t, ctx, conn)
+	openSession(t, ctx, conn)
 	if reads, _, _ := api.counts(); reads != 4 {
 		t.Fatalf("%d console reads, want 4", reads)
 	}
@@ -328,7 +328,7 @@ func TestALaterKeyLineDoesNotChangeThePin(t *testing.T) {
 	agent := startAgent(t, ch, "127.0.0.1")
 	workload := startAgent(t, ch, "127.0.0.2") // a workload that prints a key line and serves it
 	api.setConsole("i-1", agent.ConsoleLine()+"container output\n"+workload.ConsoleLine())
-	ctx := testContext(t)
+	ctx := chanContext(t)
 	conn, err := ch.Dial(ctx, "i-1", "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
@@ -353,7 +353,7 @@ func TestThePinSurvivesARestart(t *testing.T) {
 	agent := startAgent(t, before, "127.0.0.1")
 	workload := startAgent(t, before, "127.0.0.2")
 	api.setConsole("i-1", agent.ConsoleLine())
-	ctx := testContext(t)
+	ctx := chanContext(t)
 	conn, err := before.Dial(ctx, "i-1", "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
@@ -373,7 +373,7 @@ func TestThePinSurvivesARestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	session(t, ctx, conn)
+	openSession(t, ctx, conn)
 	if reads, _, _ := api.counts(); reads != 1 {
 		t.Fatalf("%d console reads, want only the first node's", reads)
 	}
@@ -385,7 +385,7 @@ func TestDialRefusesAMalformedTag(t *testing.T) {
 	a := startAgent(t, ch, "127.0.0.1")
 	api.setConsole("i-1", a.ConsoleLine())
 	api.tags["i-1"] = map[string]string{TagAgentKey: "sha256:not-hex"}
-	if _, err := ch.Dial(testContext(t), "i-1", "127.0.0.1"); err == nil || !strings.Contains(err.Error(), "not a key fingerprint") {
+	if _, err := ch.Dial(chanContext(t), "i-1", "127.0.0.1"); err == nil || !strings.Contains(err.Error(), "not a key fingerprint") {
 		t.Fatalf("got %v", err)
 	}
 	if reads, _, _ := api.counts(); reads != 0 {
@@ -423,7 +423,7 @@ func TestDialConcurrentlyPinsOnce(t *testing.T) {
 			api.setConsole("i-1", a.ConsoleLine())
 		}
 	}
-	ctx := testContext(t)
+	ctx := chanContext(t)
 	var wg sync.WaitGroup
 	for range 4 {
 		wg.Go(func() {
@@ -442,7 +442,7 @@ func TestDialConcurrentlyPinsOnce(t *testing.T) {
 }
 
 func TestDialNamesTheRefusedAction(t *testing.T) {
-	refused := &apiError{"UnauthorizedOperation"}
+	refused := &codedError{"UnauthorizedOperation"}
 	for _, tc := range []struct {
 		name   string
 		set    func(*consoleEC2)
@@ -458,7 +458,7 @@ func TestDialNamesTheRefusedAction(t *testing.T) {
 			a := startAgent(t, ch, "127.0.0.1")
 			api.setConsole("i-1", a.ConsoleLine())
 			tc.set(api)
-			_, err := ch.Dial(testContext(t), "i-1", "127.0.0.1")
+			_, err := ch.Dial(chanContext(t), "i-1", "127.0.0.1")
 			if err == nil || !strings.Contains(err.Error(), tc.action) || !strings.Contains(err.Error(), "not allowed") || !errors.Is(err, refused) {
 				t.Fatalf("got %v, want a refusal naming %s", err, tc.action)
 			}
@@ -466,7 +466,7 @@ func TestDialNamesTheRefusedAction(t *testing.T) {
 			api.mu.Lock()
 			api.describeErr, api.consoleErr, api.createTagsErr = nil, nil, nil
 			api.mu.Unlock()
-			conn, err := ch.Dial(testContext(t), "i-1", "127.0.0.1")
+			conn, err := ch.Dial(chanContext(t), "i-1", "127.0.0.1")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -478,15 +478,15 @@ func TestDialNamesTheRefusedAction(t *testing.T) {
 func TestDialNeedsAnIPAndAnInstance(t *testing.T) {
 	api := newConsoleEC2()
 	ch := testChannel(t, api)
-	if _, err := ch.Dial(testContext(t), "i-1", "ip-10-0-0-1.ec2.internal"); err == nil {
+	if _, err := ch.Dial(chanContext(t), "i-1", "ip-10-0-0-1.ec2.internal"); err == nil {
 		t.Error("dialled a host name")
 	}
-	if _, err := ch.Dial(testContext(t), "i-gone", "127.0.0.1"); err == nil || !strings.Contains(err.Error(), "ec2:DescribeInstances") {
+	if _, err := ch.Dial(chanContext(t), "i-gone", "127.0.0.1"); err == nil || !strings.Contains(err.Error(), "ec2:DescribeInstances") {
 		t.Errorf("an unknown instance: %v", err)
 	}
 }
 
-func TestUserData(t *testing.T) {
+func TestChannelUserData(t *testing.T) {
 	ch := testChannel(t, newConsoleEC2())
 	ch.port = 7443
 	for _, tc := range []struct {
@@ -512,7 +512,7 @@ func TestUserData(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := strings.Replace(string(b), mustJSON(t, string(ch.ca.CertPEM())), `"<nodeCA>"`, 1)
+			got := strings.Replace(string(b), jsonString(t, string(ch.ca.CertPEM())), `"<nodeCA>"`, 1)
 			if got != tc.want {
 				t.Fatalf("user-data\n got %s\nwant %s", got, tc.want)
 			}
@@ -523,7 +523,7 @@ func TestUserData(t *testing.T) {
 	}
 }
 
-func mustJSON(t *testing.T, v any) string {
+func jsonString(t *testing.T, v any) string {
 	t.Helper()
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -532,9 +532,9 @@ func mustJSON(t *testing.T, v any) string {
 	return string(b)
 }
 
-// TestUserDataHoldsNoSecret checks what user-data carries, for a CA made in the state directory (whose file holds
+// TestChannelUserDataHoldsNoSecret checks what user-data carries, for a CA made in the state directory (whose file holds
 // the key too) and one given as files: only the CA's certificate, no private key in any form.
-func TestUserDataHoldsNoSecret(t *testing.T) {
+func TestChannelUserDataHoldsNoSecret(t *testing.T) {
 	dir := t.TempDir()
 	made, err := LoadCA("", "", dir)
 	if err != nil {
@@ -545,7 +545,7 @@ func TestUserDataHoldsNoSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 	certPEM, keyPEM := splitPEM(t, caFile)
-	given, err := LoadCA(writeFile(t, "ca.crt", append(append([]byte(nil), keyPEM...), certPEM...)), writeFile(t, "ca.key", keyPEM), "")
+	given, err := LoadCA(writePEM(t, "ca.crt", append(append([]byte(nil), keyPEM...), certPEM...)), writePEM(t, "ca.key", keyPEM), "")
 	if err != nil {
 		t.Fatal(err)
 	}
