@@ -216,6 +216,16 @@ func TestNewLoadsTheAllowedTypesPaged(t *testing.T) {
 	}
 }
 
+// An emulator that ignores the filters does not widen the allowed types.
+func TestNewChecksTheTypesTheAPIAnswers(t *testing.T) {
+	h := newHarness()
+	h.f.ignoreFilters = true
+	b := h.backend(t, func(c *Config) { c.InstanceTypes = []string{"t3.micro", "m6i"} })
+	if got := typeNames(b.types, 10); got != "t3.micro, m6i.large, m6i.xlarge, m6i.9zlarge" {
+		t.Errorf("types %s", got)
+	}
+}
+
 func TestLaunchIsIdempotentPerPod(t *testing.T) {
 	h := newHarness()
 	b := h.backend(t)

@@ -25,9 +25,9 @@ type fakeEC2 struct {
 
 	mu        sync.Mutex
 	instances map[string]*ec2types.Instance
-	order     []string              // instance IDs in launch order (paging)
-	tokens    map[string]fakeToken  // by ClientToken
-	hidden    map[string]bool       // instances not visible yet
+	order     []string             // instance IDs in launch order (paging)
+	tokens    map[string]fakeToken // by ClientToken
+	hidden    map[string]bool      // instances not visible yet
 	subnets   map[string]ec2types.Subnet
 	groups    map[string]ec2types.SecurityGroup
 	types     []ec2types.InstanceTypeInfo
@@ -42,6 +42,8 @@ type fakeEC2 struct {
 	runs    []*ec2.RunInstancesInput
 	// blockRun, when set, is received from before RunInstances does anything.
 	blockRun chan struct{}
+	// ignoreFilters makes DescribeInstanceTypes answer every type, as emulators do.
+	ignoreFilters bool
 }
 
 type fakeToken struct{ id, params string }
@@ -373,6 +375,9 @@ func (f *fakeEC2) DescribeInstanceTypes(_ context.Context, in *ec2.DescribeInsta
 	for _, t := range f.types {
 		ok := true
 		for _, fl := range in.Filters {
+			if f.ignoreFilters {
+				break
+			}
 			switch sdkaws.ToString(fl.Name) {
 			case "instance-type":
 				ok = ok && slices.ContainsFunc(fl.Values, func(p string) bool { m, _ := path.Match(p, string(t.InstanceType)); return m })

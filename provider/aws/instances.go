@@ -424,7 +424,7 @@ func (in *instance) update(ei *ec2types.Instance) {
 		return
 	}
 	in.state = ei.State.Name
-	in.ended = in.ended || !alive(ei.State)
+	in.ended = !alive(ei.State)
 	if in.terminating || in.st.State.Exited() {
 		return
 	}
