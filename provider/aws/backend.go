@@ -186,8 +186,11 @@ func (b *Backend) checkNetwork(ctx context.Context) error {
 func (b *Backend) loadTypes(ctx context.Context) error {
 	in := &ec2.DescribeInstanceTypesInput{MaxResults: sdkaws.Int32(100), Filters: []ec2types.Filter{
 		{Name: sdkaws.String("processor-info.supported-architecture"), Values: []string{string(ec2types.ArchitectureTypeX8664)}},
-		{Name: sdkaws.String("instance-type"), Values: mapSlice(b.cfg.InstanceTypes, typeFilter)},
+		{Name: sdkaws.String("instance-type")},
 	}}
+	for _, entry := range b.cfg.InstanceTypes {
+		in.Filters[1].Values = append(in.Filters[1].Values, typeFilter(entry))
+	}
 	pages := ec2.NewDescribeInstanceTypesPaginator(b.ec2, in)
 	seen := map[string]bool{}
 	for pages.HasMorePages() {
@@ -277,9 +280,9 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// backoff is the wait before the (n+1)th call after n throttled ones: exponential from throttleBase, at most
+// throttleBackoff is the wait before the (n+1)th call after n throttled ones: exponential from throttleBase, at most
 // throttleCap, with jitter in its upper half so that the node's launches do not call again in step.
-func backoff(n int) time.Duration {
+func throttleBackoff(n int) time.Duration {
 	d := min(throttleBase<<n, throttleCap)
 	return d/2 + rand.N(d/2+1)
 }
@@ -299,18 +302,10 @@ func (b *Backend) call(ctx context.Context, action string, f func(context.Contex
 		if err == nil || !IsThrottled(err) || n == throttleRetries {
 			return apiErr(action, err)
 		}
-		if werr := b.sleep(ctx, backoff(n)); werr != nil {
+		if werr := b.sleep(ctx, throttleBackoff(n)); werr != nil {
 			return fmt.Errorf("waiting to call ec2:%s again after throttling, %w", action, werr)
 		}
 	}
-}
-
-func mapSlice[T, U any](in []T, f func(T) U) []U {
-	out := make([]U, len(in))
-	for i, v := range in {
-		out[i] = f(v)
-	}
-	return out
 }
 
 func boolInt(v bool) int {

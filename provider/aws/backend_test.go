@@ -355,7 +355,7 @@ func TestRunInstancesRequest(t *testing.T) {
 		t.Errorf("%d tags, want %d", len(tags), len(want))
 	}
 	for k, v := range want {
-		if got := tag(tags, k); got != v {
+		if got := tagValue(tags, k); got != v {
 			t.Errorf("tag %s = %q, want %q", k, got, v)
 		}
 	}

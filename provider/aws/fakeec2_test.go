@@ -42,6 +42,8 @@ type fakeEC2 struct {
 	runs    []*ec2.RunInstancesInput
 	// blockRun, when set, is received from before RunInstances does anything.
 	blockRun chan struct{}
+	// afterRun, when set, runs after RunInstances made an instance, before it answers.
+	afterRun func()
 	// ignoreFilters makes DescribeInstanceTypes answer every type, as emulators do.
 	ignoreFilters bool
 }
@@ -189,7 +191,7 @@ func (f *fakeEC2) live(key, value string) int {
 	defer f.mu.Unlock()
 	n := 0
 	for _, in := range f.instances {
-		if in.State.Name != ec2types.InstanceStateNameTerminated && tag(in.Tags, key) == value {
+		if in.State.Name != ec2types.InstanceStateNameTerminated && tagValue(in.Tags, key) == value {
 			n++
 		}
 	}
@@ -225,6 +227,17 @@ func (f *fakeEC2) RunInstances(_ context.Context, in *ec2.RunInstancesInput, _ .
 	if block != nil {
 		<-block
 	}
+	out, err := f.runInstances(in)
+	f.mu.Lock()
+	after := f.afterRun
+	f.mu.Unlock()
+	if err == nil && after != nil {
+		after()
+	}
+	return out, err
+}
+
+func (f *fakeEC2) runInstances(in *ec2.RunInstancesInput) (*ec2.RunInstancesOutput, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.runs = append(f.runs, in)
@@ -307,7 +320,7 @@ func matches(in *ec2types.Instance, filters []ec2types.Filter) bool {
 		var v string
 		switch {
 		case strings.HasPrefix(name, "tag:"):
-			v = tag(in.Tags, strings.TrimPrefix(name, "tag:"))
+			v = tagValue(in.Tags, strings.TrimPrefix(name, "tag:"))
 		case name == "instance-state-name":
 			v = string(in.State.Name)
 		case name == "client-token":

@@ -248,11 +248,18 @@ func (b *Backend) launched(ctx context.Context, p vm.Plan, ei *ec2types.Instance
 		st: vm.Status{UID: p.UID, Namespace: p.Namespace, Name: p.Name, ID: *ei.InstanceId, State: vm.Booting, Started: b.now()}}
 	in.update(ei)
 	b.mu.Lock()
-	b.insts[p.UID] = in
+	cur, known := b.insts[p.UID]
+	if known && cur.st.ID == in.st.ID {
+		in = cur // a listing found it first, reported it, and may know more
+	} else {
+		b.insts[p.UID] = in
+	}
 	st := in.st
 	b.mu.Unlock()
 	log.G(ctx).WithField("uid", p.UID).WithField("instance", st.ID).Info("launched the pod's instance")
-	b.notify(st)
+	if in != cur {
+		b.notify(st)
+	}
 	return st
 }
 
@@ -332,7 +339,7 @@ func (b *Backend) apply(listed []ec2types.Instance) (changed []vm.Status, termin
 		ei := &listed[i]
 		id := sdkaws.ToString(ei.InstanceId)
 		ids[id] = true
-		uid := tag(ei.Tags, TagPodUID)
+		uid := tagValue(ei.Tags, TagPodUID)
 		if id == "" || uid == "" || b.dropped[id] {
 			continue
 		}
@@ -403,8 +410,8 @@ func (b *Backend) apply(listed []ec2types.Instance) (changed []vm.Status, termin
 
 // adopt makes a cache entry for an instance a listing found, from its tags.
 func adopt(uid string, ei *ec2types.Instance) *instance {
-	in := &instance{seen: true, keepMetadata: tag(ei.Tags, tagInstanceMetadata) == "enabled", st: vm.Status{
-		UID: uid, Namespace: tag(ei.Tags, TagPodNamespace), Name: tag(ei.Tags, TagPodName), ID: *ei.InstanceId, State: vm.Booting}}
+	in := &instance{seen: true, keepMetadata: tagValue(ei.Tags, tagInstanceMetadata) == "enabled", st: vm.Status{
+		UID: uid, Namespace: tagValue(ei.Tags, TagPodNamespace), Name: tagValue(ei.Tags, TagPodName), ID: *ei.InstanceId, State: vm.Booting}}
 	in.update(ei)
 	return in
 }
@@ -457,7 +464,8 @@ func alive(s *ec2types.InstanceState) bool {
 	return s == nil || (s.Name != ec2types.InstanceStateNameShuttingDown && s.Name != ec2types.InstanceStateNameTerminated)
 }
 
-func tag(tags []ec2types.Tag, key string) string {
+// tagValue is the value of the tag key, "" when there is none.
+func tagValue(tags []ec2types.Tag, key string) string {
 	for _, t := range tags {
 		if sdkaws.ToString(t.Key) == key {
 			return sdkaws.ToString(t.Value)

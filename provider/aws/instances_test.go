@@ -205,6 +205,30 @@ func TestEventualConsistency(t *testing.T) {
 	}
 }
 
+// A listing may find a new instance before its launch records it: the launch keeps what the listing knows.
+func TestListingBeforeTheLaunchRecords(t *testing.T) {
+	h := newHarness()
+	b := h.backend(t)
+	h.f.afterRun = func() {
+		h.f.runAll()
+		sync1(t, b)
+	}
+	st, err := b.Launch(context.Background(), testPlan("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := b.Get(context.Background(), "a"); got.State != vm.Running || st.State != vm.Running {
+		t.Errorf("launch answered %s, Get %s; want Running, as listed", st.State, got.State)
+	}
+	var states []vm.State
+	for _, s := range h.seen.of("a") {
+		states = append(states, s.State)
+	}
+	if fmt.Sprint(states) != "[Running]" {
+		t.Errorf("notified %v, want [Running]", states)
+	}
+}
+
 func TestInstanceNeverListedFails(t *testing.T) {
 	h := newHarness()
 	h.f.lagging = true
