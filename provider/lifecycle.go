@@ -241,10 +241,11 @@ func (p *Provider) powerOff(ctx context.Context, pod *corev1.Pod, v *podVM, grac
 	}
 }
 
-// CollectGarbage ends VMs whose pod this node no longer has, once they are older than grace: pods deleted while
-// the node was down, or whose deletion was lost. It lists the backend before the pods, so that a VM launched
-// meanwhile is never taken for an orphan.
-func (p *Provider) CollectGarbage(ctx context.Context, grace time.Duration) {
+// CollectGarbage ends VMs whose pod this node no longer has — pods deleted while the node was down, or whose
+// deletion was lost — once a VM has been seen without a pod on two sweeps in a row and is older than minAge: one
+// sweep could race a pod being created, or a restarted node still being handed its pods. It lists the backend
+// before the pods, so that a VM launched meanwhile is never taken for an orphan.
+func (p *Provider) CollectGarbage(ctx context.Context, minAge time.Duration) {
 	if p.backend == nil {
 		return
 	}
@@ -258,11 +259,20 @@ func (p *Provider) CollectGarbage(ctx context.Context, grace time.Duration) {
 	for _, pod := range p.pods {
 		known[string(pod.UID)] = true
 	}
-	p.mu.Unlock()
+	before := p.orphans
+	p.orphans = map[string]bool{}
+	var end []vm.Status
 	for _, st := range vms {
-		if known[st.UID] || time.Since(st.Started) < grace {
+		if known[st.UID] || st.State == vm.Terminated {
 			continue
 		}
+		p.orphans[st.UID] = true
+		if before[st.UID] && time.Since(st.Started) >= minAge {
+			end = append(end, st)
+		}
+	}
+	p.mu.Unlock()
+	for _, st := range end {
 		log.G(ctx).WithField("uid", st.UID).WithField("pod", st.Namespace+"/"+st.Name).Info("ending a VM whose pod is gone")
 		if err := p.backend.Terminate(ctx, st.UID); err != nil && !vm.IsNotFound(err) {
 			log.G(ctx).WithError(err).WithField("uid", st.UID).Warn("ending an orphaned VM")

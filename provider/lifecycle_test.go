@@ -243,9 +243,37 @@ func TestCollectGarbageEndsOnlyOrphans(t *testing.T) {
 	old := time.Now().Add(-time.Minute)
 	b.set(vm.Status{UID: "uid-gone", State: vm.Running, Started: old})
 	b.set(vm.Status{UID: "uid-new", State: vm.Booting, Started: time.Now()})
+	b.set(vm.Status{UID: "uid-ending", State: vm.Terminated, Started: old})
+	p.CollectGarbage(context.Background(), 30*time.Second)
+	if _, term := b.counts(); len(term) != 0 {
+		t.Errorf("the first sweep terminated %v, want nothing (an orphan must be seen twice)", term)
+	}
 	p.CollectGarbage(context.Background(), 30*time.Second)
 	if _, term := b.counts(); len(term) != 1 || term[0] != "uid-gone" {
 		t.Errorf("terminated %v, want only the old orphan", term)
+	}
+}
+
+// An orphan must be seen on two sweeps in a row: a VM whose pod showed up in between is no orphan.
+func TestCollectGarbageNeedsTwoSweepsInARow(t *testing.T) {
+	p, b, _ := newVMProvider(t, fakeImages{})
+	old := time.Now().Add(-time.Minute)
+	b.set(vm.Status{UID: "uid-a", State: vm.Running, Started: old})
+	p.CollectGarbage(context.Background(), 30*time.Second) // uid-a has no pod yet
+	p.mu.Lock()
+	p.pods["default/a"] = plainPod("a")
+	p.mu.Unlock()
+	p.CollectGarbage(context.Background(), 30*time.Second) // now it has
+	p.mu.Lock()
+	delete(p.pods, "default/a") // and then lost it again
+	p.mu.Unlock()
+	p.CollectGarbage(context.Background(), 30*time.Second)
+	if _, term := b.counts(); len(term) != 0 {
+		t.Errorf("terminated %v, want nothing: uid-a was orphaned on two sweeps, not in a row", term)
+	}
+	p.CollectGarbage(context.Background(), 30*time.Second)
+	if _, term := b.counts(); len(term) != 1 {
+		t.Errorf("terminated %v after two orphaned sweeps in a row, want uid-a", term)
 	}
 }
 

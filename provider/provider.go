@@ -69,6 +69,8 @@ type Provider struct {
 	// services is the cluster's service table (SetServices), servicesGen counts its changes.
 	services    []protocol.Service
 	servicesGen uint64
+	// orphans are the pod UIDs whose VMs the last garbage sweep found without a pod (CollectGarbage).
+	orphans map[string]bool
 }
 
 var (

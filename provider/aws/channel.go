@@ -51,12 +51,6 @@ import (
 	"github.com/i2kit/i2kit/provider/vm"
 )
 
-// TagAgentKey is the instance tag that keeps the agent's pinned key fingerprint ("sha256:<hex>").
-const TagAgentKey = "i2kit.io/agent-key"
-
-// DefaultAgentPort is the TCP port agents serve the protocol on unless configured otherwise.
-const DefaultAgentPort = 7443
-
 // maxConsole bounds the console output searched for the key line: EC2 returns at most 64 KiB.
 const maxConsole = 64 << 10
 

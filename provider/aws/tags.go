@@ -12,6 +12,8 @@ const (
 	TagImageDigest = "i2kit.io/image-digest"
 	// TagLastUsed is when a pod was last launched from an AMI (RFC 3339); unused images are garbage.
 	TagLastUsed = "i2kit.io/last-used"
+	// TagAgentKey keeps the agent's key fingerprint ("sha256:<hex>") the node pinned from the instance's console.
+	TagAgentKey = "i2kit.io/agent-key"
 	// TagName is the console's name column.
 	TagName = "Name"
 )

@@ -1,0 +1,174 @@
+package aws
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+
+	sdkaws "github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/ebs"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/i2kit/i2kit/provider/vm"
+)
+
+// Config is the aws backend's configuration, the "aws" section of the node's config file. Zero values of the
+// optional fields mean their defaults (withDefaults).
+type Config struct {
+	// Region is the AWS region the node's instances run in.
+	Region string `json:"region,omitempty"`
+	// Subnets are the subnets instances are launched into, pods spread over them; they must exist.
+	Subnets []string `json:"subnets,omitempty"`
+	// SecurityGroups are attached to every instance; they must exist, in the subnets' VPC. They must let the
+	// node reach AgentPort on the instances.
+	SecurityGroups []string `json:"securityGroups,omitempty"`
+	// InstanceTypes are the allowed instance types ("m6i.large") or families ("t3"); empty means
+	// DefaultInstanceTypes. A pod runs on the cheapest allowed type that fits it.
+	InstanceTypes []string `json:"instanceTypes,omitempty"`
+	// Tags are added to every instance.
+	Tags map[string]string `json:"tags,omitempty"`
+	// Cluster and Node name this node's instances in their tags: the inventory, and what a restart adopts.
+	Cluster string `json:"cluster,omitempty"`
+	Node    string `json:"node,omitempty"`
+	// AgentPort is the TCP port the agent serves on the instance's private IP (default 7443).
+	AgentPort int `json:"agentPort,omitempty"`
+	// Endpoint is the EC2 API's base URL, for emulators; empty means AWS's own for the region.
+	Endpoint string `json:"endpoint,omitempty"`
+	// SyncPeriod is how often the backend lists its instances (default 10s): an instance stopped or terminated
+	// from outside fails its pod within one period.
+	SyncPeriod metav1.Duration `json:"syncPeriod,omitempty"`
+	// GCMinAge is how old an instance whose pod is gone must be before the garbage collector ends it (default 2m).
+	GCMinAge metav1.Duration `json:"gcMinAge,omitempty"`
+}
+
+// DefaultInstanceTypes are the families allowed when Config.InstanceTypes is empty: current x86_64 Nitro
+// general-purpose, compute- and memory-optimised families, all of which boot UEFI AMIs and have ENA.
+var DefaultInstanceTypes = []string{"t3", "t3a", "m6i", "m6a", "m7i", "c6i", "c7i", "r6i", "r7i"}
+
+// Defaults of the optional fields.
+const (
+	DefaultAgentPort  = 7443
+	DefaultSyncPeriod = 10 * time.Second
+	DefaultGCMinAge   = 2 * time.Minute
+	// minSyncPeriod keeps the listing within the account's API rate.
+	minSyncPeriod = time.Second
+	// maxUserTags leaves room for the backend's own tags within EC2's 50 tags per resource.
+	maxUserTags = 50 - 8
+)
+
+// instanceTypeName is a type ("m6i.large", "m7i-flex.xlarge") or a family ("t3").
+var instanceTypeName = regexp.MustCompile(`^[a-z][a-z0-9-]*(\.[a-z0-9-]+)?$`)
+
+// withDefaults returns c with its optional fields' defaults filled in.
+func (c Config) withDefaults() Config {
+	if len(c.InstanceTypes) == 0 {
+		c.InstanceTypes = DefaultInstanceTypes
+	}
+	if c.AgentPort == 0 {
+		c.AgentPort = DefaultAgentPort
+	}
+	if c.SyncPeriod.Duration == 0 {
+		c.SyncPeriod.Duration = DefaultSyncPeriod
+	}
+	if c.GCMinAge.Duration == 0 {
+		c.GCMinAge.Duration = DefaultGCMinAge
+	}
+	return c
+}
+
+// Validate checks the configuration without calling AWS; every error names its field ("aws.subnets: ...").
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("aws.%s: %s", field, fmt.Sprintf(format, a...)))
+	}
+	if c.Region == "" {
+		bad("region", "required")
+	}
+	ids := func(field string, list []string, what string) {
+		if len(list) == 0 {
+			bad(field, "at least one %s", what)
+		}
+		seen := map[string]bool{}
+		for _, id := range list {
+			switch {
+			case strings.TrimSpace(id) == "":
+				bad(field, "an empty %s ID", what)
+			case seen[id]:
+				bad(field, "%s listed twice", id)
+			}
+			seen[id] = true
+		}
+	}
+	ids("subnets", c.Subnets, "subnet")
+	ids("securityGroups", c.SecurityGroups, "security group")
+	for _, t := range c.InstanceTypes {
+		if !instanceTypeName.MatchString(t) {
+			bad("instanceTypes", "%q is neither an instance type (m6i.large) nor a family (m6i)", t)
+		}
+	}
+	for _, f := range []struct{ field, v string }{{"cluster", c.Cluster}, {"node", c.Node}} {
+		if f.v == "" || len(f.v) > 256 {
+			bad(f.field, "required, at most 256 characters (it is a tag value)")
+		}
+	}
+	if len(c.Tags) > maxUserTags {
+		bad("tags", "%d tags, at most %d (EC2 allows 50 per instance; the backend sets the others)", len(c.Tags), maxUserTags)
+	}
+	for k, v := range c.Tags {
+		switch {
+		case k == "" || len(k) > 128 || len(v) > 256:
+			bad("tags", "%q: keys are 1 to 128 characters, values at most 256", k)
+		case strings.HasPrefix(strings.ToLower(k), "aws:"):
+			bad("tags", "%q: the aws: prefix is AWS's own", k)
+		case strings.HasPrefix(k, "i2kit.io/") || k == TagName:
+			bad("tags", "%q is set by the backend", k)
+		}
+	}
+	if c.AgentPort < 0 || c.AgentPort > 65535 {
+		bad("agentPort", "%d is not a TCP port", c.AgentPort)
+	}
+	if c.Endpoint != "" {
+		if u, err := url.Parse(c.Endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("endpoint", "%q is not an http(s) URL", c.Endpoint)
+		}
+	}
+	if d := c.SyncPeriod.Duration; d != 0 && d < minSyncPeriod {
+		bad("syncPeriod", "%s is less than %s", d, minSyncPeriod)
+	}
+	if c.GCMinAge.Duration < 0 {
+		bad("gcMinAge", "%s is negative", c.GCMinAge.Duration)
+	}
+	return errors.Join(errs...)
+}
+
+// Clients makes the EC2 and EBS clients for cfg from the SDK's default credential chain (environment, web
+// identity, instance profile), in cfg's region and at cfg.Endpoint when set.
+func Clients(ctx context.Context, cfg Config) (*ec2.Client, *ebs.Client, error) {
+	ac, err := config.LoadDefaultConfig(ctx, config.WithRegion(cfg.Region))
+	if err != nil {
+		return nil, nil, fmt.Errorf("loading the AWS configuration, %w", err)
+	}
+	if cfg.Endpoint != "" {
+		ac.BaseEndpoint = sdkaws.String(cfg.Endpoint)
+	}
+	return ec2.NewFromConfig(ac), ebs.NewFromConfig(ac), nil
+}
+
+// NewFromConfig is New with an EC2 client from Clients.
+func NewFromConfig(ctx context.Context, cfg Config, ch agentChannel, notify func(vm.Status)) (*Backend, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	c, _, err := Clients(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return New(ctx, cfg, c, ch, notify)
+}
