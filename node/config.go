@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"net"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/i2kit/i2kit/internal/cachedir"
+	"github.com/i2kit/i2kit/provider/aws"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -23,9 +25,9 @@ import (
 // DefaultTaint keeps pods off the node unless they tolerate it, so mixed clusters offload only pods that opt in.
 const DefaultTaint = "virtual-kubelet.io/provider=i2kit:NoSchedule"
 
-// Backends lists the backends a node can run pods on: "qemu" runs each pod as a microVM on this machine; "none"
-// runs no pod (pods stay Pending with the reason).
-var Backends = []string{"none", "qemu"}
+// Backends lists the backends a node can run pods on: "qemu" runs each pod as a microVM on this machine, "aws" as
+// an EC2 instance; "none" runs no pod (pods stay Pending with the reason).
+var Backends = []string{"none", "qemu", "aws"}
 
 // Config is the node's configuration, from a YAML file (strictly decoded) and flags; flags win.
 type Config struct {
@@ -60,6 +62,8 @@ type Config struct {
 	PodCIDR string `json:"podCIDR,omitempty"`
 	// QEMU configures the qemu backend.
 	QEMU QEMUConfig `json:"qemu,omitempty"`
+	// AWS configures the aws backend; its node defaults to NodeName.
+	AWS aws.Config `json:"aws,omitempty"`
 	// Images configures how pod VM images are built.
 	Images ImagesConfig `json:"images,omitempty"`
 }
@@ -269,6 +273,14 @@ func (c *Config) Validate() error {
 	if _, _, err := net.ParseCIDR(c.PodCIDR); err != nil {
 		return fmt.Errorf("podCIDR %q: %w", c.PodCIDR, err)
 	}
+	if c.Backend == "aws" {
+		if c.AWS.Node == "" {
+			c.AWS.Node = c.NodeName
+		}
+		if err := c.AWS.Validate(); err != nil {
+			return err
+		}
+	}
 	if c.Backend == "qemu" {
 		if c.QEMU.RuntimeDir == "" || c.QEMU.Bridge == "" || c.Images.Store == "" {
 			return fmt.Errorf("qemu.runtimeDir, qemu.bridge and images.store: must not be empty")
@@ -304,8 +316,13 @@ func (c *Config) Validate() error {
 }
 
 // DefaultCapacity fills a capacity's unset cpu and memory: with the qemu backend from the host the VMs run on
-// (hostCPUs, hostMemBytes; 0 when unknown), otherwise, or when the host's are unknown, 8 CPUs and 32Gi.
+// (hostCPUs, hostMemBytes; 0 when unknown); with aws what a modest account's EC2 quota runs (256 CPUs, 1Ti);
+// otherwise, or when the host's are unknown, 8 CPUs and 32Gi.
 func DefaultCapacity(c Capacity, backend string, hostCPUs int, hostMemBytes int64) Capacity {
+	if backend == "aws" {
+		c.CPU = cmp.Or(c.CPU, "256")
+		c.Memory = cmp.Or(c.Memory, "1Ti")
+	}
 	if c.CPU == "" {
 		c.CPU = "8"
 		if backend == "qemu" && hostCPUs > 0 {

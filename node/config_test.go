@@ -45,6 +45,24 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"comma in store", func(c *Config) { c.Backend, c.Images.Store = "qemu", "/x/a,file=/etc/shadow" }, `images.store "/x/a,file=/etc/shadow": must not contain a comma`},
 		{"comma in kernel", func(c *Config) { c.Backend, c.Images.Kernel = "qemu", "/k/v,x" }, `images.kernel "/k/v,x"`},
 		{"comma in agent", func(c *Config) { c.Backend, c.Images.Agent = "qemu", "/a/b,c" }, `images.agent "/a/b,c"`},
+		{"aws without region", func(c *Config) {
+			c.Backend = "aws"
+			c.AWS.Cluster = "c"
+			c.AWS.Subnets = []string{"s"}
+			c.AWS.SecurityGroups = []string{"g"}
+		}, "aws.region: required"},
+		{"aws without subnets", func(c *Config) {
+			c.Backend = "aws"
+			c.AWS.Cluster = "c"
+			c.AWS.Region = "eu-west-1"
+			c.AWS.SecurityGroups = []string{"g"}
+		}, "aws.subnets: at least one subnet"},
+		{"aws without cluster", func(c *Config) {
+			c.Backend = "aws"
+			c.AWS.Region = "eu-west-1"
+			c.AWS.Subnets = []string{"s"}
+			c.AWS.SecurityGroups = []string{"g"}
+		}, "aws.cluster: required"},
 		{"qemu defaults", func(c *Config) { c.Backend = "qemu" }, ""},
 		{"pod cidr", func(c *Config) { c.PodCIDR = "10.88.0.0" }, `podCIDR "10.88.0.0"`},
 	} {

@@ -185,6 +185,9 @@ func attachBackend(ctx context.Context, c Config, w Wiring, p *provider.Provider
 	if err != nil {
 		return err
 	}
+	if c, ok := b.(io.Closer); ok { // a backend's own loops (a cloud listing) stop with the node; its VMs run on
+		context.AfterFunc(ctx, func() { c.Close() })
+	}
 	p.UseBackend(b, images)
 	vms, err := b.List(ctx)
 	if err != nil {

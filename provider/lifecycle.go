@@ -249,6 +249,9 @@ func (p *Provider) CollectGarbage(ctx context.Context, minAge time.Duration) {
 	if p.backend == nil {
 		return
 	}
+	if b, ok := p.backend.(interface{ MinOrphanAge() time.Duration }); ok { // a cloud's own, longer bound
+		minAge = max(minAge, b.MinOrphanAge())
+	}
 	vms, err := p.backend.List(ctx)
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("listing the VMs for garbage collection")

@@ -35,6 +35,14 @@ type Format struct {
 	// disk writes the format's single bootable disk at out from its boot files and the container image disks;
 	// nil for a format that boots from separate files.
 	disk func(ctx context.Context, out string, boot rawBoot, disks []string) error
+	// cmdline is appended to the spec's kernel command line in the boot disk: what a cloud's instances need that
+	// no host passes at boot.
+	cmdline string
+}
+
+// cmdline is the kernel command line an image of spec s has in format f.
+func (f *Format) kernelCmdline(s Spec) string {
+	return strings.TrimSpace(s.Kernel.Cmdline + " " + f.cmdline)
 }
 
 // Formats is the table of output formats: `direct` for QEMU, the raw disks for clouds (an AMI is made from them).
@@ -47,6 +55,8 @@ var Formats = []Format{
 		initramfs: "initramfs.cpio.gz", disk: rawDisk(false)},
 	{Name: "raw-efi", Description: "one GPT disk: an EFI system partition with a unified kernel image (systemd-boot stub), then one erofs partition per container image",
 		initramfs: "initramfs.cpio.gz", disk: rawDisk(true)},
+	{Name: "ec2", Description: "raw-efi for EC2 instances (the aws backend): the agent reads its user-data from the instance metadata service and serves the node over TLS; the network comes from DHCP",
+		initramfs: "initramfs.cpio.gz", disk: rawDisk(true), cmdline: boot.Cmdline("", boot.Params{Cloud: true})},
 }
 
 // rawDisk is the disk writer of the raw formats, for UEFI or BIOS boot.
@@ -235,7 +245,7 @@ func (b *Builder) inputs(s *Spec, format *Format, kb *kernel.Bundle, resolved ma
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	in := &inputs{Format: format.Name, Platform: b.Source.platform().String(), Kernel: kh, Cmdline: s.Kernel.Cmdline,
+	in := &inputs{Format: format.Name, Platform: b.Source.platform().String(), Kernel: kh, Cmdline: format.kernelCmdline(*s),
 		Agent: ah, Modules: mods, RootfsFormat: RootfsFormat, Files: s.Files}
 	diskIdx := map[string]int{}
 	add := func(c Container, onboot bool) {
@@ -454,7 +464,7 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format *Format
 		task := "disk " + format.Name
 		p.Start(task, 0)
 		err := format.disk(ctx, raw, rawBoot{BzImage: img.Kernel, Initramfs: filepath.Join(dir, initramfs),
-			Cmdline: s.Kernel.Cmdline}, img.DiskPaths())
+			Cmdline: format.kernelCmdline(*s)}, img.DiskPaths())
 		p.Done(task, err)
 		if err != nil {
 			return nil, fmt.Errorf("writing %s disk, %w", format.Name, err)

@@ -6,6 +6,7 @@ import (
 
 	"github.com/i2kit/i2kit/node"
 	"github.com/i2kit/i2kit/provider"
+	"github.com/i2kit/i2kit/provider/aws"
 	"github.com/i2kit/i2kit/provider/qemu"
 	"github.com/i2kit/i2kit/provider/vm"
 )
@@ -16,6 +17,9 @@ var wiring = node.Wiring{
 	Backends: map[string]node.BackendFunc{
 		"qemu": func(_ context.Context, c node.Config, notify func(vm.Status)) (vm.Backend, error) {
 			return qemu.New(qemu.Config{RuntimeDir: c.QEMU.RuntimeDir, Bridge: c.QEMU.Bridge, PodCIDR: c.PodCIDR}, notify)
+		},
+		"aws": func(ctx context.Context, c node.Config, notify func(vm.Status)) (vm.Backend, error) {
+			return aws.Open(ctx, c.AWS, notify) // c.AWS.Node defaults to the node's name (Config.Validate)
 		},
 	},
 	Images: func(c node.ImagesConfig) (provider.ImageBuilder, io.Closer, error) {

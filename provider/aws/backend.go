@@ -18,9 +18,10 @@ import (
 	"github.com/i2kit/i2kit/provider/vm"
 )
 
-// Format is the vmimage format the aws backend boots: one GPT disk with an EFI system partition, written into an
+// Format is the vmimage format the aws backend boots: raw-efi (one GPT disk with an EFI system partition) whose
+// kernel command line makes the agent read its user-data from IMDS and take the network from DHCP; written into an
 // EBS snapshot and registered as a UEFI AMI.
-const Format = "raw-efi"
+const Format = "ec2"
 
 // Backend runs each pod as an EC2 instance. Its view of the instances is a cache that one paginated,
 // tag-filtered DescribeInstances refreshes every SyncPeriod, for all the node's pods at once; Get and List read

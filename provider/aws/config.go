@@ -45,7 +45,21 @@ type Config struct {
 	SyncPeriod metav1.Duration `json:"syncPeriod,omitempty"`
 	// GCMinAge is how old an instance whose pod is gone must be before the garbage collector ends it (default 2m).
 	GCMinAge metav1.Duration `json:"gcMinAge,omitempty"`
+	// AgentCA is the node's own CA for the agent channel (PEM files); unset, one is made once and kept in
+	// StateDir, so that a restarted node is still trusted by the agents of the instances it adopts.
+	AgentCA CAFiles `json:"agentCA,omitempty"`
+	// StateDir keeps what the node makes for itself (the agent CA); default /var/lib/i2kit/aws.
+	StateDir string `json:"stateDir,omitempty"`
 }
+
+// CAFiles names a CA's certificate and key files (PEM).
+type CAFiles struct {
+	Cert string `json:"cert,omitempty"`
+	Key  string `json:"key,omitempty"`
+}
+
+// DefaultStateDir is where the node keeps its agent CA unless told otherwise.
+const DefaultStateDir = "/var/lib/i2kit/aws"
 
 // DefaultInstanceTypes are the families allowed when Config.InstanceTypes is empty: current x86_64 Nitro
 // general-purpose, compute- and memory-optimised families, all of which boot UEFI AMIs and have ENA.
@@ -78,6 +92,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.GCMinAge.Duration == 0 {
 		c.GCMinAge.Duration = DefaultGCMinAge
+	}
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
 	}
 	return c
 }
@@ -142,6 +159,9 @@ func (c Config) Validate() error {
 	if d := c.SyncPeriod.Duration; d != 0 && d < minSyncPeriod {
 		bad("syncPeriod", "%s is less than %s", d, minSyncPeriod)
 	}
+	if (c.AgentCA.Cert == "") != (c.AgentCA.Key == "") {
+		bad("agentCA", "cert and key go together (or neither: the node makes its own CA in stateDir)")
+	}
 	if c.GCMinAge.Duration < 0 {
 		bad("gcMinAge", "%s is negative", c.GCMinAge.Duration)
 	}
@@ -161,14 +181,23 @@ func Clients(ctx context.Context, cfg Config) (*ec2.Client, *ebs.Client, error) 
 	return ec2.NewFromConfig(ac), ebs.NewFromConfig(ac), nil
 }
 
-// NewFromConfig is New with an EC2 client from Clients.
-func NewFromConfig(ctx context.Context, cfg Config, ch agentChannel, notify func(vm.Status)) (*Backend, error) {
+// Open makes the backend of cfg as the node runs it: SDK clients from the default credential chain, the node's
+// agent CA (loaded, or made once in StateDir), the agent channel, and the backend (New).
+func Open(ctx context.Context, cfg Config, notify func(vm.Status)) (*Backend, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg = cfg.withDefaults()
 	c, _, err := Clients(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	return New(ctx, cfg, c, ch, notify)
+	ca, err := LoadCA(cfg.AgentCA.Cert, cfg.AgentCA.Key, cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("aws.agentCA, %w", err)
+	}
+	return New(ctx, cfg, c, NewChannel(c, ca, cfg.AgentPort), notify)
 }
+
+// MinOrphanAge is how old a VM whose pod is gone must be before the node's garbage collector ends it.
+func (b *Backend) MinOrphanAge() time.Duration { return b.cfg.GCMinAge.Duration }

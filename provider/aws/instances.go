@@ -528,6 +528,9 @@ func (b *Backend) Terminate(ctx context.Context, uid string) error {
 func (b *Backend) forgetLocked(uid string, in *instance) vm.Status {
 	delete(b.insts, uid)
 	b.dropped[in.st.ID] = true
+	if f, ok := b.ch.(interface{ Forget(instanceID string) }); ok {
+		f.Forget(in.st.ID) // its pinned key
+	}
 	in.st.State = vm.Terminated
 	return in.st
 }
