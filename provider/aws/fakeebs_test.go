@@ -21,7 +21,8 @@ import (
 // fakeCloud is a stateful fake of the EBS direct APIs and of EC2's snapshot and image calls. It checks what EBS
 // checks — and what kumo does not: every block's length, index and checksum, and at completion the number of blocks
 // written and their LINEAR aggregate checksum — so that an upload it accepts is one AWS would accept. Knobs inject
-// errors and keep snapshots and images pending for a few describes. The EC2 calls it does not fake panic (nil
+// errors and keep snapshots and images pending for a few describes. Describe calls answer in ID order, the order
+// resources were made in. The EC2 calls it does not fake panic (nil
 // embedded interface).
 type fakeCloud struct {
 	EC2API
@@ -107,11 +108,11 @@ func (f *fakeCloud) enter(ctx context.Context, op string) error {
 	return nil
 }
 
-func ec2Err(code, format string, a ...any) error {
+func fakeEC2Error(code, format string, a ...any) error {
 	return &smithy.GenericAPIError{Code: code, Message: fmt.Sprintf(format, a...), Fault: smithy.FaultClient}
 }
 
-func ebsInvalid(format string, a ...any) error {
+func fakeEBSInvalid(format string, a ...any) error {
 	return &ebstypes.ValidationException{Message: awssdk.String(fmt.Sprintf(format, a...))}
 }
 
@@ -122,19 +123,19 @@ func (f *fakeCloud) StartSnapshot(ctx context.Context, in *ebs.StartSnapshotInpu
 	defer f.mu.Unlock()
 	vol := awssdk.ToInt64(in.VolumeSize)
 	if vol < 1 || vol > maxVolumeGiB {
-		return nil, ebsInvalid("VolumeSize %d out of range", vol)
+		return nil, fakeEBSInvalid("VolumeSize %d out of range", vol)
 	}
 	if t := awssdk.ToInt32(in.Timeout); in.Timeout != nil && (t < 10 || t > 4320) {
-		return nil, ebsInvalid("Timeout %d out of range", t)
+		return nil, fakeEBSInvalid("Timeout %d out of range", t)
 	}
 	if tok := awssdk.ToString(in.ClientToken); len(tok) > 64 {
-		return nil, ebsInvalid("ClientToken longer than 64 characters")
+		return nil, fakeEBSInvalid("ClientToken longer than 64 characters")
 	}
 	tags := map[string]string{}
 	for _, t := range in.Tags {
 		tags[awssdk.ToString(t.Key)] = awssdk.ToString(t.Value)
 	}
-	params := fmt.Sprint(vol, awssdk.ToString(in.Description), awssdk.ToInt32(in.Timeout), sortedTags(tags))
+	params := fmt.Sprint(vol, awssdk.ToString(in.Description), awssdk.ToInt32(in.Timeout), tagPairs(tags))
 	out := func(s *fakeSnap) *ebs.StartSnapshotOutput {
 		return &ebs.StartSnapshotOutput{SnapshotId: awssdk.String(s.id), BlockSize: awssdk.Int32(f.blockSize),
 			VolumeSize: awssdk.Int64(s.volGiB), Status: ebstypes.StatusPending}
@@ -168,31 +169,31 @@ func (f *fakeCloud) PutSnapshotBlock(ctx context.Context, in *ebs.PutSnapshotBlo
 	case s == nil:
 		return nil, &ebstypes.ResourceNotFoundException{Message: awssdk.String("no such snapshot")}
 	case s.state != ec2types.SnapshotStatePending || s.pendingLeft > 0:
-		return nil, ebsInvalid("snapshot %s is not pending", s.id)
+		return nil, fakeEBSInvalid("snapshot %s is not pending", s.id)
 	}
 	i := awssdk.ToInt32(in.BlockIndex)
-	if in.BlockIndex == nil || i < 0 || int64(i) >= s.volGiB*gib/int64(f.blockSize) {
-		return nil, ebsInvalid("block index %d outside the volume", i)
+	if in.BlockIndex == nil || i < 0 || int64(i) >= s.volGiB*ebsGiB/int64(f.blockSize) {
+		return nil, fakeEBSInvalid("block index %d outside the volume", i)
 	}
 	if in.ChecksumAlgorithm != ebstypes.ChecksumAlgorithmChecksumAlgorithmSha256 {
-		return nil, ebsInvalid("checksum algorithm %q", in.ChecksumAlgorithm)
+		return nil, fakeEBSInvalid("checksum algorithm %q", in.ChecksumAlgorithm)
 	}
 	if awssdk.ToInt32(in.DataLength) != f.blockSize {
-		return nil, ebsInvalid("data length %d, the block size is %d", awssdk.ToInt32(in.DataLength), f.blockSize)
+		return nil, fakeEBSInvalid("data length %d, the block size is %d", awssdk.ToInt32(in.DataLength), f.blockSize)
 	}
 	if p := in.Progress; p != nil && (*p < 0 || *p > 100) {
-		return nil, ebsInvalid("progress %d", *p)
+		return nil, fakeEBSInvalid("progress %d", *p)
 	}
 	data, err := io.ReadAll(io.LimitReader(in.BlockData, int64(f.blockSize)+1))
 	if err != nil {
 		return nil, err
 	}
 	if len(data) != int(f.blockSize) {
-		return nil, ebsInvalid("body of %d bytes, data length %d", len(data), f.blockSize)
+		return nil, fakeEBSInvalid("body of %d bytes, data length %d", len(data), f.blockSize)
 	}
 	sum := sha256.Sum256(data)
 	if got := base64.StdEncoding.EncodeToString(sum[:]); got != awssdk.ToString(in.Checksum) {
-		return nil, ebsInvalid("checksum %s, the data's is %s", awssdk.ToString(in.Checksum), got)
+		return nil, fakeEBSInvalid("checksum %s, the data's is %s", awssdk.ToString(in.Checksum), got)
 	}
 	s.blocks[i] = data
 	return &ebs.PutSnapshotBlockOutput{Checksum: in.Checksum, ChecksumAlgorithm: in.ChecksumAlgorithm}, nil
@@ -225,18 +226,18 @@ func (f *fakeCloud) CompleteSnapshot(ctx context.Context, in *ebs.CompleteSnapsh
 	case s == nil:
 		return nil, &ebstypes.ResourceNotFoundException{Message: awssdk.String("no such snapshot")}
 	case s.state != ec2types.SnapshotStatePending || s.pendingLeft > 0:
-		return nil, ebsInvalid("snapshot %s is not pending", s.id)
+		return nil, fakeEBSInvalid("snapshot %s is not pending", s.id)
 	case in.ChecksumAlgorithm != ebstypes.ChecksumAlgorithmChecksumAlgorithmSha256,
 		in.ChecksumAggregationMethod != ebstypes.ChecksumAggregationMethodChecksumAggregationLinear:
-		return nil, ebsInvalid("checksum %q/%q", in.ChecksumAlgorithm, in.ChecksumAggregationMethod)
+		return nil, fakeEBSInvalid("checksum %q/%q", in.ChecksumAlgorithm, in.ChecksumAggregationMethod)
 	}
 	if n := awssdk.ToInt32(in.ChangedBlocksCount); in.ChangedBlocksCount == nil || int(n) != len(s.blocks) {
 		s.state, s.message = ec2types.SnapshotStateError, "changed blocks count mismatch"
-		return nil, ebsInvalid("ChangedBlocksCount %d, %d blocks were written", n, len(s.blocks))
+		return nil, fakeEBSInvalid("ChangedBlocksCount %d, %d blocks were written", n, len(s.blocks))
 	}
 	if want := s.aggregate(); awssdk.ToString(in.Checksum) != want {
 		s.state, s.message = ec2types.SnapshotStateError, "checksum mismatch"
-		return nil, ebsInvalid("aggregate checksum %s, want %s", awssdk.ToString(in.Checksum), want)
+		return nil, fakeEBSInvalid("aggregate checksum %s, want %s", awssdk.ToString(in.Checksum), want)
 	}
 	s.state, s.pendingLeft = ec2types.SnapshotStateCompleted, f.snapPending
 	return &ebs.CompleteSnapshotOutput{Status: ebstypes.StatusPending}, nil
@@ -258,8 +259,8 @@ func (f *fakeCloud) snapshot(id string) *fakeSnap {
 	return f.snaps[id]
 }
 
-// matches reports whether tags pass EC2 filters (tag:<key> and the extra names given).
-func matches(filters []ec2types.Filter, tags map[string]string, extra map[string]string) bool {
+// fakeFilterMatch reports whether tags pass EC2 filters (tag:<key> and the extra names given).
+func fakeFilterMatch(filters []ec2types.Filter, tags map[string]string, extra map[string]string) bool {
 	for _, fl := range filters {
 		name := awssdk.ToString(fl.Name)
 		var v string
@@ -282,12 +283,12 @@ func (f *fakeCloud) DescribeSnapshots(ctx context.Context, in *ec2.DescribeSnaps
 	}
 	defer f.mu.Unlock()
 	if len(in.SnapshotIds) == 0 && !slices.Equal(in.OwnerIds, []string{"self"}) {
-		return nil, ec2Err("InvalidParameterCombination", "the fake lists only the account's own snapshots")
+		return nil, fakeEC2Error("InvalidParameterCombination", "the fake lists only the account's own snapshots")
 	}
 	var out []ec2types.Snapshot
 	for _, id := range in.SnapshotIds {
 		if f.snaps[id] == nil {
-			return nil, ec2Err("InvalidSnapshot.NotFound", "snapshot %s does not exist", id)
+			return nil, fakeEC2Error("InvalidSnapshot.NotFound", "snapshot %s does not exist", id)
 		}
 	}
 	for _, s := range f.snaps {
@@ -298,7 +299,7 @@ func (f *fakeCloud) DescribeSnapshots(ctx context.Context, in *ec2.DescribeSnaps
 		if state == ec2types.SnapshotStateCompleted && s.pendingLeft > 0 {
 			state = ec2types.SnapshotStatePending
 		}
-		if !matches(in.Filters, s.tags, map[string]string{"status": string(state)}) {
+		if !fakeFilterMatch(in.Filters, s.tags, map[string]string{"status": string(state)}) {
 			continue
 		}
 		if len(in.SnapshotIds) > 0 && s.pendingLeft > 0 {
@@ -311,6 +312,7 @@ func (f *fakeCloud) DescribeSnapshots(ctx context.Context, in *ec2.DescribeSnaps
 		out = append(out, ec2types.Snapshot{SnapshotId: awssdk.String(s.id), State: state, Tags: tags,
 			StateMessage: awssdk.String(s.message), VolumeSize: awssdk.Int32(int32(s.volGiB))})
 	}
+	slices.SortFunc(out, func(a, b ec2types.Snapshot) int { return strings.Compare(*a.SnapshotId, *b.SnapshotId) })
 	return &ec2.DescribeSnapshotsOutput{Snapshots: out}, nil
 }
 
@@ -353,33 +355,33 @@ func (f *fakeCloud) RegisterImage(ctx context.Context, in *ec2.RegisterImageInpu
 	defer f.mu.Unlock()
 	name := awssdk.ToString(in.Name)
 	if len(name) < 3 || len(name) > 128 {
-		return nil, ec2Err("InvalidParameterValue", "name %q", name)
+		return nil, fakeEC2Error("InvalidParameterValue", "name %q", name)
 	}
 	for _, im := range f.images {
 		if im.name == name {
-			return nil, ec2Err("InvalidAMIName.Duplicate", "AMI name %s is already in use by AMI %s", name, im.id)
+			return nil, fakeEC2Error("InvalidAMIName.Duplicate", "AMI name %s is already in use by AMI %s", name, im.id)
 		}
 	}
 	switch {
 	case in.BootMode != ec2types.BootModeValuesUefi, !awssdk.ToBool(in.EnaSupport),
 		in.ImdsSupport != ec2types.ImdsSupportValuesV20, in.Architecture != ec2types.ArchitectureValuesX8664:
-		return nil, ec2Err("InvalidParameterValue", "boot %q ena %v imds %q arch %q", in.BootMode,
+		return nil, fakeEC2Error("InvalidParameterValue", "boot %q ena %v imds %q arch %q", in.BootMode,
 			awssdk.ToBool(in.EnaSupport), in.ImdsSupport, in.Architecture)
 	case len(in.BlockDeviceMappings) != 1 || in.BlockDeviceMappings[0].Ebs == nil ||
 		awssdk.ToString(in.BlockDeviceMappings[0].DeviceName) != awssdk.ToString(in.RootDeviceName):
-		return nil, ec2Err("InvalidBlockDeviceMapping", "want one EBS mapping on the root device")
+		return nil, fakeEC2Error("InvalidBlockDeviceMapping", "want one EBS mapping on the root device")
 	}
 	e := in.BlockDeviceMappings[0].Ebs
 	if s := f.snaps[awssdk.ToString(e.SnapshotId)]; s == nil || s.state != ec2types.SnapshotStateCompleted || s.pendingLeft > 0 {
-		return nil, ec2Err("InvalidSnapshot.NotFound", "snapshot %s is not a completed snapshot", awssdk.ToString(e.SnapshotId))
+		return nil, fakeEC2Error("InvalidSnapshot.NotFound", "snapshot %s is not a completed snapshot", awssdk.ToString(e.SnapshotId))
 	}
 	if !awssdk.ToBool(e.DeleteOnTermination) || e.VolumeType != ec2types.VolumeTypeGp3 {
-		return nil, ec2Err("InvalidParameterValue", "volume: delete on termination %v type %q", awssdk.ToBool(e.DeleteOnTermination), e.VolumeType)
+		return nil, fakeEC2Error("InvalidParameterValue", "volume: delete on termination %v type %q", awssdk.ToBool(e.DeleteOnTermination), e.VolumeType)
 	}
 	tags := map[string]string{}
 	for _, ts := range in.TagSpecifications {
 		if ts.ResourceType != ec2types.ResourceTypeImage {
-			return nil, ec2Err("InvalidParameterValue", "tag specification for %q", ts.ResourceType)
+			return nil, fakeEC2Error("InvalidParameterValue", "tag specification for %q", ts.ResourceType)
 		}
 		for _, t := range ts.Tags {
 			tags[awssdk.ToString(t.Key)] = awssdk.ToString(t.Value)
@@ -396,11 +398,11 @@ func (f *fakeCloud) DescribeImages(ctx context.Context, in *ec2.DescribeImagesIn
 	}
 	defer f.mu.Unlock()
 	if len(in.ImageIds) == 0 && !slices.Equal(in.Owners, []string{"self"}) {
-		return nil, ec2Err("InvalidParameterCombination", "the fake lists only the account's own images")
+		return nil, fakeEC2Error("InvalidParameterCombination", "the fake lists only the account's own images")
 	}
 	for _, id := range in.ImageIds {
 		if f.images[id] == nil {
-			return nil, ec2Err("InvalidAMIID.NotFound", "image %s does not exist", id)
+			return nil, fakeEC2Error("InvalidAMIID.NotFound", "image %s does not exist", id)
 		}
 	}
 	var out []ec2types.Image
@@ -412,7 +414,7 @@ func (f *fakeCloud) DescribeImages(ctx context.Context, in *ec2.DescribeImagesIn
 		if im.pendingLeft > 0 {
 			state = ec2types.ImageStatePending
 		}
-		if !matches(in.Filters, im.tags, map[string]string{"name": im.name, "state": string(state)}) {
+		if !fakeFilterMatch(in.Filters, im.tags, map[string]string{"name": im.name, "state": string(state)}) {
 			continue
 		}
 		if len(in.ImageIds) > 0 && im.pendingLeft > 0 {
@@ -421,6 +423,7 @@ func (f *fakeCloud) DescribeImages(ctx context.Context, in *ec2.DescribeImagesIn
 		out = append(out, ec2types.Image{ImageId: awssdk.String(im.id), Name: awssdk.String(im.name), State: state,
 			StateReason: &ec2types.StateReason{Message: awssdk.String("fake")}})
 	}
+	slices.SortFunc(out, func(a, b ec2types.Image) int { return strings.Compare(*a.ImageId, *b.ImageId) })
 	return &ec2.DescribeImagesOutput{Images: out}, nil
 }
 
@@ -431,7 +434,7 @@ func (f *fakeCloud) DeregisterImage(ctx context.Context, in *ec2.DeregisterImage
 	defer f.mu.Unlock()
 	id := awssdk.ToString(in.ImageId)
 	if f.images[id] == nil {
-		return nil, ec2Err("InvalidAMIID.NotFound", "image %s does not exist", id)
+		return nil, fakeEC2Error("InvalidAMIID.NotFound", "image %s does not exist", id)
 	}
 	delete(f.images, id)
 	return &ec2.DeregisterImageOutput{}, nil

@@ -16,12 +16,14 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net/http"
 	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/service/ebs"
 	ebstypes "github.com/aws/aws-sdk-go-v2/service/ebs/types"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
@@ -31,7 +33,7 @@ import (
 )
 
 const (
-	gib = int64(1) << 30
+	ebsGiB = int64(1) << 30
 	// maxVolumeGiB is the largest snapshot StartSnapshot accepts (64 TiB).
 	maxVolumeGiB = 65536
 	// maxBlockSize bounds the block size we accept from StartSnapshot (512 KiB today): an upload holds one block
@@ -42,7 +44,7 @@ const (
 // UploadOptions tune how a disk is written into a snapshot; zero fields take the defaults.
 type UploadOptions struct {
 	// Workers is how many PutSnapshotBlock calls run at once (default 64, as coldsnap). An upload holds
-	// Workers+1 blocks in memory.
+	// Workers+1 blocks in memory. The EBS client should keep as many connections (ebsHTTPClient).
 	Workers int
 	// Attempts bounds the tries of one call (default 12); the back-off starts at RetryBase (default 500 ms) and
 	// doubles up to RetryMax (default 15 s), jittered. Only throttling, server faults and connection errors are
@@ -78,6 +80,16 @@ func (o UploadOptions) withDefaults() UploadOptions {
 	def(&o.PollMax, 15*time.Second)
 	def(&o.WaitTimeout, 30*time.Minute)
 	return o
+}
+
+// ebsHTTPClient is the HTTP client the EBS client needs for an upload with workers workers: the SDK's default
+// keeps 10 idle connections per host, so 64 workers would open and close connections all the time.
+func ebsHTTPClient(workers int) *awshttp.BuildableClient {
+	workers = max(workers, UploadOptions{}.withDefaults().Workers)
+	return awshttp.NewBuildableClient().WithTransportOptions(func(tr *http.Transport) {
+		tr.MaxIdleConns = max(tr.MaxIdleConns, workers)
+		tr.MaxIdleConnsPerHost = max(tr.MaxIdleConnsPerHost, workers)
+	})
 }
 
 // UploadStats say what an upload did.
@@ -125,7 +137,7 @@ func (u *uploader) upload(ctx context.Context, req snapshotRequest) (string, Upl
 	if err != nil {
 		return "", stats, err
 	}
-	tags := sortedTags(req.Tags)
+	tags := tagPairs(req.Tags)
 	ebsTags := make([]ebstypes.Tag, len(tags))
 	for i, t := range tags {
 		ebsTags[i] = ebstypes.Tag{Key: awssdk.String(t[0]), Value: awssdk.String(t[1])}
@@ -145,7 +157,7 @@ func (u *uploader) upload(ctx context.Context, req snapshotRequest) (string, Upl
 		return err
 	})
 	if err != nil {
-		return "", stats, fmt.Errorf("starting snapshot, %w", awsAction("ebs:StartSnapshot", err))
+		return "", stats, fmt.Errorf("starting snapshot, %w", withAWSAction("ebs:StartSnapshot", err))
 	}
 	id := awssdk.ToString(out.SnapshotId)
 	bs := int(awssdk.ToInt32(out.BlockSize))
@@ -161,7 +173,7 @@ func (u *uploader) upload(ctx context.Context, req snapshotRequest) (string, Upl
 	}
 	stats.BlockSize = bs
 	stats.Blocks = blockCount(req.Size, bs)
-	if stats.Blocks > volGiB*gib/int64(bs) {
+	if stats.Blocks > volGiB*ebsGiB/int64(bs) {
 		return "", stats, fmt.Errorf("starting snapshot %s: %d blocks of %d bytes do not fit %d GiB", id, stats.Blocks, bs, volGiB)
 	}
 
@@ -186,7 +198,7 @@ func (u *uploader) upload(ctx context.Context, req snapshotRequest) (string, Upl
 		return err
 	})
 	if err != nil && !u.completedElsewhere(ctx, id) {
-		return "", stats, fmt.Errorf("completing snapshot %s, %w", id, awsAction("ebs:CompleteSnapshot", err))
+		return "", stats, fmt.Errorf("completing snapshot %s, %w", id, withAWSAction("ebs:CompleteSnapshot", err))
 	}
 	if err := u.waitSnapshot(ctx, id); err != nil {
 		return "", stats, err
@@ -239,7 +251,7 @@ func (u *uploader) putBlocks(ctx context.Context, id string, disk io.ReaderAt, s
 					return err
 				})
 				if err != nil {
-					return fmt.Errorf("writing block %d, %w", i, awsAction("ebs:PutSnapshotBlock", err))
+					return fmt.Errorf("writing block %d, %w", i, withAWSAction("ebs:PutSnapshotBlock", err))
 				}
 				sums[i], written[i] = sum, true
 				uploaded.Add(1)
@@ -293,7 +305,7 @@ func volumeGiB(size int64) (int64, error) {
 	if size <= 0 {
 		return 0, fmt.Errorf("disk of %d bytes: nothing to write into a snapshot", size)
 	}
-	v := (size + gib - 1) / gib
+	v := (size + ebsGiB - 1) / ebsGiB
 	if v > maxVolumeGiB {
 		return 0, fmt.Errorf("disk of %d bytes: larger than the %d GiB an EBS snapshot holds", size, maxVolumeGiB)
 	}
@@ -338,8 +350,8 @@ func snapshotToken(digest string, volGiB int64, desc string, tags [][2]string, t
 	return "i2kit-" + hex.EncodeToString(h.Sum(nil))[:58]
 }
 
-// sortedTags are a tag map as key/value pairs in key order.
-func sortedTags(m map[string]string) [][2]string {
+// tagPairs are a tag map as key/value pairs in key order.
+func tagPairs(m map[string]string) [][2]string {
 	out := make([][2]string, 0, len(m))
 	for k, v := range m {
 		out = append(out, [2]string{k, v})
@@ -354,7 +366,7 @@ func (u *uploader) retry(ctx context.Context, call func() error) error {
 	var err error
 	for attempt := range u.opts.Attempts {
 		if attempt > 0 {
-			if werr := sleepCtx(ctx, backoff(u.opts.RetryBase, u.opts.RetryMax, attempt-1)); werr != nil {
+			if werr := sleepOrDone(ctx, jitteredBackoff(u.opts.RetryBase, u.opts.RetryMax, attempt-1)); werr != nil {
 				return errors.Join(err, werr)
 			}
 		}
@@ -364,16 +376,16 @@ func (u *uploader) retry(ctx context.Context, call func() error) error {
 		if ctx.Err() != nil {
 			return fmt.Errorf("%w, after %w", ctx.Err(), err)
 		}
-		if !retryable(ctx, err) {
+		if !transientAWSError(ctx, err) {
 			return err
 		}
 	}
 	return fmt.Errorf("giving up after %d attempts, %w", u.opts.Attempts, err)
 }
 
-// backoff is the pause before retry number attempt (from 0): base doubled per attempt up to most, of which the
+// jitteredBackoff is the pause before retry number attempt (from 0): base doubled per attempt up to most, of which the
 // upper half is random so that workers throttled together do not come back together.
-func backoff(base, most time.Duration, attempt int) time.Duration {
+func jitteredBackoff(base, most time.Duration, attempt int) time.Duration {
 	d := most
 	if attempt < 30 && base<<attempt < most {
 		d = base << attempt
@@ -381,7 +393,7 @@ func backoff(base, most time.Duration, attempt int) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) error {
+func sleepOrDone(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -392,9 +404,9 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// retryableCodes are the AWS error codes worth another try: throttling, server faults, and a snapshot EBS does not
+// transientCodes are the AWS error codes worth another try: throttling, server faults, and a snapshot EBS does not
 // know yet just after StartSnapshot (coldsnap retries for two minutes for that one).
-var retryableCodes = map[string]bool{
+var transientCodes = map[string]bool{
 	"ThrottlingException": true, "RequestThrottledException": true, "Throttling": true, "RequestLimitExceeded": true,
 	"TooManyRequestsException": true, "ConcurrentLimitExceededException": true, "InternalServerException": true,
 	"InternalServerError": true, "InternalError": true, "InternalFailure": true, "ServiceUnavailable": true,
@@ -402,9 +414,9 @@ var retryableCodes = map[string]bool{
 	"RequestTimeoutException": true,
 }
 
-// retryable reports whether err, from a call made with ctx, may succeed if made again: throttling, a server fault
+// transientAWSError reports whether err, from a call made with ctx, may succeed if made again: throttling, a server fault
 // (5xx), a connection that failed. A refusal (validation, access denied, a conflict) or the end of ctx is final.
-func retryable(ctx context.Context, err error) bool {
+func transientAWSError(ctx context.Context, err error) bool {
 	if ctx.Err() != nil || errors.Is(err, context.Canceled) {
 		return false
 	}
@@ -414,16 +426,16 @@ func retryable(ctx context.Context, err error) bool {
 	}
 	var api smithy.APIError
 	if errors.As(err, &api) {
-		return retryableCodes[api.ErrorCode()] || api.ErrorFault() == smithy.FaultServer
+		return transientCodes[api.ErrorCode()] || api.ErrorFault() == smithy.FaultServer
 	}
 	// Not an answer from AWS: the request did not get through (connection refused or reset, a timeout, a body
 	// cut short).
 	return true
 }
 
-// awsAction names the AWS action (the IAM permission) a refused call needs, so that an event about it tells the
+// withAWSAction names the AWS action (the IAM permission) a refused call needs, so that an event about it tells the
 // operator what to grant.
-func awsAction(action string, err error) error {
+func withAWSAction(action string, err error) error {
 	var api smithy.APIError
 	if errors.As(err, &api) {
 		switch api.ErrorCode() {
@@ -445,10 +457,10 @@ func (u *uploader) waitSnapshot(ctx context.Context, id string) error {
 		switch {
 		case errors.As(err, &api) && api.ErrorCode() == "InvalidSnapshot.NotFound":
 			return false, nil
-		case err != nil && retryable(ctx, err):
+		case err != nil && transientAWSError(ctx, err):
 			return false, nil
 		case err != nil:
-			return false, awsAction("ec2:DescribeSnapshots", err)
+			return false, withAWSAction("ec2:DescribeSnapshots", err)
 		}
 		for _, s := range out.Snapshots {
 			if awssdk.ToString(s.SnapshotId) != id {
@@ -485,7 +497,7 @@ func pollCloud(ctx context.Context, opts UploadOptions, check func() (bool, erro
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%w after %s", errWaitTimeout, opts.WaitTimeout)
 		}
-		if err := sleepCtx(ctx, backoff(opts.PollBase, opts.PollMax, attempt)); err != nil {
+		if err := sleepOrDone(ctx, jitteredBackoff(opts.PollBase, opts.PollMax, attempt)); err != nil {
 			return err
 		}
 	}

@@ -34,13 +34,13 @@ import (
 	"go.uber.org/goleak"
 )
 
-// fastOptions make retries and polls quick: the tests wait on the fake's state, not on the clock.
-var fastOptions = UploadOptions{Workers: 4, Attempts: 5, RetryBase: time.Microsecond, RetryMax: time.Millisecond,
+// fastUpload make retries and polls quick: the tests wait on the fake's state, not on the clock.
+var fastUpload = UploadOptions{Workers: 4, Attempts: 5, RetryBase: time.Microsecond, RetryMax: time.Millisecond,
 	PollBase: time.Microsecond, PollMax: time.Millisecond, WaitTimeout: 10 * time.Second}
 
-// testDisk is size bytes in which the blocks of bs bytes whose index is in zeros are all zeros and the others
+// diskWithZeros is size bytes in which the blocks of bs bytes whose index is in zeros are all zeros and the others
 // random (never all zeros).
-func testDisk(size int64, bs int, zeros func(i int64) bool) []byte {
+func diskWithZeros(size int64, bs int, zeros func(i int64) bool) []byte {
 	disk := make([]byte, size)
 	r := rand.New(rand.NewPCG(uint64(size), uint64(bs)))
 	for off := int64(0); off < size; off += int64(bs) {
@@ -56,7 +56,7 @@ func testDisk(size int64, bs int, zeros func(i int64) bool) []byte {
 	return disk
 }
 
-func padded(disk []byte, bs int) []byte {
+func paddedDisk(disk []byte, bs int) []byte {
 	return append(slices.Clone(disk), make([]byte, blockCount(int64(len(disk)), bs)*int64(bs)-int64(len(disk)))...)
 }
 
@@ -66,8 +66,8 @@ func TestVolumeGiB(t *testing.T) {
 		want int64
 		err  bool
 	}{
-		{1, 1, false}, {gib, 1, false}, {gib + 1, 2, false}, {100 << 20, 1, false},
-		{maxVolumeGiB * gib, maxVolumeGiB, false}, {maxVolumeGiB*gib + 1, 0, true}, {0, 0, true}, {-1, 0, true},
+		{1, 1, false}, {ebsGiB, 1, false}, {ebsGiB + 1, 2, false}, {100 << 20, 1, false},
+		{maxVolumeGiB * ebsGiB, maxVolumeGiB, false}, {maxVolumeGiB*ebsGiB + 1, 0, true}, {0, 0, true}, {-1, 0, true},
 	} {
 		got, err := volumeGiB(tc.size)
 		if got != tc.want || (err != nil) != tc.err {
@@ -83,7 +83,7 @@ func TestBlockCount(t *testing.T) {
 		want int64
 	}{
 		{1, 512 << 10, 1}, {512 << 10, 512 << 10, 1}, {512<<10 + 1, 512 << 10, 2}, {100 << 20, 512 << 10, 200},
-		{100 << 20, 64 << 10, 1600}, {gib, 4096, 262144},
+		{100 << 20, 64 << 10, 1600}, {ebsGiB, 4096, 262144},
 	} {
 		if got := blockCount(tc.size, tc.bs); got != tc.want {
 			t.Errorf("blockCount(%d, %d) = %d, want %d", tc.size, tc.bs, got, tc.want)
@@ -171,7 +171,7 @@ func TestRetryable(t *testing.T) {
 		{"our context ended", cancelled, &ebstypes.InternalServerException{}, false},
 		{"cancelled", context.Background(), context.Canceled, false},
 	} {
-		if got := retryable(tc.ctx, tc.err); got != tc.want {
+		if got := transientAWSError(tc.ctx, tc.err); got != tc.want {
 			t.Errorf("%s: retryable = %v, want %v", tc.name, got, tc.want)
 		}
 	}
@@ -210,7 +210,7 @@ func uploadFake(t *testing.T, f *fakeCloud, opts UploadOptions, disk []byte) (st
 	id, st, err := u.upload(context.Background(), snapshotRequest{Disk: bytes.NewReader(disk), Size: int64(len(disk)),
 		Digest: "abc", Description: "i2kit pod image abc", Tags: map[string]string{TagImageDigest: "abc", TagCluster: "c1"}})
 	if err == nil {
-		if got := f.blockData(id, int64(len(disk))); !bytes.Equal(got, padded(disk, int(f.blockSize))) {
+		if got := f.blockData(id, int64(len(disk))); !bytes.Equal(got, paddedDisk(disk, int(f.blockSize))) {
 			t.Errorf("snapshot %s does not hold the disk", id)
 		}
 	}
@@ -222,9 +222,9 @@ func TestUploadWritesNonZeroBlocks(t *testing.T) {
 	const bs = 64 << 10 // not 512 KiB: the block size is StartSnapshot's
 	f := newFakeCloud(bs)
 	f.snapPending = 3
-	disk := testDisk(10*bs+123, bs, func(i int64) bool { return i%3 == 1 }) // blocks 1, 4, 7, 10 all zeros... but 10 is partial
-	clear(disk[10*bs:])                                                     // the partial last block is zero too
-	id, st, err := uploadFake(t, f, fastOptions, disk)
+	disk := diskWithZeros(10*bs+123, bs, func(i int64) bool { return i%3 == 1 }) // blocks 1, 4, 7, 10 all zeros... but 10 is partial
+	clear(disk[10*bs:])                                                          // the partial last block is zero too
+	id, st, err := uploadFake(t, f, fastUpload, disk)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,15 +251,17 @@ func TestUploadWritesNonZeroBlocks(t *testing.T) {
 func TestUploadPartialLastBlockIsPadded(t *testing.T) {
 	const bs = 4096
 	f := newFakeCloud(bs)
-	disk := testDisk(3*bs+1, bs, func(int64) bool { return false })
-	if _, st, err := uploadFake(t, f, fastOptions, disk); err != nil || st.Uploaded != 4 {
+	disk := diskWithZeros(3*bs+1, bs, func(int64) bool { return false })
+	opts := fastUpload
+	opts.Workers = 1 // one buffer for every block: the last block's padding must not be the previous block's tail
+	if _, st, err := uploadFake(t, f, opts, disk); err != nil || st.Uploaded != 4 {
 		t.Fatalf("upload: %+v, %v; want 4 blocks, the last padded", st, err)
 	}
 }
 
 func TestUploadAllZeros(t *testing.T) {
 	f := newFakeCloud(4096)
-	_, st, err := uploadFake(t, f, fastOptions, make([]byte, 5*4096))
+	_, st, err := uploadFake(t, f, fastUpload, make([]byte, 5*4096))
 	if err != nil || st.Uploaded != 0 || st.ZeroSkipped != 5 {
 		t.Fatalf("upload of zeros: %+v, %v", st, err)
 	}
@@ -278,8 +280,8 @@ func TestUploadRetriesTransientErrors(t *testing.T) {
 				f.fail(op, fault, fault, fault)
 			}
 			f.fail("DescribeSnapshots", fault)
-			disk := testDisk(8*4096, 4096, func(i int64) bool { return i == 0 })
-			if _, _, err := uploadFake(t, f, fastOptions, disk); err != nil {
+			disk := diskWithZeros(8*4096, 4096, func(i int64) bool { return i == 0 })
+			if _, _, err := uploadFake(t, f, fastUpload, disk); err != nil {
 				t.Fatal(err)
 			}
 			if got := f.count("PutSnapshotBlock"); got != 7+3 {
@@ -295,8 +297,8 @@ func TestUploadFailsWithoutCompleting(t *testing.T) {
 		fault error
 		calls int // at most, of op
 	}{
-		"validation is not retried": {"PutSnapshotBlock", &ebstypes.ValidationException{Message: awssdk.String("bad")}, fastOptions.Workers},
-		"attempts are bounded":      {"PutSnapshotBlock", &ebstypes.InternalServerException{}, fastOptions.Workers * fastOptions.Attempts},
+		"validation is not retried": {"PutSnapshotBlock", &ebstypes.ValidationException{Message: awssdk.String("bad")}, fastUpload.Workers},
+		"attempts are bounded":      {"PutSnapshotBlock", &ebstypes.InternalServerException{}, fastUpload.Workers * fastUpload.Attempts},
 		"access denied":             {"StartSnapshot", &ebstypes.AccessDeniedException{Message: awssdk.String("no")}, 1},
 		"completion refused":        {"CompleteSnapshot", &ebstypes.ValidationException{Message: awssdk.String("no")}, 1},
 	} {
@@ -306,8 +308,8 @@ func TestUploadFailsWithoutCompleting(t *testing.T) {
 			for range 100 {
 				f.fail(tc.op, tc.fault)
 			}
-			disk := testDisk(20*4096, 4096, func(int64) bool { return false })
-			_, _, err := uploadFake(t, f, fastOptions, disk)
+			disk := diskWithZeros(20*4096, 4096, func(int64) bool { return false })
+			_, _, err := uploadFake(t, f, fastUpload, disk)
 			if err == nil {
 				t.Fatal("the upload succeeded")
 			}
@@ -327,7 +329,7 @@ func TestUploadFailsWithoutCompleting(t *testing.T) {
 func TestUploadNamesTheMissingPermission(t *testing.T) {
 	f := newFakeCloud(4096)
 	f.fail("StartSnapshot", &ebstypes.AccessDeniedException{Message: awssdk.String("not authorized")})
-	_, _, err := uploadFake(t, f, fastOptions, testDisk(4096, 4096, func(int64) bool { return false }))
+	_, _, err := uploadFake(t, f, fastUpload, diskWithZeros(4096, 4096, func(int64) bool { return false }))
 	if err == nil || !strings.Contains(err.Error(), "must allow ebs:StartSnapshot") {
 		t.Errorf("error %v does not say which permission is missing", err)
 	}
@@ -336,7 +338,7 @@ func TestUploadNamesTheMissingPermission(t *testing.T) {
 func TestUploadRefusesAnOddBlockSize(t *testing.T) {
 	for _, bs := range []int32{0, -1, maxBlockSize + 1} {
 		f := newFakeCloud(bs)
-		if _, _, err := uploadFake(t, f, fastOptions, make([]byte, 10)); err == nil || !strings.Contains(err.Error(), "block size") {
+		if _, _, err := uploadFake(t, f, fastUpload, make([]byte, 10)); err == nil || !strings.Contains(err.Error(), "block size") {
 			t.Errorf("block size %d: %v", bs, err)
 		}
 	}
@@ -353,7 +355,7 @@ func TestUploadSnapshotInErrorFails(t *testing.T) {
 		}
 		return nil
 	})
-	_, _, err := uploadFake(t, f, fastOptions, testDisk(4096, 4096, func(int64) bool { return false }))
+	_, _, err := uploadFake(t, f, fastUpload, diskWithZeros(4096, 4096, func(int64) bool { return false }))
 	if err == nil || !strings.Contains(err.Error(), "broken") {
 		t.Errorf("upload of a snapshot that ended in error: %v", err)
 	}
@@ -362,9 +364,9 @@ func TestUploadSnapshotInErrorFails(t *testing.T) {
 func TestUploadWaitIsBounded(t *testing.T) {
 	f := newFakeCloud(4096)
 	f.snapPending = 1 << 30
-	opts := fastOptions
+	opts := fastUpload
 	opts.WaitTimeout = 20 * time.Millisecond
-	_, _, err := uploadFake(t, f, opts, testDisk(4096, 4096, func(int64) bool { return false }))
+	_, _, err := uploadFake(t, f, opts, diskWithZeros(4096, 4096, func(int64) bool { return false }))
 	if !errors.Is(err, errWaitTimeout) {
 		t.Errorf("upload of a snapshot pending for ever: %v", err)
 	}
@@ -382,10 +384,10 @@ func TestUploadStopsWhenCancelled(t *testing.T) {
 		}
 		return &ebstypes.RequestThrottledException{}
 	})
-	opts := fastOptions
+	opts := fastUpload
 	opts.RetryBase, opts.RetryMax = time.Hour, time.Hour // only the cancellation can end the back-off
 	u := newUploader(f, f, opts)
-	disk := testDisk(64*4096, 4096, func(int64) bool { return false })
+	disk := diskWithZeros(64*4096, 4096, func(int64) bool { return false })
 	done := make(chan error)
 	go func() {
 		_, _, err := u.upload(ctx, snapshotRequest{Disk: bytes.NewReader(disk), Size: int64(len(disk)), Digest: "abc"})
@@ -406,12 +408,12 @@ func TestUploadStopsWhenCancelled(t *testing.T) {
 // answer.
 func TestUploadSharesASnapshot(t *testing.T) {
 	f := newFakeCloud(4096)
-	disk := testDisk(8*4096, 4096, func(int64) bool { return false })
-	first, _, err := uploadFake(t, f, fastOptions, disk)
+	disk := diskWithZeros(8*4096, 4096, func(int64) bool { return false })
+	first, _, err := uploadFake(t, f, fastUpload, disk)
 	if err != nil {
 		t.Fatal(err)
 	}
-	second, _, err := uploadFake(t, f, fastOptions, disk)
+	second, _, err := uploadFake(t, f, fastUpload, disk)
 	if err != nil || second != first {
 		t.Fatalf("second upload of the same disk: %s, %v; want %s", second, err, first)
 	}
@@ -425,7 +427,7 @@ func TestUploadSharesASnapshot(t *testing.T) {
 func TestFakeRejectsWhatEBSRejects(t *testing.T) {
 	const bs = 4096
 	ctx := context.Background()
-	block := testDisk(bs, bs, func(int64) bool { return false })
+	block := diskWithZeros(bs, bs, func(int64) bool { return false })
 	sum := sha256.Sum256(block)
 	good := base64.StdEncoding.EncodeToString(sum[:])
 	for name, tc := range map[string]struct {
@@ -438,7 +440,7 @@ func TestFakeRejectsWhatEBSRejects(t *testing.T) {
 			Checksum: awssdk.String(good), BlockData: bytes.NewReader(block[1:])}},
 		"length and body disagree": {put: &ebs.PutSnapshotBlockInput{BlockIndex: awssdk.Int32(0), DataLength: awssdk.Int32(bs),
 			Checksum: awssdk.String(good), BlockData: bytes.NewReader(block[1:])}},
-		"index beyond the volume": {put: &ebs.PutSnapshotBlockInput{BlockIndex: awssdk.Int32(int32(gib / bs)),
+		"index beyond the volume": {put: &ebs.PutSnapshotBlockInput{BlockIndex: awssdk.Int32(int32(ebsGiB / bs)),
 			DataLength: awssdk.Int32(bs), Checksum: awssdk.String(good), BlockData: bytes.NewReader(block)}},
 		"wrong aggregate": {complete: func(id string) *ebs.CompleteSnapshotInput {
 			return &ebs.CompleteSnapshotInput{SnapshotId: &id, ChangedBlocksCount: awssdk.Int32(1),
@@ -501,7 +503,11 @@ var (
 
 func newEBSChecker(target string) *ebsChecker {
 	u, _ := url.Parse(target)
-	return &ebsChecker{next: httputil.NewSingleHostReverseProxy(u), blocks: map[string]map[int][sha256.Size]byte{}}
+	proxy := httputil.NewSingleHostReverseProxy(u)
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 256 // the default 2 would make the proxy, not the uploader, the bottleneck
+	proxy.Transport = tr
+	return &ebsChecker{next: proxy, blocks: map[string]map[int][sha256.Size]byte{}}
 }
 
 func (c *ebsChecker) refuse(w http.ResponseWriter, format string, a ...any) {
@@ -517,8 +523,12 @@ func (c *ebsChecker) refuse(w http.ResponseWriter, format string, a ...any) {
 
 func (c *ebsChecker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if m := putBlockPath.FindStringSubmatch(r.URL.Path); m != nil && r.Method == http.MethodPut {
-		body, err := io.ReadAll(io.LimitReader(r.Body, maxBlockSize+1))
-		if err != nil {
+		if r.ContentLength < 0 || r.ContentLength > maxBlockSize {
+			c.refuse(w, "block of %d bytes", r.ContentLength)
+			return
+		}
+		body := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, body); err != nil {
 			c.refuse(w, "reading block: %v", err)
 			return
 		}
@@ -592,7 +602,7 @@ func kumoEBS(tb testing.TB) (*ebs.Client, *ebsChecker) {
 	checker := newEBSChecker(srv.URL)
 	front := httptest.NewServer(checker)
 	tb.Cleanup(front.Close)
-	client := ebs.New(ebs.Options{Region: "us-east-1", BaseEndpoint: awssdk.String(front.URL),
+	client := ebs.New(ebs.Options{Region: "us-east-1", BaseEndpoint: awssdk.String(front.URL), HTTPClient: ebsHTTPClient(0),
 		Credentials: awssdk.CredentialsProviderFunc(func(context.Context) (awssdk.Credentials, error) {
 			return awssdk.Credentials{AccessKeyID: "AKID", SecretAccessKey: "SECRET", Source: "test"}, nil
 		})})
@@ -622,7 +632,7 @@ func TestUploadOverTheWire(t *testing.T) {
 	checker.mu.Unlock()
 
 	bs := int(awssdk.ToInt32(st.BlockSize))
-	disk := testDisk(int64(9*bs+1000), bs, func(i int64) bool { return i%2 == 1 })
+	disk := diskWithZeros(int64(9*bs+1000), bs, func(i int64) bool { return i%2 == 1 })
 	u := newUploader(client, completedSnapshots{}, UploadOptions{Workers: 8})
 	id, stats, err := u.upload(ctx, snapshotRequest{Disk: bytes.NewReader(disk), Size: int64(len(disk)), Digest: t.Name(),
 		Description: "wire", Tags: map[string]string{TagImageDigest: t.Name()}})
@@ -661,7 +671,7 @@ func TestUploadOverTheWire(t *testing.T) {
 	if !slices.Equal(listed, []int32{0, 2, 4, 6, 8}) {
 		t.Errorf("blocks in the snapshot %v, want the non-zero ones 0 2 4 6 8", listed)
 	}
-	if !bytes.Equal(got, padded(disk, bs)) {
+	if !bytes.Equal(got, paddedDisk(disk, bs)) {
 		t.Error("the snapshot does not read back as the disk")
 	}
 }
@@ -677,7 +687,7 @@ func BenchmarkSnapshotUpload(b *testing.B) {
 	for i := range int64(size / bs) {
 		zeros[i] = r.IntN(2) == 0
 	}
-	disk := testDisk(size, bs, func(i int64) bool { return zeros[i] })
+	disk := diskWithZeros(size, bs, func(i int64) bool { return zeros[i] })
 	u := newUploader(client, completedSnapshots{}, UploadOptions{})
 	var last UploadStats
 	b.SetBytes(size)
@@ -696,4 +706,13 @@ func BenchmarkSnapshotUpload(b *testing.B) {
 	}
 	b.ReportMetric(float64(size)*float64(b.N)/1e6/b.Elapsed().Seconds(), "MB/s")
 	b.ReportMetric(100*float64(last.ZeroSkipped)/float64(last.Blocks), "%zero-skipped")
+}
+
+func TestEBSHTTPClientKeepsAConnectionPerWorker(t *testing.T) {
+	for _, workers := range []int{0, 64, 200} {
+		tr := ebsHTTPClient(workers).GetTransport()
+		if want := max(workers, 64); tr.MaxIdleConnsPerHost < want || tr.MaxIdleConns < want {
+			t.Errorf("%d workers: %d idle connections per host, %d in all; want %d", workers, tr.MaxIdleConnsPerHost, tr.MaxIdleConns, want)
+		}
+	}
 }
