@@ -16,6 +16,7 @@ import (
 	"github.com/virtual-kubelet/virtual-kubelet/log"
 
 	"github.com/i2kit/i2kit/provider/vm"
+	"github.com/i2kit/i2kit/vmimage"
 )
 
 // Format is the vmimage format the aws backend boots: raw-efi (one GPT disk with an EFI system partition) whose
@@ -31,6 +32,8 @@ type Backend struct {
 	ec2    EC2API
 	ch     agentChannel
 	notify func(vm.Status)
+	// pub makes images bootable (an AMI per image); nil until UsePublisher.
+	pub *publisher
 
 	// types are the allowed instance types, cheapest first; subnets the configured ones.
 	types   []instanceType
@@ -58,7 +61,8 @@ type Backend struct {
 }
 
 var (
-	_ vm.Backend = (*Backend)(nil)
+	_ vm.Backend   = (*Backend)(nil)
+	_ vm.Publisher = (*Backend)(nil)
 )
 
 const (
@@ -118,6 +122,20 @@ func (b *Backend) Close() error {
 
 // Format is the vmimage format the backend boots.
 func (b *Backend) Format() string { return Format }
+
+// UsePublisher makes the backend publish images through the EBS direct APIs of c (an AMI per image, see
+// publish.go); Open does it.
+func (b *Backend) UsePublisher(c EBSAPI, opts UploadOptions) {
+	b.pub = newPublisher(b.ec2, c, b.cfg.Cluster, b.cfg.Tags, opts)
+}
+
+// Publish makes img bootable: the AMI of its content, shared by every pod of the image (vm.Publisher).
+func (b *Backend) Publish(ctx context.Context, img *vmimage.Image) (string, error) {
+	if b.pub == nil {
+		return "", fmt.Errorf("publishing image %s: the backend has no EBS client", img.Key)
+	}
+	return b.pub.Publish(ctx, img)
+}
 
 func (b *Backend) loop(ctx context.Context) {
 	defer close(b.done)

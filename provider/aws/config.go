@@ -178,7 +178,8 @@ func Clients(ctx context.Context, cfg Config) (*ec2.Client, *ebs.Client, error) 
 	if cfg.Endpoint != "" {
 		ac.BaseEndpoint = sdkaws.String(cfg.Endpoint)
 	}
-	return ec2.NewFromConfig(ac), ebs.NewFromConfig(ac), nil
+	// Snapshot uploads run many blocks in parallel: the EBS client keeps a connection per worker.
+	return ec2.NewFromConfig(ac), ebs.NewFromConfig(ac, func(o *ebs.Options) { o.HTTPClient = ebsHTTPClient(0) }), nil
 }
 
 // Open makes the backend of cfg as the node runs it: SDK clients from the default credential chain, the node's
@@ -188,7 +189,7 @@ func Open(ctx context.Context, cfg Config, notify func(vm.Status)) (*Backend, er
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	c, _, err := Clients(ctx, cfg)
+	c, eb, err := Clients(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -196,7 +197,12 @@ func Open(ctx context.Context, cfg Config, notify func(vm.Status)) (*Backend, er
 	if err != nil {
 		return nil, fmt.Errorf("aws.agentCA, %w", err)
 	}
-	return New(ctx, cfg, c, NewChannel(c, ca, cfg.AgentPort), notify)
+	b, err := New(ctx, cfg, c, NewChannel(c, ca, cfg.AgentPort), notify)
+	if err != nil {
+		return nil, err
+	}
+	b.UsePublisher(eb, UploadOptions{})
+	return b, nil
 }
 
 // MinOrphanAge is how old a VM whose pod is gone must be before the node's garbage collector ends it.
