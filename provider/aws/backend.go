@@ -36,9 +36,11 @@ type Backend struct {
 	pub *publisher
 
 	// types are the allowed instance types, cheapest first; subnets the configured ones.
-	types   []instanceType
-	subnets []string
-	full    map[string]bool // subnets without a free address at start
+	types []instanceType
+	// defaultTypes says the configuration listed no types: DefaultInstanceTypes need not all exist in a region.
+	defaultTypes bool
+	subnets      []string
+	full         map[string]bool // subnets without a free address at start
 	// shunned holds instance types (in a subnet) that just failed for capacity, and subnets out of addresses.
 	shunned *expiringSet
 
@@ -91,7 +93,7 @@ func newBackend(ctx context.Context, cfg Config, c EC2API, ch agentChannel, noti
 	if notify == nil {
 		notify = func(vm.Status) {}
 	}
-	b := &Backend{cfg: cfg.withDefaults(), ec2: c, ch: ch, notify: notify, now: time.Now, sleep: sleepCtx,
+	b := &Backend{cfg: cfg.withDefaults(), defaultTypes: len(cfg.InstanceTypes) == 0, ec2: c, ch: ch, notify: notify, now: time.Now, sleep: sleepCtx,
 		pageSize: defaultPageSize, insts: map[string]*instance{}, launching: map[string]chan struct{}{},
 		dropped: map[string]bool{}}
 	b.shunned = &expiringSet{ttl: shunFor, now: func() time.Time { return b.now() }}
@@ -227,7 +229,14 @@ func (b *Backend) loadTypes(ctx context.Context) error {
 			b.types = append(b.types, t)
 		}
 	}
+	if len(b.types) == 0 {
+		return fmt.Errorf("aws.instanceTypes: none of %q is an x86_64 instance type with UEFI boot in %s", b.cfg.InstanceTypes, b.cfg.Region)
+	}
 	for _, entry := range b.cfg.InstanceTypes {
+		// The default families need not all exist in every region; what the user listed must.
+		if b.defaultTypes {
+			break
+		}
 		if !slices.ContainsFunc(b.types, func(t instanceType) bool { return allowedType([]string{entry}, t.Name) }) {
 			return fmt.Errorf("aws.instanceTypes: %q matches no x86_64 instance type with UEFI boot in %s", entry, b.cfg.Region)
 		}

@@ -539,18 +539,9 @@ func (b *Backend) forgetLocked(uid string, in *instance) vm.Status {
 // metadata endpoint is turned off unless the pod opted in (AnnotationInstanceMetadata): the agent has read what
 // it needs at boot, and the pod's containers have no business there.
 func (b *Backend) DialAgent(ctx context.Context, uid string) (net.Conn, error) {
-	b.mu.Lock()
-	in, ok := b.insts[uid]
-	var st vm.Status
-	if ok {
-		st = in.st
-	}
-	b.mu.Unlock()
-	if !ok {
-		return nil, fmt.Errorf("dialling the agent of pod %s: %w", uid, vm.ErrNotFound)
-	}
-	if st.State != vm.Running {
-		return nil, fmt.Errorf("dialling the agent of pod %s: instance %s is %s, not running", uid, st.ID, st.State)
+	in, st, err := b.awaitRunning(ctx, uid)
+	if err != nil {
+		return nil, fmt.Errorf("dialling the agent of pod %s, %w", uid, err)
 	}
 	conn, err := b.ch.Dial(ctx, st.ID, st.IP)
 	if err != nil {
@@ -558,6 +549,64 @@ func (b *Backend) DialAgent(ctx context.Context, uid string) (net.Conn, error) {
 	}
 	b.closeMetadata(ctx, uid, in)
 	return conn, nil
+}
+
+// awaitRunning waits, within ctx, for a pod's instance to run: a dial right after the launch (the agent boots)
+// describes that one instance, with back-off, rather than wait for the next listing of all.
+func (b *Backend) awaitRunning(ctx context.Context, uid string) (*instance, vm.Status, error) {
+	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		b.mu.Lock()
+		in, ok := b.insts[uid]
+		var st vm.Status
+		if ok {
+			st = in.st
+		}
+		b.mu.Unlock()
+		switch {
+		case !ok:
+			return nil, st, vm.ErrNotFound
+		case st.State == vm.Running:
+			return in, st, nil
+		case st.State != vm.Booting:
+			return nil, st, fmt.Errorf("instance %s is %s, not running", st.ID, st.State)
+		}
+		var out *ec2.DescribeInstancesOutput
+		err := b.call(ctx, "DescribeInstances", func(ctx context.Context) (err error) {
+			out, err = b.ec2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{st.ID}})
+			return err
+		})
+		switch {
+		case err == nil:
+			for _, r := range out.Reservations {
+				for i := range r.Instances {
+					b.observe(uid, in, &r.Instances[i])
+				}
+			}
+		case !isInstanceNotFound(err): // not listed yet: eventual consistency
+			return nil, st, err
+		}
+		if err := b.sleep(ctx, wait); err != nil {
+			return nil, st, fmt.Errorf("instance %s is still %s, %w", st.ID, st.State, err)
+		}
+	}
+}
+
+// observe applies what EC2 says of one instance to the pod's cache entry, if it is still the pod's, and notifies
+// a change.
+func (b *Backend) observe(uid string, in *instance, ei *ec2types.Instance) {
+	b.mu.Lock()
+	if b.insts[uid] != in || sdkaws.ToString(ei.InstanceId) != in.st.ID || in.terminating {
+		b.mu.Unlock()
+		return
+	}
+	before := in.st
+	in.seen = true
+	in.update(ei)
+	st := in.st
+	b.mu.Unlock()
+	if st != before {
+		b.notify(st)
+	}
 }
 
 // closeMetadata turns the metadata endpoint of a pod's instance off, once; a failure is logged, and the next
