@@ -54,7 +54,7 @@ const (
 // TargetGroup is the set of ready endpoints a listener spreads traffic over, and how their health is checked.
 type TargetGroup struct {
 	// Name is deterministic and at most 32 characters.
-	Name string
+	Name        string
 	Protocol    Protocol
 	HealthCheck HealthCheck
 	// Targets are the ready endpoints, sorted and distinct; empty means connections are refused.
