@@ -58,6 +58,11 @@ type Backend struct {
 	// listing never adopts them again.
 	dropped map[string]bool
 
+	// uses are the AMIs this backend launched from, published or saw running (imagegc.go); gc paces the image
+	// garbage collector.
+	uses imageUses
+	gc   imageGCKnobs
+
 	stop context.CancelFunc
 	done chan struct{}
 }
@@ -95,7 +100,7 @@ func newBackend(ctx context.Context, cfg Config, c EC2API, ch agentChannel, noti
 	}
 	b := &Backend{cfg: cfg.withDefaults(), defaultTypes: len(cfg.InstanceTypes) == 0, ec2: c, ch: ch, notify: notify, now: time.Now, sleep: sleepCtx,
 		pageSize: defaultPageSize, insts: map[string]*instance{}, launching: map[string]chan struct{}{},
-		dropped: map[string]bool{}}
+		dropped: map[string]bool{}, gc: defaultImageGC}
 	b.shunned = &expiringSet{ttl: shunFor, now: func() time.Time { return b.now() }}
 	if tweak != nil {
 		tweak(b)
@@ -136,11 +141,22 @@ func (b *Backend) Publish(ctx context.Context, img *vmimage.Image) (string, erro
 	if b.pub == nil {
 		return "", fmt.Errorf("publishing image %s: the backend has no EBS client", img.Key)
 	}
-	return b.pub.Publish(ctx, img)
+	ami, err := b.pub.Publish(ctx, img)
+	if err == nil {
+		// A pod is about to launch from it: the garbage collector must not take it meanwhile.
+		b.uses.mark(ami, b.now())
+	}
+	return ami, err
 }
 
 func (b *Backend) loop(ctx context.Context) {
 	defer close(b.done)
+	gcDone := make(chan struct{})
+	go func() {
+		defer close(gcDone)
+		b.imageGCLoop(ctx)
+	}()
+	defer func() { <-gcDone }()
 	t := time.NewTicker(b.cfg.SyncPeriod.Duration)
 	defer t.Stop()
 	for {
@@ -152,6 +168,9 @@ func (b *Backend) loop(ctx context.Context) {
 		rctx, cancel := context.WithTimeout(ctx, 2*b.cfg.SyncPeriod.Duration+time.Minute)
 		if err := b.refresh(rctx); err != nil {
 			log.G(ctx).WithError(err).Warn("listing the node's instances")
+		}
+		if err := b.recordUses(rctx); err != nil {
+			log.G(ctx).WithError(err).Warn("recording the use of the node's images")
 		}
 		cancel()
 	}

@@ -45,6 +45,10 @@ type Config struct {
 	SyncPeriod metav1.Duration `json:"syncPeriod,omitempty"`
 	// GCMinAge is how old an instance whose pod is gone must be before the garbage collector ends it (default 2m).
 	GCMinAge metav1.Duration `json:"gcMinAge,omitempty"`
+	// ImageMaxUnused is how long the cluster's AMIs and snapshots may go unused before the backend deregisters
+	// and deletes them (default 168h): unused means no instance of the cluster runs from the AMI and no launch
+	// recorded it (the i2kit.io/last-used tag, or its creation) for that long.
+	ImageMaxUnused metav1.Duration `json:"imageMaxUnused,omitempty"`
 	// AgentCA is the node's own CA for the agent channel (PEM files); unset, one is made once and kept in
 	// StateDir, so that a restarted node is still trusted by the agents of the instances it adopts.
 	AgentCA CAFiles `json:"agentCA,omitempty"`
@@ -70,6 +74,9 @@ const (
 	DefaultAgentPort  = 7443
 	DefaultSyncPeriod = 10 * time.Second
 	DefaultGCMinAge   = 2 * time.Minute
+	// DefaultImageMaxUnused keeps an image a week after its last pod: a Deployment rolled back within days finds
+	// its AMI still there.
+	DefaultImageMaxUnused = 7 * 24 * time.Hour
 	// minSyncPeriod keeps the listing within the account's API rate.
 	minSyncPeriod = time.Second
 	// maxUserTags leaves room for the backend's own tags within EC2's 50 tags per resource.
@@ -95,6 +102,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.StateDir == "" {
 		c.StateDir = DefaultStateDir
+	}
+	if c.ImageMaxUnused.Duration == 0 {
+		c.ImageMaxUnused.Duration = DefaultImageMaxUnused
 	}
 	return c
 }
@@ -164,6 +174,9 @@ func (c Config) Validate() error {
 	}
 	if c.GCMinAge.Duration < 0 {
 		bad("gcMinAge", "%s is negative", c.GCMinAge.Duration)
+	}
+	if c.ImageMaxUnused.Duration < 0 {
+		bad("imageMaxUnused", "%s is negative", c.ImageMaxUnused.Duration)
 	}
 	return errors.Join(errs...)
 }

@@ -25,6 +25,8 @@ import (
 // instance is the backend's view of one pod's instance.
 type instance struct {
 	st vm.Status
+	// image is the AMI the instance runs from: the image garbage collector keeps it.
+	image string
 	// launched is when this backend launched the instance (zero for one adopted from a listing); seen says a
 	// listing has shown it, state is what the last listing said.
 	launched time.Time
@@ -110,6 +112,7 @@ func (b *Backend) Launch(ctx context.Context, p vm.Plan) (vm.Status, error) {
 		}
 		switch {
 		case err == nil:
+			b.uses.mark(p.Published, b.now())
 			return b.launched(ctx, p, out), nil
 		case IsInsufficientCapacity(err):
 			b.shunned.add(c.key())
@@ -245,7 +248,7 @@ func (b *Backend) findByToken(ctx context.Context, token string) (*ec2types.Inst
 // launched records the instance a launch made (or found) and returns its status.
 func (b *Backend) launched(ctx context.Context, p vm.Plan, ei *ec2types.Instance) vm.Status {
 	in := &instance{launched: b.now(), keepMetadata: p.Annotations[AnnotationInstanceMetadata] == "enabled",
-		st: vm.Status{UID: p.UID, Namespace: p.Namespace, Name: p.Name, ID: *ei.InstanceId, State: vm.Booting, Started: b.now()}}
+		image: p.Published, st: vm.Status{UID: p.UID, Namespace: p.Namespace, Name: p.Name, ID: *ei.InstanceId, State: vm.Booting, Started: b.now()}}
 	in.update(ei)
 	b.mu.Lock()
 	cur, known := b.insts[p.UID]
@@ -423,6 +426,9 @@ func (in *instance) update(ei *ec2types.Instance) {
 	}
 	if ei.LaunchTime != nil {
 		in.st.Started = *ei.LaunchTime
+	}
+	if id := sdkaws.ToString(ei.ImageId); id != "" {
+		in.image = id
 	}
 	if ei.MetadataOptions != nil && ei.MetadataOptions.HttpEndpoint == ec2types.InstanceMetadataEndpointStateDisabled {
 		in.metadataOff = true
