@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -329,10 +328,7 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 
 // throttleBackoff is the wait before the (n+1)th call after n throttled ones: exponential from throttleBase, at most
 // throttleCap, with jitter in its upper half so that the node's launches do not call again in step.
-func throttleBackoff(n int) time.Duration {
-	d := min(throttleBase<<n, throttleCap)
-	return d/2 + rand.N(d/2+1)
-}
+func throttleBackoff(n int) time.Duration { return jitteredBackoff(throttleBase, throttleCap, n) }
 
 const (
 	throttleBase = 250 * time.Millisecond

@@ -366,7 +366,7 @@ func (u *uploader) retry(ctx context.Context, call func() error) error {
 	var err error
 	for attempt := range u.opts.Attempts {
 		if attempt > 0 {
-			if werr := sleepOrDone(ctx, jitteredBackoff(u.opts.RetryBase, u.opts.RetryMax, attempt-1)); werr != nil {
+			if werr := sleepCtx(ctx, jitteredBackoff(u.opts.RetryBase, u.opts.RetryMax, attempt-1)); werr != nil {
 				return errors.Join(err, werr)
 			}
 		}
@@ -391,17 +391,6 @@ func jitteredBackoff(base, most time.Duration, attempt int) time.Duration {
 		d = base << attempt
 	}
 	return d/2 + rand.N(d/2+1)
-}
-
-func sleepOrDone(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // transientCodes are the AWS error codes worth another try: throttling, server faults, and a snapshot EBS does not
@@ -497,7 +486,7 @@ func pollCloud(ctx context.Context, opts UploadOptions, check func() (bool, erro
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%w after %s", errWaitTimeout, opts.WaitTimeout)
 		}
-		if err := sleepOrDone(ctx, jitteredBackoff(opts.PollBase, opts.PollMax, attempt)); err != nil {
+		if err := sleepCtx(ctx, jitteredBackoff(opts.PollBase, opts.PollMax, attempt)); err != nil {
 			return err
 		}
 	}
