@@ -81,62 +81,55 @@ type describeGroupsResponse struct {
 // lookupSubnets returns the subnets with the given IDs (all subnets when ids is empty) from the fixtures and
 // then the fallback; an unknown ID is InvalidSubnetID.NotFound.
 func (s *Server) lookupSubnets(ids []string) ([]Subnet, error) {
-	var out, foreign []Subnet
-	var missing []string
-	if len(ids) == 0 {
-		out = slices.Clone(s.opts.Subnets)
-	}
-	for _, id := range ids {
-		if n, ok := s.subnets[id]; ok {
-			out = append(out, n)
-		} else {
-			missing = append(missing, id)
+	return lookup(s, ids, s.opts.Subnets, s.subnets, func(n Subnet) string { return n.ID }, func(missing []string) ([]Subnet, error) {
+		fq := params{"Action": {"DescribeSubnets"}, "Version": {apiVersion}}
+		for i, id := range missing {
+			fq["SubnetId."+itoa(i+1)] = []string{id}
 		}
-	}
-	if s.opts.Fallback == nil {
-		if len(missing) > 0 {
-			return nil, notFound(missing[0])
+		var resp describeSubnetsResponse
+		if err := s.forward(fq, &resp); err != nil {
+			return nil, err
+		}
+		var out []Subnet
+		for _, x := range resp.Subnets {
+			out = append(out, Subnet{ID: x.SubnetID, VpcID: x.VpcID, CIDR: x.CidrBlock, AvailabilityZone: x.AvailabilityZone, Tags: x.Tags})
 		}
 		return out, nil
-	}
-	if len(ids) > 0 && len(missing) == 0 {
-		return out, nil
-	}
-	fq := params{"Action": {"DescribeSubnets"}, "Version": {apiVersion}}
-	for i, id := range missing {
-		fq["SubnetId."+itoa(i+1)] = []string{id}
-	}
-	var resp describeSubnetsResponse
-	if err := s.forward(fq, &resp); err != nil {
-		return nil, err
-	}
-	for _, x := range resp.Subnets {
-		if _, fixture := s.subnets[x.SubnetID]; fixture {
-			continue
-		}
-		foreign = append(foreign, Subnet{ID: x.SubnetID, VpcID: x.VpcID, CIDR: x.CidrBlock, AvailabilityZone: x.AvailabilityZone, Tags: x.Tags})
-	}
-	for _, id := range missing {
-		if !slices.ContainsFunc(foreign, func(n Subnet) bool { return n.ID == id }) {
-			return nil, notFound(id)
-		}
-	}
-	slices.SortFunc(foreign, func(a, b Subnet) int { return strings.Compare(a.ID, b.ID) })
-	return append(out, foreign...), nil
+	})
 }
 
 // lookupGroups is lookupSubnets for security groups.
 func (s *Server) lookupGroups(ids []string) ([]SecurityGroup, error) {
-	var out, foreign []SecurityGroup
+	return lookup(s, ids, s.opts.SecurityGroups, s.groups, func(g SecurityGroup) string { return g.ID }, func(missing []string) ([]SecurityGroup, error) {
+		fq := params{"Action": {"DescribeSecurityGroups"}, "Version": {apiVersion}}
+		for i, id := range missing {
+			fq["GroupId."+itoa(i+1)] = []string{id}
+		}
+		var resp describeGroupsResponse
+		if err := s.forward(fq, &resp); err != nil {
+			return nil, err
+		}
+		var out []SecurityGroup
+		for _, x := range resp.Groups {
+			out = append(out, SecurityGroup{ID: x.GroupID, Name: x.GroupName, Description: x.Description, VpcID: x.VpcID, Tags: x.Tags})
+		}
+		return out, nil
+	})
+}
+
+// lookup finds network resources by ID (all when ids is empty): the fixtures first, then what forward finds in the
+// fallback (kumo's VPC resources); an unknown ID is a NotFound error.
+func lookup[T any](s *Server, ids []string, all []T, fixtures map[string]T, id func(T) string, forward func(missing []string) ([]T, error)) ([]T, error) {
+	var out []T
 	var missing []string
 	if len(ids) == 0 {
-		out = slices.Clone(s.opts.SecurityGroups)
+		out = slices.Clone(all)
 	}
-	for _, id := range ids {
-		if g, ok := s.groups[id]; ok {
-			out = append(out, g)
+	for _, k := range ids {
+		if v, ok := fixtures[k]; ok {
+			out = append(out, v)
 		} else {
-			missing = append(missing, id)
+			missing = append(missing, k)
 		}
 	}
 	if s.opts.Fallback == nil {
@@ -148,26 +141,17 @@ func (s *Server) lookupGroups(ids []string) ([]SecurityGroup, error) {
 	if len(ids) > 0 && len(missing) == 0 {
 		return out, nil
 	}
-	fq := params{"Action": {"DescribeSecurityGroups"}, "Version": {apiVersion}}
-	for i, id := range missing {
-		fq["GroupId."+itoa(i+1)] = []string{id}
-	}
-	var resp describeGroupsResponse
-	if err := s.forward(fq, &resp); err != nil {
+	found, err := forward(missing)
+	if err != nil {
 		return nil, err
 	}
-	for _, x := range resp.Groups {
-		if _, fixture := s.groups[x.GroupID]; fixture {
-			continue
-		}
-		foreign = append(foreign, SecurityGroup{ID: x.GroupID, Name: x.GroupName, Description: x.Description, VpcID: x.VpcID, Tags: x.Tags})
-	}
-	for _, id := range missing {
-		if !slices.ContainsFunc(foreign, func(g SecurityGroup) bool { return g.ID == id }) {
-			return nil, notFound(id)
+	foreign := slices.DeleteFunc(found, func(v T) bool { _, fixture := fixtures[id(v)]; return fixture })
+	for _, k := range missing {
+		if !slices.ContainsFunc(foreign, func(v T) bool { return id(v) == k }) {
+			return nil, notFound(k)
 		}
 	}
-	slices.SortFunc(foreign, func(a, b SecurityGroup) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortFunc(foreign, func(a, b T) int { return strings.Compare(id(a), id(b)) })
 	return append(out, foreign...), nil
 }
 
