@@ -107,7 +107,8 @@ type tgState struct {
 
 // Ensure makes the Service's NLB match lb: the load balancer, its target groups and their targets, then its
 // listeners. New targets are registered first; the targets they replace are deregistered only once every wanted
-// target has a health verdict and one is healthy, so that a rolling update keeps serving.
+// target has a health verdict and one is healthy, so that a rolling update keeps serving. When they are not,
+// Ensure finishes everything else and returns the ingress with an ErrTargetsNotHealthy.
 func (b *NLBBalancer) Ensure(ctx context.Context, lb netsync.LoadBalancer) ([]corev1.LoadBalancerIngress, error) {
 	if err := b.check(lb); err != nil {
 		return nil, err
@@ -160,8 +161,9 @@ func (b *NLBBalancer) Ensure(ctx context.Context, lb netsync.LoadBalancer) ([]co
 	if err := b.ensureListeners(ctx, lbARN, lb.Listeners, listeners, groups, tags); err != nil {
 		return nil, err
 	}
-	if err := b.deregisterGone(ctx, groups, order); err != nil {
-		return nil, err
+	waitErr := b.deregisterGone(ctx, groups, order)
+	if waitErr != nil && !errors.Is(waitErr, ErrTargetsNotHealthy) {
+		return nil, waitErr
 	}
 
 	// What no wanted listener or target group is any more, last.
@@ -179,7 +181,7 @@ func (b *NLBBalancer) Ensure(ctx context.Context, lb netsync.LoadBalancer) ([]co
 			}
 		}
 	}
-	return []corev1.LoadBalancerIngress{{Hostname: sdkaws.ToString(cur.DNSName)}}, nil
+	return []corev1.LoadBalancerIngress{{Hostname: sdkaws.ToString(cur.DNSName)}}, waitErr
 }
 
 func (b *NLBBalancer) check(lb netsync.LoadBalancer) error {

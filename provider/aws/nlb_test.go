@@ -658,9 +658,9 @@ func TestNLBRollingUpdate(t *testing.T) {
 				f.neverHealthy[b.IP.String()] = true
 			}
 		})
-		_, err := e.bal.Ensure(ctxT(t), model(svc, broken, 80))
-		if !errors.Is(err, ErrTargetsNotHealthy) {
-			t.Fatalf("Ensure with targets that never turn healthy: %v, want ErrTargetsNotHealthy", err)
+		ing, err := e.bal.Ensure(ctxT(t), model(svc, broken, 80))
+		if !errors.Is(err, ErrTargetsNotHealthy) || len(ing) != 1 || ing[0].Hostname == "" {
+			t.Fatalf("Ensure with targets that never turn healthy: %v, %v; want the ingress and ErrTargetsNotHealthy", ing, err)
 		}
 		if reg, healthy := e.front.registered(arn); len(reg) != 12 || healthy != 10 {
 			t.Errorf("registered %v (%d healthy): want the 10 old kept beside the 2 broken", reg, healthy)
@@ -678,11 +678,14 @@ func TestNLBRollingUpdate(t *testing.T) {
 			t.Errorf("%d healthy targets left, want the 10 old", healthy)
 		}
 	})
-	t.Run("cancelled", func(t *testing.T) {
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		if _, err := e.bal.Ensure(ctx, model(svc, targets("10.4.4.1", 2), 80)); !errors.Is(err, context.Canceled) {
-			t.Errorf("Ensure with a cancelled context: %v", err)
+	t.Run("cancelled while waiting", func(t *testing.T) {
+		e.front.set(func(f *elbFront) { f.healthyAfter = 1 << 30 })
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err := e.bal.Ensure(ctx, model(svc, targets("10.4.4.1", 2), 80))
+		if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 10*time.Second {
+			t.Errorf("Ensure whose context ends while it waits: %v after %s", err, time.Since(start))
 		}
 	})
 }
