@@ -9,7 +9,8 @@ import (
 )
 
 // TestIAMPolicyListsEveryCall: iam-policy.json, the policy users give the node, allows exactly the actions the
-// backend calls — every method of EC2API and EBSAPI, the only ways it reaches AWS — and nothing else.
+// backend and its load balancers call — every method of EC2API, EBSAPI and ELBv2API, the only ways they reach
+// AWS — and the actions AWS authorises along with them (impliedELBv2Actions), and nothing else.
 func TestIAMPolicyListsEveryCall(t *testing.T) {
 	raw, err := os.ReadFile("iam-policy.json")
 	if err != nil {
@@ -38,12 +39,16 @@ func TestIAMPolicyListsEveryCall(t *testing.T) {
 	}
 	called := map[string]bool{}
 	for prefix, api := range map[string]reflect.Type{
-		"ec2:": reflect.TypeFor[EC2API](),
-		"ebs:": reflect.TypeFor[EBSAPI](),
+		"ec2:":                  reflect.TypeFor[EC2API](),
+		"ebs:":                  reflect.TypeFor[EBSAPI](),
+		"elasticloadbalancing:": reflect.TypeFor[ELBv2API](),
 	} {
 		for m := range api.Methods() {
 			called[prefix+m.Name] = true
 		}
+	}
+	for _, a := range impliedELBv2Actions {
+		called[a] = true
 	}
 	for a := range called {
 		if !allowed[a] {
