@@ -490,3 +490,38 @@ func assertNothingLeft(t *testing.T, b *Balancer) {
 		t.Errorf("List = %v, want none", got)
 	}
 }
+
+// TestBalancerSweepsAddresses: an address of the pool that no record holds (the table was flushed behind the
+// node's back, or another node's pool overlaps) is removed by the next Ensure or Delete.
+func TestBalancerSweepsAddresses(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	p := newPods(t, "a")
+	b, err := New(Config{Pool: netip.MustParsePrefix("10.89.0.0/24"), Table: "i2kit-lb-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stray := func() {
+		t.Helper()
+		if out, err := exec.Command("ip", "addr", "add", "10.89.0.77/32", "dev", "lo").CombinedOutput(); err != nil {
+			t.Fatalf("adding a stray address: %v: %s", err, out)
+		}
+	}
+	stray()
+	svc := service("hello", "0c2a8a5e-4b0d-4c55-9d61-5a3e6f1f2b7c")
+	ip := ensure(t, b, lb(svc, p.targets(tcpPort, "a"), nil))
+	if got := addresses(t, b); !slices.Equal(got, []netip.Addr{ip}) {
+		t.Fatalf("after Ensure the pool's addresses are %v, want [%s]", got, ip)
+	}
+	stray()
+	if err := b.Delete(context.Background(), svc); err != nil {
+		t.Fatal(err)
+	}
+	assertNothingLeft(t, b)
+	stray()
+	if err := b.Delete(context.Background(), svc); err != nil { // the table is gone too
+		t.Fatal(err)
+	}
+	assertNothingLeft(t, b)
+}
