@@ -433,7 +433,10 @@ func TestBalancerMovesOutOfAShrunkPool(t *testing.T) {
 	}
 	ip2 := ensure(t, b, lb(svc, p.targets(tcpPort, "a"), nil))
 	if got := addresses(t, b); !slices.Equal(got, []netip.Addr{ip2}) {
-		t.Fatalf("addresses of %s = %v, want [%s] (not %s)", cfg.Interface, got, ip2, ip)
+		t.Fatalf("addresses of the new pool = %v, want [%s]", got, ip2)
+	}
+	if got := addresses(t, &Balancer{cfg: Config{Pool: netip.MustParsePrefix("10.89.0.0/24"), Interface: "lo"}}); len(got) != 0 {
+		t.Fatalf("addresses of the old pool = %v, want none (the Service moved from %s)", got, ip)
 	}
 	spread(t, func() (string, error) { return askTCP(netip.AddrPortFrom(ip2, 80).String()) }, "a")
 	if err := b.Delete(context.Background(), svc); err != nil {
