@@ -374,6 +374,9 @@ func TestBalancer(t *testing.T) {
 		t.Fatalf("after a restart the Service moved from %s to %s", ip, again)
 	}
 	spread(t, func() (string, error) { return askTCP(web) }, "c")
+	if recs, err := b.records(mustConn(t)); err != nil || len(recs) != 1 {
+		t.Fatalf("after four Ensures the Service has %d records (%v), want one", len(recs), err)
+	}
 
 	t.Log("a second Service")
 	other := service("other", "9d3c1b7a-0000-4000-8000-000000000001")
