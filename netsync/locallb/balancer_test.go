@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/i2kit/i2kit/netsync"
 )
@@ -177,38 +179,51 @@ func askUDP(c net.Conn) (string, error) {
 // not answer in 300 tries (each answers a try with probability 1/len(want): missing one is all but impossible).
 func spread(t *testing.T, ask func() (string, error), want ...string) {
 	t.Helper()
+	if err := trySpread(ask, want...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func trySpread(ask func() (string, error), want ...string) error {
 	seen := map[string]int{}
 	for range 300 {
 		name, err := ask()
 		if err != nil {
-			t.Fatalf("asking through the balancer: %v", err)
+			return fmt.Errorf("asking through the balancer: %w", err)
 		}
 		if !slices.Contains(want, name) {
-			t.Fatalf("pod %s answered; want only %v", name, want)
+			return fmt.Errorf("pod %s answered; want only %v", name, want)
 		}
 		seen[name]++
 		if len(seen) == len(want) {
-			return
+			return nil
 		}
 	}
-	t.Fatalf("in 300 tries only %v answered; want %v", seen, want)
+	return fmt.Errorf("in 300 tries only %v answered; want %v", seen, want)
 }
 
 // refused checks that a TCP connection is refused at once (a reset), not accepted nor left to time out.
 func refused(t *testing.T, addr string) {
 	t.Helper()
+	if err := tryRefused(addr); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func tryRefused(addr string) error {
 	start := time.Now()
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err == nil {
 		c.Close()
-		t.Fatalf("connecting to %s succeeded; want it refused", addr)
+		return fmt.Errorf("connecting to %s succeeded; want it refused", addr)
 	}
 	if !errors.Is(err, syscall.ECONNREFUSED) {
-		t.Fatalf("connecting to %s: %v; want connection refused", addr, err)
+		return fmt.Errorf("connecting to %s: %w; want connection refused", addr, err)
 	}
 	if d := time.Since(start); d > time.Second {
-		t.Errorf("the refusal took %v", d)
+		return fmt.Errorf("the refusal took %v", d)
 	}
+	return nil
 }
 
 func service(name, uid string) netsync.ServiceKey {
@@ -527,6 +542,106 @@ func TestBalancerSweepsAddresses(t *testing.T) {
 	assertNothingLeft(t, b)
 	stray()
 	if err := b.Delete(context.Background(), svc); err != nil { // the table is gone too
+		t.Fatal(err)
+	}
+	assertNothingLeft(t, b)
+}
+
+// remote is a client in a network namespace of its own, linked to the test's by a veth pair and routed through
+// it: its packets reach the balancer on the prerouting hook, as a client on the LAN's or a pod VM's do. A
+// goroutine locked to a thread that left the test's namespace makes its sockets.
+type remote struct {
+	do chan func()
+}
+
+func newRemote(t *testing.T) *remote {
+	t.Helper()
+	for _, args := range [][]string{{"link", "add", "cli0", "type", "veth", "peer", "name", "cli1"},
+		{"addr", "add", "10.91.0.1/24", "dev", "cli0"}, {"link", "set", "cli0", "up"}} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	peer, err := netlink.LinkByName("cli1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &remote{do: make(chan func())}
+	nsc, moved := make(chan *os.File), make(chan bool)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine, out of the test's namespace
+		var ns *os.File
+		if err := unix.Unshare(unix.CLONE_NEWNET); err == nil {
+			ns, _ = os.Open("/proc/thread-self/ns/net")
+		}
+		nsc <- ns
+		if ns == nil || !<-moved {
+			return
+		}
+		for f := range r.do {
+			f()
+		}
+	}()
+	ns := <-nsc
+	if ns == nil {
+		t.Fatal("making the client's network namespace failed")
+	}
+	defer ns.Close()
+	// From the test's namespace, where the peer is.
+	if err := netlink.LinkSetNsFd(peer, int(ns.Fd())); err != nil {
+		moved <- false
+		t.Fatal(err)
+	}
+	moved <- true
+	t.Cleanup(func() { close(r.do) })
+	r.run(t, func() error {
+		for _, name := range []string{"lo", "cli1"} {
+			l, err := netlink.LinkByName(name)
+			if err != nil {
+				return err
+			}
+			if err := netlink.LinkSetUp(l); err != nil {
+				return err
+			}
+			if name == "cli1" {
+				if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(10, 91, 0, 2), Mask: net.CIDRMask(24, 32)}}); err != nil {
+					return err
+				}
+			}
+		}
+		return netlink.RouteAdd(&netlink.Route{Gw: net.IPv4(10, 91, 0, 1)})
+	})
+	return r
+}
+
+// run runs f in the client's namespace.
+func (r *remote) run(t *testing.T, f func() error) {
+	t.Helper()
+	done := make(chan error)
+	r.do <- func() { done <- f() }
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBalancerRemoteClient: a client in another network namespace is spread over the targets and refused at once
+// when there are none.
+func TestBalancerRemoteClient(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	p := newPods(t, "a", "b")
+	r := newRemote(t)
+	b, err := New(Config{Pool: netip.MustParsePrefix("10.89.0.0/24"), Table: "i2kit-lb-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := service("hello", "0c2a8a5e-4b0d-4c55-9d61-5a3e6f1f2b7c")
+	web := netip.AddrPortFrom(ensure(t, b, lb(svc, p.targets(tcpPort, "a", "b"), nil)), 80).String()
+	r.run(t, func() error { return trySpread(func() (string, error) { return askTCP(web) }, "a", "b") })
+	ensure(t, b, lb(svc, nil, nil))
+	r.run(t, func() error { return tryRefused(web) })
+	if err := b.Delete(context.Background(), svc); err != nil {
 		t.Fatal(err)
 	}
 	assertNothingLeft(t, b)
