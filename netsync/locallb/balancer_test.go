@@ -282,7 +282,7 @@ func listKeys(t *testing.T, b *Balancer) []netsync.ServiceKey {
 	return keys
 }
 
-// TestBalancer drives the balancer in a network namespace with pods on a dummy interface and a client on the
+// TestBalancer drives the balancer in a network namespace with pods on the loopback and a client on the
 // host side (the output hook, as `curl` on the node): spreading, an update that keeps established connections,
 // refusals, a restart, two Services, and Delete leaving nothing.
 func TestBalancer(t *testing.T) {
