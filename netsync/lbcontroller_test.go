@@ -687,3 +687,17 @@ func TestLBControllerRun(t *testing.T) {
 		t.Fatal("Run over stopped informers returned nil")
 	}
 }
+
+// TestLBControllerFinalizerRestored: a finalizer taken off by hand from a claimed Service is put back, so that
+// deleting the Service still deletes its load balancer.
+func TestLBControllerFinalizerRestored(t *testing.T) {
+	b := newFakeBalancer(t)
+	e := startLB(t, b, LBControllerOptions{}, lbService("web", "uid-web", ours, nil))
+	e.eventually("the status", func() bool { return len(e.service("web").Status.LoadBalancer.Ingress) == 1 })
+	svc := e.service("web")
+	svc.Finalizers = nil
+	e.update(svc)
+	e.eventually("the finalizer back", func() bool {
+		return slices.Contains(e.service("web").Finalizers, LoadBalancerFinalizer) && len(b.callsFor("ensure")) == 2
+	})
+}
