@@ -29,7 +29,7 @@ type fakeBalancer struct {
 	calls []string // "ensure ns/name", "delete ns/name uid", "list"
 	// ensureErrs, deleteErrs and listErrs fail that many calls from now.
 	ensureErrs, deleteErrs, listErrs int
-	// before, when set, is called at the start of every Ensure and Delete (outside the lock).
+	// before, when set, is called at the start of every call (outside the lock).
 	before   func(call string, svc ServiceKey)
 	inflight map[string]bool
 }
@@ -86,6 +86,9 @@ func (f *fakeBalancer) Delete(_ context.Context, svc ServiceKey) error {
 }
 
 func (f *fakeBalancer) List(context.Context) ([]ServiceKey, error) {
+	if f.before != nil {
+		f.before("list", ServiceKey{})
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, "list")
@@ -316,8 +319,8 @@ func TestLBControllerEnsure(t *testing.T) {
 	key := ServiceKey{"default", "web", "uid-web"}
 	var e *lbEnv
 	b.before = func(call string, sk ServiceKey) {
-		if s := e.service(sk.Name); call == "ensure" && !slices.Contains(s.Finalizers, LoadBalancerFinalizer) {
-			t.Errorf("Ensure before the finalizer is on the Service (finalizers %v)", s.Finalizers)
+		if call == "ensure" && !slices.Contains(e.service(sk.Name).Finalizers, LoadBalancerFinalizer) {
+			t.Errorf("Ensure before the finalizer is on the Service")
 		}
 	}
 	e = startLB(t, b, LBControllerOptions{}, svc, lbSlice("web", "10.92.0.5"))
@@ -423,7 +426,7 @@ func TestLBControllerDelete(t *testing.T) {
 	b := newFakeBalancer(t)
 	var e *lbEnv
 	b.before = func(call string, sk ServiceKey) {
-		if s := e.service(sk.Name); call == "delete" && !slices.Contains(s.Finalizers, LoadBalancerFinalizer) {
+		if call == "delete" && !slices.Contains(e.service(sk.Name).Finalizers, LoadBalancerFinalizer) {
 			t.Errorf("Delete after the finalizer was removed")
 		}
 	}
@@ -621,8 +624,11 @@ func TestLBControllerOneSyncAtATime(t *testing.T) {
 	var once sync.Once
 	entered := make(chan struct{})
 	b.before = func(call string, _ ServiceKey) {
-		if call == "ensure" {
+		switch call {
+		case "ensure":
 			once.Do(func() { close(entered); <-release })
+		case "list": // the sweep finds the orphan while the new Service's Ensure runs
+			<-entered
 		}
 	}
 	e := startLB(t, b, LBControllerOptions{Workers: 4}, lbService("web", "uid-web", ours, nil), lbSlice("web", "10.92.0.1"))
