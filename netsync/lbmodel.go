@@ -56,7 +56,8 @@ const TrafficPort = "traffic-port"
 
 // DefaultHealthCheck is a target group's health check when the Service's annotations say nothing: a TCP connection
 // to the traffic port every 10 seconds, 3 in a row to turn healthy or unhealthy (aws-load-balancer-controller's
-// defaults for ip targets).
+// defaults for ip targets). A UDP listener's targets are checked over TCP too (an NLB checks no UDP): a pod that
+// serves UDP only needs the port annotation to name a TCP port it answers on.
 var DefaultHealthCheck = HealthCheck{Protocol: TCP, Port: TrafficPort, IntervalSeconds: 10, HealthyThreshold: 3,
 	UnhealthyThreshold: 3}
 
