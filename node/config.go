@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -64,8 +65,27 @@ type Config struct {
 	QEMU QEMUConfig `json:"qemu,omitempty"`
 	// AWS configures the aws backend; its node defaults to NodeName.
 	AWS aws.Config `json:"aws,omitempty"`
+	// LoadBalancers configures the load balancers of Services of type LoadBalancer.
+	LoadBalancers LoadBalancersConfig `json:"loadBalancers,omitempty"`
 	// Images configures how pod VM images are built.
 	Images ImagesConfig `json:"images,omitempty"`
+}
+
+// LoadBalancersConfig configures the load balancers the node makes for the Services of type LoadBalancer it
+// claims: those whose loadBalancerClass is netsync.LoadBalancerClass (and, with ClaimUnclassed, those without a
+// class). With the qemu backend they are the node's own (nftables), their ingress addresses from Pool; with aws,
+// Network Load Balancers.
+type LoadBalancersConfig struct {
+	// Enabled runs the load-balancer controller (default true).
+	Enabled bool `json:"enabled"`
+	// ClaimUnclassed also claims Services without a loadBalancerClass: off by default, so that a mixed cluster's own
+	// cloud controller keeps them.
+	ClaimUnclassed bool `json:"claimUnclassed,omitempty"`
+	// Cluster names the cluster in the load balancers' tags (default: aws.cluster, else the node's name).
+	Cluster string `json:"cluster,omitempty"`
+	// Pool is the IPv4 range of the qemu backend's ingress addresses, added to the host's loopback; nothing else on
+	// the host may use it (default 10.89.0.0/24).
+	Pool string `json:"pool,omitempty"`
 }
 
 // QEMUConfig configures the qemu backend.
@@ -115,6 +135,7 @@ func DefaultConfig() Config {
 		Port:          10250,
 		PodCIDR:       "10.88.0.0/16",
 		QEMU:          QEMUConfig{RuntimeDir: "/run/i2kit/qemu", Bridge: "i2kit0"},
+		LoadBalancers: LoadBalancersConfig{Enabled: true, Pool: "10.89.0.0/24"},
 		Images:        ImagesConfig{Store: filepath.Join(cachedir.Root(), "images"), MaxImages: 500, MaxBytes: "50Gi"},
 	}
 }
@@ -272,6 +293,14 @@ func (c *Config) Validate() error {
 	}
 	if _, _, err := net.ParseCIDR(c.PodCIDR); err != nil {
 		return fmt.Errorf("podCIDR %q: %w", c.PodCIDR, err)
+	}
+	if c.LoadBalancers.Cluster == "" {
+		c.LoadBalancers.Cluster = cmp.Or(c.AWS.Cluster, c.NodeName)
+	}
+	if c.Backend == "qemu" && c.LoadBalancers.Enabled {
+		if p, err := netip.ParsePrefix(c.LoadBalancers.Pool); err != nil || !p.Addr().Is4() || p.Bits() < 16 {
+			return fmt.Errorf("loadBalancers.pool %q: want an IPv4 range from /16 to /32, such as 10.89.0.0/24", c.LoadBalancers.Pool)
+		}
 	}
 	if c.Backend == "aws" {
 		if c.AWS.Node == "" {

@@ -32,6 +32,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/i2kit/i2kit/internal/version"
+	"github.com/i2kit/i2kit/netsync"
 	"github.com/i2kit/i2kit/provider"
 	"github.com/i2kit/i2kit/provider/vm"
 )
@@ -44,7 +45,13 @@ type BackendFunc func(ctx context.Context, c Config, notify func(vm.Status)) (vm
 type Wiring struct {
 	Backends map[string]BackendFunc
 	Images   func(ImagesConfig) (provider.ImageBuilder, io.Closer, error)
+	// Balancers make the load balancers of Services of type LoadBalancer, by backend name: the backend's cloud's,
+	// or the node's own. A backend without one leaves those Services to another controller.
+	Balancers map[string]BalancerFunc
 }
+
+// BalancerFunc makes the Balancer of a backend from the node's configuration.
+type BalancerFunc func(ctx context.Context, c Config) (netsync.Balancer, error)
 
 // Run validates c, registers the node and serves until ctx ends, then stops every controller and server it
 // started before returning. A configuration error names the field.
@@ -152,7 +159,22 @@ func Run(ctx context.Context, c Config, w Wiring) error {
 	// Pod VMs reach ClusterIPs (the API server's among them) through the service table their agents forward by.
 	go func() {
 		defer gc.Done()
-		if err := syncServices(ctx, client, services, p.SetServices); err != nil {
+		var lb func(services, slices cache.SharedIndexInformer) *netsync.LBController
+		if newBalancer, ok := w.Balancers[c.Backend]; ok && c.LoadBalancers.Enabled {
+			b, err := newBalancer(ctx, c)
+			if err != nil {
+				log.G(ctx).WithError(err).Error("Services of type LoadBalancer stay pending: no load balancer")
+			} else {
+				lb = func(services, slices cache.SharedIndexInformer) *netsync.LBController {
+					return netsync.NewLBController(client, services, slices, b, netsync.LBControllerOptions{
+						ClaimUnclassed: c.LoadBalancers.ClaimUnclassed,
+						Model:          netsync.ModelOptions{Cluster: c.LoadBalancers.Cluster, Node: c.NodeName, MergeTCPUDP: c.Backend == "aws"},
+						Events:         broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "i2kit-service-controller", Host: c.NodeName}),
+					})
+				}
+			}
+		}
+		if err := syncServices(ctx, client, services, p.SetServices, lb); err != nil {
 			log.G(ctx).WithError(err).Error("keeping the pods' service table")
 		}
 	}()

@@ -52,14 +52,25 @@ func watchRuntimeObjects(changed func(namespace string)) nodeutil.NodeOpt {
 	})
 }
 
-// syncServices calls set with the service table (netsync.Watch) until ctx ends: from services, the node's Services
-// informer, and the EndpointSlices of an informer of its own (virtual-kubelet watches none), stopped on return.
-func syncServices(ctx context.Context, client kubernetes.Interface, services cache.SharedIndexInformer, set func(netsync.Table)) error {
+// syncServices calls set with the service table (netsync.Watch) until ctx ends, and runs lb (when not nil) on the
+// same informers: services, the node's Services informer, and the EndpointSlices of an informer of its own
+// (virtual-kubelet watches none), stopped on return.
+func syncServices(ctx context.Context, client kubernetes.Interface, services cache.SharedIndexInformer, set func(netsync.Table),
+	lb func(services, slices cache.SharedIndexInformer) *netsync.LBController) error {
 	ctx, cancel := context.WithCancel(ctx)
 	f := informers.NewSharedInformerFactory(client, 0)
 	slices := f.Discovery().V1().EndpointSlices().Informer()
 	f.Start(ctx.Done())
 	defer f.Shutdown() // after cancel: Shutdown waits for the informer to stop
 	defer cancel()
-	return netsync.Watch(ctx, services, slices, set)
+	if lb == nil {
+		return netsync.Watch(ctx, services, slices, set)
+	}
+	c := lb(services, slices)
+	errs := make(chan error, 2)
+	go func() { errs <- netsync.Watch(ctx, services, slices, set) }()
+	go func() { errs <- c.Run(ctx) }()
+	err := <-errs
+	cancel()
+	return errors.Join(err, <-errs)
 }

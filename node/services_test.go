@@ -73,7 +73,7 @@ func TestOneServicesWatch(t *testing.T) {
 			tableMu.Lock()
 			table = tb
 			tableMu.Unlock()
-		}); err != nil {
+		}, nil); err != nil {
 			t.Errorf("syncServices: %v", err)
 		}
 	}()

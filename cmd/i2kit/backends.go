@@ -3,7 +3,10 @@ package main
 import (
 	"context"
 	"io"
+	"net/netip"
 
+	"github.com/i2kit/i2kit/netsync"
+	"github.com/i2kit/i2kit/netsync/locallb"
 	"github.com/i2kit/i2kit/node"
 	"github.com/i2kit/i2kit/provider"
 	"github.com/i2kit/i2kit/provider/aws"
@@ -20,6 +23,12 @@ var wiring = node.Wiring{
 		},
 		"aws": func(ctx context.Context, c node.Config, notify func(vm.Status)) (vm.Backend, error) {
 			return aws.Open(ctx, c.AWS, notify) // c.AWS.Node defaults to the node's name (Config.Validate)
+		},
+	},
+	Balancers: map[string]node.BalancerFunc{
+		// The node's own load balancer: nftables DNAT from ingress addresses on the host's loopback to the pod VMs.
+		"qemu": func(_ context.Context, c node.Config) (netsync.Balancer, error) {
+			return locallb.New(locallb.Config{Pool: netip.MustParsePrefix(c.LoadBalancers.Pool)}) // checked by Config.Validate
 		},
 	},
 	Images: func(c node.ImagesConfig) (provider.ImageBuilder, io.Closer, error) {
