@@ -36,6 +36,7 @@ func TestPodSpec(t *testing.T) {
 	t.Run("probes", func(t *testing.T) { testProbes(t, nodeName, reg, n.Log) })
 	t.Run("init containers, lifecycle, hosts", func(t *testing.T) { testLifecycle(t, nodeName, reg, n.Log) })
 	t.Run("services", func(t *testing.T) { testServices(t, nodeName, reg, n.Log) })
+	t.Run("load balancer", func(t *testing.T) { testLoadBalancer(t, nodeName, reg, n.Log) })
 	t.Run("jobs", func(t *testing.T) { testJobs(t, nodeName, reg, n.Log) })
 	t.Run("terminal", func(t *testing.T) { testTerminal(t, nodeName, reg, n.Log) })
 	t.Run("kubectl top", func(t *testing.T) { testKubectlTop(t, nodeName, reg, n.Log) })
