@@ -28,7 +28,8 @@ var wiring = node.Wiring{
 	Balancers: map[string]node.BalancerFunc{
 		// The node's own load balancer: nftables DNAT from ingress addresses on the host's loopback to the pod VMs.
 		"qemu": func(_ context.Context, c node.Config) (netsync.Balancer, error) {
-			return locallb.New(locallb.Config{Pool: netip.MustParsePrefix(c.LoadBalancers.Pool)}) // checked by Config.Validate
+			// One table per node; the pool must be the node's alone (its addresses on lo that no Service holds go).
+			return locallb.New(locallb.Config{Pool: netip.MustParsePrefix(c.LoadBalancers.Pool), Table: "i2kit-lb-" + c.NodeName})
 		},
 	},
 	Images: func(c node.ImagesConfig) (provider.ImageBuilder, io.Closer, error) {
