@@ -1,6 +1,7 @@
 package netsync
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -192,9 +193,9 @@ func startLBWith(t *testing.T, b *fakeBalancer, o LBControllerOptions, onSync fu
 	f.Start(ctx.Done())
 	e := &lbEnv{t: t, ctx: ctx, client: client, b: b, events: &recorder{}, syncs: map[string][]error{}}
 	o.Events = e.events
-	o.Model = cmpOr(o.Model, ModelOptions{Cluster: "test-cluster", Node: "node-1"})
-	o.RetryBase = cmpOr(o.RetryBase, time.Millisecond)
-	o.RetryMax = cmpOr(o.RetryMax, 20*time.Millisecond)
+	o.Model = cmp.Or(o.Model, ModelOptions{Cluster: "test-cluster", Node: "node-1"})
+	o.RetryBase = cmp.Or(o.RetryBase, time.Millisecond)
+	o.RetryMax = cmp.Or(o.RetryMax, 20*time.Millisecond)
 	e.c = NewLBController(client, services, endpointSlices, b, o)
 	e.c.afterSync = func(key string, err error) {
 		e.mu.Lock()
@@ -214,14 +215,6 @@ func startLBWith(t *testing.T, b *fakeBalancer, o LBControllerOptions, onSync fu
 		f.Shutdown()
 	})
 	return e
-}
-
-func cmpOr[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
 }
 
 // eventually waits until cond holds, failing the test after 30 s.

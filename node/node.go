@@ -160,7 +160,11 @@ func Run(ctx context.Context, c Config, w Wiring) error {
 	go func() {
 		defer gc.Done()
 		var lb func(services, slices cache.SharedIndexInformer) *netsync.LBController
-		if newBalancer, ok := w.Balancers[c.Backend]; ok && c.LoadBalancers.Enabled {
+		newBalancer, ok := w.Balancers[c.Backend]
+		if !ok && c.LoadBalancers.Enabled && c.Backend != "none" {
+			log.G(ctx).WithField("backend", c.Backend).Warn("Services of type LoadBalancer stay pending: the backend has no load balancer yet")
+		}
+		if ok && c.LoadBalancers.Enabled {
 			b, err := newBalancer(ctx, c)
 			if err != nil {
 				log.G(ctx).WithError(err).Error("Services of type LoadBalancer stay pending: no load balancer")
@@ -168,7 +172,7 @@ func Run(ctx context.Context, c Config, w Wiring) error {
 				lb = func(services, slices cache.SharedIndexInformer) *netsync.LBController {
 					return netsync.NewLBController(client, services, slices, b, netsync.LBControllerOptions{
 						ClaimUnclassed: c.LoadBalancers.ClaimUnclassed,
-						Model:          netsync.ModelOptions{Cluster: c.LoadBalancers.Cluster, Node: c.NodeName, MergeTCPUDP: c.Backend == "aws"},
+						Model:          netsync.ModelOptions{Cluster: c.LoadBalancers.Cluster, Node: c.NodeName},
 						Events:         broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "i2kit-service-controller", Host: c.NodeName}),
 					})
 				}

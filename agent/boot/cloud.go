@@ -53,6 +53,9 @@ func ParseUserData(raw []byte) (UserData, error) {
 	if err := dec.Decode(&u); err != nil {
 		return u, fmt.Errorf("decoding user-data, %w", err)
 	}
+	if dec.More() {
+		return u, errors.New("user-data: data after the JSON object")
+	}
 	switch {
 	case u.Version != UserDataVersion:
 		return u, fmt.Errorf("user-data: version %d, this agent reads version %d", u.Version, UserDataVersion)

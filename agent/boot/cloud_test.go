@@ -14,6 +14,7 @@ func TestParseUserData(t *testing.T) {
 		{"other version", `{"version":2,"agentPort":7443,"nodeCA":"PEM"}`, "version 2"},
 		{"bad port", `{"version":1,"agentPort":70000,"nodeCA":"PEM"}`, "agentPort 70000"},
 		{"no CA", `{"version":1,"agentPort":7443}`, "nodeCA is missing"},
+		{"data after the object", `{"version":1,"hostname":"web","agentPort":7443,"nodeCA":"PEM"} {"nodeCA":"other"}`, "after the JSON object"},
 		{"too big", `{"version":1,"hostname":"` + strings.Repeat("a", MaxUserData) + `"}`, "at most"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/netip"
 
@@ -29,7 +30,11 @@ var wiring = node.Wiring{
 		// The node's own load balancer: nftables DNAT from ingress addresses on the host's loopback to the pod VMs.
 		"qemu": func(_ context.Context, c node.Config) (netsync.Balancer, error) {
 			// One table per node; the pool must be the node's alone (its addresses on lo that no Service holds go).
-			return locallb.New(locallb.Config{Pool: netip.MustParsePrefix(c.LoadBalancers.Pool), Table: "i2kit-lb-" + c.NodeName})
+			pool, err := netip.ParsePrefix(c.LoadBalancers.Pool)
+			if err != nil {
+				return nil, fmt.Errorf("loadBalancers.pool, %w", err)
+			}
+			return locallb.New(locallb.Config{Pool: pool, Table: "i2kit-lb-" + c.NodeName})
 		},
 	},
 	Images: func(c node.ImagesConfig) (provider.ImageBuilder, io.Closer, error) {

@@ -54,7 +54,10 @@ func (s *Server) endLocked(in *instance, final, reason, code, message string) {
 func (s *Server) exited(id, reason string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	in := s.instances[id]
+	in, ok := s.instances[id]
+	if !ok { // a runner reporting after the record is gone
+		return
+	}
 	final := "stopped"
 	if in.shutdownBehavior == "terminate" {
 		final = "terminated"
@@ -131,18 +134,6 @@ func (s *Server) Instance(id string) (InstanceInfo, bool) {
 		return InstanceInfo{}, false
 	}
 	return infoLocked(in), true
-}
-
-// InstanceByIP returns the live (not terminated) instance holding a private IP: IMDS identifies its caller so.
-func (s *Server) InstanceByIP(ip string) (InstanceInfo, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, in := range s.instances {
-		if in.privateIP == ip && in.state != "terminated" {
-			return infoLocked(in), true
-		}
-	}
-	return InstanceInfo{}, false
 }
 
 func infoLocked(in *instance) InstanceInfo {

@@ -23,7 +23,7 @@ type Runner interface {
 }
 
 // Instance is what a Runner needs to make an instance real. The fields are copies taken at launch; the live
-// metadata options (ModifyInstanceMetadataOptions) are read from Server.Instance when IMDS answers.
+// metadata options (ModifyInstanceMetadataOptions) are Server.Instance's.
 type Instance struct {
 	ID               string
 	ImageID          string

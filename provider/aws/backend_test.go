@@ -23,6 +23,14 @@ type fakeChannel struct {
 	userData []byte
 	dials    []string
 	err      error
+	// forgotten are the instances whose pinned key the backend dropped (Channel.Forget).
+	forgotten []string
+}
+
+func (c *fakeChannel) Forget(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.forgotten = append(c.forgotten, id)
 }
 
 func (c *fakeChannel) UserData(p vm.Plan) ([]byte, error) {

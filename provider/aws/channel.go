@@ -257,12 +257,8 @@ func (c *Channel) consoleKey(ctx context.Context, id string) (string, error) {
 				return fp, nil
 			}
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return "", fmt.Errorf("waiting for the agent of %s to print its key on the console, %w", id, ctx.Err())
+		if err := sleepCtx(ctx, wait); err != nil {
+			return "", fmt.Errorf("waiting for the agent of %s to print its key on the console, %w", id, err)
 		}
 		wait = min(2*wait, c.retryMax)
 	}
@@ -271,12 +267,8 @@ func (c *Channel) consoleKey(ctx context.Context, id string) (string, error) {
 // channelCallError wraps an EC2 call's error with the IAM action it needed, saying so plainly when AWS refused
 // it: the pod's Event then names the permission the node's role lacks.
 func channelCallError(action, id string, err error) error {
-	var api interface{ ErrorCode() string } // smithy.APIError
-	if errors.As(err, &api) {
-		switch api.ErrorCode() {
-		case "UnauthorizedOperation", "AccessDenied", "AccessDeniedException":
-			return fmt.Errorf("the node is not allowed %s on instance %s (its IAM policy must grant it), %w", action, id, err)
-		}
+	if IsUnauthorized(err) {
+		return fmt.Errorf("the node is not allowed %s on instance %s (its IAM policy must grant it), %w", action, id, err)
 	}
 	return fmt.Errorf("calling %s on instance %s, %w", action, id, err)
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/smithy-go"
 
 	"github.com/i2kit/i2kit/agent/boot"
 	"github.com/i2kit/i2kit/agent/protocol"
@@ -77,7 +78,7 @@ func (f *consoleEC2) GetConsoleOutput(_ context.Context, in *ec2.GetConsoleOutpu
 	text, ok := f.console[*in.InstanceId]
 	if !ok {
 		f.mu.Unlock()
-		return nil, &codedError{"InvalidInstanceID.NotFound"}
+		return nil, codedError("InvalidInstanceID.NotFound")
 	}
 	f.consoleReads++
 	n, after := f.consoleReads, f.afterRead
@@ -121,7 +122,7 @@ func (f *consoleEC2) DescribeInstances(_ context.Context, in *ec2.DescribeInstan
 	var r types.Reservation
 	for _, id := range in.InstanceIds {
 		if _, ok := f.console[id]; !ok {
-			return nil, &codedError{"InvalidInstanceID.NotFound"}
+			return nil, codedError("InvalidInstanceID.NotFound")
 		}
 		inst := types.Instance{InstanceId: &id}
 		for k, v := range f.tags[id] {
@@ -132,11 +133,10 @@ func (f *consoleEC2) DescribeInstances(_ context.Context, in *ec2.DescribeInstan
 	return &ec2.DescribeInstancesOutput{Reservations: []types.Reservation{r}}, nil
 }
 
-// codedError is an AWS error as the SDK's smithy.APIError shows its code.
-type codedError struct{ code string }
-
-func (e *codedError) Error() string     { return "api error " + e.code }
-func (e *codedError) ErrorCode() string { return e.code }
+// codedError is an AWS error as the SDK returns it.
+func codedError(code string) error {
+	return &smithy.GenericAPIError{Code: code, Message: "api error " + code}
+}
 
 // testChannel returns a channel over api, with a CA of its own and a port free on 127/8, that backs off briefly.
 func testChannel(t *testing.T, api EC2API) *Channel {
@@ -442,7 +442,7 @@ func TestDialConcurrentlyPinsOnce(t *testing.T) {
 }
 
 func TestDialNamesTheRefusedAction(t *testing.T) {
-	refused := &codedError{"UnauthorizedOperation"}
+	refused := codedError("UnauthorizedOperation")
 	for _, tc := range []struct {
 		name   string
 		set    func(*consoleEC2)

@@ -19,7 +19,7 @@ var (
 		"Unsupported", "InvalidParameterCombination", "InsufficientCapacity", "InsufficientHostCapacity")
 	// throttleCodes say the account called too often: back off, then call again.
 	throttleCodes = codes("RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottled",
-		"TooManyRequestsException", "EC2ThrottledException")
+		"RequestThrottledException", "TooManyRequestsException", "EC2ThrottledException", "ConcurrentLimitExceededException")
 	// notFoundCodes say a resource does not exist (or, right after its creation, is not visible yet).
 	notFoundCodes = codes("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed")
 	// subnetFullCodes say a subnet has no free address: the launch tries another subnet.
@@ -64,21 +64,25 @@ func (e *APIError) Error() string {
 
 func (e *APIError) Unwrap() error { return e.err }
 
-// apiErr classifies err from calling action (e.g. "RunInstances"): an AWS API error becomes an *APIError that names
-// "ec2:"+action; any other error (a network failure, a cancelled context) is wrapped as "calling ec2:action, %w".
-func apiErr(action string, err error) error {
+// apiErr classifies err from calling the EC2 action (e.g. "RunInstances"): serviceErr of "ec2".
+func apiErr(action string, err error) error { return serviceErr("ec2", action, err) }
+
+// serviceErr classifies err from calling a service's action: an AWS API error becomes an *APIError that names
+// service+":"+action; any other error (a network failure, a cancelled context) is wrapped as "calling
+// service:action, %w".
+func serviceErr(service, action string, err error) error {
 	if err == nil {
 		return nil
 	}
 	var ae smithy.APIError
 	if !errors.As(err, &ae) {
-		return fmt.Errorf("calling ec2:%s, %w", action, err)
+		return fmt.Errorf("calling %s:%s, %w", service, action, err)
 	}
 	msg := ae.ErrorMessage()
 	if len(msg) > maxMessage {
 		msg = msg[:maxMessage] + "…"
 	}
-	return &APIError{Action: "ec2:" + action, Code: ae.ErrorCode(), Message: msg, err: err}
+	return &APIError{Action: service + ":" + action, Code: ae.ErrorCode(), Message: msg, err: err}
 }
 
 // errorCode is the AWS error code in err's chain, "" when there is none.

@@ -376,8 +376,7 @@ func (b *Backend) apply(listed []ec2types.Instance) (changed []vm.Status, termin
 			if in.terminating {
 				in.update(ei)
 				if !alive(ei.State) {
-					delete(b.insts, uid)
-					b.dropped[in.st.ID] = true
+					b.dropLocked(uid, in)
 				} else if in.retryTerminate {
 					terminate = append(terminate, in.st.ID)
 				}
@@ -395,7 +394,7 @@ func (b *Backend) apply(listed []ec2types.Instance) (changed []vm.Status, termin
 		}
 		switch {
 		case in.terminating:
-			delete(b.insts, uid)
+			b.dropLocked(uid, in)
 		case in.st.State == vm.Failed || !in.seen && now.Sub(in.launched) < settleTime:
 			// A failed VM stays until terminated; a new instance may not be listed yet.
 		case in.seen:
@@ -481,8 +480,8 @@ func tagValue(tags []ec2types.Tag, key string) string {
 }
 
 // Terminate ends a pod's instance. The VM shows as Terminated until a listing shows the instance shutting down
-// or gone; then, or at once for an instance already ending or gone, the backend forgets it and Terminate returns
-// an error that IsNotFound.
+// or gone; then, or at once for an instance already ending or gone, the backend forgets it, and a later Terminate
+// returns an error that IsNotFound.
 func (b *Backend) Terminate(ctx context.Context, uid string) error {
 	b.mu.Lock()
 	in, ok := b.insts[uid]
@@ -532,13 +531,19 @@ func (b *Backend) Terminate(ctx context.Context, uid string) error {
 
 // forgetLocked drops a pod's instance from the cache (b.mu held); listings that still show it ignore it.
 func (b *Backend) forgetLocked(uid string, in *instance) vm.Status {
+	b.dropLocked(uid, in)
+	in.st.State = vm.Terminated
+	return in.st
+}
+
+// dropLocked removes a pod's instance from the cache and the channel's pin of its agent's key (b.mu held): every
+// way an instance leaves the cache comes here, so neither grows with the instances the node has ended.
+func (b *Backend) dropLocked(uid string, in *instance) {
 	delete(b.insts, uid)
 	b.dropped[in.st.ID] = true
 	if f, ok := b.ch.(interface{ Forget(instanceID string) }); ok {
-		f.Forget(in.st.ID) // its pinned key
+		f.Forget(in.st.ID)
 	}
-	in.st.State = vm.Terminated
-	return in.st
 }
 
 // DialAgent connects to the agent of a pod's running instance. After the first connection, the instance's

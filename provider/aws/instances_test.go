@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -557,4 +558,27 @@ func BenchmarkSync1000Pods(bm *testing.B) {
 		calls += n
 	}
 	bm.ReportMetric(float64(calls)/float64(bm.N), "api-calls/sync")
+}
+
+// TestEndedInstancesLeaveNoPin: an instance the node terminated leaves the channel's pins once a listing shows it
+// ending, so that the pins do not grow with every pod the node has run.
+func TestEndedInstancesLeaveNoPin(t *testing.T) {
+	h := newHarness()
+	b := h.backend(t)
+	ctx := context.Background()
+	st, err := b.Launch(ctx, testPlan("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.f.runAll()
+	sync1(t, b)
+	if err := b.Terminate(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	sync1(t, b) // shows it shutting down: the backend lets it go
+	h.ch.mu.Lock()
+	defer h.ch.mu.Unlock()
+	if !slices.Contains(h.ch.forgotten, st.ID) {
+		t.Errorf("the channel still pins %s after its instance ended (forgotten: %v)", st.ID, h.ch.forgotten)
+	}
 }

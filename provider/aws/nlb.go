@@ -20,14 +20,6 @@ import (
 	"github.com/i2kit/i2kit/netsync"
 )
 
-// The tags the NLB balancer puts on its load balancers, listeners and target groups besides TagCluster and TagNode:
-// the Service they serve. List and Delete find what a Service owns by them, never by name.
-const (
-	TagServiceNamespace = "i2kit.io/service-namespace"
-	TagServiceName      = "i2kit.io/service-name"
-	TagServiceUID       = "i2kit.io/service-uid"
-)
-
 // ErrTargetsNotHealthy says Ensure registered a Service's new targets but they did not turn healthy within its
 // wait: the targets they replace stay registered (the load balancer keeps serving through them) until a later
 // Ensure finds the new ones healthy. Retry soon.
@@ -74,17 +66,8 @@ func NewNLBBalancer(api ELBv2API, vpcID string, subnets []string, cluster, node 
 		healthPoll: defaultHealthPoll, healthWait: defaultHealthWait, inUseWait: defaultInUseWait}
 }
 
-// elbErr is apiErr for the ELBv2 API: the action it names is "elasticloadbalancing:"+action.
-func elbErr(action string, err error) error {
-	if err == nil {
-		return nil
-	}
-	if e, ok := apiErr(action, err).(*APIError); ok {
-		e.Action = "elasticloadbalancing:" + action
-		return e
-	}
-	return fmt.Errorf("calling elasticloadbalancing:%s, %w", action, err)
-}
+// elbErr is apiErr for the ELBv2 API.
+func elbErr(action string, err error) error { return serviceErr("elasticloadbalancing", action, err) }
 
 func isELBCode(err error, codes ...string) bool { return slices.Contains(codes, errorCode(err)) }
 
@@ -216,9 +199,9 @@ func (b *NLBBalancer) tags(svc netsync.ServiceKey, extra map[string]string) []el
 	if b.node != "" {
 		m[TagNode] = b.node
 	}
-	m[TagServiceNamespace] = svc.Namespace
-	m[TagServiceName] = svc.Name
-	m[TagServiceUID] = svc.UID
+	m[netsync.TagServiceNamespace] = svc.Namespace
+	m[netsync.TagServiceName] = svc.Name
+	m[netsync.TagServiceUID] = svc.UID
 	tags := make([]elbtypes.Tag, 0, len(m))
 	for _, k := range slices.Sorted(maps.Keys(m)) {
 		tags = append(tags, elbtypes.Tag{Key: sdkaws.String(k), Value: sdkaws.String(m[k])})
@@ -599,12 +582,8 @@ func (b *NLBBalancer) deregisterGone(ctx context.Context, groups map[string]*tgS
 		if !time.Now().Before(deadline) {
 			return fmt.Errorf("%w: %s still has targets coming up after %s", ErrTargetsNotHealthy, pending[0].model.Name, b.healthWait)
 		}
-		t := time.NewTimer(b.healthPoll)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("waiting for the new targets of %s, %w", pending[0].model.Name, ctx.Err())
-		case <-t.C:
+		if err := sleepCtx(ctx, b.healthPoll); err != nil {
+			return fmt.Errorf("waiting for the new targets of %s, %w", pending[0].model.Name, err)
 		}
 	}
 	return nil
@@ -666,12 +645,8 @@ func (b *NLBBalancer) deleteTargetGroup(ctx context.Context, arn string, wait ti
 		case !isELBCode(err, "ResourceInUse") || !time.Now().Before(deadline):
 			return fmt.Errorf("deleting target group %s, %w", arn, elbErr("DeleteTargetGroup", err))
 		}
-		t := time.NewTimer(b.healthPoll)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("deleting target group %s, %w", arn, ctx.Err())
-		case <-t.C:
+		if err := sleepCtx(ctx, b.healthPoll); err != nil {
+			return fmt.Errorf("deleting target group %s, %w", arn, err)
 		}
 	}
 }
@@ -722,10 +697,10 @@ func (b *NLBBalancer) List(ctx context.Context) ([]netsync.ServiceKey, error) {
 	}
 	var keys []netsync.ServiceKey
 	for _, tags := range lbs {
-		if tags[TagServiceUID] == "" {
+		if tags[netsync.TagServiceUID] == "" {
 			continue
 		}
-		keys = append(keys, netsync.ServiceKey{Namespace: tags[TagServiceNamespace], Name: tags[TagServiceName], UID: tags[TagServiceUID]})
+		keys = append(keys, netsync.ServiceKey{Namespace: tags[netsync.TagServiceNamespace], Name: tags[netsync.TagServiceName], UID: tags[netsync.TagServiceUID]})
 	}
 	slices.SortFunc(keys, func(a, b netsync.ServiceKey) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name), cmp.Compare(a.UID, b.UID))
@@ -735,9 +710,9 @@ func (b *NLBBalancer) List(ctx context.Context) ([]netsync.ServiceKey, error) {
 
 func serves(tags map[string]string, svc netsync.ServiceKey) bool {
 	if svc.UID != "" {
-		return tags[TagServiceUID] == svc.UID
+		return tags[netsync.TagServiceUID] == svc.UID
 	}
-	return tags[TagServiceNamespace] == svc.Namespace && tags[TagServiceName] == svc.Name
+	return tags[netsync.TagServiceNamespace] == svc.Namespace && tags[netsync.TagServiceName] == svc.Name
 }
 
 // loadBalancerARNs lists every network load balancer of the account in the region, page by page.

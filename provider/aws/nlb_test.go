@@ -520,8 +520,8 @@ func TestNLBCreate(t *testing.T) {
 				t.Errorf("load balancer %+v, ingress %s", got, host)
 			}
 			tags := e.tags(t, *got.LoadBalancerArn)
-			if tags[TagCluster] != e.bal.cluster || tags[TagNode] != "node-1" || tags[TagServiceUID] != svc.UID ||
-				tags[TagServiceNamespace] != "default" || tags[TagServiceName] != svc.Name || tags["team"] != "web" {
+			if tags[TagCluster] != e.bal.cluster || tags[TagNode] != "node-1" || tags[netsync.TagServiceUID] != svc.UID ||
+				tags[netsync.TagServiceNamespace] != "default" || tags[netsync.TagServiceName] != svc.Name || tags["team"] != "web" {
 				t.Errorf("load balancer tags %v", tags)
 			}
 			if len(listeners) != 1 || *listeners[0].Port != 80 || listeners[0].Protocol != elbtypes.ProtocolEnumTcp {
@@ -534,7 +534,7 @@ func TestNLBCreate(t *testing.T) {
 				len(*tg.TargetGroupName) > 32 || !strings.HasPrefix(*tg.TargetGroupName, "i2k-"+svc.UID) {
 				t.Errorf("target group %+v", tg)
 			}
-			if e.tags(t, *tg.TargetGroupArn)[TagServiceUID] != svc.UID {
+			if e.tags(t, *tg.TargetGroupArn)[netsync.TagServiceUID] != svc.UID {
 				t.Errorf("target group tags %v", e.tags(t, *tg.TargetGroupArn))
 			}
 			if reg, _ := e.front.registered(*tg.TargetGroupArn); !slices.Equal(reg, asTargets(want)) {
@@ -863,7 +863,7 @@ func (e *nlbEnv) tagged(t *testing.T, uid string) []string {
 	}
 	var found []string
 	for _, arn := range arns {
-		if e.tags(t, arn)[TagServiceUID] == uid {
+		if e.tags(t, arn)[netsync.TagServiceUID] == uid {
 			found = append(found, arn)
 		}
 	}

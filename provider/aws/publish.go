@@ -15,7 +15,6 @@ import (
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
-	"github.com/aws/smithy-go"
 
 	"github.com/i2kit/i2kit/provider/vm"
 	"github.com/i2kit/i2kit/vmimage"
@@ -302,9 +301,8 @@ func (p *publisher) register(ctx context.Context, key, snap string) (string, err
 		}},
 		TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeImage, Tags: ec2Tags}},
 	})
-	var api smithy.APIError
 	switch {
-	case errors.As(err, &api) && api.ErrorCode() == "InvalidAMIName.Duplicate":
+	case errorCode(err) == "InvalidAMIName.Duplicate":
 		return p.imageNamed(ctx, name)
 	case err != nil:
 		return "", fmt.Errorf("registering image %s from snapshot %s, %w", name, snap, withAWSAction("ec2:RegisterImage", err))
@@ -338,9 +336,8 @@ func (p *publisher) waitImage(ctx context.Context, id string) error {
 	state := "unknown"
 	err := pollCloud(ctx, p.up.opts, func() (bool, error) {
 		out, err := p.ec2.DescribeImages(ctx, &ec2.DescribeImagesInput{ImageIds: []string{id}})
-		var api smithy.APIError
 		switch {
-		case errors.As(err, &api) && api.ErrorCode() == "InvalidAMIID.NotFound":
+		case errorCode(err) == "InvalidAMIID.NotFound":
 			return false, nil
 		case err != nil && transientAWSError(ctx, err):
 			return false, nil

@@ -393,15 +393,10 @@ func jitteredBackoff(base, most time.Duration, attempt int) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-// transientCodes are the AWS error codes worth another try: throttling, server faults, and a snapshot EBS does not
-// know yet just after StartSnapshot (coldsnap retries for two minutes for that one).
-var transientCodes = map[string]bool{
-	"ThrottlingException": true, "RequestThrottledException": true, "Throttling": true, "RequestLimitExceeded": true,
-	"TooManyRequestsException": true, "ConcurrentLimitExceededException": true, "InternalServerException": true,
-	"InternalServerError": true, "InternalError": true, "InternalFailure": true, "ServiceUnavailable": true,
-	"ServiceUnavailableException": true, "ResourceNotFoundException": true, "RequestTimeout": true,
-	"RequestTimeoutException": true,
-}
+// transientCodes are the AWS error codes worth another try besides throttling (throttleCodes): server faults, and a
+// snapshot EBS does not know yet just after StartSnapshot (coldsnap retries for two minutes for that one).
+var transientCodes = codes("InternalServerException", "InternalServerError", "InternalError", "InternalFailure",
+	"ServiceUnavailable", "ServiceUnavailableException", "ResourceNotFoundException", "RequestTimeout", "RequestTimeoutException")
 
 // transientAWSError reports whether err, from a call made with ctx, may succeed if made again: throttling, a server fault
 // (5xx), a connection that failed. A refusal (validation, access denied, a conflict) or the end of ctx is final.
@@ -415,7 +410,7 @@ func transientAWSError(ctx context.Context, err error) bool {
 	}
 	var api smithy.APIError
 	if errors.As(err, &api) {
-		return transientCodes[api.ErrorCode()] || api.ErrorFault() == smithy.FaultServer
+		return IsThrottled(err) || transientCodes[api.ErrorCode()] || api.ErrorFault() == smithy.FaultServer
 	}
 	// Not an answer from AWS: the request did not get through (connection refused or reset, a timeout, a body
 	// cut short).
@@ -425,12 +420,8 @@ func transientAWSError(ctx context.Context, err error) bool {
 // withAWSAction names the AWS action (the IAM permission) a refused call needs, so that an event about it tells the
 // operator what to grant.
 func withAWSAction(action string, err error) error {
-	var api smithy.APIError
-	if errors.As(err, &api) {
-		switch api.ErrorCode() {
-		case "UnauthorizedOperation", "AccessDeniedException", "AccessDenied":
-			return fmt.Errorf("%s refused (%s): the node's IAM role must allow %s, %w", action, api.ErrorCode(), action, err)
-		}
+	if IsUnauthorized(err) { // authCodes: one list of what a refusal is
+		return fmt.Errorf("%s refused (%s): the node's IAM role must allow %s, %w", action, errorCode(err), action, err)
 	}
 	return fmt.Errorf("%s, %w", action, err)
 }
@@ -442,9 +433,8 @@ func (u *uploader) waitSnapshot(ctx context.Context, id string) error {
 	state := "unknown"
 	err := pollCloud(ctx, u.opts, func() (bool, error) {
 		out, err := u.ec2.DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{SnapshotIds: []string{id}})
-		var api smithy.APIError
 		switch {
-		case errors.As(err, &api) && api.ErrorCode() == "InvalidSnapshot.NotFound":
+		case errorCode(err) == "InvalidSnapshot.NotFound":
 			return false, nil
 		case err != nil && transientAWSError(ctx, err):
 			return false, nil
