@@ -40,7 +40,7 @@ FUZZTIME    ?= 15s
 FUZZ_TARGETS = FuzzApplyLayer FuzzDecode
 
 fuzz: ## each fuzz target of vmimage (layer extraction, spec decoding) for FUZZTIME (15s); seeds in vmimage/testdata/fuzz
-	@for f in $(FUZZ_TARGETS); do $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./vmimage || exit 1; done
+	@GO=$(GO) scripts/fuzz.sh ./vmimage $(FUZZTIME) $(FUZZ_TARGETS)
 
 e2e: deps controlplane kernel metrics-server ## end-to-end tests: real control plane in a network namespace (root), pod VMs under QEMU
 	$(GO) test -count=1 -timeout 30m -v ./test/e2e/... ./test/vm/...
@@ -55,7 +55,7 @@ lint: ## gofmt, go vet, and the binary's boundaries: the host binary links no gu
 
 AGENT_FUZZ = FuzzReadFrame FuzzReadLine FuzzDial FuzzAccept FuzzDecodeStatus FuzzDecodeStats
 fuzz-agent: ## fuzz the agent protocol's decoders, FUZZTIME (15s) each; seeds in agent/protocol/testdata/fuzz
-	@for f in $(AGENT_FUZZ); do echo "== $$f"; $(GO) test -run='^$$' -fuzz="^$$f\$$" -fuzztime=$(FUZZTIME) ./agent/protocol/ || exit 1; done
+	@GO=$(GO) scripts/fuzz.sh ./agent/protocol/ $(FUZZTIME) $(AGENT_FUZZ)
 
 bench: deps controlplane kernel ## benchmarks, medians printed
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 5x -timeout 30m ./...
