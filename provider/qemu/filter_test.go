@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -403,3 +404,64 @@ func receiveUntil(t *testing.T, fd int, last string) []string {
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// TestBridgeKeepsItsMAC: the bridge's MAC address, the pod VMs' gateway's, stays what ensureBridge set while TAPs
+// with lower addresses join and leave (a bridge left to itself takes its lowest port's), also for a bridge that
+// existed before.
+func TestBridgeKeepsItsMAC(t *testing.T) {
+	if os.Getenv(inNetns) == "" {
+		if os.Geteuid() != 0 {
+			t.Skip("needs root (a network namespace)")
+		}
+		if _, err := exec.LookPath("unshare"); err != nil {
+			t.Skip("needs unshare(1)")
+		}
+		cmd := exec.Command("unshare", "-n", os.Args[0], "-test.run=^TestBridgeKeepsItsMAC$", "-test.v", "-test.count=1")
+		cmd.Env = append(os.Environ(), inNetns+"=1")
+		out, err := cmd.CombinedOutput()
+		t.Logf("in a network namespace:\n%s", out)
+		if err != nil {
+			t.Fatalf("the test in a network namespace failed: %v", err)
+		}
+		return
+	}
+	// A bridge made by an older node, its address left to the kernel.
+	if err := ip("link", "add", "br-mac", "type", "bridge"); err != nil {
+		t.Fatal(err)
+	}
+	n, err := newNetwork("br-mac", "10.92.0.0/24")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.ensureBridge(); err != nil {
+		t.Fatal(err)
+	}
+	want := bridgeMAC("br-mac").String()
+	check := func(when string) {
+		t.Helper()
+		i, err := net.InterfaceByName("br-mac")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := i.HardwareAddr.String(); got != want {
+			t.Errorf("%s: the bridge's MAC is %s, want %s", when, got, want)
+		}
+	}
+	check("set up")
+	for i, tap := range []string{"tap-a", "tap-b"} {
+		for _, args := range [][]string{
+			{"tuntap", "add", "dev", tap, "mode", "tap"},
+			{"link", "set", tap, "address", fmt.Sprintf("02:00:00:00:00:%02x", 2-i)},
+			{"link", "set", tap, "master", "br-mac"},
+		} {
+			if err := ip(args...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		check("after " + tap + " joined")
+	}
+	if err := ip("link", "del", "tap-b"); err != nil {
+		t.Fatal(err)
+	}
+	check("after the lowest TAP left")
+}

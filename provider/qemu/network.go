@@ -28,11 +28,19 @@ func newNetwork(bridge, cidr string) (*network, error) {
 }
 
 // ensureBridge creates the bridge with the gateway address, unless it exists, and sets it up.
+//
+// It gives the bridge a MAC address of its own (bridgeMAC). A Linux bridge whose address was never set takes the
+// lowest of its ports' and changes it as TAPs come and go; the pod VMs keep the gateway's old MAC in their ARP
+// caches, so their packets to the host (answers to the node, to its load balancer's clients, to the apiserver)
+// go nowhere until the entries expire, tens of seconds later.
 func (n *network) ensureBridge() error {
 	if _, err := net.InterfaceByName(n.bridge); err != nil {
 		if err := ip("link", "add", n.bridge, "type", "bridge"); err != nil {
 			return err
 		}
+	}
+	if err := ip("link", "set", n.bridge, "address", bridgeMAC(n.bridge).String()); err != nil {
+		return err
 	}
 	ones, _ := n.cidr.Mask.Size()
 	addr := fmt.Sprintf("%s/%d", n.gw, ones)
@@ -46,6 +54,12 @@ func (n *network) ensureBridge() error {
 func TAPName(uid string) string {
 	sum := sha256.Sum256([]byte(uid))
 	return fmt.Sprintf("i2k%x", sum[:6])
+}
+
+// bridgeMAC derives a stable, locally administered unicast MAC address from a bridge's name.
+func bridgeMAC(bridge string) net.HardwareAddr {
+	sum := sha256.Sum256([]byte("bridge/" + bridge))
+	return net.HardwareAddr{0x02, sum[0], sum[1], sum[2], sum[3], sum[4]}
 }
 
 // macFor derives a stable, locally administered MAC address from a pod UID.
