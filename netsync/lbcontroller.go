@@ -1,6 +1,7 @@
 package netsync
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -41,6 +42,9 @@ const (
 // LBControllerOptions configure an LBController; zero values take the defaults.
 type LBControllerOptions struct {
 	Model ModelOptions
+	// Class is the loadBalancerClass of the Services the controller claims (LoadBalancerClass if empty). Nodes
+	// that share a cluster but not a network, such as two qemu hosts, each need a class of their own.
+	Class string
 	// ClaimUnclassed also claims Services of type LoadBalancer that have no loadBalancerClass. It is off by
 	// default so that in a cluster with a cloud controller of its own, that controller keeps them.
 	ClaimUnclassed bool
@@ -213,7 +217,7 @@ func (c *LBController) claimed(svc *corev1.Service) bool {
 	if svc.Spec.LoadBalancerClass == nil {
 		return c.o.ClaimUnclassed
 	}
-	return *svc.Spec.LoadBalancerClass == LoadBalancerClass
+	return *svc.Spec.LoadBalancerClass == cmp.Or(c.o.Class, LoadBalancerClass)
 }
 
 func hasFinalizer(svc *corev1.Service) bool {

@@ -411,6 +411,18 @@ func TestLBControllerClaims(t *testing.T) {
 			}
 		})
 	}
+	// A node configured with another class claims that class and not i2kit's.
+	t.Run("Class", func(t *testing.T) {
+		b := newFakeBalancer(t)
+		e := startLB(t, b, LBControllerOptions{Class: "example.com/other", Workers: 1}, objs()...)
+		e.eventually("the other class's status", func() bool { return len(e.service("other").Status.LoadBalancer.Ingress) > 0 })
+		if got := b.callsFor("ensure"); !slices.Equal(got, []string{"ensure default/other"}) {
+			t.Errorf("Ensured %v, want only default/other", got)
+		}
+		if a := e.serviceActions("ours"); len(a) != 0 {
+			t.Errorf("a Service of i2kit's default class written by a node of another class: %v", a)
+		}
+	})
 }
 
 // TestLBControllerDelete: a claimed Service being deleted has its load balancer deleted while the finalizer still

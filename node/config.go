@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/i2kit/i2kit/internal/cachedir"
+	"github.com/i2kit/i2kit/netsync"
 	"github.com/i2kit/i2kit/provider/aws"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -72,12 +73,14 @@ type Config struct {
 }
 
 // LoadBalancersConfig configures the load balancers the node makes for the Services of type LoadBalancer it
-// claims: those whose loadBalancerClass is netsync.LoadBalancerClass (and, with ClaimUnclassed, those without a
-// class). With the qemu backend they are the node's own (nftables), their ingress addresses from Pool; the aws
+// claims: those whose loadBalancerClass is Class (and, with ClaimUnclassed, those without a class). With the qemu backend they are the node's own (nftables), their ingress addresses from Pool; the aws
 // backend has none in the node yet (provider/aws.NLBBalancer is not wired).
 type LoadBalancersConfig struct {
 	// Enabled runs the load-balancer controller (default true).
 	Enabled bool `json:"enabled"`
+	// Class is the loadBalancerClass of the Services the node claims (default netsync.LoadBalancerClass,
+	// "i2kit.io/load-balancer"). Two nodes must not claim one class, except aws nodes of one cluster and VPC.
+	Class string `json:"class,omitempty"`
 	// ClaimUnclassed also claims Services without a loadBalancerClass: off by default, so that a mixed cluster's own
 	// cloud controller keeps them.
 	ClaimUnclassed bool `json:"claimUnclassed,omitempty"`
@@ -296,6 +299,12 @@ func (c *Config) Validate() error {
 	}
 	if c.LoadBalancers.Cluster == "" {
 		c.LoadBalancers.Cluster = cmp.Or(c.AWS.Cluster, c.NodeName)
+	}
+	if c.LoadBalancers.Class == "" {
+		c.LoadBalancers.Class = netsync.LoadBalancerClass
+	}
+	if errs := validation.IsQualifiedName(c.LoadBalancers.Class); len(errs) > 0 {
+		return fmt.Errorf("loadBalancers.class %q: %s", c.LoadBalancers.Class, strings.Join(errs, "; "))
 	}
 	if c.Backend == "qemu" && c.LoadBalancers.Enabled {
 		if p, err := netip.ParsePrefix(c.LoadBalancers.Pool); err != nil || !p.Addr().Is4() || p.Bits() < 16 {

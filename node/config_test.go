@@ -64,6 +64,8 @@ func TestValidateNamesTheField(t *testing.T) {
 			c.AWS.SecurityGroups = []string{"g"}
 		}, "aws.cluster: required"},
 		{"qemu defaults", func(c *Config) { c.Backend = "qemu" }, ""},
+		{"load balancer class", func(c *Config) { c.LoadBalancers.Class = "example.com/lb" }, ""},
+		{"bad load balancer class", func(c *Config) { c.LoadBalancers.Class = "a b/c" }, `loadBalancers.class "a b/c"`},
 		{"pod cidr", func(c *Config) { c.PodCIDR = "10.88.0.0" }, `podCIDR "10.88.0.0"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

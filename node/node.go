@@ -171,6 +171,7 @@ func Run(ctx context.Context, c Config, w Wiring) error {
 			} else {
 				lb = func(services, slices cache.SharedIndexInformer) *netsync.LBController {
 					return netsync.NewLBController(client, services, slices, b, netsync.LBControllerOptions{
+						Class:          c.LoadBalancers.Class,
 						ClaimUnclassed: c.LoadBalancers.ClaimUnclassed,
 						Model:          netsync.ModelOptions{Cluster: c.LoadBalancers.Cluster, Node: c.NodeName},
 						Events:         broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "i2kit-service-controller", Host: c.NodeName}),

@@ -46,7 +46,9 @@ up() {
     say "i2kit node already runs (pid $(cat "$STATE/node.pid"))"
   else
     say "starting i2kit node (log: $STATE/node.log)"
-    ip netns exec "$NS" nohup "$I2KIT" node --kubeconfig "$KUBECONFIG_PATH" --node-name i2kit --internal-ip "$NODE_IP" \
+    # The demo's node is the cluster's only load balancer: it claims LoadBalancer Services without a class too.
+    printf 'loadBalancers: {claimUnclassed: true}\n' >"$STATE/node.yaml"
+    ip netns exec "$NS" nohup "$I2KIT" node --config "$STATE/node.yaml" --kubeconfig "$KUBECONFIG_PATH" --node-name i2kit --internal-ip "$NODE_IP" \
       --client-ca-file "$STATE/plane/pki/ca.crt" --backend qemu --insecure-registry 127.0.0.1:5001 \
       --qemu-runtime-dir "$STATE/vms" --image-store "$STATE/images" >"$STATE/node.log" 2>&1 </dev/null &
     echo $! >"$STATE/node.pid"
@@ -77,6 +79,18 @@ up() {
   kctl logs "$pod" --tail=2
   say "kubectl exec $pod -- cat /etc/hostname"
   kctl exec "$pod" -- cat /etc/hostname
+
+  say "kubectl expose deploy hello --type=LoadBalancer --port 80 --target-port 8080"
+  kctl get svc hello >/dev/null 2>&1 || kctl expose deploy hello --type=LoadBalancer --port 80 --target-port 8080
+  lb=
+  for _ in $(seq 100); do
+    lb=$(kctl get svc hello -o jsonpath='{.status.loadBalancer.ingress[0].ip}')
+    [ -n "$lb" ] && break
+    sleep 0.2
+  done
+  kctl get svc hello
+  say "fetching pages through the load balancer at $lb (nftables on the node spreads connections over the pod VMs)"
+  for _ in 1 2 3 4 5 6; do inns curl -fsS --retry 20 --retry-delay 1 --retry-all-errors "http://$lb/"; done
   cat <<MSG
 
 Every pod above is its own QEMU microVM (TCG here: this machine has no usable KVM), on a bridge inside the network
@@ -90,7 +104,8 @@ Try it:
   \$K port-forward pod/$pod 8080:8080 # then: sudo ip netns exec $NS curl localhost:8080
   \$K scale deploy/hello --replicas=5
   \$K get events
-  sudo ip netns exec $NS curl http://$ip:8080/
+  sudo ip netns exec $NS curl http://$ip:8080/    # one pod VM
+  sudo ip netns exec $NS curl http://$lb/         # the LoadBalancer Service: any ready pod
 Tear down:
   make demo-down
 MSG
@@ -99,6 +114,8 @@ MSG
 down() {
   if [ -f "$STATE/plane/plane.json" ] && ip netns list | grep -qw "$NS"; then
     KUBECTL=$(inns "$I2KIT" dev env --state-dir "$STATE/plane" | sed -n 's/^export PATH=\([^:]*\):.*/\1/p')/kubectl
+    # The Service first, while the node runs: its finalizer is the node's, which deletes the load balancer.
+    kctl delete svc hello --ignore-not-found --wait=true --timeout=60s >/dev/null 2>&1 || true
     kctl delete -f examples/hello.yaml --ignore-not-found --wait=true --timeout=60s >/dev/null 2>&1 || true
   fi
   if [ -f "$STATE/node.pid" ]; then

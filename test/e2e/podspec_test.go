@@ -25,7 +25,7 @@ func TestPodSpec(t *testing.T) {
 	const nodeName = "i2kit-spec"
 	runDir := filepath.Join(t.TempDir(), "run")
 	t.Cleanup(func() { killVMs(runDir) })
-	n := env.StartNode(t, nodeName, 10254, "--backend", "qemu", "--insecure-registry", reg,
+	n := env.StartNode(t, nodeName, 10254, "--config", env.WriteFile(t, "spec.yaml", specLBConfig), "--backend", "qemu", "--insecure-registry", reg,
 		"--qemu-runtime-dir", runDir, "--qemu-bridge", "i2kitspec", "--pod-cidr", "10.92.0.0/24",
 		"--image-store", filepath.Join(t.TempDir(), "images"))
 	if _, err := env.WaitNodeReady(ctx, nodeName, 10*time.Second); err != nil {
