@@ -68,6 +68,10 @@ type ModelOptions struct {
 	// MergeTCPUDP makes a TCP and a UDP port of one number a single TCP_UDP listener, for balancers that take one
 	// listener per port (an NLB); without it they are two listeners.
 	MergeTCPUDP bool
+	// OnlyNode, when set, keeps as targets only the endpoints on the node of that name, for a balancer that reaches
+	// no other node's pods (the qemu backend's, on the host of the node's pod VMs). An endpoint that names no node
+	// is dropped then.
+	OnlyNode string
 }
 
 // BuildLoadBalancer is the load balancer a Service of type LoadBalancer asks for, from the Service and its
@@ -79,7 +83,8 @@ type ModelOptions struct {
 //   - A listener's targets are the endpoints kube-proxy would forward its port to (see BuildTable): the slice port
 //     of the Service port's name and protocol, the ready endpoints or, when none is ready, the serving ones that
 //     are terminating; of the Service's primary IP family; sorted and distinct. A TCP_UDP listener's are the
-//     endpoints that serve both protocols on one port. No target means connections are refused.
+//     endpoints that serve both protocols on one port; with o.OnlyNode, of the endpoints on that node only (the
+//     fallback to terminating ones included). No target means connections are refused.
 //   - Health checks: DefaultHealthCheck, changed by the annotations above; an invalid value is an error naming the
 //     annotation.
 //   - Internal unless the scheme annotation says internet-facing, as aws-load-balancer-controller decides.
@@ -128,6 +133,9 @@ func BuildLoadBalancer(svc *corev1.Service, endpointSlices []*discoveryv1.Endpoi
 			own = append(own, s)
 		}
 	}
+	if o.OnlyNode != "" {
+		own = onNode(own, o.OnlyNode)
+	}
 	family := primaryFamily(svc)
 	type portKey struct {
 		port  int32
@@ -169,6 +177,22 @@ func BuildLoadBalancer(svc *corev1.Service, endpointSlices []*discoveryv1.Endpoi
 		}})
 	}
 	return lb, nil
+}
+
+// onNode is copies of slices that hold only their endpoints on node.
+func onNode(slices []*discoveryv1.EndpointSlice, node string) []*discoveryv1.EndpointSlice {
+	out := make([]*discoveryv1.EndpointSlice, 0, len(slices))
+	for _, s := range slices {
+		c := *s
+		c.Endpoints = nil
+		for _, ep := range s.Endpoints {
+			if ep.NodeName != nil && *ep.NodeName == node {
+				c.Endpoints = append(c.Endpoints, ep)
+			}
+		}
+		out = append(out, &c)
+	}
+	return out
 }
 
 // intersect is the targets in both a and b, which are sorted and distinct; so is the result.

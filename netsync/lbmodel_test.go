@@ -31,6 +31,8 @@ func TestBuildLoadBalancerGolden(t *testing.T) {
 	o := ModelOptions{Cluster: "test-cluster", Node: "node-1"}
 	merged := o
 	merged.MergeTCPUDP = true
+	local := o
+	local.OnlyNode = "node-1"
 	type lbCase struct {
 		input, golden string
 		o             ModelOptions
@@ -43,6 +45,8 @@ func TestBuildLoadBalancerGolden(t *testing.T) {
 		{"longnames", "longnames", o},
 		{"tcpudp", "tcpudp", o},
 		{"tcpudp", "tcpudp-merged", merged},
+		{"nodes", "nodes", o},
+		{"nodes", "nodes-only-node-1", local},
 	}
 	inputs, _ := filepath.Glob("testdata/lb/*.yaml")
 	for _, in := range inputs {
