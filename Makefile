@@ -8,7 +8,7 @@ LDFLAGS := -X github.com/i2kit/i2kit/internal/version.Version=$(VERSION)
 I2KIT   := bin/i2kit
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v /test/)
 
-.PHONY: all build agent deps kernel controlplane metrics-server test unit fuzz fuzz-agent e2e lint bench demo demo-down clean
+.PHONY: all build agent image deps kernel controlplane metrics-server test unit fuzz fuzz-agent e2e lint bench demo demo-down clean
 
 all: build
 
@@ -17,6 +17,14 @@ build: agent ## the i2kit binary (and the agent beside it)
 
 agent: ## the static guest agent, PID 1 of every pod VM
 	CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o bin/i2kit-agent ./cmd/i2kit-agent
+
+OCI_LAYOUT ?= bin/oci
+image: agent kernel ## the node's OCI image (aws backend) without Docker, reproducibly (SOURCE_DATE_EPOCH: the last commit's time): PUSH=registry/repo:tag [INSECURE=1] pushes it, else an OCI layout in OCI_LAYOUT (bin/oci)
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o bin/image/i2kit ./cmd/i2kit
+	@[ -n "$(PUSH)" ] || rm -rf $(OCI_LAYOUT)
+	SOURCE_DATE_EPOCH=$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct 2>/dev/null || echo 0)} \
+	  $(GO) run ./hack/image --i2kit bin/image/i2kit --agent bin/i2kit-agent --version $(VERSION) \
+	  $(if $(PUSH),--push $(PUSH) $(if $(INSECURE),--insecure),--oci-layout $(OCI_LAYOUT))
 
 kernel: deps ## the pod-VM kernel from Debian's linux-source-6.1 (cached by the config fragment's hash)
 	scripts/kernel.sh

@@ -3,6 +3,8 @@ package node
 import (
 	"bytes"
 	"cmp"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
@@ -12,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -20,6 +23,7 @@ import (
 	"github.com/i2kit/i2kit/provider/aws"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 )
@@ -70,6 +74,44 @@ type Config struct {
 	LoadBalancers LoadBalancersConfig `json:"loadBalancers,omitempty"`
 	// Images configures how pod VM images are built.
 	Images ImagesConfig `json:"images,omitempty"`
+	// LeaderElection lets several replicas of the node stand by for one another: only the one holding the lease
+	// runs the node.
+	LeaderElection LeaderElectionConfig `json:"leaderElection,omitempty"`
+	// HealthzAddress is host:port where /healthz is served over plain HTTP without authentication, for a pod's
+	// liveness probe (the kubelet API's /healthz requires authentication, and a standby does not serve the kubelet
+	// API). Every replica answers it, leader or standby, once its configuration is valid. Empty (the default) serves
+	// none.
+	HealthzAddress string `json:"healthzAddress,omitempty"`
+}
+
+// LeaderElectionConfig configures the election among the node's replicas: they campaign for a coordination Lease,
+// and only its holder registers the Node, serves the kubelet API, runs the pods and touches their VMs; a standby
+// only campaigns and answers HealthzAddress. When the leader dies, a standby takes the lease once it has seen it
+// unrenewed for LeaseDuration, and adopts the running VMs as a restarted node does: none is lost or launched twice.
+// A leader that cannot renew the lease within RenewDeadline exits at once, before another may take it. Every
+// replica must reach the same VMs: with the qemu backend they run on one host and share qemu.runtimeDir; with the
+// aws backend they must share the agent CA (aws.agentCA), or the new leader is refused by every adopted VM's agent.
+// The node's identity needs get, create and update on leases in Namespace.
+type LeaderElectionConfig struct {
+	// Enabled turns the election on (default off: the process runs the node at once).
+	Enabled bool `json:"enabled,omitempty"`
+	// LeaseName is the Lease's name (default: the node's name).
+	LeaseName string `json:"leaseName,omitempty"`
+	// Namespace is the Lease's namespace: by default the namespace the node's pod runs in ($POD_NAMESPACE, else its
+	// service account's), where its chart's Role is; outside a pod it must be set. kube-node-lease is possible but
+	// holds the node's heartbeat Lease, named after the node, so the two must not share a name.
+	Namespace string `json:"namespace,omitempty"`
+	// Identity names this replica in the Lease (default: the host name, which is the pod's name in a pod, and a
+	// random suffix, so that a restarted replica is a new candidate).
+	Identity string `json:"identity,omitempty"`
+	// LeaseDuration is how long a standby waits, without seeing the lease renewed, before it takes the lease (default
+	// 15s, a whole number of seconds: the Lease records seconds). RenewDeadline is how long the leader keeps trying
+	// to renew before it gives up and exits (default 10s, less than LeaseDuration). RetryPeriod is how often every
+	// replica tries (default 2s; RenewDeadline must exceed 1.2 times it). These are the Kubernetes components'
+	// defaults: a dead leader is replaced within about 15–17 s.
+	LeaseDuration metav1.Duration `json:"leaseDuration,omitempty"`
+	RenewDeadline metav1.Duration `json:"renewDeadline,omitempty"`
+	RetryPeriod   metav1.Duration `json:"retryPeriod,omitempty"`
 }
 
 // LoadBalancersConfig configures the load balancers the node makes for the Services of type LoadBalancer it
@@ -140,6 +182,11 @@ func DefaultConfig() Config {
 		QEMU:          QEMUConfig{RuntimeDir: "/run/i2kit/qemu", Bridge: "i2kit0"},
 		LoadBalancers: LoadBalancersConfig{Enabled: true, Pool: "10.89.0.0/24"},
 		Images:        ImagesConfig{Store: filepath.Join(cachedir.Root(), "images"), MaxImages: 500, MaxBytes: "50Gi"},
+		LeaderElection: LeaderElectionConfig{
+			LeaseDuration: metav1.Duration{Duration: 15 * time.Second},
+			RenewDeadline: metav1.Duration{Duration: 10 * time.Second},
+			RetryPeriod:   metav1.Duration{Duration: 2 * time.Second},
+		},
 	}
 }
 
@@ -202,6 +249,20 @@ func AddFlags(fs *pflag.FlagSet) *Flags {
 	fs.IntVar(&v.Images.MaxImages, "max-images", 0, "images kept in the store")
 	f.copy["max-images"] = func(dst *Config) { dst.Images.MaxImages = v.Images.MaxImages }
 	str("max-bytes", func(c *Config) *string { return &c.Images.MaxBytes }, "bytes kept in the image store")
+	str("healthz-address", func(c *Config) *string { return &c.HealthzAddress }, "host:port serving /healthz over plain HTTP without authentication, for probes (default: none)")
+	fs.BoolVar(&v.LeaderElection.Enabled, "leader-elect", false, "elect a leader among the node's replicas through a Lease; only the leader runs the node")
+	f.copy["leader-elect"] = func(dst *Config) { dst.LeaderElection.Enabled = v.LeaderElection.Enabled }
+	str("leader-elect-lease-name", func(c *Config) *string { return &c.LeaderElection.LeaseName }, "leader election: name of the Lease (default: the node's name)")
+	str("leader-elect-namespace", func(c *Config) *string { return &c.LeaderElection.Namespace }, "leader election: namespace of the Lease (default: the pod's namespace)")
+	str("leader-elect-identity", func(c *Config) *string { return &c.LeaderElection.Identity }, "leader election: this replica's identity (default: host name and a random suffix)")
+	dur := func(name string, field func(*Config) *time.Duration, usage string) {
+		p := field(v)
+		fs.DurationVar(p, name, *p, usage)
+		f.copy[name] = func(dst *Config) { *field(dst) = *p }
+	}
+	dur("leader-elect-lease-duration", func(c *Config) *time.Duration { return &c.LeaderElection.LeaseDuration.Duration }, "leader election: how long a standby waits for an unrenewed lease before taking it")
+	dur("leader-elect-renew-deadline", func(c *Config) *time.Duration { return &c.LeaderElection.RenewDeadline.Duration }, "leader election: how long the leader tries to renew before it exits")
+	dur("leader-elect-retry-period", func(c *Config) *time.Duration { return &c.LeaderElection.RetryPeriod.Duration }, "leader election: how often replicas try to acquire or renew")
 	fs.IntVar(&v.Port, "port", v.Port, "port of the kubelet API")
 	f.copy["port"] = func(dst *Config) { dst.Port = v.Port }
 	fs.StringToStringVar(&v.Labels, "labels", nil, "extra node labels, key=value,...")
@@ -337,6 +398,16 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	if c.HealthzAddress != "" {
+		if err := checkHostPort(c.HealthzAddress); err != nil {
+			return fmt.Errorf("healthzAddress %q: %w", c.HealthzAddress, err)
+		}
+	}
+	if c.LeaderElection.Enabled {
+		if err := c.validateLeaderElection(); err != nil {
+			return err
+		}
+	}
 	if c.Backend != "none" {
 		if c.Images.MaxImages < 1 {
 			return fmt.Errorf("images.maxImages %d: must be at least 1", c.Images.MaxImages)
@@ -349,6 +420,78 @@ func (c *Config) Validate() error {
 				return fmt.Errorf("images.mirrors %q: want registry=mirror", m)
 			}
 		}
+	}
+	return nil
+}
+
+// serviceAccountNamespace is where a pod finds its namespace; a variable for tests.
+var serviceAccountNamespace = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+// validateLeaderElection checks the election's settings and fills their defaults: the lease named after the node,
+// in the pod's namespace, and an identity of the host name and a random suffix.
+func (c *Config) validateLeaderElection() error {
+	le := &c.LeaderElection
+	le.LeaseName = cmp.Or(le.LeaseName, c.NodeName)
+	if errs := validation.IsDNS1123Subdomain(le.LeaseName); len(errs) > 0 {
+		return fmt.Errorf("leaderElection.leaseName %q: %s", le.LeaseName, strings.Join(errs, "; "))
+	}
+	if le.Namespace == "" {
+		le.Namespace = os.Getenv("POD_NAMESPACE")
+	}
+	if le.Namespace == "" {
+		if b, err := os.ReadFile(serviceAccountNamespace); err == nil {
+			le.Namespace = strings.TrimSpace(string(b))
+		}
+	}
+	if le.Namespace == "" {
+		return fmt.Errorf("leaderElection.namespace: not set, and this process runs in no pod ($POD_NAMESPACE unset, no %s)", serviceAccountNamespace)
+	}
+	if errs := validation.IsDNS1123Label(le.Namespace); len(errs) > 0 {
+		return fmt.Errorf("leaderElection.namespace %q: %s", le.Namespace, strings.Join(errs, "; "))
+	}
+	// The node's heartbeat is kube-node-lease/<node>, renewed by whichever replica leads: an election on the same
+	// Lease would see the heartbeat's holder (the node's name) as a leader that never goes away.
+	if le.Namespace == corev1.NamespaceNodeLease && le.LeaseName == c.NodeName {
+		return fmt.Errorf("leaderElection.leaseName %q: in namespace %s it is the node's heartbeat Lease; choose another name or namespace", le.LeaseName, le.Namespace)
+	}
+	if le.Identity == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("leaderElection.identity: not set and %w", err)
+		}
+		var suffix [4]byte
+		rand.Read(suffix[:]) //nolint:errcheck // crypto/rand.Read does not fail
+		le.Identity = host + "_" + hex.EncodeToString(suffix[:])
+	}
+	lease, renew, retry := le.LeaseDuration.Duration, le.RenewDeadline.Duration, le.RetryPeriod.Duration
+	switch {
+	case lease < time.Second || lease%time.Second != 0:
+		// The Lease records whole seconds: 1.5s would tell the standbys 1s, and they would take over early.
+		return fmt.Errorf("leaderElection.leaseDuration %s: want a whole number of seconds, at least 1s", lease)
+	case renew <= 0 || renew >= lease:
+		return fmt.Errorf("leaderElection.renewDeadline %s: want more than 0 and less than leaseDuration (%s)", renew, lease)
+	case retry <= 0 || float64(renew) <= 1.2*float64(retry):
+		return fmt.Errorf("leaderElection.retryPeriod %s: want more than 0 and renewDeadline (%s) more than 1.2 times it", retry, renew)
+	}
+	if c.Backend == "aws" && (c.AWS.AgentCA.Cert == "" || c.AWS.AgentCA.Key == "") {
+		// Each replica would otherwise make a CA of its own in its own state directory, and the agents of the VMs a
+		// new leader adopts trust only the CA that launched them.
+		return fmt.Errorf("leaderElection: with the aws backend, aws.agentCA.cert and aws.agentCA.key must be set, the same for every replica (a Secret): the agents of adopted instances trust only the CA that launched them")
+	}
+	return nil
+}
+
+// checkHostPort checks a listen address: an IP address or nothing, and a port from 1 to 65535.
+func checkHostPort(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if host != "" && net.ParseIP(host) == nil {
+		return fmt.Errorf("host %q: not an IP address", host)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port %q: want 1-65535", port)
 	}
 	return nil
 }

@@ -5,9 +5,22 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 )
+
+// elect turns leader election on with a namespace, so that validation does not look for the pod's.
+func elect(c *Config) {
+	c.LeaderElection.Enabled = true
+	c.LeaderElection.Namespace = "i2kit-system"
+}
+
+func awsConfig(c *Config) {
+	c.Backend = "aws"
+	c.AWS.Cluster, c.AWS.Region = "c", "eu-west-1"
+	c.AWS.Subnets, c.AWS.SecurityGroups = []string{"s"}, []string{"g"}
+}
 
 func validConfig() Config {
 	c := DefaultConfig()
@@ -67,6 +80,34 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"load balancer class", func(c *Config) { c.LoadBalancers.Class = "example.com/lb" }, ""},
 		{"bad load balancer class", func(c *Config) { c.LoadBalancers.Class = "a b/c" }, `loadBalancers.class "a b/c"`},
 		{"pod cidr", func(c *Config) { c.PodCIDR = "10.88.0.0" }, `podCIDR "10.88.0.0"`},
+		{"healthz address", func(c *Config) { c.HealthzAddress = ":10248" }, ""},
+		{"healthz address without port", func(c *Config) { c.HealthzAddress = "0.0.0.0" }, `healthzAddress "0.0.0.0"`},
+		{"healthz address with a name", func(c *Config) { c.HealthzAddress = "localhost:10248" }, `healthzAddress "localhost:10248": host "localhost"`},
+		{"healthz port", func(c *Config) { c.HealthzAddress = ":0" }, `healthzAddress ":0": port "0"`},
+		{"leader election", func(c *Config) { elect(c) }, ""},
+		{"leader election bad lease name", func(c *Config) { elect(c); c.LeaderElection.LeaseName = "A_b" }, `leaderElection.leaseName "A_b"`},
+		{"leader election bad namespace", func(c *Config) { elect(c); c.LeaderElection.Namespace = "a.b" }, `leaderElection.namespace "a.b"`},
+		{"leader election on the heartbeat lease", func(c *Config) { elect(c); c.LeaderElection.Namespace = "kube-node-lease" },
+			`leaderElection.leaseName "i2kit": in namespace kube-node-lease it is the node's heartbeat Lease`},
+		{"leader election in kube-node-lease", func(c *Config) {
+			elect(c)
+			c.LeaderElection.Namespace, c.LeaderElection.LeaseName = "kube-node-lease", "i2kit-leader"
+		}, ""},
+		{"lease of a fraction of a second", func(c *Config) { elect(c); c.LeaderElection.LeaseDuration.Duration = 1500 * time.Millisecond },
+			"leaderElection.leaseDuration 1.5s: want a whole number of seconds"},
+		{"renew deadline past the lease", func(c *Config) { elect(c); c.LeaderElection.RenewDeadline.Duration = 15 * time.Second },
+			"leaderElection.renewDeadline 15s: want more than 0 and less than leaseDuration (15s)"},
+		{"retry period too long", func(c *Config) { elect(c); c.LeaderElection.RetryPeriod.Duration = 9 * time.Second },
+			"leaderElection.retryPeriod 9s"},
+		{"zero retry period", func(c *Config) { elect(c); c.LeaderElection.RetryPeriod.Duration = 0 }, "leaderElection.retryPeriod 0s"},
+		{"leader election with aws and no shared CA", func(c *Config) { elect(c); awsConfig(c) },
+			"leaderElection: with the aws backend, aws.agentCA.cert and aws.agentCA.key must be set"},
+		{"leader election with aws and a shared CA", func(c *Config) {
+			elect(c)
+			awsConfig(c)
+			c.AWS.AgentCA.Cert, c.AWS.AgentCA.Key = "/ca/tls.crt", "/ca/tls.key"
+		}, ""},
+		{"leader election off ignores its settings", func(c *Config) { c.LeaderElection.RetryPeriod.Duration = 0 }, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := validConfig()
@@ -157,5 +198,83 @@ func TestDefaultCapacity(t *testing.T) {
 				t.Errorf("DefaultCapacity = cpu %q memory %q, want %q %q", got.CPU, got.Memory, tc.wantCPU, tc.wantMemory)
 			}
 		})
+	}
+}
+
+// TestLeaderElectionDefaults: the lease is named after the node, in the pod's namespace ($POD_NAMESPACE, else the
+// service account's); outside a pod the namespace must be given; each replica gets an identity of its own.
+func TestLeaderElectionDefaults(t *testing.T) {
+	dir := t.TempDir()
+	saFile := filepath.Join(dir, "namespace")
+	orig := serviceAccountNamespace
+	t.Cleanup(func() { serviceAccountNamespace = orig })
+	for _, tc := range []struct {
+		name, env, file, want, wantErr string
+	}{
+		{name: "POD_NAMESPACE", env: "from-env", file: "from-file\n", want: "from-env"},
+		{name: "service account", file: "from-file\n", want: "from-file"},
+		{name: "outside a pod", wantErr: "leaderElection.namespace: not set, and this process runs in no pod"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("POD_NAMESPACE", tc.env)
+			serviceAccountNamespace = filepath.Join(dir, "absent")
+			if tc.file != "" {
+				os.WriteFile(saFile, []byte(tc.file), 0o600) //nolint:errcheck
+				serviceAccountNamespace = saFile
+			}
+			c := validConfig()
+			c.LeaderElection.Enabled = true
+			err := c.Validate()
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if le := c.LeaderElection; le.Namespace != tc.want || le.LeaseName != c.NodeName {
+				t.Errorf("lease %s/%s, want %s/%s", le.Namespace, le.LeaseName, tc.want, c.NodeName)
+			}
+		})
+	}
+	t.Setenv("POD_NAMESPACE", "ns")
+	host, _ := os.Hostname()
+	a, b := validConfig(), validConfig()
+	a.LeaderElection.Enabled, b.LeaderElection.Enabled = true, true
+	if err := a.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if ia, ib := a.LeaderElection.Identity, b.LeaderElection.Identity; ia == ib || !strings.HasPrefix(ia, host+"_") {
+		t.Errorf("identities %q and %q: want the host name %q and a suffix of their own", ia, ib, host)
+	}
+}
+
+func TestLeaderElectionFromFileAndFlags(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(p, []byte("leaderElection:\n  enabled: true\n  namespace: from-file\n  leaseDuration: 20s\nhealthzAddress: \":10248\"\n"), 0o600) //nolint:errcheck
+	fs := pflag.NewFlagSet("node", pflag.ContinueOnError)
+	flags := AddFlags(fs)
+	if err := fs.Parse([]string{"--leader-elect-namespace", "from-flag", "--leader-elect-retry-period", "3s", "--leader-elect-identity", "me"}); err != nil {
+		t.Fatal(err)
+	}
+	c := DefaultConfig()
+	if err := c.LoadFile(p); err != nil {
+		t.Fatal(err)
+	}
+	flags.Apply(&c)
+	le := c.LeaderElection
+	if !le.Enabled || le.Namespace != "from-flag" || le.Identity != "me" || le.LeaseDuration.Duration != 20*time.Second ||
+		le.RenewDeadline.Duration != 10*time.Second || le.RetryPeriod.Duration != 3*time.Second || c.HealthzAddress != ":10248" {
+		t.Errorf("merged leader election = %+v, healthz %q", le, c.HealthzAddress)
+	}
+	os.WriteFile(p, []byte("leaderElection:\n  enable: true\n"), 0o600) //nolint:errcheck
+	c = DefaultConfig()
+	if err := c.LoadFile(p); err == nil || !strings.Contains(err.Error(), `unknown field "enable"`) {
+		t.Errorf("a misspelt leaderElection field: %v, want it named", err)
 	}
 }

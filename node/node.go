@@ -48,13 +48,20 @@ type Wiring struct {
 	// Balancers make the load balancers of Services of type LoadBalancer, by backend name: the backend's cloud's,
 	// or the node's own. A backend without one leaves those Services to another controller.
 	Balancers map[string]BalancerFunc
+	// LeaseLost is called, at once, when the replica leading the node loses the leader lease; it should end the
+	// process, so that nothing the node started (controllers, the kubelet API, VM launches) runs beside the next
+	// leader. nil means os.Exit(1), as kube-controller-manager does; if it returns, Run stops the node and returns
+	// ErrLeaseLost.
+	LeaseLost func()
 }
 
 // BalancerFunc makes the Balancer of a backend from the node's configuration.
 type BalancerFunc func(ctx context.Context, c Config) (netsync.Balancer, error)
 
 // Run validates c, registers the node and serves until ctx ends, then stops every controller and server it
-// started before returning. A configuration error names the field.
+// started before returning. A configuration error names the field. With c.LeaderElection enabled it first
+// campaigns for the leader lease and runs the node only while it holds it: a standby serves only HealthzAddress;
+// losing the lease calls w.LeaseLost at once.
 func Run(ctx context.Context, c Config, w Wiring) error {
 	if err := c.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration: %w", err)
@@ -81,6 +88,24 @@ func Run(ctx context.Context, c Config, w Wiring) error {
 	if err != nil {
 		return fmt.Errorf("creating clientset, %w", err)
 	}
+	if c.HealthzAddress != "" {
+		if err := serveHealthz(ctx, c.HealthzAddress); err != nil {
+			return err
+		}
+	}
+	runNode := func(ctx context.Context) error { return run(ctx, c, w, spec, client) }
+	if !c.LeaderElection.Enabled {
+		return runNode(ctx)
+	}
+	lost := w.LeaseLost
+	if lost == nil {
+		lost = func() { os.Exit(1) }
+	}
+	return lead(ctx, client, c.LeaderElection, runNode, lost)
+}
+
+// run registers the node and serves until ctx ends; see Run.
+func run(ctx context.Context, c Config, w Wiring, spec *corev1.Node, client kubernetes.Interface) error {
 	auth, err := kubeletAuth(ctx, c, client)
 	if err != nil {
 		return err

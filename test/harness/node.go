@@ -74,6 +74,12 @@ func (n *Node) Stop(t testing.TB, timeout time.Duration) error {
 	}
 }
 
+// Kill ends the node with SIGKILL, as a crash would (nothing is released or cleaned up), and waits for the exit.
+func (n *Node) Kill() {
+	n.cmd.Process.Kill() //nolint:errcheck // already gone is fine
+	<-n.done
+}
+
 // Log is the node's output so far.
 func (n *Node) Log() string { return n.log.String() }
 
