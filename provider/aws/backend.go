@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -33,6 +34,8 @@ type Backend struct {
 	notify func(vm.Status)
 	// pub makes images bootable (an AMI per image); nil until UsePublisher.
 	pub *publisher
+	// elb is the ELBv2 client of the backend's load balancers (Balancer); Open sets it.
+	elb ELBv2API
 
 	// types are the allowed instance types, cheapest first; subnets the configured ones.
 	types []instanceType
@@ -40,6 +43,10 @@ type Backend struct {
 	defaultTypes bool
 	subnets      []string
 	full         map[string]bool // subnets without a free address at start
+	// vpcID is the subnets' VPC ("" when the API names none); lbSubnets are the first of the subnets in each
+	// availability zone, in the configuration's order: an NLB takes one subnet per zone.
+	vpcID     string
+	lbSubnets []string
 	// shunned holds instance types (in a subnet) that just failed for capacity, and subnets out of addresses.
 	shunned *expiringSet
 
@@ -175,17 +182,18 @@ func (b *Backend) loop(ctx context.Context) {
 	}
 }
 
-// checkNetwork checks that the configured subnets and security groups exist, the groups in the subnets' VPC, and
-// orders the subnets with free addresses first.
+// checkNetwork checks that the configured subnets exist, in one VPC, and the security groups too, in that VPC; it
+// orders the subnets with free addresses first and notes the VPC and the load balancers' subnets.
 func (b *Backend) checkNetwork(ctx context.Context) error {
 	sn, err := b.ec2.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{SubnetIds: b.cfg.Subnets})
 	if err != nil {
 		return fmt.Errorf("aws.subnets: checking %s, %w", strings.Join(b.cfg.Subnets, ", "), apiErr("DescribeSubnets", err))
 	}
-	free, vpcs := map[string]int32{}, map[string]bool{}
+	free, zones, vpcs := map[string]int32{}, map[string]string{}, map[string]bool{}
 	for _, s := range sn.Subnets {
 		id := sdkaws.ToString(s.SubnetId)
 		free[id] = sdkaws.ToInt32(s.AvailableIpAddressCount)
+		zones[id] = sdkaws.ToString(s.AvailabilityZone)
 		if s.VpcId != nil {
 			vpcs[*s.VpcId] = true
 		}
@@ -195,10 +203,18 @@ func (b *Backend) checkNetwork(ctx context.Context) error {
 			return fmt.Errorf("aws.subnets: %s does not exist in %s", id, b.cfg.Region)
 		}
 	}
+	if len(vpcs) > 1 {
+		// A security group, a target group and an NLB each belong to one VPC.
+		return fmt.Errorf("aws.subnets: they are in %d VPCs (%s), want one", len(vpcs), strings.Join(slices.Sorted(maps.Keys(vpcs)), ", "))
+	}
+	for vpc := range vpcs {
+		b.vpcID = vpc
+	}
 	b.subnets, b.full = b.cfg.Subnets, map[string]bool{}
 	for id, n := range free {
 		b.full[id] = n == 0
 	}
+	b.lbSubnets = onePerZone(b.cfg.Subnets, zones)
 
 	sg, err := b.ec2.DescribeSecurityGroups(ctx, &ec2.DescribeSecurityGroupsInput{GroupIds: b.cfg.SecurityGroups})
 	if err != nil {
@@ -218,6 +234,21 @@ func (b *Backend) checkNetwork(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// onePerZone is the first of subnets in each availability zone (a subnet of no known zone is one of its own), in
+// their order.
+func onePerZone(subnets []string, zones map[string]string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, id := range subnets {
+		z := cmp.Or(zones[id], "subnet "+id)
+		if !seen[z] {
+			seen[z] = true
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // loadTypes loads the allowed x86_64 instance types (DescribeInstanceTypes, paged), cheapest first; every entry

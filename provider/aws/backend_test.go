@@ -169,6 +169,8 @@ func TestNewChecksTheConfiguration(t *testing.T) {
 			[]string{"aws.securityGroups", "sg-nope"}},
 		{"a security group of another VPC", func(c *Config) { c.SecurityGroups = []string{"sg-other"} }, nil,
 			[]string{"aws.securityGroups", "sg-other is in vpc-2"}},
+		{"subnets of two VPCs", func(c *Config) { c.Subnets = []string{"subnet-a", "subnet-other"} }, nil,
+			[]string{"aws.subnets", "2 VPCs (vpc-1, vpc-2)"}},
 		{"an instance family with no x86_64 type", func(c *Config) { c.InstanceTypes = []string{"t3", "m6g"} }, nil,
 			[]string{"aws.instanceTypes", `"m6g" matches no x86_64 instance type`}},
 		{"bare metal only", func(c *Config) { c.InstanceTypes = []string{"m6i.metal"} }, nil,
