@@ -74,7 +74,8 @@ type Config struct {
 // LoadBalancersConfig configures the load balancers the node makes for the Services of type LoadBalancer it
 // claims: those whose loadBalancerClass is netsync.LoadBalancerClass (and, with ClaimUnclassed, those without a
 // class). With the qemu backend they are the node's own (nftables), their ingress addresses from Pool; with aws,
-// Network Load Balancers with ip targets in aws.subnets (provider/aws.NLBBalancer), their DNS names as ingress.
+// Network Load Balancers with ip targets in aws.loadBalancerSubnets or aws.subnets (provider/aws.NLBBalancer),
+// their DNS names as ingress.
 type LoadBalancersConfig struct {
 	// Enabled runs the load-balancer controller (default true).
 	Enabled bool `json:"enabled"`

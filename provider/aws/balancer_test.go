@@ -68,6 +68,13 @@ func TestBackendBalancer(t *testing.T) {
 	if bal, _ := b.Balancer("lbs"); bal.cluster != "lbs" {
 		t.Errorf("cluster %q, want the one given", bal.cluster)
 	}
+
+	// Subnets of their own, for the load balancers alone.
+	b = h.backend(t, func(c *Config) { c.LoadBalancerSubnets = []string{"subnet-full", "subnet-b"} })
+	b.elb = &elbv2.Client{}
+	if bal, _ := b.Balancer(""); !slices.Equal(bal.subnets, []string{"subnet-full", "subnet-b"}) || !slices.Equal(b.subnets, []string{"subnet-a"}) {
+		t.Errorf("with aws.loadBalancerSubnets: NLBs in %v, instances in %v", bal.subnets, b.subnets)
+	}
 }
 
 // TestNLBThroughTheController is the aws load balancer as the node runs it, without a control plane: the netsync

@@ -26,6 +26,10 @@ type Config struct {
 	Region string `json:"region,omitempty"`
 	// Subnets are the subnets instances are launched into, pods spread over them; they must exist.
 	Subnets []string `json:"subnets,omitempty"`
+	// LoadBalancerSubnets are the subnets of the Network Load Balancers of Services of type LoadBalancer, at most
+	// one per availability zone, in the VPC of Subnets; empty means the first of Subnets in each zone. An
+	// internet-facing NLB needs public subnets (routed to an internet gateway), where the instances need not be.
+	LoadBalancerSubnets []string `json:"loadBalancerSubnets,omitempty"`
 	// SecurityGroups are attached to every instance; they must exist, in the subnets' VPC. They must let the
 	// node reach AgentPort on the instances.
 	SecurityGroups []string `json:"securityGroups,omitempty"`
@@ -140,6 +144,9 @@ func (c Config) Validate() error {
 		}
 	}
 	ids("subnets", c.Subnets, "subnet")
+	if len(c.LoadBalancerSubnets) > 0 {
+		ids("loadBalancerSubnets", c.LoadBalancerSubnets, "subnet")
+	}
 	ids("securityGroups", c.SecurityGroups, "security group")
 	for _, t := range c.InstanceTypes {
 		if !instanceTypeName.MatchString(t) {

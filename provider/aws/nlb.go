@@ -66,8 +66,8 @@ func NewNLBBalancer(api ELBv2API, vpcID string, subnets []string, cluster, node 
 		healthPoll: defaultHealthPoll, healthWait: defaultHealthWait, inUseWait: defaultInUseWait}
 }
 
-// Balancer is the backend's load balancer (netsync.Balancer): NLBs in the backend's subnets, the first listed in
-// each availability zone, with their target groups in the subnets' VPC, everything tagged with cluster (the
+// Balancer is the backend's load balancer (netsync.Balancer): NLBs in aws.loadBalancerSubnets or else the first
+// of aws.subnets in each availability zone, with their target groups in the subnets' VPC, everything tagged with cluster (the
 // backend's aws.cluster when empty) and the backend's node. Open gives the backend its ELBv2 client; a backend made
 // by New has none and no balancer.
 func (b *Backend) Balancer(cluster string) (*NLBBalancer, error) {
