@@ -115,18 +115,21 @@ type LeaderElectionConfig struct {
 }
 
 // LoadBalancersConfig configures the load balancers the node makes for the Services of type LoadBalancer it
-// claims: those whose loadBalancerClass is Class (and, with ClaimUnclassed, those without a class). With the qemu backend they are the node's own (nftables), their ingress addresses from Pool; the aws
-// backend has none in the node yet (provider/aws.NLBBalancer is not wired).
+// claims: those whose loadBalancerClass is Class (and, with ClaimUnclassed, those without a class). With the qemu
+// backend they are the node's own (nftables), their ingress addresses from Pool; with aws, Network Load Balancers
+// with ip targets in aws.loadBalancerSubnets or aws.subnets (provider/aws.NLBBalancer), their DNS names as ingress.
 type LoadBalancersConfig struct {
 	// Enabled runs the load-balancer controller (default true).
 	Enabled bool `json:"enabled"`
 	// Class is the loadBalancerClass of the Services the node claims (default netsync.LoadBalancerClass,
-	// "i2kit.io/load-balancer"). Two nodes must not claim one class, except aws nodes of one cluster and VPC.
+	// "i2kit.io/load-balancer"). Two nodes must not claim one class: give each its own (the replicas of one node,
+	// with leaderElection, are one node).
 	Class string `json:"class,omitempty"`
 	// ClaimUnclassed also claims Services without a loadBalancerClass: off by default, so that a mixed cluster's own
 	// cloud controller keeps them.
 	ClaimUnclassed bool `json:"claimUnclassed,omitempty"`
-	// Cluster names the cluster in the load balancers' tags (default: aws.cluster, else the node's name).
+	// Cluster names the cluster in the load balancers' tags (default: aws.cluster, else the node's name). With the
+	// aws backend it is what iam-policy.json's CLUSTER_NAME conditions must allow: leave it to aws.cluster.
 	Cluster string `json:"cluster,omitempty"`
 	// Pool is the IPv4 range of the qemu backend's ingress addresses, added to the host's loopback; nothing else on
 	// the host may use it (default 10.89.0.0/24).

@@ -55,8 +55,35 @@ type Wiring struct {
 	LeaseLost func()
 }
 
-// BalancerFunc makes the Balancer of a backend from the node's configuration.
-type BalancerFunc func(ctx context.Context, c Config) (netsync.Balancer, error)
+// BalancerFunc makes the Balancer of a backend from the node's configuration and the backend the node runs, whose
+// network (and cloud clients) it may share.
+type BalancerFunc func(ctx context.Context, c Config, backend vm.Backend) (netsync.Balancer, error)
+
+// TCPUDPMerger is a Balancer that takes one listener per port (an NLB): when MergeTCPUDP says so, the node builds
+// its models with netsync.ModelOptions.MergeTCPUDP, a Service's TCP and UDP ports of one number becoming one TCP_UDP
+// listener. A Balancer without the method takes a listener per port and protocol.
+type TCPUDPMerger interface {
+	MergeTCPUDP() bool
+}
+
+// NodeLocal is a Balancer that reaches only the pods of the node's own host (the qemu backend's): when NodeLocal
+// says so, the node builds its models with netsync.ModelOptions.OnlyNode, the Service's endpoints on other nodes
+// being no targets. A Balancer without the method reaches every endpoint (an NLB: any VPC address).
+type NodeLocal interface {
+	NodeLocal() bool
+}
+
+// modelOptions are the options the node builds b's models with.
+func modelOptions(c Config, b netsync.Balancer) netsync.ModelOptions {
+	o := netsync.ModelOptions{Cluster: c.LoadBalancers.Cluster, Node: c.NodeName}
+	if m, ok := b.(TCPUDPMerger); ok {
+		o.MergeTCPUDP = m.MergeTCPUDP()
+	}
+	if l, ok := b.(NodeLocal); ok && l.NodeLocal() {
+		o.OnlyNode = c.NodeName
+	}
+	return o
+}
 
 // Run validates c, registers the node and serves until ctx ends, then stops every controller and server it
 // started before returning. A configuration error names the field. With c.LeaderElection enabled it first
@@ -146,7 +173,8 @@ func run(ctx context.Context, c Config, w Wiring, spec *corev1.Node, client kube
 			return err
 		}})
 	defer p.Stop()
-	if err := attachBackend(ctx, c, w, p); err != nil {
+	backend, err := attachBackend(ctx, c, w, p)
+	if err != nil {
 		return fmt.Errorf("backend %s: %w", c.Backend, err)
 	}
 	newProvider := func(pc nodeutil.ProviderConfig) (nodeutil.Provider, vknode.NodeProvider, error) {
@@ -190,7 +218,7 @@ func run(ctx context.Context, c Config, w Wiring, spec *corev1.Node, client kube
 			log.G(ctx).WithField("backend", c.Backend).Warn("Services of type LoadBalancer stay pending: the backend has no load balancer yet")
 		}
 		if ok && c.LoadBalancers.Enabled {
-			b, err := newBalancer(ctx, c)
+			b, err := newBalancer(ctx, c, backend)
 			if err != nil {
 				log.G(ctx).WithError(err).Error("Services of type LoadBalancer stay pending: no load balancer")
 			} else {
@@ -198,7 +226,7 @@ func run(ctx context.Context, c Config, w Wiring, spec *corev1.Node, client kube
 					return netsync.NewLBController(client, services, slices, b, netsync.LBControllerOptions{
 						Class:          c.LoadBalancers.Class,
 						ClaimUnclassed: c.LoadBalancers.ClaimUnclassed,
-						Model:          netsync.ModelOptions{Cluster: c.LoadBalancers.Cluster, Node: c.NodeName},
+						Model:          modelOptions(c, b),
 						Events:         broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "i2kit-service-controller", Host: c.NodeName}),
 					})
 				}
@@ -218,24 +246,24 @@ func run(ctx context.Context, c Config, w Wiring, spec *corev1.Node, client kube
 	return err
 }
 
-// attachBackend gives the provider the configured backend and image builder, which it keeps until ctx ends;
-// running VMs keep running when the node stops, to be adopted at the next start.
-func attachBackend(ctx context.Context, c Config, w Wiring, p *provider.Provider) error {
+// attachBackend gives the provider the configured backend and image builder, which it keeps until ctx ends, and
+// returns the backend (nil for none); running VMs keep running when the node stops, to be adopted at the next start.
+func attachBackend(ctx context.Context, c Config, w Wiring, p *provider.Provider) (vm.Backend, error) {
 	if c.Backend == "none" {
-		return nil
+		return nil, nil
 	}
 	newBackend, ok := w.Backends[c.Backend]
 	if !ok {
-		return fmt.Errorf("backend %q: not built into this binary", c.Backend)
+		return nil, fmt.Errorf("backend %q: not built into this binary", c.Backend)
 	}
 	images, closer, err := w.Images(c.Images)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	context.AfterFunc(ctx, func() { closer.Close() })
 	b, err := newBackend(ctx, c, p.VMChanged)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if c, ok := b.(io.Closer); ok { // a backend's own loops (a cloud listing) stop with the node; its VMs run on
 		context.AfterFunc(ctx, func() { c.Close() })
@@ -243,10 +271,10 @@ func attachBackend(ctx context.Context, c Config, w Wiring, p *provider.Provider
 	p.UseBackend(b, images)
 	vms, err := b.List(ctx)
 	if err != nil {
-		return fmt.Errorf("listing the VMs to adopt, %w", err)
+		return nil, fmt.Errorf("listing the VMs to adopt, %w", err)
 	}
 	log.G(ctx).WithField("backend", c.Backend).WithField("adopted", len(vms)).Info("backend ready")
-	return nil
+	return b, nil
 }
 
 // serviceAccountToken requests tokens bound to a pod through the TokenRequest API, as a kubelet does for

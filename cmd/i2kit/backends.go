@@ -28,13 +28,21 @@ var wiring = node.Wiring{
 	},
 	Balancers: map[string]node.BalancerFunc{
 		// The node's own load balancer: nftables DNAT from ingress addresses on the host's loopback to the pod VMs.
-		"qemu": func(_ context.Context, c node.Config) (netsync.Balancer, error) {
+		"qemu": func(_ context.Context, c node.Config, _ vm.Backend) (netsync.Balancer, error) {
 			// One table per node; the pool must be the node's alone (its addresses on lo that no Service holds go).
 			pool, err := netip.ParsePrefix(c.LoadBalancers.Pool)
 			if err != nil {
 				return nil, fmt.Errorf("loadBalancers.pool, %w", err)
 			}
 			return locallb.New(locallb.Config{Pool: pool, Table: "i2kit-lb-" + c.NodeName})
+		},
+		// Network Load Balancers with ip targets, in the backend's subnets and VPC, through its SDK configuration.
+		"aws": func(_ context.Context, c node.Config, b vm.Backend) (netsync.Balancer, error) {
+			ab, ok := b.(*aws.Backend)
+			if !ok {
+				return nil, fmt.Errorf("the aws load balancer runs beside the aws backend, not %T", b)
+			}
+			return ab.Balancer(c.LoadBalancers.Cluster)
 		},
 	},
 	Images: func(c node.ImagesConfig) (provider.ImageBuilder, io.Closer, error) {
@@ -45,3 +53,7 @@ var wiring = node.Wiring{
 		return b, b.Store, nil
 	},
 }
+
+// An NLB takes one listener per port: the node merges a Service's TCP and UDP ports of one number for it.
+var _ node.TCPUDPMerger = (*aws.NLBBalancer)(nil)
+var _ node.NodeLocal = (*locallb.Balancer)(nil)

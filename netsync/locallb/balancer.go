@@ -66,6 +66,10 @@ type Balancer struct {
 
 var _ netsync.Balancer = (*Balancer)(nil)
 
+// NodeLocal says that the balancer reaches only the pod VMs on its own host: the node gives it no endpoint of
+// another node as a target (see node.NodeLocal).
+func (b *Balancer) NodeLocal() bool { return true }
+
 // New checks the configuration; it touches nothing until the first Ensure.
 func New(cfg Config) (*Balancer, error) {
 	if err := checkPool(cfg.Pool); err != nil {

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -33,6 +34,8 @@ type Backend struct {
 	notify func(vm.Status)
 	// pub makes images bootable (an AMI per image); nil until UsePublisher.
 	pub *publisher
+	// elb is the ELBv2 client of the backend's load balancers (Balancer); Open sets it.
+	elb ELBv2API
 
 	// types are the allowed instance types, cheapest first; subnets the configured ones.
 	types []instanceType
@@ -40,6 +43,10 @@ type Backend struct {
 	defaultTypes bool
 	subnets      []string
 	full         map[string]bool // subnets without a free address at start
+	// vpcID is the subnets' VPC ("" when the API names none); lbSubnets are the NLBs' (one per zone):
+	// aws.loadBalancerSubnets, or the first of the subnets in each availability zone, in the configuration's order.
+	vpcID     string
+	lbSubnets []string
 	// shunned holds instance types (in a subnet) that just failed for capacity, and subnets out of addresses.
 	shunned *expiringSet
 
@@ -175,29 +182,61 @@ func (b *Backend) loop(ctx context.Context) {
 	}
 }
 
-// checkNetwork checks that the configured subnets and security groups exist, the groups in the subnets' VPC, and
-// orders the subnets with free addresses first.
+// checkNetwork checks that the configured subnets exist, in one VPC, the load balancers' one per zone, and the
+// security groups too, in that VPC; it orders the subnets with free addresses first and notes the VPC and the load
+// balancers' subnets.
 func (b *Backend) checkNetwork(ctx context.Context) error {
-	sn, err := b.ec2.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{SubnetIds: b.cfg.Subnets})
-	if err != nil {
-		return fmt.Errorf("aws.subnets: checking %s, %w", strings.Join(b.cfg.Subnets, ", "), apiErr("DescribeSubnets", err))
+	ids := slices.Clone(b.cfg.Subnets)
+	for _, id := range b.cfg.LoadBalancerSubnets {
+		if !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
 	}
-	free, vpcs := map[string]int32{}, map[string]bool{}
+	sn, err := b.ec2.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{SubnetIds: ids})
+	if err != nil {
+		field := "aws.subnets"
+		if len(ids) > len(b.cfg.Subnets) {
+			field += " and aws.loadBalancerSubnets"
+		}
+		return fmt.Errorf("%s: checking %s, %w", field, strings.Join(ids, ", "), apiErr("DescribeSubnets", err))
+	}
+	free, zones, vpcs := map[string]int32{}, map[string]string{}, map[string]bool{}
 	for _, s := range sn.Subnets {
 		id := sdkaws.ToString(s.SubnetId)
 		free[id] = sdkaws.ToInt32(s.AvailableIpAddressCount)
+		zones[id] = sdkaws.ToString(s.AvailabilityZone)
 		if s.VpcId != nil {
 			vpcs[*s.VpcId] = true
 		}
 	}
-	for _, id := range b.cfg.Subnets {
-		if _, ok := free[id]; !ok {
-			return fmt.Errorf("aws.subnets: %s does not exist in %s", id, b.cfg.Region)
+	for _, f := range []struct {
+		field string
+		ids   []string
+	}{{"subnets", b.cfg.Subnets}, {"loadBalancerSubnets", b.cfg.LoadBalancerSubnets}} {
+		for _, id := range f.ids {
+			if _, ok := free[id]; !ok {
+				return fmt.Errorf("aws.%s: %s does not exist in %s", f.field, id, b.cfg.Region)
+			}
 		}
 	}
+	if len(vpcs) > 1 {
+		// A security group, a target group and an NLB each belong to one VPC.
+		return fmt.Errorf("aws.subnets: they are in %d VPCs (%s), want one", len(vpcs), strings.Join(slices.Sorted(maps.Keys(vpcs)), ", "))
+	}
+	for vpc := range vpcs {
+		b.vpcID = vpc
+	}
 	b.subnets, b.full = b.cfg.Subnets, map[string]bool{}
-	for id, n := range free {
-		b.full[id] = n == 0
+	for _, id := range b.cfg.Subnets {
+		b.full[id] = free[id] == 0
+	}
+	b.lbSubnets = onePerZone(b.cfg.Subnets, zones)
+	if lbs := b.cfg.LoadBalancerSubnets; len(lbs) > 0 {
+		if kept := onePerZone(lbs, zones); len(kept) < len(lbs) {
+			i := slices.IndexFunc(lbs, func(id string) bool { return !slices.Contains(kept, id) })
+			return fmt.Errorf("aws.loadBalancerSubnets: %s is in %s with another: an NLB takes one subnet per availability zone", lbs[i], zones[lbs[i]])
+		}
+		b.lbSubnets = lbs
 	}
 
 	sg, err := b.ec2.DescribeSecurityGroups(ctx, &ec2.DescribeSecurityGroupsInput{GroupIds: b.cfg.SecurityGroups})
@@ -218,6 +257,21 @@ func (b *Backend) checkNetwork(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// onePerZone is the first of subnets in each availability zone (a subnet of no known zone is one of its own), in
+// their order.
+func onePerZone(subnets []string, zones map[string]string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, id := range subnets {
+		z := cmp.Or(zones[id], "subnet "+id)
+		if !seen[z] {
+			seen[z] = true
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // loadTypes loads the allowed x86_64 instance types (DescribeInstanceTypes, paged), cheapest first; every entry

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	sdkaws "github.com/aws/aws-sdk-go-v2/aws"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -169,6 +170,20 @@ func TestNewChecksTheConfiguration(t *testing.T) {
 			[]string{"aws.securityGroups", "sg-nope"}},
 		{"a security group of another VPC", func(c *Config) { c.SecurityGroups = []string{"sg-other"} }, nil,
 			[]string{"aws.securityGroups", "sg-other is in vpc-2"}},
+		{"subnets of two VPCs", func(c *Config) { c.Subnets = []string{"subnet-a", "subnet-other"} }, nil,
+			[]string{"aws.subnets", "2 VPCs (vpc-1, vpc-2)"}},
+		{"a load balancer subnet that does not exist", func(c *Config) { c.LoadBalancerSubnets = []string{"subnet-nope"} }, nil,
+			[]string{"aws.loadBalancerSubnets", "subnet-nope", "InvalidSubnetID.NotFound"}},
+		{"a load balancer subnet of another VPC", func(c *Config) { c.LoadBalancerSubnets = []string{"subnet-other"} }, nil,
+			[]string{"aws.subnets", "2 VPCs (vpc-1, vpc-2)"}},
+		{"two load balancer subnets in one zone", func(c *Config) { c.LoadBalancerSubnets = []string{"subnet-a", "subnet-b"} },
+			func(f *fakeEC2) {
+				for _, id := range []string{"subnet-a", "subnet-b"} {
+					s := f.subnets[id]
+					s.AvailabilityZone = sdkaws.String("us-east-1a")
+					f.subnets[id] = s
+				}
+			}, []string{"aws.loadBalancerSubnets", "subnet-b is in us-east-1a", "one subnet per availability zone"}},
 		{"an instance family with no x86_64 type", func(c *Config) { c.InstanceTypes = []string{"t3", "m6g"} }, nil,
 			[]string{"aws.instanceTypes", `"m6g" matches no x86_64 instance type`}},
 		{"bare metal only", func(c *Config) { c.InstanceTypes = []string{"m6i.metal"} }, nil,

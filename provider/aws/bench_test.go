@@ -42,7 +42,7 @@ func BenchmarkPublish(b *testing.B) {
 		HTTPClient:  &http.Client{Transport: devec2.BufferRequestBodies(http.DefaultTransport)}}
 	ec2c := ec2.NewFromConfig(cfg)
 	ebsc := ebs.NewFromConfig(cfg, func(o *ebs.Options) {
-		// A connection per upload worker, as Clients gives the node.
+		// A connection per upload worker, as NewClients gives the node.
 		o.HTTPClient = &http.Client{Transport: devec2.BufferRequestBodies(&http.Transport{MaxIdleConnsPerHost: 64, MaxIdleConns: 64})}
 	})
 	ca, err := aws.LoadCA("", "", b.TempDir())

@@ -13,6 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/ebs"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/i2kit/i2kit/provider/vm"
@@ -25,6 +26,10 @@ type Config struct {
 	Region string `json:"region,omitempty"`
 	// Subnets are the subnets instances are launched into, pods spread over them; they must exist.
 	Subnets []string `json:"subnets,omitempty"`
+	// LoadBalancerSubnets are the subnets of the Network Load Balancers of Services of type LoadBalancer, at most
+	// one per availability zone, in the VPC of Subnets; empty means the first of Subnets in each zone. An
+	// internet-facing NLB needs public subnets (routed to an internet gateway), where the instances need not be.
+	LoadBalancerSubnets []string `json:"loadBalancerSubnets,omitempty"`
 	// SecurityGroups are attached to every instance; they must exist, in the subnets' VPC. They must let the
 	// node reach AgentPort on the instances.
 	SecurityGroups []string `json:"securityGroups,omitempty"`
@@ -40,6 +45,11 @@ type Config struct {
 	AgentPort int `json:"agentPort,omitempty"`
 	// Endpoint is the EC2 API's base URL, for emulators; empty means AWS's own for the region.
 	Endpoint string `json:"endpoint,omitempty"`
+	// ELBEndpoint is the Elastic Load Balancing v2 API's base URL (the Network Load Balancers of Services of type
+	// LoadBalancer), for emulators; empty means Endpoint — an emulator that serves every API at one URL
+	// (LocalStack, kumo, devcloud with a fallback) needs no more — and AWS's own for the region when both are
+	// empty. It is never AWS's own while Endpoint names an emulator: a test setup does not make real load balancers.
+	ELBEndpoint string `json:"elbEndpoint,omitempty"`
 	// SyncPeriod is how often the backend lists its instances (default 10s): an instance stopped or terminated
 	// from outside fails its pod within one period.
 	SyncPeriod metav1.Duration `json:"syncPeriod,omitempty"`
@@ -134,6 +144,9 @@ func (c Config) Validate() error {
 		}
 	}
 	ids("subnets", c.Subnets, "subnet")
+	if len(c.LoadBalancerSubnets) > 0 {
+		ids("loadBalancerSubnets", c.LoadBalancerSubnets, "subnet")
+	}
 	ids("securityGroups", c.SecurityGroups, "security group")
 	for _, t := range c.InstanceTypes {
 		if !instanceTypeName.MatchString(t) {
@@ -161,9 +174,12 @@ func (c Config) Validate() error {
 	if c.AgentPort < 0 || c.AgentPort > 65535 {
 		bad("agentPort", "%d is not a TCP port", c.AgentPort)
 	}
-	if c.Endpoint != "" {
-		if u, err := url.Parse(c.Endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			bad("endpoint", "%q is not an http(s) URL", c.Endpoint)
+	for _, f := range []struct{ field, v string }{{"endpoint", c.Endpoint}, {"elbEndpoint", c.ELBEndpoint}} {
+		if f.v == "" {
+			continue
+		}
+		if u, err := url.Parse(f.v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad(f.field, "%q is not an http(s) URL", f.v)
 		}
 	}
 	if d := c.SyncPeriod.Duration; d != 0 && d < minSyncPeriod {
@@ -181,28 +197,47 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Clients makes the EC2 and EBS clients for cfg from the SDK's default credential chain (environment, web
-// identity, instance profile), in cfg's region and at cfg.Endpoint when set.
-func Clients(ctx context.Context, cfg Config) (*ec2.Client, *ebs.Client, error) {
-	ac, err := config.LoadDefaultConfig(ctx, config.WithRegion(cfg.Region))
+// Clients are the SDK clients of the backend and of its load balancers, all made from one SDK configuration: one
+// region, one credential chain, one HTTP client.
+type Clients struct {
+	EC2   *ec2.Client
+	EBS   *ebs.Client
+	ELBv2 *elbv2.Client
+}
+
+// NewClients makes the clients of cfg from the SDK's default credential chain (environment, web identity, instance
+// profile), in cfg's region, EC2's and EBS's at cfg.Endpoint when set, ELBv2's at cfg.ELBEndpoint or else
+// cfg.Endpoint. opts change how the configuration loads, after the region (tests give an HTTP client and
+// credentials).
+func NewClients(ctx context.Context, cfg Config, opts ...func(*config.LoadOptions) error) (Clients, error) {
+	ac, err := config.LoadDefaultConfig(ctx, append([]func(*config.LoadOptions) error{config.WithRegion(cfg.Region)}, opts...)...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("loading the AWS configuration, %w", err)
+		return Clients{}, fmt.Errorf("loading the AWS configuration, %w", err)
 	}
 	if cfg.Endpoint != "" {
 		ac.BaseEndpoint = sdkaws.String(cfg.Endpoint)
 	}
-	// Snapshot uploads run many blocks in parallel: the EBS client keeps a connection per worker.
-	return ec2.NewFromConfig(ac), ebs.NewFromConfig(ac, func(o *ebs.Options) { o.HTTPClient = ebsHTTPClient(0) }), nil
+	return Clients{
+		EC2: ec2.NewFromConfig(ac),
+		// Snapshot uploads run many blocks in parallel: the EBS client keeps a connection per worker.
+		EBS: ebs.NewFromConfig(ac, func(o *ebs.Options) { o.HTTPClient = ebsHTTPClient(0) }),
+		ELBv2: elbv2.NewFromConfig(ac, func(o *elbv2.Options) {
+			if cfg.ELBEndpoint != "" {
+				o.BaseEndpoint = sdkaws.String(cfg.ELBEndpoint)
+			}
+		}),
+	}, nil
 }
 
-// Open makes the backend of cfg as the node runs it: SDK clients from the default credential chain, the node's
-// agent CA (loaded, or made once in StateDir), the agent channel, and the backend (New).
-func Open(ctx context.Context, cfg Config, notify func(vm.Status)) (*Backend, error) {
+// Open makes the backend of cfg as the node runs it: SDK clients (NewClients, opts passed on), the node's agent CA
+// (loaded, or made once in StateDir), the agent channel, and the backend (New), which keeps the ELBv2 client for
+// its load balancers (Balancer).
+func Open(ctx context.Context, cfg Config, notify func(vm.Status), opts ...func(*config.LoadOptions) error) (*Backend, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	c, eb, err := Clients(ctx, cfg)
+	cl, err := NewClients(ctx, cfg, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -210,11 +245,12 @@ func Open(ctx context.Context, cfg Config, notify func(vm.Status)) (*Backend, er
 	if err != nil {
 		return nil, fmt.Errorf("aws.agentCA, %w", err)
 	}
-	b, err := New(ctx, cfg, c, NewChannel(c, ca, cfg.AgentPort), notify)
+	b, err := New(ctx, cfg, cl.EC2, NewChannel(cl.EC2, ca, cfg.AgentPort), notify)
 	if err != nil {
 		return nil, err
 	}
-	b.UsePublisher(eb, UploadOptions{})
+	b.UsePublisher(cl.EBS, UploadOptions{})
+	b.elb = cl.ELBv2
 	return b, nil
 }
 

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	sdkaws "github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 )
@@ -26,6 +28,9 @@ func TestConfigValidate(t *testing.T) {
 		{"no subnet", func(c *Config) { c.Subnets = nil }, "aws.subnets: at least one subnet"},
 		{"an empty subnet", func(c *Config) { c.Subnets = []string{" "} }, "aws.subnets: an empty subnet ID"},
 		{"a subnet twice", func(c *Config) { c.Subnets = []string{"subnet-a", "subnet-a"} }, "aws.subnets: subnet-a listed twice"},
+		{"a load balancer subnet twice", func(c *Config) { c.LoadBalancerSubnets = []string{"subnet-b", "subnet-b"} }, "aws.loadBalancerSubnets: subnet-b listed twice"},
+		{"an empty load balancer subnet", func(c *Config) { c.LoadBalancerSubnets = []string{""} }, "aws.loadBalancerSubnets: an empty subnet ID"},
+		{"load balancer subnets", func(c *Config) { c.LoadBalancerSubnets = []string{"subnet-b"} }, ""},
 		{"no security group", func(c *Config) { c.SecurityGroups = nil }, "aws.securityGroups: at least one security group"},
 		{"a type in capitals", func(c *Config) { c.InstanceTypes = []string{"M6I.large"} }, `aws.instanceTypes: "M6I.large" is neither`},
 		{"a type with a wildcard", func(c *Config) { c.InstanceTypes = []string{"m6i.*"} }, "aws.instanceTypes"},
@@ -41,6 +46,9 @@ func TestConfigValidate(t *testing.T) {
 		{"a port out of range", func(c *Config) { c.AgentPort = 70000 }, "aws.agentPort"},
 		{"an endpoint without scheme", func(c *Config) { c.Endpoint = "localhost:4566" }, "aws.endpoint"},
 		{"an emulator's endpoint", func(c *Config) { c.Endpoint = "http://127.0.0.1:4566" }, ""},
+		{"an ELBv2 endpoint without scheme", func(c *Config) { c.ELBEndpoint = "localhost:4566" }, "aws.elbEndpoint"},
+		{"an ELBv2 endpoint without host", func(c *Config) { c.ELBEndpoint = "http://" }, "aws.elbEndpoint"},
+		{"an emulator's ELBv2 endpoint", func(c *Config) { c.ELBEndpoint = "http://127.0.0.1:4567" }, ""},
 		{"a sync period too short", func(c *Config) { c.SyncPeriod = metav1.Duration{Duration: 10 * time.Millisecond} }, "aws.syncPeriod"},
 		{"a negative GC age", func(c *Config) { c.GCMinAge = metav1.Duration{Duration: -time.Second} }, "aws.gcMinAge"},
 	} {
@@ -86,5 +94,37 @@ syncPeriod: 30s
 	if d.SyncPeriod.Duration != 30*time.Second || d.AgentPort != DefaultAgentPort || d.GCMinAge.Duration != DefaultGCMinAge ||
 		strings.Join(d.InstanceTypes, ",") != strings.Join(DefaultInstanceTypes, ",") {
 		t.Errorf("with defaults: %+v", d)
+	}
+}
+
+// TestNewClientsEndpoints: ELBv2 calls go to elbEndpoint, else to endpoint — never to AWS itself while the other
+// APIs go to an emulator — and EC2's to endpoint; all in the configured region.
+func TestNewClientsEndpoints(t *testing.T) {
+	for _, tc := range []struct {
+		name, endpoint, elbEndpoint string
+		wantEC2, wantELB            string // "" for AWS's own
+	}{
+		{"AWS", "", "", "", ""},
+		{"one emulator for every API", "http://127.0.0.1:4566", "", "http://127.0.0.1:4566", "http://127.0.0.1:4566"},
+		{"an ELBv2 emulator of its own", "http://127.0.0.1:4566", "http://127.0.0.1:4567", "http://127.0.0.1:4566", "http://127.0.0.1:4567"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig()
+			cfg.Endpoint, cfg.ELBEndpoint = tc.endpoint, tc.elbEndpoint
+			cl, err := NewClients(t.Context(), cfg, config.WithCredentialsProvider(sdkaws.AnonymousCredentials{}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ec2o, elbo := cl.EC2.Options(), cl.ELBv2.Options()
+			if got := sdkaws.ToString(ec2o.BaseEndpoint); got != tc.wantEC2 {
+				t.Errorf("EC2 endpoint %q, want %q", got, tc.wantEC2)
+			}
+			if got := sdkaws.ToString(elbo.BaseEndpoint); got != tc.wantELB {
+				t.Errorf("ELBv2 endpoint %q, want %q", got, tc.wantELB)
+			}
+			if ec2o.Region != cfg.Region || elbo.Region != cfg.Region {
+				t.Errorf("regions %q and %q, want %q", ec2o.Region, elbo.Region, cfg.Region)
+			}
+		})
 	}
 }

@@ -66,6 +66,24 @@ func NewNLBBalancer(api ELBv2API, vpcID string, subnets []string, cluster, node 
 		healthPoll: defaultHealthPoll, healthWait: defaultHealthWait, inUseWait: defaultInUseWait}
 }
 
+// Balancer is the backend's load balancer (netsync.Balancer): NLBs in aws.loadBalancerSubnets or else the first
+// of aws.subnets in each availability zone, with their target groups in the subnets' VPC, everything tagged with cluster (the
+// backend's aws.cluster when empty) and the backend's node. Open gives the backend its ELBv2 client; a backend made
+// by New has none and no balancer.
+func (b *Backend) Balancer(cluster string) (*NLBBalancer, error) {
+	switch {
+	case b.elb == nil:
+		return nil, errors.New("the aws backend has no ELBv2 client (it was not made by Open)")
+	case b.vpcID == "":
+		return nil, fmt.Errorf("aws.subnets: EC2 names no VPC of %s, where target groups would go", strings.Join(b.subnets, ", "))
+	}
+	return NewNLBBalancer(b.elb, b.vpcID, b.lbSubnets, cmp.Or(cluster, b.cfg.Cluster), b.cfg.Node), nil
+}
+
+// MergeTCPUDP says that an NLB takes one listener per port: a Service's TCP and UDP ports of one number must come
+// as one TCP_UDP listener (netsync.ModelOptions.MergeTCPUDP), Ensure refusing two listeners on a port.
+func (*NLBBalancer) MergeTCPUDP() bool { return true }
+
 // elbErr is apiErr for the ELBv2 API.
 func elbErr(action string, err error) error { return serviceErr("elasticloadbalancing", action, err) }
 
