@@ -672,7 +672,9 @@ var (
 	podBridge = "br-pods"
 )
 
-// newBridge makes the pod network's bridge in the test's namespace, which forwards as a node does. Bridged frames
+// newBridge makes the pod network's bridge in the test's namespace, which forwards: a node must, for a pod's or a
+// LAN client's connection through a balancer to reach a pod VM (the bridge's own forwarding is enough for a pod's,
+// but newRemote's interface needs it too). Bridged frames
 // skip the IP hooks, as on a node without br_netfilter: where the module is loaded, it would run them through
 // conntrack, which undoes the DNAT of a target's answer to a pod on the same bridge and hides the hairpin's fault.
 func newBridge(t *testing.T) {

@@ -22,8 +22,9 @@ import (
 )
 
 // testLoadBalancer exposes two pod VMs as a Service of type LoadBalancer of i2kit's class, as a user would with
-// `kubectl expose --type=LoadBalancer`: the Service gets an ingress address on the node, requests to it reach both
-// pods, a Service without ready pods refuses at once, and deleting the Service leaves no address behind.
+// `kubectl expose --type=LoadBalancer`: the Service gets an ingress address on the node, requests to it from the
+// host and from one of the pods reach both pods, a Service without ready pods refuses at once, and deleting the
+// Service leaves no address behind.
 func testLoadBalancer(t *testing.T, nodeName, reg string, nodeLog func() string) {
 	ctx := context.Background()
 	pods, svcs := env.Client.CoreV1().Pods("default"), env.Client.CoreV1().Services("default")
@@ -94,6 +95,29 @@ func testLoadBalancer(t *testing.T, nodeName, reg string, nodeLog func() string)
 		t.Fatalf("through %s, only %v answered: %v\n%s", ip, seen, err, nodeLog())
 	}
 	t.Logf("hello-lb: both pods answered %s after the Service's creation", time.Since(t0).Round(time.Millisecond))
+
+	// A pod VM reaches the Service too, though its targets share its bridge: lb-a is answered by lb-b and by itself
+	// (hairpin), which takes the balancer's masquerade of the pod network and forwarding on the bridge.
+	fromPod := map[string]bool{}
+	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		ctx, cancel := context.WithTimeout(ctx, 15*time.Second) // hello -get has no timeout of its own per request
+		defer cancel()
+		out, err := execCombined(ctx, env.Kubectl, "--kubeconfig", env.Plane.KubeconfigPath(), "exec", "lb-a", "--",
+			"/app", "-get", "http://"+ip+"/")
+		if err != nil {
+			t.Logf("from lb-a: %v: %s", err, out)
+			return false, nil
+		}
+		for _, name := range backends {
+			if strings.Contains(out, "hello from "+name) {
+				fromPod[name] = true
+			}
+		}
+		return len(fromPod) == len(backends), nil
+	})
+	if err != nil {
+		t.Fatalf("from pod lb-a through %s, only %v answered: %v\n%s", ip, fromPod, err, nodeLog())
+	}
 
 	// No ready pod: connections are refused at once, not left to time out.
 	for _, name := range backends {
