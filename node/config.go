@@ -371,8 +371,12 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("loadBalancers.class %q: %s", c.LoadBalancers.Class, strings.Join(errs, "; "))
 	}
 	if c.Backend == "qemu" && c.LoadBalancers.Enabled {
-		if p, err := netip.ParsePrefix(c.LoadBalancers.Pool); err != nil || !p.Addr().Is4() || p.Bits() < 16 {
+		p, err := netip.ParsePrefix(c.LoadBalancers.Pool)
+		if err != nil || !p.Addr().Is4() || p.Bits() < 16 {
 			return fmt.Errorf("loadBalancers.pool %q: want an IPv4 range from /16 to /32, such as 10.89.0.0/24", c.LoadBalancers.Pool)
+		}
+		if pods, err := netip.ParsePrefix(c.PodCIDR); err == nil && pods.Overlaps(p) {
+			return fmt.Errorf("loadBalancers.pool %q: overlaps podCIDR %q", c.LoadBalancers.Pool, c.PodCIDR)
 		}
 	}
 	if c.Backend == "aws" {

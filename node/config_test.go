@@ -78,6 +78,7 @@ func TestValidateNamesTheField(t *testing.T) {
 		}, "aws.cluster: required"},
 		{"qemu defaults", func(c *Config) { c.Backend = "qemu" }, ""},
 		{"load balancer class", func(c *Config) { c.LoadBalancers.Class = "example.com/lb" }, ""},
+		{"pool in the pod range", func(c *Config) { c.Backend, c.LoadBalancers.Pool = "qemu", "10.88.7.0/24" }, `loadBalancers.pool "10.88.7.0/24": overlaps podCIDR "10.88.0.0/16"`},
 		{"bad load balancer class", func(c *Config) { c.LoadBalancers.Class = "a b/c" }, `loadBalancers.class "a b/c"`},
 		{"pod cidr", func(c *Config) { c.PodCIDR = "10.88.0.0" }, `podCIDR "10.88.0.0"`},
 		{"healthz address", func(c *Config) { c.HealthzAddress = ":10248" }, ""},

@@ -34,7 +34,12 @@ var wiring = node.Wiring{
 			if err != nil {
 				return nil, fmt.Errorf("loadBalancers.pool, %w", err)
 			}
-			return locallb.New(locallb.Config{Pool: pool, Table: "i2kit-lb-" + c.NodeName})
+			// Pod VMs' connections through it are masqueraded: their targets share their bridge (hairpin).
+			podNet, err := netip.ParsePrefix(c.PodCIDR)
+			if err != nil {
+				return nil, fmt.Errorf("podCIDR, %w", err)
+			}
+			return locallb.New(locallb.Config{Pool: pool, Table: "i2kit-lb-" + c.NodeName, Masquerade: podNet})
 		},
 		// Network Load Balancers with ip targets, in the backend's subnets and VPC, through its SDK configuration.
 		"aws": func(_ context.Context, c node.Config, b vm.Backend) (netsync.Balancer, error) {

@@ -38,6 +38,11 @@ type Config struct {
 	Interface string
 	// Table names the nftables table (family ip) of the rules (DefaultTable if empty); one per node.
 	Table string
+	// Masquerade is the pod network, the IPv4 prefix of the pod VMs on the host's bridge (the node's pod CIDR), apart
+	// from the pool; zero: none. Connections from it through a balancer are masqueraded, so that a pod VM reaches a
+	// Service whose targets share its bridge, itself included (see masquerade); every other client keeps its
+	// address. Applied by the next Ensure, which also removes the rule when it is zero.
+	Masquerade netip.Prefix
 }
 
 const (
@@ -48,12 +53,14 @@ const (
 
 // The chains of the table: the nat base chains for packets that arrive (prerouting) and that the host sends
 // (output) both jump to servicesChain, which holds one rule per Service (its record) jumping on its ingress
-// address to the Service's chain (serviceChain), which holds the DNAT rules; inputChain refuses what is left.
+// address to the Service's chain (serviceChain), which holds the DNAT rules; inputChain refuses what is left;
+// postroutingChain, only with Config.Masquerade, masquerades the pod network's connections through a balancer.
 const (
-	preroutingChain = "prerouting"
-	outputChain     = "output"
-	inputChain      = "input"
-	servicesChain   = "services"
+	preroutingChain  = "prerouting"
+	outputChain      = "output"
+	inputChain       = "input"
+	postroutingChain = "postrouting"
+	servicesChain    = "services"
 )
 
 // Balancer is a netsync.Balancer on this host. Its calls are serialised; two Balancers must not share a table
@@ -76,6 +83,10 @@ func New(cfg Config) (*Balancer, error) {
 		return nil, err
 	}
 	cfg.Pool = cfg.Pool.Masked()
+	if err := checkMasquerade(cfg.Masquerade, cfg.Pool); err != nil {
+		return nil, err
+	}
+	cfg.Masquerade = cfg.Masquerade.Masked()
 	if cfg.Interface == "" {
 		cfg.Interface = DefaultInterface
 	}
@@ -135,6 +146,10 @@ func (b *Balancer) ensureRules(svc netsync.ServiceKey, ps []port) (ingress, prev
 	if err != nil {
 		return netip.Addr{}, netip.Addr{}, nil, fmt.Errorf("opening nftables, %w", err)
 	}
+	chains, err := b.chains(c)
+	if err != nil {
+		return netip.Addr{}, netip.Addr{}, nil, err
+	}
 	recs, err := b.records(c)
 	if err != nil {
 		return netip.Addr{}, netip.Addr{}, nil, err
@@ -173,6 +188,18 @@ func (b *Balancer) ensureRules(svc netsync.ServiceKey, ps []port) (ingress, prev
 	c.FlushChain(in)
 	for _, r := range poolRejects(b.cfg.Pool) {
 		c.AddRule(&nftables.Rule{Table: t, Chain: in, Exprs: r})
+	}
+	// Rewritten too: one rule with a pod network, whatever a previous node left, and no chain without one.
+	post := &nftables.Chain{Name: postroutingChain, Table: t, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource}
+	switch {
+	case b.cfg.Masquerade.IsValid():
+		c.AddChain(post)
+		c.FlushChain(post)
+		c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: masquerade(b.cfg.Masquerade, b.cfg.Pool)})
+	case chains[postroutingChain]:
+		c.FlushChain(post)
+		c.DelChain(post)
 	}
 	own := c.AddChain(&nftables.Chain{Name: serviceChain(svc.UID), Table: t})
 	c.FlushChain(own)

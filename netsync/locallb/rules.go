@@ -23,6 +23,7 @@ const ctDirOriginal = 0
 
 // Offsets in the IPv4 and transport headers the rules read.
 const (
+	ipv4Src  = 12 // source address in the IPv4 header
 	ipv4Dst  = 16 // destination address in the IPv4 header
 	portDest = 2  // destination port in the TCP and UDP headers
 )
@@ -50,22 +51,55 @@ func serviceJump(ingress netip.Addr, chain string) []expr.Any {
 // address itself, so the answers of its targets, and the resets and ICMP errors these rules send it, are for an
 // address of the pool.
 func poolRejects(pool netip.Prefix) [][]expr.Any {
-	net4 := pool.Masked().Addr().As4()
-	mask := make([]byte, 4)
-	binary.BigEndian.PutUint32(mask, ^uint32(0)<<(32-pool.Bits()))
-	match := []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: ipv4Dst, Len: 4},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: net4[:]},
+	match := append([]expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: ipv4Dst, Len: 4}},
+		inPrefix(pool)...)
+	match = append(match,
 		&expr.Ct{Register: 1, Key: expr.CtKeyDIRECTION},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{ctDirOriginal}},
-	}
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{ctDirOriginal}})
 	return [][]expr.Any{
 		append(clone(match),
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
 			&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}),
 		append(clone(match), &expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 3}), // port unreachable
+	}
+}
+
+// masquerade masquerades, on the postrouting hook, the connections from the pod network (pods) to an address of
+// the pool: their source becomes the host's address on the interface they leave by, the bridge's gateway address.
+// A pod client needs it because it shares the bridge with the targets. The host DNATs its connection to a target
+// and routes it back out the bridge; the target answers the client's address directly over the bridge, so the host
+// never sees the answer (bridged frames skip the IP hooks: no br_netfilter), conntrack cannot give it the ingress
+// address as its source, and the client drops it; a pod that is its own target even gets a packet from its own
+// address, which Linux drops as a martian. Masqueraded, the target answers the host, where conntrack undoes both
+// translations. Only pod sources: every other client (the host, the LAN) is off the bridge, so the targets answer
+// it through their gateway, the host, anyway, and it keeps its address, which the pods see (logs, allow-lists).
+// A pod client's target sees the gateway instead: the price of not putting every bridged frame through the IP
+// hooks (br_netfilter), which would slow all pod-to-pod traffic to spare the pods that call their own Services.
+// Only connections through a balancer: the original destination (the packet's is the target's by now) is in the
+// pool, so the pods' other traffic keeps its source. It is a pure function.
+//
+// google/nftables v0.3.0 sends a ct expression's direction as 32 bits where the kernel reads 8, which is right
+// for the original direction (0) only, and fails to parse the kernel's 8 bits back (google/nftables#317, fixed
+// after v0.3.0): so nothing reads this rule back; Ensure only flushes and rewrites its chain.
+func masquerade(pods, pool netip.Prefix) []expr.Any {
+	r := append([]expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: ipv4Src, Len: 4}},
+		inPrefix(pods)...)
+	r = append(r, &expr.Ct{Register: 1, Key: expr.CtKeyDST, Direction: ctDirOriginal})
+	r = append(r, inPrefix(pool)...)
+	return append(r, &expr.Masq{})
+}
+
+// inPrefix matches when register 1, which holds an IPv4 address, is in the IPv4 prefix.
+func inPrefix(p netip.Prefix) []expr.Any {
+	net4 := p.Masked().Addr().As4()
+	mask := make([]byte, 4)
+	binary.BigEndian.PutUint32(mask, ^uint32(0)<<(32-p.Bits()))
+	return []expr.Any{
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: net4[:]},
 	}
 }
 
@@ -224,6 +258,22 @@ func checkPool(p netip.Prefix) error {
 	}
 	if p.Bits() < 16 {
 		return fmt.Errorf("ingress pool %s is larger than a /16", p)
+	}
+	return nil
+}
+
+// checkMasquerade accepts no pod network (the zero prefix) or an IPv4 one apart from the pool: a pod network that
+// held an address of the pool would make the pool's addresses both pods' and ingresses, and /0 would masquerade
+// every client.
+func checkMasquerade(pods, pool netip.Prefix) error {
+	if pods == (netip.Prefix{}) {
+		return nil
+	}
+	if !pods.IsValid() || !pods.Addr().Is4() {
+		return fmt.Errorf("pod network %s is not an IPv4 prefix", pods)
+	}
+	if pods.Overlaps(pool) {
+		return fmt.Errorf("pod network %s overlaps the ingress pool %s", pods, pool)
 	}
 	return nil
 }

@@ -150,6 +150,29 @@ func TestPoolRejects(t *testing.T) {
 	}
 }
 
+func TestMasquerade(t *testing.T) {
+	want := []expr.Any{
+		// ip saddr & 255.255.255.0 == 10.92.0.0
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: []byte{255, 255, 255, 0}, Xor: []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{10, 92, 0, 0}},
+		// ct original ip daddr & 255.255.0.0 == 10.89.0.0
+		&expr.Ct{Register: 1, Key: expr.CtKeyDST, Direction: 0},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: []byte{255, 255, 0, 0}, Xor: []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{10, 89, 0, 0}},
+		&expr.Masq{},
+	}
+	got := masquerade(netip.MustParsePrefix("10.92.0.0/24"), netip.MustParsePrefix("10.89.0.0/16"))
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("rule differs:\n got %#v\nwant %#v", got, want)
+	}
+	// A /32 pool: the original destination is the one address.
+	got = masquerade(netip.MustParsePrefix("10.92.0.0/24"), netip.MustParsePrefix("10.89.0.9/32"))
+	if b := got[4].(*expr.Bitwise); !reflect.DeepEqual(b.Mask, []byte{255, 255, 255, 255}) {
+		t.Errorf("a /32 pool's mask = %v", b.Mask)
+	}
+}
+
 func TestServiceJump(t *testing.T) {
 	want := []expr.Any{
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
@@ -275,6 +298,13 @@ func TestNewChecksConfig(t *testing.T) {
 		{Config{Pool: netip.MustParsePrefix("fd00::/120")}, false},
 		{Config{}, false},
 		{Config{Pool: netip.MustParsePrefix("10.89.0.0/24"), Interface: "a-name-of-16-byt"}, false},
+		{Config{Pool: netip.MustParsePrefix("10.89.0.0/24"), Masquerade: netip.MustParsePrefix("10.92.0.0/24")}, true},
+		{Config{Pool: netip.MustParsePrefix("10.89.0.0/24"), Masquerade: netip.MustParsePrefix("10.92.0.7/24")}, true},
+		{Config{Pool: netip.MustParsePrefix("10.89.0.0/24"), Masquerade: netip.MustParsePrefix("10.89.0.0/25")}, false},
+		{Config{Pool: netip.MustParsePrefix("10.89.0.0/24"), Masquerade: netip.MustParsePrefix("10.0.0.0/8")}, false},
+		{Config{Pool: netip.MustParsePrefix("10.89.0.0/24"), Masquerade: netip.MustParsePrefix("0.0.0.0/0")}, false},
+		{Config{Pool: netip.MustParsePrefix("10.89.0.0/24"), Masquerade: netip.MustParsePrefix("fd00::/64")}, false},
+		{Config{Pool: netip.MustParsePrefix("10.89.0.0/24"), Masquerade: netip.PrefixFrom(netip.MustParseAddr("10.92.0.0"), 33)}, false},
 	} {
 		b, err := New(tc.cfg)
 		if (err == nil) != tc.ok {
@@ -282,6 +312,9 @@ func TestNewChecksConfig(t *testing.T) {
 		}
 		if err == nil && (b.cfg.Interface != DefaultInterface || b.cfg.Table != DefaultTable) {
 			t.Errorf("New(%+v) did not default the interface and table: %+v", tc.cfg, b.cfg)
+		}
+		if err == nil && b.cfg.Masquerade != tc.cfg.Masquerade.Masked() {
+			t.Errorf("New(%+v) has pod network %s, want it masked", tc.cfg, b.cfg.Masquerade)
 		}
 	}
 }

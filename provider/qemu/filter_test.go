@@ -407,7 +407,7 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // TestBridgeKeepsItsMAC: the bridge's MAC address, the pod VMs' gateway's, stays what ensureBridge set while TAPs
 // with lower addresses join and leave (a bridge left to itself takes its lowest port's), also for a bridge that
-// existed before.
+// existed before; and the host forwards what arrives on the bridge.
 func TestBridgeKeepsItsMAC(t *testing.T) {
 	if os.Getenv(inNetns) == "" {
 		if os.Geteuid() != 0 {
@@ -448,6 +448,9 @@ func TestBridgeKeepsItsMAC(t *testing.T) {
 		}
 	}
 	check("set up")
+	if fwd, err := os.ReadFile("/proc/sys/net/ipv4/conf/br-mac/forwarding"); err != nil || string(fwd) != "1\n" {
+		t.Errorf("forwarding on the bridge: %q, %v; want 1", fwd, err)
+	}
 	for i, tap := range []string{"tap-a", "tap-b"} {
 		for _, args := range [][]string{
 			{"tuntap", "add", "dev", tap, "mode", "tap"},

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"strings"
 )
@@ -41,6 +42,12 @@ func (n *network) ensureBridge() error {
 	}
 	if err := ip("link", "set", n.bridge, "address", bridgeMAC(n.bridge).String()); err != nil {
 		return err
+	}
+	// The host routes what pod VMs send through it: to a load balancer's ingress address whose target is a pod
+	// on the bridge (translated back out of it), and out of the host. Forwarding on the bridge alone, the input
+	// interface of their packets: the host's other interfaces keep their setting.
+	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+n.bridge+"/forwarding", []byte("1"), 0o644); err != nil {
+		return fmt.Errorf("enabling forwarding on bridge %s, %w", n.bridge, err)
 	}
 	ones, _ := n.cidr.Mask.Size()
 	addr := fmt.Sprintf("%s/%d", n.gw, ones)

@@ -41,9 +41,9 @@ const (
 )
 
 // testLoadBalancer exposes a Deployment of pod VMs as a user would, with `kubectl expose --type=LoadBalancer`, and
-// follows it through its life: the Service gets an ingress address on the node that reaches every replica; a
-// rolling update loses no request; scaling to 5 adds the new pods; scaling to 0 refuses connections at once; and
-// deleting the Service leaves no address and no rule behind.
+// follows it through its life: the Service gets an ingress address on the node that reaches every replica, from the
+// host and from a pod VM; a rolling update loses no request; scaling to 5 adds the new pods; scaling to 0 refuses
+// connections at once; and deleting the Service leaves no address and no rule behind.
 func testLoadBalancer(t *testing.T, nodeName, reg string, nodeLog func() string) {
 	ctx := context.Background()
 	deploys, svcs := env.Client.AppsV1().Deployments("default"), env.Client.CoreV1().Services("default")
@@ -98,6 +98,30 @@ func testLoadBalancer(t *testing.T, nodeName, reg string, nodeLog func() string)
 	}
 	waitReplicas(t, "hello-lb", 2, nodeLog)
 	reachesAll("created")
+
+	// A pod VM reaches the Service too, though its targets share its bridge: one pod is answered by the other and
+	// by itself (hairpin), which takes the balancer's masquerade of the pod network and forwarding on the bridge.
+	pods := readyPods(t, labels, nodeLog)
+	fromPod := map[string]bool{}
+	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		ctx, cancel := context.WithTimeout(ctx, 15*time.Second) // hello -get retries for 10 s
+		defer cancel()
+		out, err := env.KubectlRun(ctx, "exec", pods[0], "--", "/app", "-get", url)
+		if err != nil {
+			t.Logf("from %s: %v: %s", pods[0], err, out)
+			return false, nil
+		}
+		for _, name := range pods {
+			if strings.Contains(out, "hello from "+name+"\n") {
+				fromPod[name] = true
+			}
+		}
+		return len(fromPod) == len(pods), nil
+	})
+	if err != nil {
+		t.Fatalf("from pod %s through %s, only %v answered: %v\n%s", pods[0], ip, fromPod, err, nodeLog())
+	}
+	t.Logf("hello-lb: from pod %s, both pods answered (%s)", pods[0], time.Since(t0).Round(time.Millisecond))
 
 	// A rolling update (kubectl rollout restart) with a client sending requests all along: none fails.
 	old := readyPods(t, labels, nodeLog)
