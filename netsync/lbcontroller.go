@@ -341,6 +341,11 @@ func (c *LBController) ensure(ctx context.Context, key string, svc *corev1.Servi
 	c.forgetEnsured(key) // until this Ensure succeeds, a failure in it or after it makes the next sync report
 	ingress, err := c.balancer.Ensure(ctx, lb)
 	if err != nil {
+		if len(ingress) > 0 { // it exists and answers there: say so while the rest is retried
+			if perr := c.setIngress(ctx, svc, ingress); perr != nil {
+				err = errors.Join(err, perr)
+			}
+		}
 		return fmt.Errorf("ensuring load balancer %s, %w", lb.Name, err)
 	}
 	if changed {

@@ -30,6 +30,9 @@ type fakeBalancer struct {
 	calls []string // "ensure ns/name", "delete ns/name uid", "list"
 	// ensureErrs, deleteErrs and listErrs fail that many calls from now.
 	ensureErrs, deleteErrs, listErrs int
+	// notDone fails that many Ensures from now as a balancer whose new targets are still coming up: the load
+	// balancer exists, its ingress is returned with errNotDone.
+	notDone int
 	// before, when set, is called at the start of every call (outside the lock).
 	before   func(call string, svc ServiceKey)
 	inflight map[string]bool
@@ -39,7 +42,10 @@ func newFakeBalancer(t *testing.T) *fakeBalancer {
 	return &fakeBalancer{t: t, lbs: map[ServiceKey]LoadBalancer{}, inflight: map[string]bool{}}
 }
 
-var errInjected = errors.New("injected failure")
+var (
+	errInjected = errors.New("injected failure")
+	errNotDone  = errors.New("new targets are not healthy yet")
+)
 
 // enter marks a call for a Service as running, and fails the test if another one is.
 func (f *fakeBalancer) enter(call string, svc ServiceKey) func() {
@@ -68,6 +74,11 @@ func (f *fakeBalancer) Ensure(_ context.Context, lb LoadBalancer) ([]corev1.Load
 	if f.ensureErrs > 0 {
 		f.ensureErrs--
 		return nil, errInjected
+	}
+	if f.notDone > 0 {
+		f.notDone--
+		f.lbs[lb.Service] = lb
+		return []corev1.LoadBalancerIngress{{Hostname: lb.Name + ".lb.example"}}, errNotDone
 	}
 	f.lbs[lb.Service] = lb
 	return []corev1.LoadBalancerIngress{{IP: "192.0.2.1", Hostname: lb.Name + ".lb.example"}}, nil
@@ -422,6 +433,23 @@ func TestLBControllerClaims(t *testing.T) {
 		if a := e.serviceActions("ours"); len(a) != 0 {
 			t.Errorf("a Service of i2kit's default class written by a node of another class: %v", a)
 		}
+	})
+}
+
+// TestLBControllerPublishesWhileNotDone: an Ensure that fails with addresses (the load balancer exists, its
+// targets are still coming up) has them published at once, and is retried until it is done.
+func TestLBControllerPublishesWhileNotDone(t *testing.T) {
+	b := newFakeBalancer(t)
+	b.notDone = 2
+	e := startLB(t, b, LBControllerOptions{RetryBase: time.Hour}, lbService("web", "uid-web", ours, nil))
+	e.eventually("the ingress of a load balancer not done", func() bool {
+		in := e.service("web").Status.LoadBalancer.Ingress
+		return len(in) == 1 && in[0].Hostname != "" && in[0].IP == ""
+	})
+	e.eventually("a SyncLoadBalancerFailed Event saying it is not done", func() bool {
+		return slices.ContainsFunc(e.events.all(), func(ev string) bool {
+			return strings.Contains(ev, ReasonSyncFailed) && strings.Contains(ev, errNotDone.Error())
+		})
 	})
 }
 

@@ -81,7 +81,8 @@ type HealthCheck struct {
 type Balancer interface {
 	// Ensure makes the Service's load balancer match lb — creating it, changing only what differs, registering
 	// new targets (healthy) before deregistering old ones — and returns the addresses to publish in the Service's
-	// status.loadBalancer.ingress.
+	// status.loadBalancer.ingress. An error with addresses says the load balancer exists and answers at them but
+	// is not done (new targets still coming up): the addresses are published and the sync is tried again.
 	Ensure(ctx context.Context, lb LoadBalancer) ([]corev1.LoadBalancerIngress, error)
 	// Delete removes the Service's load balancer and everything it made; nil once nothing is left.
 	Delete(ctx context.Context, svc ServiceKey) error
