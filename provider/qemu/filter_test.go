@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -407,7 +408,7 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // TestBridgeKeepsItsMAC: the bridge's MAC address, the pod VMs' gateway's, stays what ensureBridge set while TAPs
 // with lower addresses join and leave (a bridge left to itself takes its lowest port's), also for a bridge that
-// existed before; and the host forwards what arrives on the bridge.
+// existed before; the host forwards what arrives on the bridge; and a pod's TAP is in hairpin mode.
 func TestBridgeKeepsItsMAC(t *testing.T) {
 	if os.Getenv(inNetns) == "" {
 		if os.Geteuid() != 0 {
@@ -467,4 +468,14 @@ func TestBridgeKeepsItsMAC(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("after the lowest TAP left")
+
+	// A pod's TAP, as addTap makes it, sends frames back out of itself (hairpin).
+	if err := n.addTap("tap-c"); err != nil {
+		t.Fatal(err)
+	}
+	// (/sys shows the namespace the test started in: ask ip, which speaks netlink in this one.)
+	out, err := exec.Command("ip", "-d", "link", "show", "tap-c").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "hairpin on") {
+		t.Errorf("a pod's TAP is not in hairpin mode: %v\n%s", err, out)
+	}
 }

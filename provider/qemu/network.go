@@ -84,6 +84,13 @@ func (n *network) addTap(name string) error {
 	if err := ip("link", "set", name, "master", n.bridge); err != nil {
 		return err
 	}
+	// Hairpin: the bridge may send a frame back out of the port it came in by. Where br_netfilter passes bridged
+	// frames through the IP hooks (bridge-nf-call-iptables, Docker's and Kubernetes' hosts), a pod VM's connection
+	// to a load balancer's ingress address whose target is that same VM is translated at the bridge and bridged
+	// back to its own port, which a bridge drops without it (the kubelet's hairpin-veth mode, for the same reason).
+	if err := ip("link", "set", name, "type", "bridge_slave", "hairpin", "on"); err != nil {
+		return err
+	}
 	return ip("link", "set", name, "up")
 }
 
