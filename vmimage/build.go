@@ -103,6 +103,8 @@ type Builder struct {
 	BzImage  string // path of the compressed kernel, for the raw formats' boot loaders
 	Agent    string // path of the static i2kit-agent binary
 	Progress Progress
+	// Metrics is told of every store lookup and build, for the node's metrics; nil tells no one.
+	Metrics Metrics
 
 	flight singleflight.Group
 	hashes sync.Map // path → fileHash, so that a cache hit does not re-read the kernel
@@ -170,15 +172,21 @@ func (b *Builder) EnsureWith(ctx context.Context, spec *Spec, name string, pull 
 	canon, _ := json.Marshal(in)
 	sum := sha256.Sum256(canon)
 	key := hex.EncodeToString(sum[:])
+	m := b.metrics()
 	if img, ok := b.Store.Get(key); ok {
+		m.ImageCacheLookup(format.Name, true)
 		return img, nil
 	}
+	m.ImageCacheLookup(format.Name, false)
 	// The build outlives any one caller, who may stop waiting: another caller may be waiting on it.
 	ch := b.flight.DoChan(key, func() (any, error) {
 		if img, ok := b.Store.Get(key); ok {
 			return img, nil
 		}
-		return b.build(context.WithoutCancel(ctx), key, &s, format, kb, in, resolved, p)
+		t0 := time.Now()
+		img, err := b.build(context.WithoutCancel(ctx), key, &s, format, kb, in, resolved, p)
+		m.ImageBuilt(format.Name, time.Since(t0), err)
+		return img, err
 	})
 	select {
 	case <-ctx.Done():
@@ -189,6 +197,28 @@ func (b *Builder) EnsureWith(ctx context.Context, spec *Spec, name string, pull 
 		}
 		return r.Val.(*Image), nil
 	}
+}
+
+// Metrics is told what a Builder does, for the node's metrics. Its methods must be safe for concurrent use and
+// must not block.
+type Metrics interface {
+	// ImageCacheLookup reports one Ensure's lookup of its image, of format, in the store: hit when it was there.
+	ImageCacheLookup(format string, hit bool)
+	// ImageBuilt reports one build of an image of format (a caller joining a build under way adds none), how long
+	// it took and its error.
+	ImageBuilt(format string, d time.Duration, err error)
+}
+
+type noMetrics struct{}
+
+func (noMetrics) ImageCacheLookup(string, bool)             {}
+func (noMetrics) ImageBuilt(string, time.Duration, error) {}
+
+func (b *Builder) metrics() Metrics {
+	if b.Metrics == nil {
+		return noMetrics{}
+	}
+	return b.Metrics
 }
 
 func (b *Builder) progress() Progress {
