@@ -211,7 +211,7 @@ type Metrics interface {
 
 type noMetrics struct{}
 
-func (noMetrics) ImageCacheLookup(string, bool)             {}
+func (noMetrics) ImageCacheLookup(string, bool)           {}
 func (noMetrics) ImageBuilt(string, time.Duration, error) {}
 
 func (b *Builder) metrics() Metrics {
