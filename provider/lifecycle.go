@@ -93,15 +93,25 @@ func (p *Provider) startVM(ctx context.Context, v *podVM, pod *corev1.Pod) {
 		Tags: p.tags(pod), Annotations: pod.Annotations}
 	var err error
 	if pub, ok := p.backend.(vm.Publisher); ok {
-		if plan.Published, err = pub.Publish(lctx, img); err != nil {
+		t0 := time.Now()
+		plan.Published, err = pub.Publish(lctx, img)
+		p.cfg.Metrics.ImagePublished(time.Since(t0), err)
+		if err != nil {
 			err = fmt.Errorf("publishing the VM image, %w", err)
 		}
 	}
 	var st vm.Status
 	if err == nil {
+		v.mu.Lock()
+		v.launched, v.awaitReady = time.Now(), true // before Launch: the backend may report the VM running first
+		v.mu.Unlock()
 		st, err = p.backend.Launch(lctx, plan)
 	}
 	if err != nil {
+		v.mu.Lock()
+		v.launched, v.awaitReady = time.Time{}, false
+		v.mu.Unlock()
+		p.cfg.Metrics.VMLaunchFailed()
 		msg := fmt.Sprintf("launching the VM: %v", err)
 		p.cfg.Events.Event(pod, corev1.EventTypeWarning, "Failed", msg)
 		p.storeIfCurrent(pod, failedStatus(pod, p.cfg.InternalIP, "VMLaunchFailed", msg, time.Now()))
@@ -137,6 +147,10 @@ func (p *Provider) VMChanged(st vm.Status) {
 	}
 	v.vm = st
 	deleting := v.deleting
+	launchFailed := st.State == vm.Failed && !deleting && !v.launched.IsZero()
+	if launchFailed {
+		v.launched, v.awaitReady = time.Time{}, false
+	}
 	if st.State.Exited() {
 		select {
 		case <-v.exited:
@@ -149,6 +163,9 @@ func (p *Provider) VMChanged(st vm.Status) {
 	case st.State == vm.Running && !deleting:
 		p.connectAgent(context.Background(), pod) // the agent reports the containers
 	case st.State == vm.Failed && !deleting:
+		if launchFailed {
+			p.cfg.Metrics.VMLaunchFailed()
+		}
 		go p.disconnectAgent(st.UID, true)
 		p.cfg.Events.Event(pod, corev1.EventTypeWarning, st.Reason, st.Message)
 		p.storeIfCurrent(pod, failedStatus(pod, p.cfg.InternalIP, st.Reason, st.Message, time.Now()))

@@ -56,6 +56,11 @@ type podVM struct {
 	volumesStale bool
 	// deadlineDone is set once an exceeded activeDeadlineSeconds has been acted on.
 	deadlineDone bool
+	// launched is when this process called the backend's Launch for the VM, until its agent first answers (or the
+	// launch fails): the VM's launch is being timed. awaitReady says this process launched the VM and has not yet
+	// reported the pod Ready: its creation to readiness is being timed.
+	launched   time.Time
+	awaitReady bool
 	// tokenRefresh is when the next service account token of the pod's volumes is due for renewal.
 	tokenRefresh time.Time
 }

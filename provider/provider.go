@@ -3,6 +3,7 @@
 package provider
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -41,7 +42,46 @@ type Config struct {
 	// Capacity is what the node offers (its cpu and memory); a pod asking for more is refused (OutOfcpu,
 	// OutOfmemory) and never booted. A resource it lacks is not checked.
 	Capacity corev1.ResourceList
+	// Metrics is told of launches, readiness, publications and agent sessions, for the node's metrics; nil tells
+	// no one.
+	Metrics Metrics
 }
+
+// Metrics is told what the provider does, for the node's metrics. Its methods must be safe for concurrent use and
+// must not block. A VM is timed only when this process launched it: an adopted VM's launch is another's.
+type Metrics interface {
+	// VMLaunched reports that a VM answered (its agent's first handshake) d after the backend's Launch was called.
+	VMLaunched(d time.Duration)
+	// VMLaunchFailed reports a launch that failed: the image's publication, the Launch call, or the VM before its
+	// agent answered.
+	VMLaunchFailed()
+	// PodReady reports the first time the provider reports a pod Ready, by how long after its creation.
+	PodReady(sinceCreation time.Duration)
+	// ImagePublished reports one publication of a pod's image by the backend (vm.Publisher), its duration and error.
+	ImagePublished(d time.Duration, err error)
+	// AgentSessionFailed reports a failed session with a pod's agent, at one of the Stage constants.
+	AgentSessionFailed(stage string)
+}
+
+// The stages at which a session with a pod's agent fails (Metrics.AgentSessionFailed).
+const (
+	// StageDial: the agent, which answered before, cannot be reached (a reconnection).
+	StageDial = "dial"
+	// StageHandshake: the agent was reached but the session's handshake failed (or the boot outlasted it).
+	StageHandshake = "handshake"
+	// StageConfigure: the agent did not take the pod's configuration.
+	StageConfigure = "configure"
+	// StageLost: an open session ended while the pod was still on the node.
+	StageLost = "lost"
+)
+
+type noMetrics struct{}
+
+func (noMetrics) VMLaunched(time.Duration)            {}
+func (noMetrics) VMLaunchFailed()                     {}
+func (noMetrics) PodReady(time.Duration)              {}
+func (noMetrics) ImagePublished(time.Duration, error) {}
+func (noMetrics) AgentSessionFailed(string)           {}
 
 // Provider implements nodeutil.Provider and node.PodNotifier. It keeps the pods bound to the node in memory; the
 // API server is the durable state. Until a backend runs pod VMs, every pod stays Pending with ReasonNoBackend.
@@ -81,6 +121,9 @@ var (
 // New returns a Provider for the node; its work queue runs until Stop.
 func New(cfg Config) *Provider {
 	resolv, _ := os.ReadFile("/etc/resolv.conf")
+	if cfg.Metrics == nil {
+		cfg.Metrics = noMetrics{}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Provider{cfg: cfg, started: time.Now(), nodeResolv: resolv, pods: map[string]*corev1.Pod{}, notify: func(*corev1.Pod) {},
 		vms: map[string]*podVM{}, pullBackoff: pullBackoff, queue: newQueue(), stop: cancel}
@@ -262,6 +305,30 @@ func (p *Provider) GetPods(context.Context) ([]*corev1.Pod, error) {
 		return key(out[i].Namespace, out[i].Name) < key(out[j].Namespace, out[j].Name)
 	})
 	return out, nil
+}
+
+// PodPhases counts the node's pods by phase, for the node's metrics; a pod without a phase yet counts as Pending.
+func (p *Provider) PodPhases() map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[string]int{}
+	for _, pod := range p.pods {
+		out[string(cmp.Or(pod.Status.Phase, corev1.PodPending))]++
+	}
+	return out
+}
+
+// AgentSessions counts the sessions open with pod agents (connected and configured), for the node's metrics.
+func (p *Provider) AgentSessions() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, v := range p.vms {
+		if v.connected() != nil {
+			n++
+		}
+	}
+	return n
 }
 
 // podByUID returns the pod of a UID that has a VM state, as the node has it now, or nil: a lookup by the key the

@@ -89,6 +89,9 @@ func (p *Provider) runSession(ctx context.Context, pod *corev1.Pod, v *podVM) {
 		}
 		conn, err := p.backend.DialAgent(ctx, uid)
 		if err != nil {
+			if served && ctx.Err() == nil { // while the VM boots, its agent is not there yet
+				p.cfg.Metrics.AgentSessionFailed(StageDial)
+			}
 			logger.WithError(err).Debug("reaching the agent")
 			continue
 		}
@@ -101,10 +104,20 @@ func (p *Provider) runSession(ctx context.Context, pod *corev1.Pod, v *podVM) {
 		stop()
 		if err != nil {
 			conn.Close()
+			if ctx.Err() == nil {
+				p.cfg.Metrics.AgentSessionFailed(StageHandshake)
+			}
 			logger.WithError(err).Warn("opening a session with the agent")
 			continue
 		}
 		served = true
+		v.mu.Lock()
+		launched := v.launched
+		v.launched = time.Time{}
+		v.mu.Unlock()
+		if !launched.IsZero() {
+			p.cfg.Metrics.VMLaunched(time.Since(launched))
+		}
 		rt, ok := p.awaitRuntime(ctx, pod, v, st)
 		if !ok {
 			c.Close()
@@ -115,6 +128,9 @@ func (p *Provider) runSession(ctx context.Context, pod *corev1.Pod, v *podVM) {
 		cfg.Services, gen = p.serviceTable()
 		if err := c.Configure(ctx, cfg); err != nil {
 			c.Close()
+			if ctx.Err() == nil {
+				p.cfg.Metrics.AgentSessionFailed(StageConfigure)
+			}
 			if re := (*protocol.RemoteError)(nil); errors.As(err, &re) {
 				p.podFailed(pod, "CreateContainerConfigError", err.Error())
 				return
@@ -134,8 +150,10 @@ func (p *Provider) runSession(ctx context.Context, pod *corev1.Pod, v *podVM) {
 		c.Close()
 		v.mu.Lock()
 		v.client, v.ready = nil, make(chan struct{})
+		ending := v.deleting || isClosed(v.exited) // a VM powering off ends its session
 		v.mu.Unlock()
-		if ctx.Err() == nil {
+		if ctx.Err() == nil && !ending {
+			p.cfg.Metrics.AgentSessionFailed(StageLost)
 			logger.WithError(err).Info("the session with the agent ended; reconnecting")
 		}
 	}
@@ -212,7 +230,36 @@ func (p *Provider) agentChanged(pod *corev1.Pod, v *podVM, st protocol.PodStatus
 			p.cfg.Events.Eventf(pod, corev1.EventTypeWarning, "Failed", "Error: %s", c.State.Message)
 		}
 	}
-	p.storeIfCurrent(pod, podStatus(pod, p.cfg.InternalIP, vst, st, ids))
+	upd := podStatus(pod, p.cfg.InternalIP, vst, st, ids)
+	if p.storeIfCurrent(pod, upd) && isReady(upd) {
+		v.mu.Lock()
+		first := v.awaitReady
+		v.awaitReady = false
+		v.mu.Unlock()
+		if first && !pod.CreationTimestamp.IsZero() {
+			p.cfg.Metrics.PodReady(time.Since(pod.CreationTimestamp.Time))
+		}
+	}
+}
+
+// isClosed reports whether ch is closed.
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// isReady reports whether a pod's status has its Ready condition true.
+func isReady(pod *corev1.Pod) bool {
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }
 
 func (p *Provider) podFailed(pod *corev1.Pod, reason, msg string) {
