@@ -82,6 +82,11 @@ type Config struct {
 	// API). Every replica answers it, leader or standby, once its configuration is valid. Empty (the default) serves
 	// none.
 	HealthzAddress string `json:"healthzAddress,omitempty"`
+	// MetricsAddress is host:port where the node's Prometheus metrics are served at /metrics over plain HTTP without
+	// authentication, for a scraper beside the node (a ServiceMonitor); the same address as HealthzAddress serves
+	// both on one listener. Empty (the default) serves none there; the kubelet API serves them at /metrics anyway,
+	// to clients authorized for the node's nodes/metrics subresource.
+	MetricsAddress string `json:"metricsAddress,omitempty"`
 }
 
 // LeaderElectionConfig configures the election among the node's replicas: they campaign for a coordination Lease,
@@ -253,6 +258,7 @@ func AddFlags(fs *pflag.FlagSet) *Flags {
 	f.copy["max-images"] = func(dst *Config) { dst.Images.MaxImages = v.Images.MaxImages }
 	str("max-bytes", func(c *Config) *string { return &c.Images.MaxBytes }, "bytes kept in the image store")
 	str("healthz-address", func(c *Config) *string { return &c.HealthzAddress }, "host:port serving /healthz over plain HTTP without authentication, for probes (default: none)")
+	str("metrics-address", func(c *Config) *string { return &c.MetricsAddress }, "host:port serving the node's Prometheus metrics at /metrics over plain HTTP without authentication (default: none; the kubelet API serves them to clients allowed nodes/metrics)")
 	fs.BoolVar(&v.LeaderElection.Enabled, "leader-elect", false, "elect a leader among the node's replicas through a Lease; only the leader runs the node")
 	f.copy["leader-elect"] = func(dst *Config) { dst.LeaderElection.Enabled = v.LeaderElection.Enabled }
 	str("leader-elect-lease-name", func(c *Config) *string { return &c.LeaderElection.LeaseName }, "leader election: name of the Lease (default: the node's name)")
@@ -408,6 +414,11 @@ func (c *Config) Validate() error {
 	if c.HealthzAddress != "" {
 		if err := checkHostPort(c.HealthzAddress); err != nil {
 			return fmt.Errorf("healthzAddress %q: %w", c.HealthzAddress, err)
+		}
+	}
+	if c.MetricsAddress != "" {
+		if err := checkHostPort(c.MetricsAddress); err != nil {
+			return fmt.Errorf("metricsAddress %q: %w", c.MetricsAddress, err)
 		}
 	}
 	if c.LeaderElection.Enabled {

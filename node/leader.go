@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"sync/atomic"
 	"time"
 
@@ -143,23 +141,4 @@ func releaseLease(client kubernetes.Interface, lc LeaderElectionConfig, logger l
 		return
 	}
 	logger.Info("released the leader lease")
-}
-
-// serveHealthz answers /healthz with 200 "ok" over plain HTTP on addr until ctx ends, for probes: a replica whose
-// configuration is valid and whose process runs is alive, whether it leads or stands by. The listener is bound
-// before serveHealthz returns, so that an address in use fails the start.
-func serveHealthz(ctx context.Context, addr string) error {
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("healthzAddress: %w", err)
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		w.Write([]byte("ok")) //nolint:errcheck
-	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	context.AfterFunc(ctx, func() { srv.Close() })
-	go srv.Serve(l) //nolint:errcheck // ends with ErrServerClosed when ctx ends
-	return nil
 }

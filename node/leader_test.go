@@ -182,7 +182,7 @@ func TestServeHealthz(t *testing.T) {
 	addr := l.Addr().String()
 	l.Close()
 	ctx, cancel := context.WithCancel(context.Background())
-	if err := serveHealthz(ctx, addr); err != nil {
+	if err := servePlain(ctx, Config{HealthzAddress: addr}, nil); err != nil {
 		t.Fatal(err)
 	}
 	resp, err := http.Get("http://" + addr + "/healthz")
@@ -194,7 +194,7 @@ func TestServeHealthz(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || string(b) != "ok" {
 		t.Errorf("/healthz = %d %q, want 200 ok", resp.StatusCode, b)
 	}
-	if err := serveHealthz(ctx, addr); err == nil {
+	if err := servePlain(ctx, Config{HealthzAddress: addr}, nil); err == nil {
 		t.Error("a second server on the same address started: want the address-in-use error")
 	}
 	cancel()

@@ -32,19 +32,22 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/i2kit/i2kit/internal/version"
+	"github.com/i2kit/i2kit/metrics"
 	"github.com/i2kit/i2kit/netsync"
 	"github.com/i2kit/i2kit/provider"
 	"github.com/i2kit/i2kit/provider/vm"
 )
 
-// BackendFunc makes a backend from the node's configuration; notify receives every VM status change it observes.
-type BackendFunc func(ctx context.Context, c Config, notify func(vm.Status)) (vm.Backend, error)
+// BackendFunc makes a backend from the node's configuration; notify receives every VM status change it observes,
+// and m is the node's metrics, which a cloud backend tells of its API calls (aws.WithCallMetrics).
+type BackendFunc func(ctx context.Context, c Config, notify func(vm.Status), m *metrics.Metrics) (vm.Backend, error)
 
 // Wiring is what the composition root (cmd/i2kit) gives Run: the backends by name, and the constructor of the
-// image builder, whose closer releases the image store when the node stops.
+// image builder, whose closer releases the image store when the node stops, and which tells m of its cache
+// lookups and builds (vmimage.Builder.Metrics).
 type Wiring struct {
 	Backends map[string]BackendFunc
-	Images   func(ImagesConfig) (provider.ImageBuilder, io.Closer, error)
+	Images   func(c ImagesConfig, m *metrics.Metrics) (provider.ImageBuilder, io.Closer, error)
 	// Balancers make the load balancers of Services of type LoadBalancer, by backend name: the backend's cloud's,
 	// or the node's own. A backend without one leaves those Services to another controller.
 	Balancers map[string]BalancerFunc
@@ -58,6 +61,13 @@ type Wiring struct {
 // BalancerFunc makes the Balancer of a backend from the node's configuration and the backend the node runs, whose
 // network (and cloud clients) it may share.
 type BalancerFunc func(ctx context.Context, c Config, backend vm.Backend) (netsync.Balancer, error)
+
+// The node's metrics are what the provider records.
+var (
+	_ provider.Metrics      = (*metrics.Metrics)(nil)
+	_ metrics.PodSource     = (*provider.Provider)(nil)
+	_ metrics.SessionSource = (*provider.Provider)(nil)
+)
 
 // TCPUDPMerger is a Balancer that takes one listener per port (an NLB): when MergeTCPUDP says so, the node builds
 // its models with netsync.ModelOptions.MergeTCPUDP, a Service's TCP and UDP ports of one number becoming one TCP_UDP
@@ -115,12 +125,12 @@ func Run(ctx context.Context, c Config, w Wiring) error {
 	if err != nil {
 		return fmt.Errorf("creating clientset, %w", err)
 	}
-	if c.HealthzAddress != "" {
-		if err := serveHealthz(ctx, c.HealthzAddress); err != nil {
-			return err
-		}
+	// One registry per process: a standby serves its process's metrics, and its pods' once it leads.
+	m := metrics.New(c.Backend, version.Version)
+	if err := servePlain(ctx, c, m.Handler()); err != nil {
+		return err
 	}
-	runNode := func(ctx context.Context) error { return run(ctx, c, w, spec, client) }
+	runNode := func(ctx context.Context) error { return run(ctx, c, w, spec, client, m) }
 	if !c.LeaderElection.Enabled {
 		return runNode(ctx)
 	}
@@ -132,7 +142,7 @@ func Run(ctx context.Context, c Config, w Wiring) error {
 }
 
 // run registers the node and serves until ctx ends; see Run.
-func run(ctx context.Context, c Config, w Wiring, spec *corev1.Node, client kubernetes.Interface) error {
+func run(ctx context.Context, c Config, w Wiring, spec *corev1.Node, client kubernetes.Interface, m *metrics.Metrics) error {
 	auth, err := kubeletAuth(ctx, c, client)
 	if err != nil {
 		return err
@@ -171,9 +181,15 @@ func run(ctx context.Context, c Config, w Wiring, spec *corev1.Node, client kube
 				return nil
 			}
 			return err
-		}})
+		},
+		Metrics: m,
+	})
 	defer p.Stop()
-	backend, err := attachBackend(ctx, c, w, p)
+	m.WatchPods(p, p)
+	// The node's metrics on the kubelet API too, authorized as a kubelet's /metrics is: nodes/metrics. (The pod
+	// handler's routes, /metrics/resource among them, stay the provider's: "/metrics" matches only itself.)
+	mux.Handle("GET /metrics", m.Handler())
+	backend, err := attachBackend(ctx, c, w, p, m)
 	if err != nil {
 		return fmt.Errorf("backend %s: %w", c.Backend, err)
 	}
@@ -248,7 +264,7 @@ func run(ctx context.Context, c Config, w Wiring, spec *corev1.Node, client kube
 
 // attachBackend gives the provider the configured backend and image builder, which it keeps until ctx ends, and
 // returns the backend (nil for none); running VMs keep running when the node stops, to be adopted at the next start.
-func attachBackend(ctx context.Context, c Config, w Wiring, p *provider.Provider) (vm.Backend, error) {
+func attachBackend(ctx context.Context, c Config, w Wiring, p *provider.Provider, m *metrics.Metrics) (vm.Backend, error) {
 	if c.Backend == "none" {
 		return nil, nil
 	}
@@ -256,12 +272,12 @@ func attachBackend(ctx context.Context, c Config, w Wiring, p *provider.Provider
 	if !ok {
 		return nil, fmt.Errorf("backend %q: not built into this binary", c.Backend)
 	}
-	images, closer, err := w.Images(c.Images)
+	images, closer, err := w.Images(c.Images, m)
 	if err != nil {
 		return nil, err
 	}
 	context.AfterFunc(ctx, func() { closer.Close() })
-	b, err := newBackend(ctx, c, p.VMChanged)
+	b, err := newBackend(ctx, c, p.VMChanged, m)
 	if err != nil {
 		return nil, err
 	}

@@ -102,3 +102,51 @@ func handler(auth nodeutil.Auth, mux *http.ServeMux) http.Handler {
 	})
 	return nodeutil.WithAuth(auth, mux)
 }
+
+// servePlain serves over plain HTTP, without authentication, until ctx ends: /healthz on c.HealthzAddress, for
+// probes (200 "ok": a replica whose configuration is valid and whose process runs is alive, whether it leads or
+// stands by), and metrics on c.MetricsAddress at /metrics, for Prometheus — one listener when the two addresses
+// are the same. Every listener is bound before servePlain returns, so that an address in use fails the start.
+func servePlain(ctx context.Context, c Config, metrics http.Handler) error {
+	type server struct {
+		field string
+		mux   *http.ServeMux
+	}
+	var addrs []string
+	servers := map[string]*server{}
+	at := func(addr, field string) *http.ServeMux {
+		s := servers[addr]
+		if s == nil {
+			s = &server{field: field, mux: http.NewServeMux()}
+			servers[addr] = s
+			addrs = append(addrs, addr)
+		}
+		return s.mux
+	}
+	if c.HealthzAddress != "" {
+		at(c.HealthzAddress, "healthzAddress").HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "text/plain")
+			w.Write([]byte("ok")) //nolint:errcheck
+		})
+	}
+	if c.MetricsAddress != "" {
+		at(c.MetricsAddress, "metricsAddress").Handle("GET /metrics", metrics)
+	}
+	var listeners []net.Listener
+	for _, addr := range addrs {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			for _, l := range listeners {
+				l.Close()
+			}
+			return fmt.Errorf("%s: %w", servers[addr].field, err)
+		}
+		listeners = append(listeners, l)
+	}
+	for i, l := range listeners {
+		srv := &http.Server{Handler: servers[addrs[i]].mux, ReadHeaderTimeout: 5 * time.Second}
+		context.AfterFunc(ctx, func() { srv.Close() })
+		go srv.Serve(l) //nolint:errcheck // ends with ErrServerClosed when ctx ends
+	}
+	return nil
+}
