@@ -5,8 +5,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/virtual-kubelet/virtual-kubelet/node/api"
+	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
 
 	"github.com/i2kit/i2kit/metrics"
 )
@@ -87,4 +92,29 @@ func TestServePlainAddressInUse(t *testing.T) {
 		t.Fatalf("the healthz address stayed bound after the failed start: %v", err)
 	}
 	l.Close()
+}
+
+// TestKubeletAPIServesMetrics: the kubelet API's /metrics is the node's metrics, authorized as nodes/metrics, and
+// /metrics/resource stays the provider's.
+func TestKubeletAPIServesMetrics(t *testing.T) {
+	m := metrics.New("qemu", "v0.0.0-test")
+	mux := kubeletMux(m.Handler())
+	mux.Handle("/", api.PodHandler(api.PodHandlerConfig{
+		GetMetricsResource: func(context.Context) ([]*dto.MetricFamily, error) {
+			return []*dto.MetricFamily{{Name: new("container_cpu_usage_seconds_total"), Type: dto.MetricType_COUNTER.Enum(),
+				Metric: []*dto.Metric{{Counter: &dto.Counter{Value: new(1.0)}}}}}, nil
+		},
+	}, false))
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	if code, body := get(t, srv.URL+"/metrics"); code != http.StatusOK || !strings.Contains(body, "i2kit_pods") {
+		t.Errorf("/metrics = %d %.200q, want the node's metrics", code, body)
+	}
+	if code, body := get(t, srv.URL+"/metrics/resource"); code != http.StatusOK || !strings.Contains(body, "container_cpu_usage_seconds_total") || strings.Contains(body, "i2kit_") {
+		t.Errorf("/metrics/resource = %d %.200q, want the provider's", code, body)
+	}
+	req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+	if a := (nodeutil.NodeRequestAttr{NodeName: "n"}).GetRequestAttributes(nil, req); a.GetSubresource() != "metrics" || a.GetResource() != "nodes" {
+		t.Errorf("/metrics is authorized as %s/%s, want nodes/metrics", a.GetResource(), a.GetSubresource())
+	}
 }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"path"
 	"strconv"
@@ -164,7 +163,7 @@ func run(ctx context.Context, c Config, w Wiring, spec *corev1.Node, client kube
 		// cannot; point it at the same kubeconfig so that it does not report a failure that is not one.
 		os.Setenv("KUBECONFIG", c.Kubeconfig) //nolint:errcheck
 	}
-	mux := http.NewServeMux()
+	mux := kubeletMux(m.Handler())
 	capacity := corev1.ResourceList{} // Validate has parsed them
 	if q, err := resource.ParseQuantity(c.Capacity.CPU); err == nil {
 		capacity[corev1.ResourceCPU] = q
@@ -186,9 +185,6 @@ func run(ctx context.Context, c Config, w Wiring, spec *corev1.Node, client kube
 	})
 	defer p.Stop()
 	m.WatchPods(p, p)
-	// The node's metrics on the kubelet API too, authorized as a kubelet's /metrics is: nodes/metrics. (The pod
-	// handler's routes, /metrics/resource among them, stay the provider's: "/metrics" matches only itself.)
-	mux.Handle("GET /metrics", m.Handler())
 	backend, err := attachBackend(ctx, c, w, p, m)
 	if err != nil {
 		return fmt.Errorf("backend %s: %w", c.Backend, err)

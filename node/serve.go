@@ -94,6 +94,15 @@ func kubeletAuth(ctx context.Context, c Config, client kubernetes.Interface) (no
 	})
 }
 
+// kubeletMux is the kubelet API's mux before the provider's routes join it (at "/"): it serves the node's metrics
+// at /metrics, authorized as a kubelet's /metrics is (nodes/metrics). "/metrics" matches only itself, so that
+// /metrics/resource stays the provider's.
+func kubeletMux(metrics http.Handler) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metrics)
+	return mux
+}
+
 // handler serves /healthz and the provider's routes behind auth.
 func handler(auth nodeutil.Auth, mux *http.ServeMux) http.Handler {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
