@@ -19,41 +19,46 @@ import (
 
 // fakeMetrics records what the provider tells its Metrics.
 type fakeMetrics struct {
-	mu                     sync.Mutex
+	mu sync.Mutex
+	r  recorded
+}
+
+// recorded is what a fakeMetrics was told.
+type recorded struct {
 	launched, launchFailed int
 	ready                  []time.Duration
 	published              []error
 	sessionFailures        map[string]int
 }
 
-func (f *fakeMetrics) VMLaunched(time.Duration) { f.mu.Lock(); f.launched++; f.mu.Unlock() }
-func (f *fakeMetrics) VMLaunchFailed()          { f.mu.Lock(); f.launchFailed++; f.mu.Unlock() }
+func (f *fakeMetrics) VMLaunched(time.Duration) { f.mu.Lock(); f.r.launched++; f.mu.Unlock() }
+func (f *fakeMetrics) VMLaunchFailed()          { f.mu.Lock(); f.r.launchFailed++; f.mu.Unlock() }
 func (f *fakeMetrics) PodReady(d time.Duration) {
 	f.mu.Lock()
-	f.ready = append(f.ready, d)
+	f.r.ready = append(f.r.ready, d)
 	f.mu.Unlock()
 }
 func (f *fakeMetrics) ImagePublished(_ time.Duration, err error) {
 	f.mu.Lock()
-	f.published = append(f.published, err)
+	f.r.published = append(f.r.published, err)
 	f.mu.Unlock()
 }
 func (f *fakeMetrics) AgentSessionFailed(stage string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.sessionFailures == nil {
-		f.sessionFailures = map[string]int{}
+	if f.r.sessionFailures == nil {
+		f.r.sessionFailures = map[string]int{}
 	}
-	f.sessionFailures[stage]++
+	f.r.sessionFailures[stage]++
 }
 
 // snapshot returns a copy of what was recorded.
-func (f *fakeMetrics) snapshot() fakeMetrics {
+func (f *fakeMetrics) snapshot() recorded {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := fakeMetrics{launched: f.launched, launchFailed: f.launchFailed, ready: append([]time.Duration(nil), f.ready...),
-		published: append([]error(nil), f.published...), sessionFailures: map[string]int{}}
-	for k, v := range f.sessionFailures {
+	out := recorded{launched: f.r.launched, launchFailed: f.r.launchFailed, ready: append([]time.Duration(nil), f.r.ready...),
+		published: append([]error(nil), f.r.published...), sessionFailures: map[string]int{}}
+	for k, v := range f.r.sessionFailures {
 		out.sessionFailures[k] = v
 	}
 	return out
