@@ -8,7 +8,7 @@ LDFLAGS := -X github.com/i2kit/i2kit/internal/version.Version=$(VERSION)
 I2KIT   := bin/i2kit
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v /test/)
 
-.PHONY: all build agent deps kernel controlplane metrics-server test unit fuzz fuzz-agent e2e lint bench demo demo-down clean
+.PHONY: all build agent chart deps kernel controlplane metrics-server test unit fuzz fuzz-agent e2e lint bench demo demo-down clean
 
 all: build
 
@@ -17,6 +17,9 @@ build: agent ## the i2kit binary (and the agent beside it)
 
 agent: ## the static guest agent, PID 1 of every pod VM
 	CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o bin/i2kit-agent ./cmd/i2kit-agent
+
+chart: ## the Helm chart charts/i2kit as bin/i2kit-<chart version>.tgz, stamped with VERSION (appVersion, the image tag)
+	$(GO) run ./charts/pack -version $(VERSION) -out bin
 
 kernel: deps ## the pod-VM kernel from Debian's linux-source-6.1 (cached by the config fragment's hash)
 	scripts/kernel.sh
@@ -45,13 +48,13 @@ fuzz: ## each fuzz target of vmimage (layer extraction, spec decoding) for FUZZT
 e2e: deps controlplane kernel metrics-server ## end-to-end tests: real control plane in a network namespace (root), pod VMs under QEMU
 	$(GO) test -count=1 -timeout 30m -v ./test/e2e/... ./test/vm/...
 
-lint: ## gofmt, go vet, and the binary's boundaries: the host binary links no guest package (only agent/boot and agent/protocol are shared) and no devcloud or test support
+lint: ## gofmt, go vet, and the binary's boundaries: the host binary links no guest package (only agent/boot and agent/protocol are shared), no devcloud or test support, and neither the chart package nor Helm
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	@guest=$$($(GO) list -deps ./cmd/i2kit | grep -E '^github.com/i2kit/i2kit/agent(/|$$)' | grep -vxE 'github.com/i2kit/i2kit/agent/(boot|protocol)'); \
 	if [ -n "$$guest" ]; then echo "cmd/i2kit links guest code (only agent/boot and agent/protocol are shared):"; echo "$$guest"; exit 1; fi
-	@dev=$$($(GO) list -deps ./cmd/i2kit | grep -E '^github.com/i2kit/i2kit/(devcloud|provider/aws/awstest)(/|$$)'); \
-	if [ -n "$$dev" ]; then echo "cmd/i2kit links development and test tools:"; echo "$$dev"; exit 1; fi
+	@dev=$$($(GO) list -deps ./cmd/i2kit | grep -E '^(github.com/i2kit/i2kit/(devcloud|provider/aws/awstest|charts)(/|$$)|helm\.sh/)'); \
+	if [ -n "$$dev" ]; then echo "cmd/i2kit links development and test tools (devcloud, awstest, charts, Helm):"; echo "$$dev"; exit 1; fi
 
 AGENT_FUZZ = FuzzReadFrame FuzzReadLine FuzzDial FuzzAccept FuzzDecodeStatus FuzzDecodeStats
 fuzz-agent: ## fuzz the agent protocol's decoders, FUZZTIME (15s) each; seeds in agent/protocol/testdata/fuzz
