@@ -8,7 +8,7 @@ LDFLAGS := -X github.com/i2kit/i2kit/internal/version.Version=$(VERSION)
 I2KIT   := bin/i2kit
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v /test/)
 
-.PHONY: all build agent image deps kernel controlplane metrics-server test unit fuzz fuzz-agent e2e lint bench demo demo-down clean
+.PHONY: all build agent image chart deps kernel controlplane metrics-server test unit fuzz fuzz-agent e2e lint bench demo demo-down clean
 
 all: build
 
@@ -25,6 +25,9 @@ image: agent kernel ## the node's OCI image (aws backend) without Docker, reprod
 	SOURCE_DATE_EPOCH=$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct 2>/dev/null || echo 0)} \
 	  $(GO) run ./hack/image --i2kit bin/image/i2kit --agent bin/i2kit-agent --version $(VERSION) \
 	  $(if $(PUSH),--push $(PUSH) $(if $(INSECURE),--insecure),--oci-layout $(OCI_LAYOUT))
+
+chart: ## the Helm chart charts/i2kit as bin/i2kit-<chart version>.tgz, stamped with VERSION (appVersion, the image tag)
+	$(GO) run ./charts/pack -version $(VERSION) -out bin
 
 kernel: deps ## the pod-VM kernel from Debian's linux-source-6.1 (cached by the config fragment's hash)
 	scripts/kernel.sh
@@ -53,13 +56,13 @@ fuzz: ## each fuzz target of vmimage (layer extraction, spec decoding) for FUZZT
 e2e: deps controlplane kernel metrics-server ## end-to-end tests: real control plane in a network namespace (root), pod VMs under QEMU
 	$(GO) test -count=1 -timeout 30m -v ./test/e2e/... ./test/vm/...
 
-lint: ## gofmt, go vet, and the binary's boundaries: the host binary links no guest package (only agent/boot and agent/protocol are shared) and no devcloud or test support
+lint: ## gofmt, go vet, and the binary's boundaries: the host binary links no guest package (only agent/boot and agent/protocol are shared), no devcloud or test support, and neither the chart package nor Helm
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	@guest=$$($(GO) list -deps ./cmd/i2kit | grep -E '^github.com/i2kit/i2kit/agent(/|$$)' | grep -vxE 'github.com/i2kit/i2kit/agent/(boot|protocol)'); \
 	if [ -n "$$guest" ]; then echo "cmd/i2kit links guest code (only agent/boot and agent/protocol are shared):"; echo "$$guest"; exit 1; fi
-	@dev=$$($(GO) list -deps ./cmd/i2kit | grep -E '^github.com/i2kit/i2kit/(devcloud|provider/aws/awstest)(/|$$)'); \
-	if [ -n "$$dev" ]; then echo "cmd/i2kit links development and test tools:"; echo "$$dev"; exit 1; fi
+	@dev=$$($(GO) list -deps ./cmd/i2kit | grep -E '^(github.com/i2kit/i2kit/(devcloud|provider/aws/awstest|charts)(/|$$)|helm\.sh/)'); \
+	if [ -n "$$dev" ]; then echo "cmd/i2kit links development and test tools (devcloud, awstest, charts, Helm):"; echo "$$dev"; exit 1; fi
 
 AGENT_FUZZ = FuzzReadFrame FuzzReadLine FuzzDial FuzzAccept FuzzDecodeStatus FuzzDecodeStats
 fuzz-agent: ## fuzz the agent protocol's decoders, FUZZTIME (15s) each; seeds in agent/protocol/testdata/fuzz

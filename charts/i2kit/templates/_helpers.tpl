@@ -1,0 +1,127 @@
+{{/*
+i2kit.fullname names the chart's objects: the release's name, with "-i2kit" unless it already says i2kit.
+*/}}
+{{- define "i2kit.fullname" -}}
+{{- if contains "i2kit" .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-i2kit" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* i2kit.nodeName is the Node's name: nodeName, else the release's name. */}}
+{{- define "i2kit.nodeName" -}}
+{{- .Values.nodeName | default .Release.Name -}}
+{{- end -}}
+
+{{/* i2kit.serviceAccountName is the node's ServiceAccount. */}}
+{{- define "i2kit.serviceAccountName" -}}
+{{- .Values.serviceAccount.name | default (include "i2kit.fullname" .) -}}
+{{- end -}}
+
+{{/* i2kit.hostNetwork is "true" when the node's pod runs in the host's network (qemu.hostNetwork). */}}
+{{- define "i2kit.hostNetwork" -}}
+{{- and (eq .Values.backend "qemu") .Values.qemu.hostNetwork -}}
+{{- end -}}
+
+{{/* i2kit.kubeletPort is kubelet.port, else 10250, or 10260 beside the host's own kubelet. */}}
+{{- define "i2kit.kubeletPort" -}}
+{{- if .Values.kubelet.port -}}
+{{- .Values.kubelet.port | int -}}
+{{- else if eq (include "i2kit.hostNetwork" .) "true" -}}
+10260
+{{- else -}}
+10250
+{{- end -}}
+{{- end -}}
+
+{{/* i2kit.tlsSecret is the Secret of the kubelet API's serving certificate; empty when the node signs its own. */}}
+{{- define "i2kit.tlsSecret" -}}
+{{- if eq .Values.kubelet.tls.mode "secret" -}}
+{{- .Values.kubelet.tls.secretName -}}
+{{- else if eq .Values.kubelet.tls.mode "certManager" -}}
+{{- printf "%s-kubelet-tls" (include "i2kit.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "i2kit.selectorLabels" -}}
+app.kubernetes.io/name: i2kit
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "i2kit.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "i2kit.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/*
+i2kit.nodeConfig is the node's configuration file (node/config.go's Config, decoded strictly): only fields the node
+has, and only those the values set, so that the node's own defaults apply to the rest. Paths are the mounts of
+deployment.yaml. The InternalIP is not here: it is the pod's IP, given by the --internal-ip flag.
+*/}}
+{{- define "i2kit.nodeConfig" -}}
+{{- $v := .Values -}}
+{{- $c := dict "nodeName" (include "i2kit.nodeName" .) "backend" $v.backend "port" (include "i2kit.kubeletPort" . | int) "taints" $v.taints -}}
+{{- $capacity := dict -}}
+{{- range $k, $q := $v.capacity -}}
+{{- if and (not (kindIs "invalid" $q)) (ne (toString $q) "") -}}
+{{- $_ := set $capacity $k (toString $q) -}}
+{{- end -}}
+{{- end -}}
+{{- if $capacity -}}
+{{- $_ := set $c "capacity" $capacity -}}
+{{- end -}}
+{{- if $v.labels -}}
+{{- $_ := set $c "labels" $v.labels -}}
+{{- end -}}
+{{- if include "i2kit.tlsSecret" . -}}
+{{- $_ := set $c "tlsCertFile" "/etc/i2kit/tls/tls.crt" -}}
+{{- $_ := set $c "tlsKeyFile" "/etc/i2kit/tls/tls.key" -}}
+{{- end -}}
+{{- $lb := dict "enabled" $v.loadBalancers.enabled "claimUnclassed" $v.loadBalancers.claimUnclassed "pool" $v.loadBalancers.pool -}}
+{{- with $v.loadBalancers.cluster -}}
+{{- $_ := set $lb "cluster" . -}}
+{{- end -}}
+{{- $_ := set $c "loadBalancers" $lb -}}
+{{- $images := dict "store" "/var/lib/i2kit/images" "maxImages" ($v.images.maxImages | int) "maxBytes" (toString $v.images.maxBytes) -}}
+{{- with $v.images.kernel -}}
+{{- $_ := set $images "kernel" . -}}
+{{- end -}}
+{{- with $v.images.agent -}}
+{{- $_ := set $images "agent" . -}}
+{{- end -}}
+{{- with $v.images.insecureRegistries -}}
+{{- $_ := set $images "insecureRegistries" . -}}
+{{- end -}}
+{{- with $v.images.mirrors -}}
+{{- $_ := set $images "mirrors" . -}}
+{{- end -}}
+{{- if $v.images.dockerConfigSecret -}}
+{{- $_ := set $images "dockerConfigs" (list "/etc/i2kit/docker/config.json") -}}
+{{- end -}}
+{{- $_ := set $c "images" $images -}}
+{{- if eq $v.backend "qemu" -}}
+{{- $_ := set $c "podCIDR" $v.qemu.podCIDR -}}
+{{- $_ := set $c "qemu" (dict "runtimeDir" "/run/i2kit/qemu" "bridge" $v.qemu.bridge) -}}
+{{- end -}}
+{{- if eq $v.backend "aws" -}}
+{{- $a := $v.aws -}}
+{{- $aws := dict "region" $a.region "cluster" $a.cluster "subnets" $a.subnets "securityGroups" $a.securityGroups "agentPort" ($a.agentPort | int) "syncPeriod" $a.syncPeriod "gcMinAge" $a.gcMinAge "imageMaxUnused" $a.imageMaxUnused "stateDir" "/var/lib/i2kit/aws" -}}
+{{- with $a.instanceTypes -}}
+{{- $_ := set $aws "instanceTypes" . -}}
+{{- end -}}
+{{- with $a.tags -}}
+{{- $_ := set $aws "tags" . -}}
+{{- end -}}
+{{- with $a.endpoint -}}
+{{- $_ := set $aws "endpoint" . -}}
+{{- end -}}
+{{- if $a.agentCASecret -}}
+{{- $_ := set $aws "agentCA" (dict "cert" "/etc/i2kit/agent-ca/tls.crt" "key" "/etc/i2kit/agent-ca/tls.key") -}}
+{{- end -}}
+{{- $_ := set $c "aws" $aws -}}
+{{- end -}}
+{{- toYaml $c -}}
+{{- end -}}
