@@ -339,7 +339,7 @@ func (r *Runner) Stop(ctx context.Context, id string) error {
 	return nil
 }
 
-// kill ends QEMU's session and waits for it to be reaped.
+// kill ends QEMU and waits for it to be reaped.
 func (r *Runner) kill(ctx context.Context, v *vm) error {
 	r.mu.Lock()
 	cmd := v.cmd
@@ -347,7 +347,9 @@ func (r *Runner) kill(ctx context.Context, v *vm) error {
 	if cmd == nil {
 		return nil
 	}
-	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	// The process, not its group: QEMU has no children, and Go signals through a pidfd, which cannot reach another
+	// process that reused the ID of an already reaped QEMU.
+	_ = cmd.Process.Kill()
 	select {
 	case <-v.done:
 		return nil
