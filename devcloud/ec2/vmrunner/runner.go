@@ -10,6 +10,12 @@
 //	srv := ec2.New(ec2.Options{Runner: r, ...})
 //	r.Attach(srv) // IMDS reads live metadata options (ModifyInstanceMetadataOptions)
 //	defer r.Close()
+//
+// Where it differs from EC2: the NIC is virtio-net, not ENA (QEMU has no ENA); instance types' memory and vCPUs
+// are capped (Config); the volume IDs in the NVMe serials are derived, not the devcloud's; nothing enforces EC2's
+// source/destination check, so a guest that forges ARP answers could take another instance's address on the same
+// subnet, and with it that instance's metadata (the runner is for tests of our own guests). One runner per network
+// namespace: it binds 169.254.169.254:80 and one 0.0.0.0:67 per bridge.
 package vmrunner
 
 import (
