@@ -3,6 +3,7 @@ package charts_test
 import (
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"helm.sh/helm/v4/pkg/chart/v2/loader"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -21,6 +23,8 @@ import (
 	"github.com/i2kit/i2kit/charts"
 	"github.com/i2kit/i2kit/internal/version"
 	"github.com/i2kit/i2kit/node"
+	awsbackend "github.com/i2kit/i2kit/provider/aws"
+	"github.com/i2kit/i2kit/vmimage/kernel"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files of testdata/ from the chart")
@@ -28,7 +32,7 @@ var update = flag.Bool("update", false, "rewrite the golden files of testdata/ f
 var rel = charts.Release{Name: "i2kit", Namespace: "i2kit-system"}
 
 // valueSets are the value files of testdata/values, each with a golden rendering in testdata/golden.
-var valueSets = []string{"qemu", "aws-irsa", "cert-manager"}
+var valueSets = []string{"qemu", "aws-irsa", "cert-manager", "ha"}
 
 func loadValues(t *testing.T, name string) map[string]any {
 	t.Helper()
@@ -122,6 +126,7 @@ func commentLines(s string) string {
 // TestSchemaRejects checks that values.schema.json refuses bad values, naming the value.
 func TestSchemaRejects(t *testing.T) {
 	awsOK := map[string]any{"region": "eu-west-1", "cluster": "c", "subnets": []any{"subnet-1"}, "securityGroups": []any{"sg-1"}}
+	awsCA := merge(awsOK, map[string]any{"agentCASecret": "ca"})
 	for _, tc := range []struct {
 		name   string
 		values map[string]any
@@ -136,7 +141,29 @@ func TestSchemaRejects(t *testing.T) {
 		{"unknown backend", map[string]any{"backend": "firecracker"}, []string{"/backend", "'qemu'", "'aws'"}},
 		{"wrong type", map[string]any{"replicas": "1"}, []string{"/replicas", "got string, want integer"}},
 		{"wrong type in a list", map[string]any{"taints": "none"}, []string{"/taints", "got string, want array"}},
-		{"two replicas", map[string]any{"replicas": 2}, []string{"/replicas", "maximum"}},
+		{"negative replicas", map[string]any{"replicas": -1}, []string{"/replicas", "minimum"}},
+		{"two qemu replicas", map[string]any{"replicas": 2}, []string{"replicas: at most 1 with backend qemu"}},
+		{"two aws replicas without the agent CA", map[string]any{"backend": "aws", "aws": awsOK, "replicas": 2},
+			[]string{"aws.agentCASecret: required with leader election"}},
+		{"aws leader election without the agent CA", map[string]any{"backend": "aws", "aws": awsOK,
+			"leaderElection": map[string]any{"enabled": true}}, []string{"aws.agentCASecret: required with leader election"}},
+		{"two replicas without leader election", map[string]any{"backend": "aws", "aws": awsCA, "replicas": 2,
+			"leaderElection": map[string]any{"enabled": false}}, []string{"leaderElection.enabled: false with replicas > 1"}},
+		{"leader election not a boolean", map[string]any{"leaderElection": map[string]any{"enabled": "yes"}},
+			[]string{"/leaderElection/enabled", "got string"}},
+		{"typo in leader election", map[string]any{"leaderElection": map[string]any{"enable": true}},
+			[]string{"/leaderElection", "'enable' not allowed"}},
+		{"typo in the service monitor", map[string]any{"metrics": map[string]any{"serviceMonitor": map[string]any{"enable": true}}},
+			[]string{"/metrics/serviceMonitor", "'enable' not allowed"}},
+		{"bad scrape interval", map[string]any{"metrics": map[string]any{"serviceMonitor": map[string]any{"interval": "often"}}},
+			[]string{"/metrics/serviceMonitor/interval", "does not match pattern"}},
+		{"service monitor without metrics", map[string]any{"metrics": map[string]any{"enabled": false,
+			"serviceMonitor": map[string]any{"enabled": true}}}, []string{"metrics.serviceMonitor.enabled: needs metrics.enabled"}},
+		{"healthz port out of range", map[string]any{"healthz": map[string]any{"port": 70000}}, []string{"/healthz/port", "maximum"}},
+		{"healthz on the kubelet port", map[string]any{"healthz": map[string]any{"port": 10260}},
+			[]string{"healthz.port: must differ from the kubelet API's port"}},
+		{"metrics on the kubelet port", map[string]any{"kubelet": map[string]any{"port": 10300}, "metrics": map[string]any{"port": 10300}},
+			[]string{"metrics.port: must differ from the kubelet API's port"}},
 		{"aws without subnets", map[string]any{"backend": "aws", "aws": map[string]any{"region": "eu-west-1", "cluster": "c",
 			"securityGroups": []any{"sg-1"}}}, []string{"/aws", "subnets"}},
 		{"aws without a region", map[string]any{"backend": "aws", "aws": map[string]any{"region": "", "cluster": "c",
@@ -163,8 +190,17 @@ func TestSchemaRejects(t *testing.T) {
 		})
 	}
 	// The schema accepts what values.yaml documents.
-	if _, err := charts.Render(rel, map[string]any{"backend": "aws", "aws": awsOK, "replicas": 0}); err != nil {
-		t.Errorf("valid values refused: %v", err)
+	for _, v := range []map[string]any{
+		{"backend": "aws", "aws": awsOK, "replicas": 0},
+		{"backend": "aws", "aws": awsCA, "replicas": 3},
+		{"backend": "aws", "aws": awsCA, "leaderElection": map[string]any{"enabled": true}},
+		{"leaderElection": map[string]any{"enabled": true}}, // qemu, one replica: upgrades roll
+		{"metrics": map[string]any{"enabled": false}},
+		{"metrics": map[string]any{"port": 9090, "serviceMonitor": map[string]any{"enabled": true}}},
+	} {
+		if _, err := charts.Render(rel, v); err != nil {
+			t.Errorf("valid values %v refused: %v", v, err)
+		}
 	}
 }
 
@@ -201,6 +237,8 @@ func TestNodeConfig(t *testing.T) {
 			if err := os.WriteFile(file, []byte(cm.Data["node.yaml"]), 0o600); err != nil {
 				t.Fatal(err)
 			}
+			// The image's environment (hack/image): the kernel and the default image store are under I2KIT_CACHE.
+			t.Setenv("I2KIT_CACHE", imageCache)
 			c := node.DefaultConfig()
 			if err := c.LoadFile(file); err != nil {
 				t.Fatalf("the node refuses the rendered node.yaml: %v\n%s", err, cm.Data["node.yaml"])
@@ -239,12 +277,45 @@ func TestNodeConfig(t *testing.T) {
 			if c.NodeName != wantName {
 				t.Errorf("nodeName %q: want %q (nodeName, else the release's name)", c.NodeName, wantName)
 			}
-			port := ctr.Ports[0]
-			if port.Name != "kubelet" || int(port.ContainerPort) != c.Port {
-				t.Errorf("container port %+v: want the kubelet port %d", port, c.Port)
+			if p := containerPort(ctr, "kubelet"); p != c.Port {
+				t.Errorf("container port kubelet %d: want the kubelet port %d (ports %v)", p, c.Port, ctr.Ports)
 			}
-			if ctr.ReadinessProbe.TCPSocket.Port.StrVal != "kubelet" || ctr.LivenessProbe.TCPSocket.Port.StrVal != "kubelet" {
-				t.Errorf("probes %+v %+v: want the kubelet port", ctr.ReadinessProbe, ctr.LivenessProbe)
+			// The probes reach the node's plain /healthz: on the healthz port, which is healthzAddress's, on every
+			// address (the kubelet probes the pod's IP).
+			healthz := containerPort(ctr, "healthz")
+			if c.HealthzAddress != fmt.Sprintf("0.0.0.0:%d", healthz) {
+				t.Errorf("healthzAddress %q: want 0.0.0.0 and the container port healthz (%d)", c.HealthzAddress, healthz)
+			}
+			for _, p := range []*corev1.Probe{ctr.ReadinessProbe, ctr.LivenessProbe} {
+				if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" || p.HTTPGet.Port.StrVal != "healthz" {
+					t.Errorf("probe %+v: want GET /healthz on the port healthz", p)
+				}
+			}
+			if c.MetricsAddress != "" {
+				mp := containerPort(ctr, "metrics")
+				if c.MetricsAddress == c.HealthzAddress {
+					mp = healthz
+				}
+				if c.MetricsAddress != fmt.Sprintf("0.0.0.0:%d", mp) {
+					t.Errorf("metricsAddress %q: want healthzAddress or 0.0.0.0 and the container port metrics (%d)", c.MetricsAddress, mp)
+				}
+			}
+			// With leader election, the Lease is the node's, in the release's namespace, where the chart's Role is.
+			if c.LeaderElection.Enabled && (c.LeaderElection.Namespace != rel.Namespace || !hasEnv(ctr, "POD_NAMESPACE", "metadata.namespace")) {
+				t.Errorf("leaderElection.namespace %q, env %v: want %s, and POD_NAMESPACE from metadata.namespace",
+					c.LeaderElection.Namespace, ctr.Env, rel.Namespace)
+			}
+			// The image's own environment decides where the kernel is: the container must not move it.
+			for _, e := range ctr.Env {
+				if e.Name == "I2KIT_CACHE" || e.Name == "XDG_CACHE_HOME" {
+					t.Errorf("env %s: the image's I2KIT_CACHE (%s) locates the kernel", e.Name, imageCache)
+				}
+			}
+			if c.Images.Kernel == "" {
+				// The image's kernel is in its root filesystem: a volume over it would hide it.
+				if k := kernel.Dir(); mountedFrom(ctr, k, "") {
+					t.Errorf("the image's kernel %s is under a volume mount %v", k, ctr.VolumeMounts)
+				}
 			}
 			// Every path the node reads or writes is a volume of the pod (the root filesystem is read-only).
 			paths := map[string]string{"images.store": c.Images.Store, "tlsCertFile": c.TLSCertFile, "tlsKeyFile": c.TLSKeyFile}
@@ -257,6 +328,14 @@ func TestNodeConfig(t *testing.T) {
 			}
 			for i, p := range c.Images.DockerConfigs {
 				paths[fmt.Sprintf("images.dockerConfigs[%d]", i)] = p
+			}
+			// The writable directories are the image's own (hack/image makes them for its user): the image store
+			// under its I2KIT_CACHE, the aws state directory the node's default.
+			if def := node.DefaultConfig().Images.Store; c.Images.Store != def {
+				t.Errorf("images.store %s: want the image's %s", c.Images.Store, def)
+			}
+			if c.Backend == "aws" && c.AWS.StateDir != awsbackend.DefaultStateDir {
+				t.Errorf("aws.stateDir %s: want the image's %s", c.AWS.StateDir, awsbackend.DefaultStateDir)
 			}
 			for field, p := range paths {
 				if p != "" && !mountedFrom(ctr, p, "") {
@@ -278,13 +357,30 @@ func TestNodeConfig(t *testing.T) {
 	}
 }
 
-func hasPodIPEnv(c corev1.Container) bool {
+// imageCache is I2KIT_CACHE in the node's image (hack/image cacheRoot): the kernel is under it, and the image's
+// writable image store.
+const imageCache = "/var/cache/i2kit"
+
+func hasPodIPEnv(c corev1.Container) bool { return hasEnv(c, "POD_IP", "status.podIP") }
+
+// hasEnv reports whether c has the variable name from the downward API's field.
+func hasEnv(c corev1.Container, name, field string) bool {
 	for _, e := range c.Env {
-		if e.Name == "POD_IP" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "status.podIP" {
+		if e.Name == name && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == field {
 			return true
 		}
 	}
 	return false
+}
+
+// containerPort is the number of c's port called name; 0 when it has none.
+func containerPort(c corev1.Container, name string) int {
+	for _, p := range c.Ports {
+		if p.Name == name {
+			return int(p.ContainerPort)
+		}
+	}
+	return 0
 }
 
 // mountedFrom reports whether p is at or under a volume mount of c (of the named volume, when not empty).
@@ -355,6 +451,14 @@ var leaseRules = []rbacv1.PolicyRule{
 	{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, ResourceNames: []string{"i2kit"}, Verbs: []string{"get", "update"}},
 }
 
+// electionRules are the Role's in the release's namespace with leader election: node/leader.go's elector (client-go
+// resourcelock.LeaseLock: Leases().Get, Create when missing, Update to acquire and renew) and releaseLease (Get,
+// Update) on the Lease named after the node, which node.yaml leaves to its default (the node's name).
+var electionRules = []rbacv1.PolicyRule{
+	{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"create"}},
+	{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, ResourceNames: []string{"i2kit"}, Verbs: []string{"get", "update"}},
+}
+
 func TestRBAC(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -363,6 +467,7 @@ func TestRBAC(t *testing.T) {
 	}{
 		{"load balancers", nil, append(slices.Clone(clusterRules), lbRules...)},
 		{"no load balancers", map[string]any{"loadBalancers": map[string]any{"enabled": false}}, clusterRules},
+		{"leader election", map[string]any{"leaderElection": map[string]any{"enabled": true}}, append(slices.Clone(clusterRules), lbRules...)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := render(t, tc.values)
@@ -385,6 +490,36 @@ func TestRBAC(t *testing.T) {
 			}
 			var sa corev1.ServiceAccount
 			object(t, r, "ServiceAccount", rel.Namespace, &sa)
+			// With leader election (node.yaml says so), the Role for its Lease in the release's namespace.
+			var cm corev1.ConfigMap
+			object(t, r, "ConfigMap", rel.Namespace, &cm)
+			inRelease := 0
+			objs, err := r.Objects()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, o := range objs {
+				if o.GetNamespace() == rel.Namespace && strings.HasPrefix(o.GetAPIVersion(), "rbac.authorization.k8s.io/") {
+					inRelease++
+				}
+			}
+			if !strings.Contains(cm.Data["node.yaml"], "leaderElection:") {
+				if inRelease > 0 {
+					t.Errorf("%d RBAC objects in %s without leader election, want none", inRelease, rel.Namespace)
+				}
+			} else {
+				var role rbacv1.Role
+				object(t, r, "Role", rel.Namespace, &role)
+				if d := cmp.Diff(electionRules, role.Rules); d != "" {
+					t.Errorf("leader election Role rules (-want +got):\n%s", d)
+				}
+				var rb rbacv1.RoleBinding
+				object(t, r, "RoleBinding", rel.Namespace, &rb)
+				want := rbacv1.Subject{Kind: "ServiceAccount", Name: sa.Name, Namespace: rel.Namespace}
+				if !slices.Equal(rb.Subjects, []rbacv1.Subject{want}) || rb.RoleRef.Kind != "Role" || rb.RoleRef.Name != role.Name {
+					t.Errorf("leader election RoleBinding binds %v to %+v, want %v to Role %s", rb.Subjects, rb.RoleRef, want, role.Name)
+				}
+			}
 			var crb rbacv1.ClusterRoleBinding
 			object(t, r, "ClusterRoleBinding", "", &crb)
 			var lrb rbacv1.RoleBinding
@@ -542,5 +677,159 @@ func TestAppVersion(t *testing.T) {
 	if c.Metadata.AppVersion != version.Version || c.Metadata.Version != charts.ChartVersion(version.Version) {
 		t.Errorf("Chart.yaml version %s, appVersion %s: want %s and %s (internal/version)", c.Metadata.Version,
 			c.Metadata.AppVersion, charts.ChartVersion(version.Version), version.Version)
+	}
+}
+
+// TestStandby checks what replicas of one node need: with leader election the Deployment rolls (a new pod stands
+// by before an old one stops), drains keep one replica, and replicas prefer different hosts; without it, two
+// processes of the node never overlap.
+func TestStandby(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		values       map[string]any
+		strategy     appsv1.DeploymentStrategyType
+		minAvailable string // of the PodDisruptionBudget; empty: maxUnavailable
+		spread       bool
+	}{
+		{"one replica", nil, appsv1.RecreateDeploymentStrategyType, "", false},
+		{"ha", loadValues(t, "ha"), appsv1.RollingUpdateDeploymentStrategyType, "1", true},
+		{"one replica electing", map[string]any{"leaderElection": map[string]any{"enabled": true}},
+			appsv1.RollingUpdateDeploymentStrategyType, "", false},
+		{"ha with the operator's minAvailable", merge(loadValues(t, "ha"), map[string]any{"podDisruptionBudget": map[string]any{"minAvailable": 2}}),
+			appsv1.RollingUpdateDeploymentStrategyType, "2", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := render(t, tc.values)
+			var d appsv1.Deployment
+			object(t, r, "Deployment", rel.Namespace, &d)
+			if d.Spec.Strategy.Type != tc.strategy {
+				t.Errorf("strategy %q: want %q", d.Spec.Strategy.Type, tc.strategy)
+			}
+			if ru := d.Spec.Strategy.RollingUpdate; tc.strategy == appsv1.RollingUpdateDeploymentStrategyType &&
+				(ru == nil || ru.MaxUnavailable == nil || ru.MaxUnavailable.IntValue() != 0) {
+				t.Errorf("rolling update %+v: want maxUnavailable 0, so that a new pod stands by before an old one stops", ru)
+			}
+			var pdb policyv1.PodDisruptionBudget
+			object(t, r, "PodDisruptionBudget", rel.Namespace, &pdb)
+			switch {
+			case tc.minAvailable != "" && (pdb.Spec.MinAvailable == nil || pdb.Spec.MinAvailable.String() != tc.minAvailable || pdb.Spec.MaxUnavailable != nil):
+				t.Errorf("PodDisruptionBudget %+v: want minAvailable %s", pdb.Spec, tc.minAvailable)
+			case tc.minAvailable == "" && (pdb.Spec.MaxUnavailable == nil || pdb.Spec.MaxUnavailable.IntValue() != 1 || pdb.Spec.MinAvailable != nil):
+				t.Errorf("PodDisruptionBudget %+v: want maxUnavailable 1", pdb.Spec)
+			}
+			aff := d.Spec.Template.Spec.Affinity
+			spread := aff != nil && aff.PodAntiAffinity != nil && len(aff.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution) == 1 &&
+				aff.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution[0].PodAffinityTerm.TopologyKey == corev1.LabelHostname
+			if spread != tc.spread {
+				t.Errorf("affinity %+v: want replicas spread over hosts %v", aff, tc.spread)
+			}
+			if spread {
+				term := aff.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution[0].PodAffinityTerm
+				if !maps.Equal(term.LabelSelector.MatchLabels, d.Spec.Selector.MatchLabels) {
+					t.Errorf("anti-affinity selects %v, want the Deployment's pods %v", term.LabelSelector.MatchLabels, d.Spec.Selector.MatchLabels)
+				}
+			}
+		})
+	}
+	// An affinity the operator gives replaces the spread.
+	v := merge(loadValues(t, "ha"), map[string]any{"affinity": map[string]any{"nodeAffinity": map[string]any{}}})
+	var d appsv1.Deployment
+	object(t, render(t, v), "Deployment", rel.Namespace, &d)
+	if a := d.Spec.Template.Spec.Affinity; a == nil || a.PodAntiAffinity != nil {
+		t.Errorf("affinity %+v: want the operator's", a)
+	}
+}
+
+// TestServiceMonitor checks that the Prometheus Operator finds every replica's metrics: the ServiceMonitor selects
+// the Service, whose port "metrics" reaches the port the node serves /metrics on, in the node's pods.
+func TestServiceMonitor(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		values map[string]any
+	}{
+		{"ha: on healthz's port", loadValues(t, "ha")},
+		{"a port of its own", map[string]any{"metrics": map[string]any{"port": 9090, "serviceMonitor": map[string]any{"enabled": true}}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := render(t, tc.values)
+			var d appsv1.Deployment
+			object(t, r, "Deployment", rel.Namespace, &d)
+			var cm corev1.ConfigMap
+			object(t, r, "ConfigMap", rel.Namespace, &cm)
+			c := node.DefaultConfig()
+			file := filepath.Join(t.TempDir(), "node.yaml")
+			if err := os.WriteFile(file, []byte(cm.Data["node.yaml"]), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.LoadFile(file); err != nil {
+				t.Fatal(err)
+			}
+			var svc corev1.Service
+			object(t, r, "Service", rel.Namespace, &svc)
+			podLabels := d.Spec.Template.Labels
+			for k, v := range svc.Spec.Selector {
+				if podLabels[k] != v {
+					t.Errorf("Service selector %v does not select the node's pods %v", svc.Spec.Selector, podLabels)
+				}
+			}
+			if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Name != "metrics" ||
+				c.MetricsAddress != fmt.Sprintf("0.0.0.0:%d", svc.Spec.Ports[0].TargetPort.IntValue()) {
+				t.Errorf("Service ports %+v: want one named metrics to metricsAddress %s", svc.Spec.Ports, c.MetricsAddress)
+			}
+			objs, err := r.Objects()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var sm *unstructured.Unstructured
+			for _, o := range objs {
+				if o.GetAPIVersion() == "monitoring.coreos.com/v1" && o.GetKind() == "ServiceMonitor" {
+					sm = o
+				}
+			}
+			if sm == nil {
+				t.Fatal("no ServiceMonitor")
+			}
+			sel, _, _ := unstructured.NestedStringMap(sm.Object, "spec", "selector", "matchLabels")
+			for k, v := range sel {
+				if svc.Labels[k] != v {
+					t.Errorf("ServiceMonitor selector %v does not select the Service %v", sel, svc.Labels)
+				}
+			}
+			ns, _, _ := unstructured.NestedStringSlice(sm.Object, "spec", "namespaceSelector", "matchNames")
+			eps, _, _ := unstructured.NestedSlice(sm.Object, "spec", "endpoints")
+			if len(sel) == 0 || !slices.Equal(ns, []string{rel.Namespace}) || len(eps) != 1 ||
+				eps[0].(map[string]any)["port"] != "metrics" || eps[0].(map[string]any)["path"] != "/metrics" {
+				t.Errorf("ServiceMonitor spec %v: want the Service's port metrics, /metrics, in %s", sm.Object["spec"], rel.Namespace)
+			}
+		})
+	}
+	// Off by default: the Operator's CRD need not exist.
+	objs, err := render(t, nil).Objects()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if o.GetKind() == "ServiceMonitor" || o.GetKind() == "Service" {
+			t.Errorf("%s %s rendered by default", o.GetKind(), o.GetName())
+		}
+	}
+}
+
+// TestImage checks the default image: the repository `make image` pushes is the user's, the tag the chart's
+// appVersion (what `make chart VERSION=...` stamps, and `make image` labels).
+func TestImage(t *testing.T) {
+	c, err := charts.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d appsv1.Deployment
+	object(t, render(t, nil), "Deployment", rel.Namespace, &d)
+	if img := d.Spec.Template.Spec.Containers[0].Image; img != "ghcr.io/i2kit/i2kit:"+c.Metadata.AppVersion {
+		t.Errorf("image %s: want ghcr.io/i2kit/i2kit:%s", img, c.Metadata.AppVersion)
+	}
+	object(t, render(t, map[string]any{"image": map[string]any{"repository": "registry.example/i2kit", "tag": "v9"}}),
+		"Deployment", rel.Namespace, &d)
+	if img := d.Spec.Template.Spec.Containers[0].Image; img != "registry.example/i2kit:v9" {
+		t.Errorf("image %s: want registry.example/i2kit:v9", img)
 	}
 }

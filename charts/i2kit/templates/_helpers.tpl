@@ -35,6 +35,59 @@ i2kit.fullname names the chart's objects: the release's name, with "-i2kit" unle
 {{- end -}}
 {{- end -}}
 
+{{/* i2kit.healthzPort is healthz.port, else 10248, or 10261 beside the host's own kubelet (which holds 10248). */}}
+{{- define "i2kit.healthzPort" -}}
+{{- if .Values.healthz.port -}}
+{{- .Values.healthz.port | int -}}
+{{- else if eq (include "i2kit.hostNetwork" .) "true" -}}
+10261
+{{- else -}}
+10248
+{{- end -}}
+{{- end -}}
+
+{{/* i2kit.metricsPort is metrics.port, else healthz's: the node then serves both on one listener. */}}
+{{- define "i2kit.metricsPort" -}}
+{{- .Values.metrics.port | default (include "i2kit.healthzPort" .) | int -}}
+{{- end -}}
+
+{{/* i2kit.leaderElection is "true" when the replicas elect a leader: leaderElection.enabled, else replicas > 1. */}}
+{{- define "i2kit.leaderElection" -}}
+{{- if kindIs "invalid" .Values.leaderElection.enabled -}}
+{{- if gt (int .Values.replicas) 1 }}true{{ end -}}
+{{- else if .Values.leaderElection.enabled -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+i2kit.validate fails the rendering on settings that are valid one by one but not together (values.schema.json
+checks each alone), with a message that says why.
+*/}}
+{{- define "i2kit.validate" -}}
+{{- $v := .Values -}}
+{{- $replicas := int $v.replicas -}}
+{{- if and (gt $replicas 1) (eq $v.backend "qemu") -}}
+{{- fail "replicas: at most 1 with backend qemu: the pod VMs are processes of the node's container and end with it, so a standby in another pod would have nothing to adopt" -}}
+{{- end -}}
+{{- if and (gt $replicas 1) (not (include "i2kit.leaderElection" .)) -}}
+{{- fail "leaderElection.enabled: false with replicas > 1 would run the same node twice; leave it null or true" -}}
+{{- end -}}
+{{- if and (include "i2kit.leaderElection" .) (eq $v.backend "aws") (not $v.aws.agentCASecret) -}}
+{{- fail "aws.agentCASecret: required with leader election (replicas > 1) and backend aws: every replica must hold the CA the running instances' agents trust, or the next leader is refused by all of them" -}}
+{{- end -}}
+{{- if and $v.metrics.serviceMonitor.enabled (not $v.metrics.enabled) -}}
+{{- fail "metrics.serviceMonitor.enabled: needs metrics.enabled" -}}
+{{- end -}}
+{{- $kubelet := include "i2kit.kubeletPort" . | int -}}
+{{- if eq $kubelet (include "i2kit.healthzPort" . | int) -}}
+{{- fail "healthz.port: must differ from the kubelet API's port" -}}
+{{- end -}}
+{{- if and $v.metrics.enabled (eq $kubelet (include "i2kit.metricsPort" . | int)) -}}
+{{- fail "metrics.port: must differ from the kubelet API's port" -}}
+{{- end -}}
+{{- end -}}
+
 {{/* i2kit.tlsSecret is the Secret of the kubelet API's serving certificate; empty when the node signs its own. */}}
 {{- define "i2kit.tlsSecret" -}}
 {{- if eq .Values.kubelet.tls.mode "secret" -}}
@@ -59,7 +112,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/*
 i2kit.nodeConfig is the node's configuration file (node/config.go's Config, decoded strictly): only fields the node
 has, and only those the values set, so that the node's own defaults apply to the rest. Paths are the mounts of
-deployment.yaml. The InternalIP is not here: it is the pod's IP, given by the --internal-ip flag.
+deployment.yaml, where the image (hack/image) has its writable directories; the kernel is the image's own, found
+through its I2KIT_CACHE. The InternalIP is not here: it is the pod's IP, given by the --internal-ip flag.
 */}}
 {{- define "i2kit.nodeConfig" -}}
 {{- $v := .Values -}}
@@ -85,7 +139,14 @@ deployment.yaml. The InternalIP is not here: it is the pod's IP, given by the --
 {{- $_ := set $lb "cluster" . -}}
 {{- end -}}
 {{- $_ := set $c "loadBalancers" $lb -}}
-{{- $images := dict "store" "/var/lib/i2kit/images" "maxImages" ($v.images.maxImages | int) "maxBytes" (toString $v.images.maxBytes) -}}
+{{- $_ := set $c "healthzAddress" (printf "0.0.0.0:%s" (include "i2kit.healthzPort" .)) -}}
+{{- if $v.metrics.enabled -}}
+{{- $_ := set $c "metricsAddress" (printf "0.0.0.0:%s" (include "i2kit.metricsPort" .)) -}}
+{{- end -}}
+{{- if include "i2kit.leaderElection" . -}}
+{{- $_ := set $c "leaderElection" (dict "enabled" true "namespace" .Release.Namespace) -}}
+{{- end -}}
+{{- $images := dict "store" "/var/cache/i2kit/images" "maxImages" ($v.images.maxImages | int) "maxBytes" (toString $v.images.maxBytes) -}}
 {{- with $v.images.kernel -}}
 {{- $_ := set $images "kernel" . -}}
 {{- end -}}
