@@ -34,7 +34,8 @@ import (
 // the node runs (here, outside the cluster, as the other tests' nodes do) with a token of the chart's
 // ServiceAccount and the chart's node.yaml, through the smoke a user would try — the node Ready, a pod scheduled
 // to it becomes a VM and runs, kubectl logs and exec, runtime data and its service account token, a Service of
-// type LoadBalancer, the pod deleted — and its log never says "forbidden": the chart's RBAC is all the node needs.
+// type LoadBalancer, the pod deleted — and its log never says "forbidden": the chart's RBAC is all the node needs,
+// leader election's Lease in the release's namespace included.
 func TestChart(t *testing.T) {
 	ctx := context.Background()
 	const ns, nodeName, port = "i2kit-chart", "i2kit-chart", 10257
@@ -47,6 +48,10 @@ func TestChart(t *testing.T) {
 		"qemu":     map[string]any{"podCIDR": "10.94.0.0/24", "bridge": "i2kitchart"},
 		// Addresses of their own: other tests' nodes use the default pool.
 		"loadBalancers": map[string]any{"pool": "10.95.0.0/24"},
+		// The chart's probe and metrics endpoint, checked below, on a port no other test's node uses.
+		"healthz": map[string]any{"port": 10268},
+		// The Lease and the Role for it in the release's namespace: the node campaigns with the chart's identity.
+		"leaderElection": map[string]any{"enabled": true},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -138,6 +143,21 @@ current-context: e2e
 	}
 	t.Logf("node Ready %s after i2kit node started with the chart's identity", time.Since(n.Started).Round(time.Millisecond))
 	testProxy(t, nodeName)
+	// The chart's node.yaml serves /healthz and /metrics on one plain listener, and the node leads its Lease.
+	for _, path := range []string{"/healthz", "/metrics"} {
+		resp, err := http.Get("http://127.0.0.1:10268" + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s: %s, want 200", path, resp.Status)
+		}
+	}
+	if l, err := env.Client.CoordinationV1().Leases(ns).Get(ctx, nodeName, metav1.GetOptions{}); err != nil ||
+		l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity == "" {
+		t.Errorf("the node's Lease %s/%s: %v, want one held by the node", ns, nodeName, err)
+	}
 
 	t.Run("pod", func(t *testing.T) { testChartPod(t, nodeName, reg, runDir, n.Log) })
 	t.Run("runtime data", func(t *testing.T) { testRuntimeData(t, nodeName, reg, n.Log) })
