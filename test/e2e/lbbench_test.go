@@ -28,8 +28,8 @@ func BenchmarkLoadBalancerFirstRequest(b *testing.B) {
 	b.Cleanup(func() { killVMs(runDir) })
 	const nodeName = "i2kit-bench-lb"
 	cfg := env.WriteFile(b, "lbbench.yaml", "loadBalancers: {pool: 10.89.3.0/24}\n")
-	n := env.StartNode(b, nodeName, 10257, "--config", cfg, "--backend", "qemu", "--insecure-registry", reg,
-		"--qemu-runtime-dir", runDir, "--qemu-bridge", "i2kitlbb", "--pod-cidr", "10.95.0.0/24",
+	n := env.StartNode(b, nodeName, 10258, "--config", cfg, "--backend", "qemu", "--insecure-registry", reg,
+		"--qemu-runtime-dir", runDir, "--qemu-bridge", "i2kitlbb", "--pod-cidr", "10.96.0.0/24",
 		"--image-store", filepath.Join(b.TempDir(), "images"))
 	if _, err := env.WaitNodeReady(ctx, nodeName, 30*time.Second); err != nil {
 		b.Fatalf("node not ready: %v\n%s", err, n.Log())

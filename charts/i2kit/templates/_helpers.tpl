@@ -135,6 +135,9 @@ through its I2KIT_CACHE. The InternalIP is not here: it is the pod's IP, given b
 {{- $_ := set $c "tlsKeyFile" "/etc/i2kit/tls/tls.key" -}}
 {{- end -}}
 {{- $lb := dict "enabled" $v.loadBalancers.enabled "claimUnclassed" $v.loadBalancers.claimUnclassed "pool" $v.loadBalancers.pool -}}
+{{- with $v.loadBalancers.class -}}
+{{- $_ := set $lb "class" . -}}
+{{- end -}}
 {{- with $v.loadBalancers.cluster -}}
 {{- $_ := set $lb "cluster" . -}}
 {{- end -}}
