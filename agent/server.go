@@ -270,8 +270,9 @@ func (s *server) powerOff(w http.ResponseWriter, req *http.Request) {
 	if err != nil {
 		grace = 30 * time.Second
 	}
-	// The answer goes out before the request is handed on: with nothing to stop, the VM powers off at once, and an
-	// answer still in the server's buffer would never reach the host.
+	// The answer goes out, whole, before the request is handed on: with nothing to stop, the VM powers off at once,
+	// and an answer still in the server's buffer — or a chunked one whose end is — would never reach the host.
+	w.Header().Set("Content-Length", "0")
 	w.WriteHeader(http.StatusAccepted)
 	if f, ok := w.(http.Flusher); ok {
 		f.Flush()

@@ -31,6 +31,9 @@ func TestPowerOffAnswersBeforeStopping(t *testing.T) {
 	if w.handedOnAtFlush {
 		t.Error("the power-off began before the answer was sent")
 	}
+	if cl := w.Header().Get("Content-Length"); cl != "0" {
+		t.Errorf("Content-Length %q: the flushed answer is not whole (a chunked one ends only after the handler)", cl)
+	}
 	if grace := <-poweroff; grace != 2*time.Second {
 		t.Errorf("grace %s, want 2s", grace)
 	}

@@ -152,3 +152,30 @@ func TestLogOptionsQueryRoundTrip(t *testing.T) {
 		t.Error("a bad tail was accepted")
 	}
 }
+
+// TestPowerOffWhenTheSessionEndsFirst: an agent that powers off at once may end its session before its answer to
+// the power-off reaches the host; PowerOff then succeeds (the session's end is the answer). Other requests fail.
+func TestPowerOffWhenTheSessionEndsFirst(t *testing.T) {
+	host, guest := net.Pipe()
+	defer host.Close()
+	go func() {
+		sess, err := Accept(guest)
+		if err != nil {
+			return
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("POST /v1/poweroff", func(http.ResponseWriter, *http.Request) { sess.Close() })
+		http.Serve(sess, mux) //nolint:errcheck
+	}()
+	c, err := NewClient(host, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.PowerOff(context.Background(), time.Second); err != nil {
+		t.Errorf("PowerOff with the session ended by the agent: %v", err)
+	}
+	if _, err := c.Status(context.Background()); err == nil {
+		t.Error("Status over an ended session succeeded")
+	}
+}

@@ -284,6 +284,8 @@ func (a *FakeAgent) statusHandler(w http.ResponseWriter, req *http.Request) {
 // powerOff answers, then stops the agent as a powered-off instance does (nothing listens any more) and calls
 // onPowerOff, once.
 func (a *FakeAgent) powerOff(w http.ResponseWriter, _ *http.Request) {
+	// Whole when flushed, as the agent's: the session ends right after.
+	w.Header().Set("Content-Length", "0")
 	w.WriteHeader(http.StatusAccepted)
 	if f, ok := w.(http.Flusher); ok {
 		f.Flush()
