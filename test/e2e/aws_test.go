@@ -42,8 +42,8 @@ type awsCloud struct {
 // publishes the AMI; three instances boot in all. It checks, in order: a Deployment becomes instances whose private
 // IPs are the pod IPs; kubectl logs, exec and port-forward; a Secret's value is in no instance's user-data or tags;
 // a container cannot reach the instance metadata service; a restarted node adopts its instances (none terminated,
-// none launched); an instance terminated from outside fails its pod; an instance whose pod was deleted while the
-// node was down is ended by the garbage collector; deleting a pod terminates its instance.
+// none launched); an instance terminated from outside fails its pod; deleting a pod terminates its instance; an
+// instance whose pod was deleted while the node was down is ended by the garbage collector.
 func TestAWSBackend(t *testing.T) {
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		t.Skipf("qemu-system-x86_64 is required (make deps installs it): %v", err)
@@ -121,7 +121,7 @@ aws:
 	createDeployment(t, d)
 
 	// (a) Two replicas become two instances, the pods Ready with the instances' private IPs.
-	ps := waitReadyPods(t, "hello-aws", 2, 8*time.Minute, nodeLog)
+	ps := waitReadyPods(t, "hello-aws", 2, 8*time.Minute, nil, nodeLog)
 	ids := map[string]string{} // pod name → instance ID
 	for _, p := range ps {
 		in := cloud.instanceOf(t, p.UID)
@@ -165,10 +165,14 @@ aws:
 		!strings.Contains(console, "metadata service kept: false") {
 		t.Errorf("the console of %s does not say %q with the metadata service not kept:\n%s", id0, want, console)
 	}
-	// Any HTTP answer (IMDSv2 answers 401 to a GET without a token) means the service was reached.
-	out, err := env.KubectlRun(ctx, "exec", pod0.Name, "--", "wget", "-T", "5", "-q", "-O-",
-		"http://169.254.169.254/latest/meta-data/instance-id")
-	if err == nil || strings.Contains(out, id0) || strings.Contains(err.Error(), "HTTP/") {
+	// The hello binary fetches a URL from inside the pod (busybox's static wget cannot be trusted to fail for the
+	// right reason): the pod's own server answers it; the metadata service gives no HTTP answer at all (IMDSv2
+	// answers a GET without a token with 401, which would mean it was reached).
+	if out := kubectl(t, "exec", pod0.Name, "--", "/app", "-get", "http://127.0.0.1:8080/"); !strings.HasPrefix(out, "200 OK hello from") {
+		t.Errorf("the pod's own server through /app -get: %q", out)
+	}
+	out, err := env.KubectlRun(ctx, "exec", pod0.Name, "--", "/app", "-get", "http://169.254.169.254/latest/meta-data/instance-id")
+	if err == nil || out != "" || !strings.Contains(err.Error(), "dial tcp 169.254.169.254:80") {
 		t.Errorf("a container reached the instance metadata service: %q, %v", out, err)
 	} else {
 		t.Logf("the metadata service from a container: %v", err)
@@ -256,21 +260,10 @@ aws:
 	}
 	t.Logf("(g) an instance terminated from outside failed its pod after %s: %s", time.Since(tOut).Round(time.Millisecond), since())
 
-	// (h) The instance whose pod was force-deleted while the node was down is ended by the garbage collector: seen
-	// without a pod on two sweeps 30 s apart, the first 30 s after the node is ready.
-	wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
-	defer cancel()
-	if err := cloud.srv.WaitState(wctx, orphan, "terminated"); err != nil {
-		t.Errorf("the instance of force-deleted pod %s: %v\n%s", gone.Name, err, n.Log())
-	} else {
-		t.Logf("(h) the garbage collector ended instance %s %s after the node restarted: %s", orphan,
-			time.Since(tRestart).Round(time.Second), since())
-	}
-
 	// (e) The replacement pod runs from the published AMI; deleting it (the Deployment scaled to 0, its
 	// ReplicaSet deletes the pod) terminates its instance within the pod's grace period.
 	var repl corev1.Pod
-	for _, p := range waitReadyPods(t, "hello-aws", 1, 5*time.Minute, nodeLog) {
+	for _, p := range waitReadyPods(t, "hello-aws", 1, 5*time.Minute, map[types.UID]bool{kept.UID: true}, nodeLog) {
 		repl = p
 	}
 	if n := cloud.srv.Calls("RegisterImage"); n != 1 {
@@ -279,7 +272,7 @@ aws:
 	replID := cloud.instanceOf(t, repl.UID).ID
 	scale(t, "hello-aws", 0)
 	tDel := time.Now()
-	wctx, cancel = context.WithTimeout(ctx, time.Minute)
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	if err := cloud.srv.WaitState(wctx, replID, "terminated"); err != nil {
 		t.Fatalf("the instance of deleted pod %s: %v\n%s", repl.Name, err, n.Log())
@@ -293,6 +286,19 @@ aws:
 	}
 	t.Logf("(e) deleting pod %s terminated its instance in %s: %s", repl.Name, time.Since(tDel).Round(time.Millisecond), since())
 
+	// (h) The instance whose pod was force-deleted while the node was down is ended by the garbage collector: seen
+	// without a pod on two sweeps 30 s apart, the first 30 s after the node is ready.
+	wctx, cancel = context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	if err := cloud.srv.WaitState(wctx, orphan, "terminated"); err != nil {
+		t.Errorf("the instance of force-deleted pod %s: %v\n%s", gone.Name, err, n.Log())
+	} else if !strings.Contains(n.Log(), "ending a VM whose pod is gone") {
+		t.Errorf("instance %s of force-deleted pod %s ended, but not by the garbage collector:\n%s", orphan, gone.Name, n.Log())
+	} else {
+		t.Logf("(h) the garbage collector ended instance %s %s after the node restarted: %s", orphan,
+			time.Since(tRestart).Round(time.Second), since())
+	}
+
 	// Nothing is left running.
 	out2, err := cloud.c.DescribeInstances(ctx, &awsec2.DescribeInstancesInput{Filters: []ec2types.Filter{
 		{Name: sdkaws.String("instance-state-name"), Values: []string{"pending", "running", "shutting-down"}}}})
@@ -303,6 +309,9 @@ aws:
 		for _, in := range r.Instances {
 			t.Errorf("instance %s still %s", sdkaws.ToString(in.InstanceId), in.State.Name)
 		}
+	}
+	if ents, err := os.ReadDir(filepath.Join(dir, "instances")); err != nil || len(ents) != 0 {
+		t.Errorf("the VM runner still holds %d instance directories: %v", len(ents), err)
 	}
 }
 
@@ -319,7 +328,11 @@ func startCloud(t *testing.T, dir string) *awsCloud {
 			t.Errorf("closing the VM runner: %v", err)
 		}
 	})
-	srv := ec2.New(ec2.Options{Runner: r, BlockDir: filepath.Join(dir, "blocks")})
+	blocks := filepath.Join(dir, "blocks")
+	if err := os.Mkdir(blocks, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	srv := ec2.New(ec2.Options{Runner: r, BlockDir: blocks})
 	r.Attach(srv)
 	hs := httptest.NewServer(srv)
 	t.Cleanup(hs.Close)
@@ -365,14 +378,18 @@ func (c *awsCloud) console(t *testing.T, id string) string {
 	return string(b)
 }
 
-// waitReadyPods waits until the Deployment's pods are exactly n, each Running and Ready (terminal pods aside).
-func waitReadyPods(t *testing.T, app string, n int, timeout time.Duration, nodeLog func() string) []corev1.Pod {
+// waitReadyPods waits until the Deployment's pods are exactly n, each Running and Ready; a pod failing, other
+// than those of failed, ends the wait.
+func waitReadyPods(t *testing.T, app string, n int, timeout time.Duration, failed map[types.UID]bool, nodeLog func() string) []corev1.Pod {
 	t.Helper()
 	var ready, all []corev1.Pod
 	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
 		ready, all = nil, pods(t, app)
 		live := 0
 		for _, p := range all {
+			if p.Status.Phase == corev1.PodFailed && !failed[p.UID] {
+				return false, fmt.Errorf("pod %s failed: %s: %s", p.Name, p.Status.Reason, p.Status.Message)
+			}
 			if p.Status.Phase == corev1.PodFailed || p.Status.Phase == corev1.PodSucceeded {
 				continue
 			}
