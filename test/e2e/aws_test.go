@@ -284,6 +284,9 @@ aws:
 	if err != nil {
 		t.Errorf("pod %s still there after its instance was terminated", repl.Name)
 	}
+	if took := time.Since(tDel); took > 30*time.Second {
+		t.Errorf("deleting pod %s took %s to terminate its instance, more than the grace period", repl.Name, took)
+	}
 	t.Logf("(e) deleting pod %s terminated its instance in %s: %s", repl.Name, time.Since(tDel).Round(time.Millisecond), since())
 
 	// (h) The instance whose pod was force-deleted while the node was down is ended by the garbage collector: seen
