@@ -45,8 +45,8 @@ type Options struct {
 	Fallback http.Handler
 	// Runner is what an instance is; nil means instances only change state.
 	Runner Runner
-	// BlockDir, when set, holds each snapshot's blocks in a sparse file <BlockDir>/<snapshot-id>.img; otherwise
-	// blocks are kept in memory.
+	// BlockDir, when set, holds each snapshot's blocks in a sparse file <BlockDir>/<snapshot-id>.img (the
+	// directory is made when missing); otherwise blocks are kept in memory.
 	BlockDir string
 	// SnapshotPendingDescribes is how many DescribeSnapshots calls still see a snapshot pending after
 	// CompleteSnapshot (EC2 takes a while to complete a snapshot); 0 completes it at once.

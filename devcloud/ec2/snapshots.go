@@ -61,6 +61,9 @@ func newBlockStore(dir, id string, size int64) (*blockStore, error) {
 	if dir == "" {
 		return b, nil
 	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating the snapshot directory, %w", err)
+	}
 	f, err := os.OpenFile(filepath.Join(dir, id+".img"), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("creating snapshot file, %w", err)
