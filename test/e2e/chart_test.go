@@ -45,9 +45,9 @@ func TestChart(t *testing.T) {
 		"backend":  "qemu",
 		"replicas": 0, // the Deployment is applied, but the node runs here, outside the cluster
 		"kubelet":  map[string]any{"port": port},
-		"qemu":     map[string]any{"podCIDR": "10.94.0.0/24", "bridge": "i2kitchart"},
+		"qemu":     map[string]any{"podCIDR": "10.97.0.0/24", "bridge": "i2kitchart"}, // a range of its own: bridges outlive their test
 		// Addresses of their own: other tests' nodes use the default pool.
-		"loadBalancers": map[string]any{"pool": "10.95.0.0/24", "claimUnclassed": true}, // kubectl expose: no class
+		"loadBalancers": map[string]any{"pool": "10.89.4.0/24", "claimUnclassed": true}, // kubectl expose: no class
 		// The chart's probe and metrics endpoint, checked below, on a port no other test's node uses.
 		"healthz": map[string]any{"port": 10268},
 		// The Lease and the Role for it in the release's namespace: the node campaigns with the chart's identity.

@@ -180,7 +180,7 @@ func TestLoadBalancerDeletedWhileNodeDown(t *testing.T) {
 	runDir := filepath.Join(t.TempDir(), "run")
 	start := func() *harness.Node {
 		n := env.StartNode(t, nodeName, 10255, "--config", cfg, "--backend", "qemu", "--qemu-runtime-dir", runDir,
-			"--qemu-bridge", "i2kitlbd", "--pod-cidr", "10.93.0.0/24", "--image-store", filepath.Join(t.TempDir(), "images"))
+			"--qemu-bridge", "i2kitlbd", "--pod-cidr", "10.98.0.0/24", "--image-store", filepath.Join(t.TempDir(), "images"))
 		if _, err := env.WaitNodeReady(ctx, nodeName, 30*time.Second); err != nil {
 			t.Fatalf("node not ready: %v\n%s", err, n.Log())
 		}
