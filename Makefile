@@ -3,6 +3,8 @@
 
 SHELL   := /bin/bash
 GO      ?= go
+# BACKEND is the demo's backend: qemu, or aws (a local EC2 of QEMU VMs).
+BACKEND ?= qemu
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo v0.1.0-dev)
 LDFLAGS := -X github.com/i2kit/i2kit/internal/version.Version=$(VERSION)
 I2KIT   := bin/i2kit
@@ -71,8 +73,8 @@ fuzz-agent: ## fuzz the agent protocol's decoders, FUZZTIME (15s) each; seeds in
 bench: deps controlplane kernel ## benchmarks, medians printed
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 5x -timeout 30m ./...
 
-demo: deps controlplane kernel build ## local control plane + i2kit node (qemu backend) in a network namespace
-	scripts/demo.sh up
+demo: deps controlplane kernel build ## local control plane + i2kit node in a network namespace: BACKEND=qemu (default), or aws against a local EC2 whose instances are QEMU VMs (hack/devcloud)
+	BACKEND=$(BACKEND) scripts/demo.sh up
 
 demo-down: ## stop everything the demo started
 	scripts/demo.sh down

@@ -2,6 +2,8 @@
 # demo.sh up|down — a local control plane and an i2kit node inside a network namespace made for the demo, so that
 # the node can have a non-loopback InternalIP (the apiserver's node proxy refuses loopback) and no traffic leaves
 # the machine. Needs root. `make demo` builds what it needs first.
+# BACKEND=aws (make demo BACKEND=aws) runs the node with the aws backend against a local EC2 whose instances are
+# QEMU VMs (hack/devcloud, started in the namespace): the same pods, each an instance booted from a published AMI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NS=${I2KIT_DEMO_NETNS:-i2kit-demo}
@@ -9,6 +11,8 @@ NODE_IP=${I2KIT_DEMO_NODE_IP:-198.18.0.10}
 STATE=${I2KIT_DEMO_STATE:-${XDG_CACHE_HOME:-$HOME/.cache}/i2kit/demo}
 I2KIT=$PWD/bin/i2kit
 KUBECONFIG_PATH=$STATE/plane/admin.kubeconfig
+BACKEND=${BACKEND:-qemu}
+DEVCLOUD_ADDR=127.0.0.1:4566
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 inns() { ip netns exec "$NS" "$@"; }
@@ -42,15 +46,31 @@ up() {
     cat "$STATE/registry.log"
   fi
 
+  case $BACKEND in
+    qemu) ;;
+    aws) devcloud ;;
+    *) echo "demo.sh: BACKEND is qemu or aws, not $BACKEND" >&2; exit 2 ;;
+  esac
   if [ -f "$STATE/node.pid" ] && kill -0 "$(cat "$STATE/node.pid")" 2>/dev/null; then
     say "i2kit node already runs (pid $(cat "$STATE/node.pid"))"
   else
-    say "starting i2kit node (log: $STATE/node.log)"
-    # The demo's node is the cluster's only load balancer: it claims LoadBalancer Services without a class too.
-    printf 'loadBalancers: {claimUnclassed: true}\n' >"$STATE/node.yaml"
-    ip netns exec "$NS" nohup "$I2KIT" node --config "$STATE/node.yaml" --kubeconfig "$KUBECONFIG_PATH" --node-name i2kit --internal-ip "$NODE_IP" \
-      --client-ca-file "$STATE/plane/pki/ca.crt" --backend qemu --insecure-registry 127.0.0.1:5001 \
-      --qemu-runtime-dir "$STATE/vms" --image-store "$STATE/images" >"$STATE/node.log" 2>&1 </dev/null &
+    say "starting i2kit node, backend $BACKEND (log: $STATE/node.log)"
+    if [ "$BACKEND" = aws ]; then
+      # The devcloud's fixtures name the subnets and groups; LoadBalancer Services need an ELBv2 API it has not.
+      printf 'backend: aws\nloadBalancers: {enabled: false}\naws:\n  region: us-east-1\n  cluster: demo\n  endpoint: http://%s\n  %s\n  %s\n  instanceTypes: [t3]\n  stateDir: %s\n' \
+        "$DEVCLOUD_ADDR" "$(grep '^subnets:' "$STATE/devcloud.log")" "$(grep '^securityGroups:' "$STATE/devcloud.log")" "$STATE/aws" >"$STATE/node.yaml"
+      # Credentials from the environment, as on a machine with keys; the namespace's metadata address is the
+      # instances', not the node's.
+      ip netns exec "$NS" env AWS_ACCESS_KEY_ID=AKIDDEMO AWS_SECRET_ACCESS_KEY=demo-secret-key AWS_EC2_METADATA_DISABLED=true \
+        nohup "$I2KIT" node --config "$STATE/node.yaml" --kubeconfig "$KUBECONFIG_PATH" --node-name i2kit --internal-ip "$NODE_IP" \
+        --client-ca-file "$STATE/plane/pki/ca.crt" --insecure-registry 127.0.0.1:5001 --image-store "$STATE/images" >"$STATE/node.log" 2>&1 </dev/null &
+    else
+      # The demo's node is the cluster's only load balancer: it claims LoadBalancer Services without a class too.
+      printf 'loadBalancers: {claimUnclassed: true}\n' >"$STATE/node.yaml"
+      ip netns exec "$NS" nohup "$I2KIT" node --config "$STATE/node.yaml" --kubeconfig "$KUBECONFIG_PATH" --node-name i2kit --internal-ip "$NODE_IP" \
+        --client-ca-file "$STATE/plane/pki/ca.crt" --backend qemu --insecure-registry 127.0.0.1:5001 \
+        --qemu-runtime-dir "$STATE/vms" --image-store "$STATE/images" >"$STATE/node.log" 2>&1 </dev/null &
+    fi
     echo $! >"$STATE/node.pid"
   fi
   for _ in $(seq 300); do kctl get node i2kit >/dev/null 2>&1 && break; sleep 0.1; done
@@ -80,6 +100,16 @@ up() {
   say "kubectl exec $pod -- cat /etc/hostname"
   kctl exec "$pod" -- cat /etc/hostname
 
+  if [ "$BACKEND" = aws ]; then
+    say "the pods are EC2 instances of the local cloud (the AMI published once, from the first pod's image)"
+    inns "$DEVCLOUD" --addr "$DEVCLOUD_ADDR" --list
+    cat <<MSG
+
+LoadBalancer Services are not demoed on aws: they are Network Load Balancers, and the local cloud serves no ELBv2
+API. Tear down: make demo-down
+MSG
+    return
+  fi
   say "kubectl expose deploy hello --type=LoadBalancer --port 80 --target-port 8080"
   kctl get svc hello >/dev/null 2>&1 || kctl expose deploy hello --type=LoadBalancer --port 80 --target-port 8080
   lb=
@@ -111,6 +141,21 @@ Tear down:
 MSG
 }
 
+# devcloud starts the local EC2 (hack/devcloud) in the namespace, unless it runs.
+devcloud() {
+  DEVCLOUD=$PWD/bin/devcloud
+  if [ -f "$STATE/devcloud.pid" ] && kill -0 "$(cat "$STATE/devcloud.pid")" 2>/dev/null; then
+    say "local EC2 already runs"
+    return
+  fi
+  say "starting the local EC2 (hack/devcloud: instances are QEMU VMs) at http://$DEVCLOUD_ADDR in the namespace"
+  go build -o "$DEVCLOUD" ./hack/devcloud
+  ip netns exec "$NS" nohup "$DEVCLOUD" --addr "$DEVCLOUD_ADDR" --state "$STATE/devcloud" >"$STATE/devcloud.log" 2>&1 </dev/null &
+  echo $! >"$STATE/devcloud.pid"
+  for _ in $(seq 100); do grep -q "^securityGroups:" "$STATE/devcloud.log" && break; sleep 0.1; done
+  cat "$STATE/devcloud.log"
+}
+
 down() {
   if [ -f "$STATE/plane/plane.json" ] && ip netns list | grep -qw "$NS"; then
     KUBECTL=$(inns "$I2KIT" dev env --state-dir "$STATE/plane" | sed -n 's/^export PATH=\([^:]*\):.*/\1/p')/kubectl
@@ -125,6 +170,15 @@ down() {
       echo "i2kit node stopped"
     fi
     rm -f "$STATE/node.pid"
+  fi
+  # The local EC2 after the node: SIGTERM ends its instances (their VMs) before it exits.
+  if [ -f "$STATE/devcloud.pid" ]; then
+    pid=$(cat "$STATE/devcloud.pid")
+    if kill -TERM "$pid" 2>/dev/null; then
+      for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      echo "local EC2 stopped"
+    fi
+    rm -f "$STATE/devcloud.pid"; rm -rf "$STATE/devcloud" "$STATE/aws"
   fi
   if [ -f "$STATE/registry.pid" ]; then kill "$(cat "$STATE/registry.pid")" 2>/dev/null || true; rm -f "$STATE/registry.pid"; fi
   for p in "$STATE"/vms/*/qemu.pid; do [ -f "$p" ] && kill -KILL "$(cat "$p")" 2>/dev/null; done; rm -rf "$STATE/vms"

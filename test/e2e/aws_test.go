@@ -320,9 +320,15 @@ aws:
 
 // startCloud runs the local EC2 with QEMU instances for the test; it is closed (every VM ended) when the test
 // ends, after the node has stopped.
-func startCloud(t *testing.T, dir string) *awsCloud {
+func startCloud(t testing.TB, dir string) *awsCloud {
+	return startCloudOn(t, dir, "i2kaws")
+}
+
+// startCloudOn is startCloud with the subnets' bridges named from bridgePrefix (vmrunner.Config.BridgePrefix), so
+// that two clouds can share the test's network namespace.
+func startCloudOn(t testing.TB, dir, bridgePrefix string) *awsCloud {
 	t.Helper()
-	r, err := vmrunner.New(vmrunner.Config{StateDir: filepath.Join(dir, "instances"), MaxMemoryMiB: 384, BridgePrefix: "i2kaws"})
+	r, err := vmrunner.New(vmrunner.Config{StateDir: filepath.Join(dir, "instances"), MaxMemoryMiB: 384, BridgePrefix: bridgePrefix})
 	if err != nil {
 		t.Fatal(err)
 	}
