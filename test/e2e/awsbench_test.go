@@ -66,7 +66,7 @@ aws:
 `, filepath.Join(dir, "aws-images"), reg, cloud.url, strings.Join(subnets, ", "), strings.Join(groups, ", "), filepath.Join(dir, "aws")))
 	na := env.StartNode(b, awsNode, 10259, "--config", cfg)
 	nq := env.StartNode(b, qemuNode, 10260, "--backend", "qemu", "--insecure-registry", reg,
-		"--qemu-runtime-dir", filepath.Join(dir, "run"), "--qemu-bridge", "i2kitab", "--pod-cidr", "10.97.0.0/24",
+		"--qemu-runtime-dir", filepath.Join(dir, "run"), "--qemu-bridge", "i2kitab", "--pod-cidr", "10.99.0.0/24",
 		"--image-store", filepath.Join(dir, "qemu-images"))
 	if _, err := env.WaitNodeReady(ctx, awsNode, 30*time.Second); err != nil {
 		b.Fatalf("node %s not ready: %v\n%s", awsNode, err, na.Log())
