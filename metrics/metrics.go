@@ -71,6 +71,10 @@ const maxCodes = 64
 // codeOther is the error code of an error whose code is malformed or past maxCodes.
 const codeOther = "Other"
 
+// ownCodes are the codes the node gives failures with no answer from the cloud (provider/aws's CodeTransport and
+// CodeCanceled): always themselves, outside maxCodes, so that a burst of odd cloud codes cannot hide them.
+var ownCodes = map[string]bool{"Transport": true, "Canceled": true}
+
 // codeName is what an error code label may hold: AWS's codes are words, with dots ("InvalidInstanceID.NotFound").
 var codeName = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9._-]{0,63}$`)
 
@@ -233,6 +237,9 @@ func (m *Metrics) APICall(service, operation string, d time.Duration, code strin
 
 // boundCode is code as a label value: itself when well formed and among the first maxCodes seen, else codeOther.
 func (m *Metrics) boundCode(code string) string {
+	if ownCodes[code] {
+		return code
+	}
 	if !codeName.MatchString(code) {
 		return codeOther
 	}

@@ -219,6 +219,15 @@ func TestErrorCodesAreBounded(t *testing.T) {
 	if got, _ := value(fams, "i2kit_cloud_api_errors_total", "code=Code0", "operation=RunInstances", "service=ec2"); got != 1 {
 		t.Errorf("Code0 = %v, want 1", got)
 	}
+	// The node's own codes stay themselves past the bound.
+	m.APICall("ec2", "RunInstances", time.Millisecond, "Transport")
+	m.APICall("ec2", "RunInstances", time.Millisecond, "Canceled")
+	fams = scrape(t, m)
+	for _, code := range []string{"Transport", "Canceled"} {
+		if got, _ := value(fams, "i2kit_cloud_api_errors_total", "code="+code, "operation=RunInstances", "service=ec2"); got != 1 {
+			t.Errorf("%s past the bound = %v, want 1", code, got)
+		}
+	}
 }
 
 // TestNilMetricsRecordNothing: a nil *Metrics (a builder outside a node) is safe to call.

@@ -106,10 +106,7 @@ func lead(ctx context.Context, client kubernetes.Interface, lc LeaderElectionCon
 		stop()
 		releaseLease(client, lc, logger)
 		return err
-	case <-ended:
-		if stopping.Load() { // cannot happen: only the cases above stop the elector
-			return <-result
-		}
+	case <-ended: // only the cases above stop the elector: this end is a loss
 		stopRun()
 		<-result
 		return ErrLeaseLost

@@ -415,11 +415,12 @@ func (c *Client) PortForward(ctx context.Context, port int, rw io.ReadWriter) er
 
 // PowerOff asks the agent to stop every container within grace and power the VM off.
 func (c *Client) PowerOff(ctx context.Context, grace time.Duration) error {
+	closedBefore := c.sess.IsClosed()
 	resp, err := c.do(ctx, http.MethodPost, "/v1/poweroff", url.Values{"grace": {grace.String()}}, nil, nil)
 	if err != nil {
 		// An agent with nothing to stop powers off at once, and the end of its session can overtake its answer on
-		// the host's side of the stream: the session's end is then the answer.
-		if errors.Is(err, yamux.ErrSessionShutdown) || c.sess.IsClosed() {
+		// the host's side of the stream: the session's end is then the answer — if it ended after the request.
+		if !closedBefore && (errors.Is(err, yamux.ErrSessionShutdown) || c.sess.IsClosed()) {
 			return nil
 		}
 		return err

@@ -178,4 +178,8 @@ func TestPowerOffWhenTheSessionEndsFirst(t *testing.T) {
 	if _, err := c.Status(context.Background()); err == nil {
 		t.Error("Status over an ended session succeeded")
 	}
+	// A session that had ended before the request is no answer: the request never reached the agent.
+	if err := c.PowerOff(context.Background(), time.Second); err == nil {
+		t.Error("PowerOff over a session that had already ended succeeded")
+	}
 }

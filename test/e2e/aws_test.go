@@ -61,35 +61,9 @@ func TestAWSBackend(t *testing.T) {
 	dir := t.TempDir()
 	cloud := startCloud(t, dir)
 
-	// The node's credentials come from the SDK's default chain: the environment here, as on a machine with keys.
-	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDE2E")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "e2e-secret-key")
-	t.Setenv("AWS_EC2_METADATA_DISABLED", "true") // the namespace's 169.254.169.254 is the instances', not the node's
 	const nodeName = "i2kit-aws"
-	var subnets, groups []string
-	for _, s := range ec2.DefaultSubnets() {
-		subnets = append(subnets, s.ID)
-	}
-	for _, g := range ec2.DefaultSecurityGroups() {
-		groups = append(groups, g.ID)
-	}
 	// gcMinAge takes any positive duration; the node's own bound (30 s, two sweeps 30 s apart) is then the one.
-	cfg := env.WriteFile(t, "aws.yaml", fmt.Sprintf(`backend: aws
-loadBalancers: {enabled: false}
-images:
-  store: %s
-  insecureRegistries: [%q]
-aws:
-  region: us-east-1
-  cluster: e2e
-  endpoint: %s
-  subnets: [%s]
-  securityGroups: [%s]
-  instanceTypes: [t3]
-  stateDir: %s
-  syncPeriod: 2s
-  gcMinAge: 1s
-`, filepath.Join(dir, "images"), reg, cloud.url, strings.Join(subnets, ", "), strings.Join(groups, ", "), filepath.Join(dir, "aws")))
+	cfg := cloud.nodeConfig(t, "e2e", reg, dir, "  syncPeriod: 2s\n  gcMinAge: 1s\n")
 	startNode := func() *harness.Node {
 		n := env.StartNode(t, nodeName, 10256, "--config", cfg)
 		if _, err := env.WaitNodeReady(ctx, nodeName, 30*time.Second); err != nil {
@@ -318,6 +292,39 @@ aws:
 	}
 }
 
+// nodeConfig writes the configuration file of a node with backend aws on the cloud (cluster, the cloud's default
+// subnets and security group, t3 instances, its image store and state in dir, reg an insecure registry) with extra
+// lines of the aws section, and gives the node its credentials through the SDK's default chain: the environment,
+// as on a machine with keys.
+func (c *awsCloud) nodeConfig(t testing.TB, cluster, reg, dir, extra string) string {
+	t.Helper()
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKID"+strings.ToUpper(cluster))
+	t.Setenv("AWS_SECRET_ACCESS_KEY", cluster+"-secret-key")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true") // the namespace's 169.254.169.254 is the instances', not the node's
+	var subnets, groups []string
+	for _, s := range ec2.DefaultSubnets() {
+		subnets = append(subnets, s.ID)
+	}
+	for _, g := range ec2.DefaultSecurityGroups() {
+		groups = append(groups, g.ID)
+	}
+	return env.WriteFile(t, cluster+"-aws.yaml", fmt.Sprintf(`backend: aws
+loadBalancers: {enabled: false}
+images:
+  store: %s
+  insecureRegistries: [%q]
+aws:
+  region: us-east-1
+  cluster: %s
+  endpoint: %s
+  subnets: [%s]
+  securityGroups: [%s]
+  instanceTypes: [t3]
+  stateDir: %s
+%s`, filepath.Join(dir, cluster+"-images"), reg, cluster, c.url, strings.Join(subnets, ", "), strings.Join(groups, ", "),
+		filepath.Join(dir, "aws"), extra))
+}
+
 // startCloud runs the local EC2 with QEMU instances for the test; it is closed (every VM ended) when the test
 // ends, after the node has stopped.
 func startCloud(t testing.TB, dir string) *awsCloud {
@@ -337,11 +344,7 @@ func startCloudOn(t testing.TB, dir, bridgePrefix string) *awsCloud {
 			t.Errorf("closing the VM runner: %v", err)
 		}
 	})
-	blocks := filepath.Join(dir, "blocks")
-	if err := os.Mkdir(blocks, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	srv := ec2.New(ec2.Options{Runner: r, BlockDir: blocks})
+	srv := ec2.New(ec2.Options{Runner: r, BlockDir: filepath.Join(dir, "blocks")})
 	r.Attach(srv)
 	hs := httptest.NewServer(srv)
 	t.Cleanup(hs.Close)

@@ -6,14 +6,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
 	sdkaws "github.com/aws/aws-sdk-go-v2/aws"
 	awsec2 "github.com/aws/aws-sdk-go-v2/service/ec2"
 
-	"github.com/i2kit/i2kit/devcloud/ec2"
 	"github.com/i2kit/i2kit/vmimage/kernel"
 )
 
@@ -38,32 +36,8 @@ func BenchmarkAWSPodCreate(b *testing.B) {
 	reg := localRegistry(b)
 	dir := b.TempDir()
 	cloud := startCloudOn(b, dir, "i2kawsb")
-	b.Setenv("AWS_ACCESS_KEY_ID", "AKIDBENCH")
-	b.Setenv("AWS_SECRET_ACCESS_KEY", "bench-secret-key")
-	b.Setenv("AWS_EC2_METADATA_DISABLED", "true") // the namespace's 169.254.169.254 is the instances'
-
 	const awsNode, qemuNode = "i2kit-bench-aws", "i2kit-bench-qemu"
-	var subnets, groups []string
-	for _, s := range ec2.DefaultSubnets() {
-		subnets = append(subnets, s.ID)
-	}
-	for _, g := range ec2.DefaultSecurityGroups() {
-		groups = append(groups, g.ID)
-	}
-	cfg := env.WriteFile(b, "aws-bench.yaml", fmt.Sprintf(`backend: aws
-loadBalancers: {enabled: false}
-images:
-  store: %s
-  insecureRegistries: [%q]
-aws:
-  region: us-east-1
-  cluster: bench
-  endpoint: %s
-  subnets: [%s]
-  securityGroups: [%s]
-  instanceTypes: [t3]
-  stateDir: %s
-`, filepath.Join(dir, "aws-images"), reg, cloud.url, strings.Join(subnets, ", "), strings.Join(groups, ", "), filepath.Join(dir, "aws")))
+	cfg := cloud.nodeConfig(b, "bench", reg, dir, "")
 	na := env.StartNode(b, awsNode, 10259, "--config", cfg)
 	nq := env.StartNode(b, qemuNode, 10260, "--backend", "qemu", "--insecure-registry", reg,
 		"--qemu-runtime-dir", filepath.Join(dir, "run"), "--qemu-bridge", "i2kitab", "--pod-cidr", "10.99.0.0/24",

@@ -3,9 +3,7 @@ package vm
 import (
 	"context"
 	"net/http"
-	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -17,12 +15,9 @@ import (
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
 	"github.com/i2kit/i2kit/devcloud/ec2"
-	"github.com/i2kit/i2kit/devcloud/ec2/vmrunner"
 	"github.com/i2kit/i2kit/provider/aws"
 	"github.com/i2kit/i2kit/provider/vm"
 	"github.com/i2kit/i2kit/provider/vm/vmtest"
-	"github.com/i2kit/i2kit/vmimage"
-	"github.com/i2kit/i2kit/vmimage/kernel"
 )
 
 // TestAWSBackendConformance runs the backend conformance kit against the aws backend as the node opens it
@@ -31,63 +26,18 @@ import (
 // the real agent reading its user-data over IMDSv2 and serving TLS on the instance's private address. The image
 // is published once, before the kit; every VM of the kit boots from that AMI.
 func TestAWSBackendConformance(t *testing.T) {
-	const ovmf = "/usr/share/ovmf/OVMF.fd"
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: bridges, TAPs, DHCP and the metadata address")
-	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Skipf("qemu-system-x86_64 is required (make deps installs it): %v", err)
-	}
-	if _, err := os.Stat(ovmf); err != nil {
-		t.Skipf("OVMF is required: %v", err)
-	}
-	vmlinux, err := kernel.Vmlinux()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bzImage, err := kernel.BzImage()
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
 	dir := t.TempDir()
-	st, err := vmimage.OpenStore(filepath.Join(dir, "store"), 10, 1<<30)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bl := &vmimage.Builder{Store: st, Source: &vmimage.Source{AllowLocalLayouts: true}, Kernel: vmlinux, BzImage: bzImage,
-		Agent: buildAgent(t, dir)}
-	img, err := bl.Ensure(ctx, &vmimage.Spec{Services: []vmimage.Container{{Name: "web", Image: "oci:" + ociLayout(t, dir)}}}, aws.Format)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	runner, err := vmrunner.New(vmrunner.Config{StateDir: filepath.Join(dir, "instances"), OVMF: ovmf, MaxMemoryMiB: 256,
-		BridgePrefix: "i2kconf"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := runner.Close(); err != nil {
-			t.Errorf("closing the runner: %v", err)
-		}
-	})
-	blocks := filepath.Join(dir, "blocks")
-	if err := os.Mkdir(blocks, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	srv := ec2.New(ec2.Options{Runner: runner, BlockDir: blocks})
-	runner.Attach(srv)
-	hs := httptest.NewServer(srv)
-	t.Cleanup(hs.Close)
+	img := ec2Image(t, dir)
+	srv, url := localCloud(t, dir, "i2kconf")
 
 	// The namespace's 169.254.169.254 is the instances' metadata service, not the node's: the SDK must not ask it.
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 	creds := credentials.NewStaticCredentialsProvider("AKIDCONF", "conformance-secret", "")
 	httpc := &http.Client{Transport: ec2.BufferRequestBodies(http.DefaultTransport)}
 	ec2c := awsec2.NewFromConfig(sdkaws.Config{Region: "us-east-1", Credentials: creds, HTTPClient: httpc},
-		func(o *awsec2.Options) { o.BaseEndpoint = sdkaws.String(hs.URL) })
-	cfg := aws.Config{Region: "us-east-1", Cluster: "conformance", Node: "i2kit-conformance", Endpoint: hs.URL,
+		func(o *awsec2.Options) { o.BaseEndpoint = sdkaws.String(url) })
+	cfg := aws.Config{Region: "us-east-1", Cluster: "conformance", Node: "i2kit-conformance", Endpoint: url,
 		Subnets: []string{ec2.DefaultSubnets()[0].ID}, SecurityGroups: []string{ec2.DefaultSecurityGroups()[0].ID},
 		InstanceTypes: []string{"t3"}, StateDir: filepath.Join(dir, "aws")}
 	cfg.SyncPeriod.Duration = time.Second // an instance ended from outside shows within a second

@@ -17,9 +17,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -36,9 +34,6 @@ import (
 
 	"github.com/i2kit/i2kit/agent/boot"
 	"github.com/i2kit/i2kit/devcloud/ec2"
-	"github.com/i2kit/i2kit/devcloud/ec2/vmrunner"
-	"github.com/i2kit/i2kit/vmimage"
-	"github.com/i2kit/i2kit/vmimage/kernel"
 )
 
 // TestEC2InstanceBootsFromSnapshot is the local EC2 with real instances: an ec2-format image uploaded with the EBS
@@ -46,53 +41,13 @@ import (
 // NVMe volume, takes its private address by DHCP, reads its user-data from the metadata service, prints its key on
 // the console that GetConsoleOutput serves, and serves TLS on its address; terminating it ends the VM.
 func TestEC2InstanceBootsFromSnapshot(t *testing.T) {
-	const ovmf = "/usr/share/ovmf/OVMF.fd"
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: bridges, TAPs, DHCP and the metadata address")
-	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Skipf("qemu-system-x86_64 is required (make deps installs it): %v", err)
-	}
-	if _, err := os.Stat(ovmf); err != nil {
-		t.Skipf("OVMF is required: %v", err)
-	}
-	vmlinux, err := kernel.Vmlinux()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bzImage, err := kernel.BzImage()
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	st, err := vmimage.OpenStore(filepath.Join(dir, "store"), 10, 1<<30)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &vmimage.Builder{Store: st, Source: &vmimage.Source{AllowLocalLayouts: true}, Kernel: vmlinux, BzImage: bzImage,
-		Agent: buildAgent(t, dir)}
-	img, err := b.Ensure(context.Background(), &vmimage.Spec{Services: []vmimage.Container{{Name: "web", Image: "oci:" + ociLayout(t, dir)}}}, "ec2")
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	runner, err := vmrunner.New(vmrunner.Config{StateDir: filepath.Join(dir, "instances"), OVMF: ovmf, MaxMemoryMiB: 256})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := runner.Close(); err != nil {
-			t.Errorf("closing the runner: %v", err)
-		}
-	})
-	srv := ec2.New(ec2.Options{Runner: runner})
-	runner.Attach(srv)
-	hs := httptest.NewServer(srv)
-	t.Cleanup(hs.Close)
+	img := ec2Image(t, dir)
+	srv, url := localCloud(t, dir, "")
 	cfg := aws.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("AKID", "SECRET", ""),
 		HTTPClient: &http.Client{Transport: ec2.BufferRequestBodies(http.DefaultTransport)}}
-	ec2c := awsec2.NewFromConfig(cfg, func(o *awsec2.Options) { o.BaseEndpoint = aws.String(hs.URL) })
-	ebsc := ebs.NewFromConfig(cfg, func(o *ebs.Options) { o.BaseEndpoint = aws.String(hs.URL) })
+	ec2c := awsec2.NewFromConfig(cfg, func(o *awsec2.Options) { o.BaseEndpoint = aws.String(url) })
+	ebsc := ebs.NewFromConfig(cfg, func(o *ebs.Options) { o.BaseEndpoint = aws.String(url) })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
