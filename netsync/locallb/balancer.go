@@ -150,7 +150,7 @@ func (b *Balancer) ensureRules(svc netsync.ServiceKey, ps []port) (ingress, prev
 	if err != nil {
 		return netip.Addr{}, netip.Addr{}, nil, err
 	}
-	recs, err := b.records(c)
+	recs, err := b.records(c, chains)
 	if err != nil {
 		return netip.Addr{}, netip.Addr{}, nil, err
 	}
@@ -238,7 +238,11 @@ func (b *Balancer) delete(svc netsync.ServiceKey) error {
 	if err != nil {
 		return fmt.Errorf("opening nftables, %w", err)
 	}
-	recs, err := b.records(c)
+	chains, err := b.chains(c)
+	if err != nil {
+		return err
+	}
+	recs, err := b.records(c, chains)
 	if err != nil {
 		return err
 	}
@@ -257,10 +261,6 @@ func (b *Balancer) delete(svc netsync.ServiceKey) error {
 		if err := b.delAddress(r.Ingress); err != nil {
 			return err
 		}
-	}
-	chains, err := b.chains(c)
-	if err != nil {
-		return err
 	}
 	switch {
 	case others == 0 && len(chains) > 0:
@@ -296,7 +296,11 @@ func (b *Balancer) List(ctx context.Context) ([]netsync.ServiceKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing load balancers: opening nftables, %w", err)
 	}
-	recs, err := b.records(c)
+	chains, err := b.chains(c)
+	if err != nil {
+		return nil, fmt.Errorf("listing load balancers, %w", err)
+	}
+	recs, err := b.records(c, chains)
 	if err != nil {
 		return nil, fmt.Errorf("listing load balancers, %w", err)
 	}
@@ -332,11 +336,7 @@ type taggedRecord struct {
 
 // records reads the records of the services chain; none when the table does not exist. A rule whose comment is
 // not a record is not ours to interpret and is skipped.
-func (b *Balancer) records(c *nftables.Conn) ([]taggedRecord, error) {
-	chains, err := b.chains(c)
-	if err != nil {
-		return nil, err
-	}
+func (b *Balancer) records(c *nftables.Conn, chains map[string]bool) ([]taggedRecord, error) {
 	if !chains[servicesChain] {
 		return nil, nil
 	}

@@ -390,7 +390,12 @@ func TestBalancer(t *testing.T) {
 		t.Fatalf("after a restart the Service moved from %s to %s", ip, again)
 	}
 	spread(t, func() (string, error) { return askTCP(web) }, "c")
-	if recs, err := b.records(mustConn(t)); err != nil || len(recs) != 1 {
+	c := mustConn(t)
+	chains, err := b.chains(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if recs, err := b.records(c, chains); err != nil || len(recs) != 1 {
 		t.Fatalf("after four Ensures the Service has %d records (%v), want one", len(recs), err)
 	}
 
@@ -418,7 +423,7 @@ func TestBalancer(t *testing.T) {
 		t.Fatalf("List = %v, want [%v]", got, other)
 	}
 	spread(t, func() (string, error) { return askTCP(netip.AddrPortFrom(ip2, 80).String()) }, "d")
-	chains, err := b.chains(mustConn(t))
+	chains, err = b.chains(mustConn(t))
 	if err != nil {
 		t.Fatal(err)
 	}

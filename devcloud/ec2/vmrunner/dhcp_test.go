@@ -5,6 +5,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/i2kit/i2kit/devcloud/ec2"
 )
 
 // clientMessage builds a client's DHCP message as the kernel's ip=dhcp does, with the given options.
@@ -126,5 +128,22 @@ func TestParseDHCPRefusesMalformed(t *testing.T) {
 	}
 	if _, err := parseDHCP(good); err != nil {
 		t.Errorf("a good DISCOVER: %v", err)
+	}
+}
+
+// TestLeaseOnItsSubnetOnly: a DHCP request names its MAC address itself; the lease of an instance is given only on
+// its own subnet's bridge, never to a guest on another subnet that asks with its MAC.
+func TestLeaseOnItsSubnetOnly(t *testing.T) {
+	_, cidrA, _ := net.ParseCIDR("10.0.1.0/24")
+	_, cidrB, _ := net.ParseCIDR("10.0.2.0/24")
+	a := &subnet{bridge: "a", cidr: cidrA, gw: net.IPv4(10, 0, 1, 1)}
+	b := &subnet{bridge: "b", cidr: cidrB, gw: net.IPv4(10, 0, 2, 1)}
+	v := &vm{inst: ec2.Instance{ID: "i-1", PrivateIP: "10.0.1.7"}, subnet: a}
+	r := &Runner{byMAC: map[string]*vm{"52:54:00:00:00:01": v}}
+	if l, ok := r.lease(a, "52:54:00:00:00:01"); !ok || !l.IP.Equal(net.IPv4(10, 0, 1, 7)) {
+		t.Errorf("lease on its own subnet: %+v %v", l, ok)
+	}
+	if l, ok := r.lease(b, "52:54:00:00:00:01"); ok {
+		t.Errorf("lease given on another subnet: %+v", l)
 	}
 }

@@ -136,10 +136,7 @@ func serveDHCP(pc net.PacketConn, serverID net.IP, lease func(mac string) (dhcpL
 	for {
 		n, _, err := pc.ReadFrom(buf)
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
+			return // closed with its subnet; an unbound UDP socket has no other error to wait out
 		}
 		req, err := parseDHCP(buf[:n])
 		if err != nil {

@@ -239,7 +239,7 @@ func (r *Runner) subnetLocked(cidr *net.IPNet) (*subnet, error) {
 		}
 	}
 	r.subnets[cidr.String()] = sn
-	go serveDHCP(pc, sn.gw, r.lease)
+	go serveDHCP(pc, sn.gw, func(mac string) (dhcpLease, bool) { return r.lease(sn, mac) })
 	return sn, nil
 }
 
@@ -405,12 +405,13 @@ func (r *Runner) Close() error {
 	return errors.Join(errs...)
 }
 
-// lease is the DHCP lease of the instance with that MAC address.
-func (r *Runner) lease(mac string) (dhcpLease, bool) {
+// lease is the DHCP lease of the instance with that MAC address on subnet sn, whose bridge the request came in by:
+// the MAC is the guest's word, and a guest must not learn another subnet's instance's address that way.
+func (r *Runner) lease(sn *subnet, mac string) (dhcpLease, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	v, ok := r.byMAC[mac]
-	if !ok {
+	if !ok || v.subnet != sn {
 		return dhcpLease{}, false
 	}
 	return dhcpLease{IP: net.ParseIP(v.inst.PrivateIP).To4(), Mask: v.subnet.cidr.Mask, Router: v.subnet.gw,
