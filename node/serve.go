@@ -105,11 +105,14 @@ func kubeletMux(metrics http.Handler) *http.ServeMux {
 
 // handler serves /healthz and the provider's routes behind auth.
 func handler(auth nodeutil.Auth, mux *http.ServeMux) http.Handler {
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		w.Write([]byte("ok")) //nolint:errcheck
-	})
+	mux.HandleFunc("/healthz", healthz)
 	return nodeutil.WithAuth(auth, mux)
+}
+
+// healthz answers 200 "ok": the process runs and its configuration was valid.
+func healthz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain")
+	w.Write([]byte("ok")) //nolint:errcheck
 }
 
 // servePlain serves over plain HTTP, without authentication, until ctx ends: /healthz on c.HealthzAddress, for
@@ -133,10 +136,7 @@ func servePlain(ctx context.Context, c Config, metrics http.Handler) error {
 		return s.mux
 	}
 	if c.HealthzAddress != "" {
-		at(c.HealthzAddress, "healthzAddress").HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-			w.Header().Set("Content-Type", "text/plain")
-			w.Write([]byte("ok")) //nolint:errcheck
-		})
+		at(c.HealthzAddress, "healthzAddress").HandleFunc("GET /healthz", healthz)
 	}
 	if c.MetricsAddress != "" {
 		at(c.MetricsAddress, "metricsAddress").Handle("GET /metrics", metrics)
