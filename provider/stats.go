@@ -172,7 +172,9 @@ const (
 // node_, pod_ and container_ cpu_usage_seconds_total (counters) and memory_working_set_bytes (gauges) stamped with
 // the sample's time in ms, container_start_time_seconds (a gauge, unstamped), and scrape_error and
 // resource_scrape_error at 0 (the kubelet serves both until scrape_error is hidden). Families are sorted by name
-// and their metrics by labels, as a Prometheus registry gathers them.
+// and their metrics by labels, as a Prometheus registry gathers them. Labels are written namespace, pod[, container],
+// not sorted by name as a registry would: virtual-kubelet's own e2e suite reads the pod's name from the second label,
+// and any order is valid exposition.
 //
 // metrics-server drops a whole pod when any of its containers reports zero CPU or zero memory, so a container
 // with neither (its cgroup not made yet, or gone) is left out here, as the kubelet, which lists only live cgroups,
@@ -190,7 +192,6 @@ func resourceMetrics(pods []podStats) []*dto.MetricFamily {
 		for i := 0; i+1 < len(labels); i += 2 {
 			m.Label = append(m.Label, &dto.LabelPair{Name: new(labels[i]), Value: new(labels[i+1])})
 		}
-		sort.Slice(m.Label, func(i, j int) bool { return m.Label[i].GetName() < m.Label[j].GetName() })
 		if typ == dto.MetricType_COUNTER {
 			m.Counter = &dto.Counter{Value: new(v)}
 		} else {
@@ -217,17 +218,17 @@ func resourceMetrics(pods []podStats) []*dto.MetricFamily {
 			}
 			if c.StartTime.Unix() > 0 {
 				add("container_start_time_seconds", helpContainerStart, dto.MetricType_GAUGE,
-					float64(c.StartTime.UnixNano())/float64(time.Second), nil, "container", c.Name, "pod", pod, "namespace", ns)
+					float64(c.StartTime.UnixNano())/float64(time.Second), nil, "namespace", ns, "pod", pod, "container", c.Name)
 			}
 			add("container_cpu_usage_seconds_total", helpContainerCPU, dto.MetricType_COUNTER,
-				seconds(c.CPU.UsageCoreNanoSeconds), &c.CPU.Time, "container", c.Name, "pod", pod, "namespace", ns)
+				seconds(c.CPU.UsageCoreNanoSeconds), &c.CPU.Time, "namespace", ns, "pod", pod, "container", c.Name)
 			add("container_memory_working_set_bytes", helpContainerMem, dto.MetricType_GAUGE,
-				float64(*c.Memory.WorkingSetBytes), &c.Memory.Time, "container", c.Name, "pod", pod, "namespace", ns)
+				float64(*c.Memory.WorkingSetBytes), &c.Memory.Time, "namespace", ns, "pod", pod, "container", c.Name)
 		}
 		add("pod_cpu_usage_seconds_total", helpPodCPU, dto.MetricType_COUNTER,
-			seconds(p.CPU.UsageCoreNanoSeconds), &p.CPU.Time, "pod", pod, "namespace", ns)
+			seconds(p.CPU.UsageCoreNanoSeconds), &p.CPU.Time, "namespace", ns, "pod", pod)
 		add("pod_memory_working_set_bytes", helpPodMemory, dto.MetricType_GAUGE,
-			float64(*p.Memory.WorkingSetBytes), &p.Memory.Time, "pod", pod, "namespace", ns)
+			float64(*p.Memory.WorkingSetBytes), &p.Memory.Time, "namespace", ns, "pod", pod)
 	}
 	add("scrape_error", helpScrapeError, dto.MetricType_GAUGE, 0, nil)
 	add("resource_scrape_error", helpResourceError, dto.MetricType_GAUGE, 0, nil)
@@ -241,7 +242,7 @@ func resourceMetrics(pods []podStats) []*dto.MetricFamily {
 	return out
 }
 
-// statsLabelKey orders metrics by their (sorted) label values, as client_golang does when it gathers.
+// statsLabelKey orders metrics by their label values in the order written.
 func statsLabelKey(m *dto.Metric) string {
 	var b strings.Builder
 	for _, l := range m.Label {

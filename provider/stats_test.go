@@ -270,16 +270,16 @@ scrape_error 0
 		pods: statsFixture(),
 		want: `# HELP container_cpu_usage_seconds_total [STABLE] Cumulative cpu time consumed by the container in core-seconds
 # TYPE container_cpu_usage_seconds_total counter
-container_cpu_usage_seconds_total{container="app",namespace="default",pod="web"} 2.25 1748779200500
-container_cpu_usage_seconds_total{container="pg",namespace="data",pod="db"} 0.5 1748779201500
+container_cpu_usage_seconds_total{namespace="data",pod="db",container="pg"} 0.5 1748779201500
+container_cpu_usage_seconds_total{namespace="default",pod="web",container="app"} 2.25 1748779200500
 # HELP container_memory_working_set_bytes [STABLE] Current working set of the container in bytes
 # TYPE container_memory_working_set_bytes gauge
-container_memory_working_set_bytes{container="app",namespace="default",pod="web"} 8.388608e+07 1748779200500
-container_memory_working_set_bytes{container="pg",namespace="data",pod="db"} 8 1748779201500
+container_memory_working_set_bytes{namespace="data",pod="db",container="pg"} 8 1748779201500
+container_memory_working_set_bytes{namespace="default",pod="web",container="app"} 8.388608e+07 1748779200500
 # HELP container_start_time_seconds [STABLE] Start time of the container since unix epoch in seconds
 # TYPE container_start_time_seconds gauge
-container_start_time_seconds{container="app",namespace="default",pod="web"} 1.7487791105e+09
-container_start_time_seconds{container="pg",namespace="data",pod="db"} 1.7487756005e+09
+container_start_time_seconds{namespace="data",pod="db",container="pg"} 1.7487756005e+09
+container_start_time_seconds{namespace="default",pod="web",container="app"} 1.7487791105e+09
 # HELP node_cpu_usage_seconds_total [STABLE] Cumulative cpu time consumed by the node in core-seconds
 # TYPE node_cpu_usage_seconds_total counter
 node_cpu_usage_seconds_total 13.5 1748779201500

@@ -185,7 +185,7 @@ func testKubectl(t *testing.T, pod corev1.Pod) {
 	if !found {
 		t.Errorf("pod %s not in stats/summary: %s", name, raw)
 	}
-	if m := kubectl(t, "get", "--raw", "/api/v1/nodes/"+pod.Spec.NodeName+"/proxy/metrics/resource"); !strings.Contains(m, `container_memory_working_set_bytes{container="web",namespace="default",pod="`+name+`"}`) {
+	if m := kubectl(t, "get", "--raw", "/api/v1/nodes/"+pod.Spec.NodeName+"/proxy/metrics/resource"); !strings.Contains(m, `container_memory_working_set_bytes{namespace="default",pod="`+name+`",container="web"}`) {
 		t.Errorf("metrics/resource has no working set for pod %s:\n%s", name, m)
 	}
 }
