@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -33,9 +35,10 @@ func (r *runtimeResolver) env(c *corev1.Container) ([]string, map[string]string,
 			cm, err := r.configMap(ef.ConfigMapRef.Name)
 			if err != nil {
 				if skippable(err, ef.ConfigMapRef.Optional) {
+					r.warn(reasonOptionalConfigMapNotFound, "configmap %q not found", ef.ConfigMapRef.Name)
 					continue
 				}
-				return nil, nil, fmt.Errorf("%w (envFrom of container %q)", err, c.Name)
+				return nil, nil, fmt.Errorf("%w (envFrom of container %q)", missingRef(err, "ConfigMap", ef.ConfigMapRef.Name), c.Name)
 			}
 			for _, k := range sortedMapKeys(cm.Data) {
 				if name := ef.Prefix + k; validEnvName(name) {
@@ -46,9 +49,10 @@ func (r *runtimeResolver) env(c *corev1.Container) ([]string, map[string]string,
 			s, err := r.secret(ef.SecretRef.Name)
 			if err != nil {
 				if skippable(err, ef.SecretRef.Optional) {
+					r.warn(reasonOptionalSecretNotFound, "secret %q not found", ef.SecretRef.Name)
 					continue
 				}
-				return nil, nil, fmt.Errorf("%w (envFrom of container %q)", err, c.Name)
+				return nil, nil, fmt.Errorf("%w (envFrom of container %q)", missingRef(err, "Secret", ef.SecretRef.Name), c.Name)
 			}
 			for _, k := range sortedMapKeys(s.Data) {
 				if name := ef.Prefix + k; validEnvName(name) {
@@ -76,7 +80,7 @@ func (r *runtimeResolver) env(c *corev1.Container) ([]string, map[string]string,
 		if val != "" {
 			val = expandVars(val, mapping)
 		} else if e.ValueFrom != nil {
-			v, skip, err := r.envSource(c, e.ValueFrom)
+			v, skip, err := r.envSource(c, e.Name, e.ValueFrom)
 			if err != nil {
 				return nil, nil, fmt.Errorf("%w (env %s of container %q)", err, e.Name, c.Name)
 			}
@@ -170,8 +174,8 @@ func serviceEnvVars(s *corev1.Service) [][2]string {
 	return out
 }
 
-// envSource resolves an env var's valueFrom; skip is an optional reference to what does not exist.
-func (r *runtimeResolver) envSource(c *corev1.Container, src *corev1.EnvVarSource) (val string, skip bool, err error) {
+// envSource resolves the valueFrom of env var name; skip is an optional reference to what does not exist.
+func (r *runtimeResolver) envSource(c *corev1.Container, name string, src *corev1.EnvVarSource) (val string, skip bool, err error) {
 	switch {
 	case src.FieldRef != nil:
 		v, err := r.fieldRef(src.FieldRef)
@@ -183,28 +187,40 @@ func (r *runtimeResolver) envSource(c *corev1.Container, src *corev1.EnvVarSourc
 		ref := src.ConfigMapKeyRef
 		cm, err := r.configMap(ref.Name)
 		if err != nil {
-			return "", skippable(err, ref.Optional), nilIf(skippable(err, ref.Optional), err)
+			if skippable(err, ref.Optional) {
+				r.warn(reasonOptionalConfigMapNotFound, "skipping optional envvar %q: configmap %q not found", name, ref.Name)
+				return "", true, nil
+			}
+			return "", false, missingRef(err, "ConfigMap", ref.Name)
 		}
 		v, ok := cm.Data[ref.Key]
 		if !ok {
 			if ref.Optional != nil && *ref.Optional {
+				r.warn(reasonOptionalConfigMapKeyNotFound, "skipping optional envvar %q: key %q does not exist in configmap %q", name, ref.Key, ref.Name)
 				return "", true, nil
 			}
-			return "", false, fmt.Errorf("couldn't find key %v in ConfigMap %v/%v", ref.Key, r.pod.Namespace, ref.Name)
+			return "", false, &refError{Reason: reasonMandatoryConfigMapKeyNotFound,
+				Message: fmt.Sprintf("key %q does not exist in configmap %q", ref.Key, ref.Name), err: fmt.Errorf("couldn't find key %v in ConfigMap %v/%v", ref.Key, r.pod.Namespace, ref.Name)}
 		}
 		return v, false, nil
 	case src.SecretKeyRef != nil:
 		ref := src.SecretKeyRef
 		s, err := r.secret(ref.Name)
 		if err != nil {
-			return "", skippable(err, ref.Optional), nilIf(skippable(err, ref.Optional), err)
+			if skippable(err, ref.Optional) {
+				r.warn(reasonOptionalSecretNotFound, "skipping optional envvar %q: secret %q not found", name, ref.Name)
+				return "", true, nil
+			}
+			return "", false, missingRef(err, "Secret", ref.Name)
 		}
 		v, ok := s.Data[ref.Key]
 		if !ok {
 			if ref.Optional != nil && *ref.Optional {
+				r.warn(reasonOptionalSecretKeyNotFound, "skipping optional envvar %q: key %q does not exist in secret %q", name, ref.Key, ref.Name)
 				return "", true, nil
 			}
-			return "", false, fmt.Errorf("couldn't find key %v in Secret %v/%v", ref.Key, r.pod.Namespace, ref.Name)
+			return "", false, &refError{Reason: reasonMandatorySecretKeyNotFound,
+				Message: fmt.Sprintf("key %q does not exist in secret %q", ref.Key, ref.Name), err: fmt.Errorf("couldn't find key %v in Secret %v/%v", ref.Key, r.pod.Namespace, ref.Name)}
 		}
 		return string(v), false, nil
 	case src.FileKeyRef != nil:
@@ -213,11 +229,51 @@ func (r *runtimeResolver) envSource(c *corev1.Container, src *corev1.EnvVarSourc
 	return "", false, nil
 }
 
-func nilIf(cond bool, err error) error {
-	if cond {
-		return nil
+// The reasons of the Events virtual-kubelet's own environment resolution emits (internal/podutils/env.go); i2kit
+// resolves the environment itself and emits them beside the kubelet's "Failed", so that tools and virtual-kubelet's
+// e2e suite that wait on them see them.
+const (
+	reasonOptionalConfigMapNotFound     = "OptionalConfigMapNotFound"
+	reasonOptionalConfigMapKeyNotFound  = "OptionalConfigMapKeyNotFound"
+	reasonOptionalSecretNotFound        = "OptionalSecretNotFound"
+	reasonOptionalSecretKeyNotFound     = "OptionalSecretKeyNotFound"
+	reasonMandatoryConfigMapNotFound    = "MandatoryConfigMapNotFound"
+	reasonMandatoryConfigMapKeyNotFound = "MandatoryConfigMapKeyNotFound"
+	reasonMandatorySecretNotFound       = "MandatorySecretNotFound"
+	reasonMandatorySecretKeyNotFound    = "MandatorySecretKeyNotFound"
+)
+
+// envEvent is a Warning Event the resolution of a pod's environment asks for.
+type envEvent struct{ Reason, Message string }
+
+// refError is a mandatory reference to a ConfigMap, a Secret or one of their keys that cannot be resolved; Reason
+// and Message are virtual-kubelet's Event for it.
+type refError struct {
+	Reason, Message string
+	err             error
+}
+
+func (e *refError) Error() string { return e.err.Error() }
+func (e *refError) Unwrap() error { return e.err }
+
+// missingRef wraps a failed lookup of a mandatory ConfigMap or Secret (kind) in a refError when the object does
+// not exist; other errors (the cache not synced, a transport error) are returned as they are.
+func missingRef(err error, kind, name string) error {
+	if !apierrors.IsNotFound(err) {
+		return err
 	}
-	return err
+	if kind == "Secret" {
+		return &refError{Reason: reasonMandatorySecretNotFound, Message: fmt.Sprintf("secret %q not found", name), err: err}
+	}
+	return &refError{Reason: reasonMandatoryConfigMapNotFound, Message: fmt.Sprintf("configmap %q not found", name), err: err}
+}
+
+// warn records an Event for an optional reference that was skipped, once per reason and message.
+func (r *runtimeResolver) warn(reason, format string, args ...any) {
+	ev := envEvent{Reason: reason, Message: fmt.Sprintf(format, args...)}
+	if !slices.Contains(r.warnings, ev) {
+		r.warnings = append(r.warnings, ev)
+	}
 }
 
 // validEnvName is whether an envFrom key (with its prefix) can be a variable. A kubelet of this API version

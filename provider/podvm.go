@@ -37,6 +37,8 @@ type podVM struct {
 	deleting bool
 	// configured is set once an agent took the pod's configuration: containers may run.
 	configured bool
+	// envWarned is set once the Events for the pod's skipped optional env references were emitted.
+	envWarned bool
 
 	// The session with the agent, kept by runSession (session.go).
 	session *agentSession

@@ -33,6 +33,8 @@ type podRuntime struct {
 	Volumes       []protocol.Volume
 	// TokenRefresh is when the earliest service account token in Volumes is due for renewal; zero for none.
 	TokenRefresh time.Time
+	// Warnings are the Events for optional references that were skipped (virtual-kubelet's reasons).
+	Warnings []envEvent
 }
 
 // Defaults the API server fills in; a pod that did not come through it may lack them.
@@ -88,6 +90,7 @@ func resolveRuntime(pod *corev1.Pod, podIP, hostIP string, vmCPUs int, vmMemByte
 			}
 		}
 	}
+	rt.Warnings = r.warnings
 	return rt, nil
 }
 
@@ -107,6 +110,7 @@ type runtimeResolver struct {
 	configMaps map[string]lookupResult[*corev1.ConfigMap]
 	secrets    map[string]lookupResult[*corev1.Secret]
 	serviceEnv map[string]string // nil until first needed
+	warnings   []envEvent
 }
 
 func (r *runtimeResolver) configMap(name string) (*corev1.ConfigMap, error) {

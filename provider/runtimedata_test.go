@@ -1,6 +1,7 @@
 package provider
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -441,5 +442,69 @@ func TestResolveCommandAndArgs(t *testing.T) {
 	}
 	if _, ok := rt.Command["init"]; ok {
 		t.Errorf("a container without a command has one: %q", rt.Command["init"])
+	}
+}
+
+// TestResolveEnvEvents: the Events virtual-kubelet's env resolution emits (its e2e suite waits on them) come with
+// the resolution: a refError with its reason for what is mandatory, a warning for each optional reference skipped.
+func TestResolveEnvEvents(t *testing.T) {
+	cm := func(name, key string, optional bool) corev1.EnvVar {
+		return corev1.EnvVar{Name: "V", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{
+			LocalObjectReference: corev1.LocalObjectReference{Name: name}, Key: key, Optional: rdPtr(optional)}}}
+	}
+	secret := func(name, key string, optional bool) corev1.EnvVar {
+		return corev1.EnvVar{Name: "V", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+			LocalObjectReference: corev1.LocalObjectReference{Name: name}, Key: key, Optional: rdPtr(optional)}}}
+	}
+	for _, tc := range []struct {
+		name    string
+		c       corev1.Container
+		wantErr *refError // Reason and Message
+		want    []envEvent
+	}{
+		{name: "mandatory ConfigMap", c: corev1.Container{Env: []corev1.EnvVar{cm("nocm", "url", false)}},
+			wantErr: &refError{Reason: "MandatoryConfigMapNotFound", Message: `configmap "nocm" not found`}},
+		{name: "mandatory ConfigMap key", c: corev1.Container{Env: []corev1.EnvVar{cm("app-cfg", "nokey", false)}},
+			wantErr: &refError{Reason: "MandatoryConfigMapKeyNotFound", Message: `key "nokey" does not exist in configmap "app-cfg"`}},
+		{name: "mandatory Secret", c: corev1.Container{Env: []corev1.EnvVar{secret("nosecret", "password", false)}},
+			wantErr: &refError{Reason: "MandatorySecretNotFound", Message: `secret "nosecret" not found`}},
+		{name: "mandatory Secret key", c: corev1.Container{Env: []corev1.EnvVar{secret("db", "nokey", false)}},
+			wantErr: &refError{Reason: "MandatorySecretKeyNotFound", Message: `key "nokey" does not exist in secret "db"`}},
+		{name: "mandatory Secret of envFrom", c: corev1.Container{EnvFrom: []corev1.EnvFromSource{
+			{SecretRef: &corev1.SecretEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "nosecret"}}}}},
+			wantErr: &refError{Reason: "MandatorySecretNotFound", Message: `secret "nosecret" not found`}},
+		{name: "optional ones skipped", c: corev1.Container{
+			Env: []corev1.EnvVar{cm("nocm", "url", true), cm("app-cfg", "nokey", true), secret("nosecret", "p", true),
+				secret("db", "nokey", true), cm("nocm", "url", true)},
+			EnvFrom: []corev1.EnvFromSource{{ConfigMapRef: &corev1.ConfigMapEnvSource{
+				LocalObjectReference: corev1.LocalObjectReference{Name: "nocm2"}, Optional: rdPtr(true)}}}},
+			want: []envEvent{
+				{"OptionalConfigMapNotFound", `configmap "nocm2" not found`},
+				{"OptionalConfigMapNotFound", `skipping optional envvar "V": configmap "nocm" not found`},
+				{"OptionalConfigMapKeyNotFound", `skipping optional envvar "V": key "nokey" does not exist in configmap "app-cfg"`},
+				{"OptionalSecretNotFound", `skipping optional envvar "V": secret "nosecret" not found`},
+				{"OptionalSecretKeyNotFound", `skipping optional envvar "V": key "nokey" does not exist in secret "db"`},
+			}},
+		{name: "nothing missing", c: corev1.Container{Env: []corev1.EnvVar{cm("app-cfg", "url", true)}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := rdPod()
+			tc.c.Name = "web"
+			pod.Spec.Containers[0] = tc.c
+			rt, err := rdResolve(t, pod, rdCluster())
+			if tc.wantErr != nil {
+				var re *refError
+				if !errors.As(err, &re) || re.Reason != tc.wantErr.Reason || re.Message != tc.wantErr.Message {
+					t.Fatalf("err = %v (%#v), want a refError %s %q", err, re, tc.wantErr.Reason, tc.wantErr.Message)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(rt.Warnings, tc.want) {
+				t.Errorf("warnings:\n got %q\nwant %q", rt.Warnings, tc.want)
+			}
+		})
 	}
 }

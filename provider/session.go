@@ -160,8 +160,10 @@ func (p *Provider) runSession(ctx context.Context, pod *corev1.Pod, v *podVM) {
 }
 
 // awaitRuntime resolves the pod's runtime data. While something it needs is missing (a ConfigMap not created yet)
-// the containers wait with CreateContainerConfigError and a Warning Event says why, as on a kubelet; the work queue
-// wakes the session when what the pod uses changes.
+// the containers wait with CreateContainerConfigError and a Warning Event says why, as on a kubelet, with
+// virtual-kubelet's own Event beside it (MandatoryConfigMapNotFound, …); the work queue wakes the session when what
+// the pod uses changes. Optional references skipped get virtual-kubelet's Events (OptionalSecretNotFound, …) once
+// per VM.
 func (p *Provider) awaitRuntime(ctx context.Context, pod *corev1.Pod, v *podVM, st vm.Status) (podRuntime, bool) {
 	last := ""
 	for {
@@ -171,11 +173,23 @@ func (p *Provider) awaitRuntime(ctx context.Context, pod *corev1.Pod, v *podVM, 
 		}
 		rt, err := p.resolve(ctx, cur, st)
 		if err == nil {
+			v.mu.Lock()
+			warned := v.envWarned
+			v.envWarned = true
+			v.mu.Unlock()
+			for _, w := range rt.Warnings {
+				if !warned {
+					p.cfg.Events.Event(pod, corev1.EventTypeWarning, w.Reason, w.Message)
+				}
+			}
 			return rt, true
 		}
 		if msg := err.Error(); msg != last {
 			last = msg
 			p.cfg.Events.Event(pod, corev1.EventTypeWarning, "Failed", "Error: "+msg)
+			if re := (*refError)(nil); errors.As(err, &re) {
+				p.cfg.Events.Event(pod, corev1.EventTypeWarning, re.Reason, re.Message)
+			}
 			p.storeIfCurrent(pod, pendingStatus(pod, p.cfg.InternalIP, "CreateContainerConfigError", msg, time.Now()))
 		}
 		p.queue.AddRateLimited(v.uid) // a safety net for changes no event reports

@@ -186,7 +186,9 @@ func testRuntimeData(t *testing.T, nodeName, reg string, nodeLog func() string) 
 			Tolerations: []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
 			Containers: []corev1.Container{{Name: "web", Image: reg + "/hello:1", Env: []corev1.EnvVar{{Name: "X",
 				ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{
-					LocalObjectReference: corev1.LocalObjectReference{Name: "late-cfg"}, Key: "x"}}}}}}}}
+					LocalObjectReference: corev1.LocalObjectReference{Name: "late-cfg"}, Key: "x"}}},
+				{Name: "Y", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+					LocalObjectReference: corev1.LocalObjectReference{Name: "never-secret"}, Key: "y", Optional: new(true)}}}}}}}}
 	if _, err := env.Client.CoreV1().Pods("default").Create(ctx, late, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -201,10 +203,13 @@ func testRuntimeData(t *testing.T, nodeName, reg string, nodeLog func() string) 
 	if err != nil {
 		t.Fatalf("pod with a missing ConfigMap: no CreateContainerConfigError naming it: %v", err)
 	}
+	// virtual-kubelet's own Events for env references come beside the kubelet's (its e2e suite waits on them).
+	waitEvent(t, "waits-for-cfg", "MandatoryConfigMapNotFound")
 	if _, err := cms.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "late-cfg"}, Data: map[string]string{"x": "1"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	waitRunning(t, "waits-for-cfg", nodeLog)
+	waitEvent(t, "waits-for-cfg", "OptionalSecretNotFound")
 	if out := kubectl(t, "exec", "waits-for-cfg", "--", "sh", "-c", "echo $X"); strings.TrimSpace(out) != "1" {
 		t.Errorf("X = %q once the ConfigMap exists", out)
 	}
