@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -504,6 +505,56 @@ func TestKilledBuildLeavesNoEntry(t *testing.T) {
 			if !strings.HasPrefix(e.Name(), "kernel-") {
 				t.Errorf("a killed build left %s/%s", d, e.Name())
 			}
+		}
+	}
+}
+
+// TestDockerHubMirror: a mirror for Docker Hub keyed as users write it (docker.io) serves "app:1", which
+// go-containerregistry files under index.docker.io.
+func TestDockerHubMirror(t *testing.T) {
+	mirror := newRegistry(t, "", "")
+	mirror.push(t, "library/app:1", layer(t, file{"from", "mirror"}))
+	src := &Source{Mirrors: map[string][]string{"docker.io": {mirror.host()}}, Insecure: []string{mirror.host()}}
+	b := newBuilder(t, src, 10, 1<<30)
+	img, err := b.Ensure(context.Background(), spec("app:1"), "direct")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if listDisk(t, img.Disks[0].Path)["from"] != "mirror" {
+		t.Error("content not from the mirror")
+	}
+}
+
+func TestSourceHosts(t *testing.T) {
+	src := &Source{Mirrors: map[string][]string{
+		"docker.io":            {"m1"},
+		"registry-1.docker.io": {"m2"},
+		"quay.io":              {"q1", "q2"},
+		"dockerhub":            {"never"},
+	}}
+	for _, tc := range []struct {
+		ref  string
+		want []string
+	}{
+		{"nginx:1", []string{"m1", "m2", "index.docker.io"}},
+		{"docker.io/library/nginx:1", []string{"m1", "m2", "index.docker.io"}},
+		{"index.docker.io/library/nginx:1", []string{"m1", "m2", "index.docker.io"}},
+		{"dockerhub/nginx:1", []string{"m1", "m2", "index.docker.io"}},
+		{"quay.io/x/y:1", []string{"q1", "q2", "quay.io"}},
+		{"ghcr.io/x/y:1", []string{"ghcr.io"}},
+	} {
+		r, err := name.ParseReference(tc.ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := src.hosts(r); !slices.Equal(got, tc.want) {
+			t.Errorf("hosts(%s) = %q, want %q", tc.ref, got, tc.want)
+		}
+	}
+	for key, unmatchable := range map[string]bool{"docker.io": false, "localhost": false, "reg:5000": false,
+		"dockerhub": true, "mirror": true} {
+		if got := UnmatchableRegistry(key) != ""; got != unmatchable {
+			t.Errorf("UnmatchableRegistry(%q) = %v, want %v", key, got, unmatchable)
 		}
 	}
 }

@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -122,9 +124,40 @@ func (s *Source) resolve(ctx context.Context, ref string, pod []authn.Keychain) 
 	return nil, fmt.Errorf("resolving image %q: %w", ref, errors.Join(errs...))
 }
 
-// hosts are where r is looked for, in order: its registry's mirrors, then the registry.
+// hosts are where r is looked for, in order: its registry's mirrors, then the registry. Mirrors' keys name
+// registries as users write them: Docker Hub's as docker.io as well as index.docker.io (see RegistryHost).
 func (s *Source) hosts(r name.Reference) []string {
-	return append(append([]string(nil), s.Mirrors[r.Context().RegistryStr()]...), r.Context().RegistryStr())
+	reg := r.Context().RegistryStr()
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(s.Mirrors)) {
+		if RegistryHost(k) == reg {
+			out = append(out, s.Mirrors[k]...)
+		}
+	}
+	return append(out, reg)
+}
+
+// dockerHubAliases are the names Docker Hub goes by; go-containerregistry keys its images by name.DefaultRegistry.
+var dockerHubAliases = []string{"docker.io", "registry-1.docker.io", name.DefaultRegistry}
+
+// RegistryHost is the registry host that image references name as host: Docker Hub's names (docker.io,
+// registry-1.docker.io, index.docker.io) are one, index.docker.io, the registry "nginx:1" and "docker.io/nginx:1"
+// resolve to; any other host is itself.
+func RegistryHost(host string) string {
+	if slices.Contains(dockerHubAliases, strings.ToLower(host)) {
+		return name.DefaultRegistry
+	}
+	return host
+}
+
+// UnmatchableRegistry says why no image reference can name registry host (a mirror's key), or "" when one can:
+// the first component of a reference is a registry only when it has a '.' or a ':' or is localhost; otherwise it is
+// part of a Docker Hub repository ("dockerhub/nginx" is index.docker.io/dockerhub/nginx).
+func UnmatchableRegistry(host string) string {
+	if host == "localhost" || strings.ContainsAny(host, ".:") {
+		return ""
+	}
+	return fmt.Sprintf("no image reference names registry %q: a registry host has a '.' or a ':' or is localhost (Docker Hub is docker.io)", host)
 }
 
 // at is r's repository on host (the registry or one of its mirrors).

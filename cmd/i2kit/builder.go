@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	vklog "github.com/virtual-kubelet/virtual-kubelet/log"
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/i2kit/i2kit/node"
@@ -48,6 +49,9 @@ func newBuilder(c node.ImagesConfig, progress vmimage.Progress) (*vmimage.Builde
 		reg, mirror, ok := strings.Cut(m, "=")
 		if !ok || reg == "" || mirror == "" {
 			return nil, fmt.Errorf("images.mirrors %q: want registry=mirror", m)
+		}
+		if why := vmimage.UnmatchableRegistry(reg); why != "" {
+			vklog.L.Warnf("images.mirrors %q is never used: %s", m, why)
 		}
 		src.Mirrors[reg] = append(src.Mirrors[reg], mirror)
 	}
