@@ -35,7 +35,8 @@ func (r *runtime) runHook(ctx context.Context, c *container, h *protocol.Hook) e
 		}
 		return nil
 	case h.HTTPGet != nil:
-		return probeHTTP(ctx, h.HTTPGet, podIP(), time.Until(deadlineOr(ctx, time.Now().Add(30*time.Second))))
+		_, err := probeHTTP(ctx, h.HTTPGet, podIP(), time.Until(deadlineOr(ctx, time.Now().Add(30*time.Second))))
+		return err
 	case h.SleepSeconds > 0:
 		select {
 		case <-time.After(time.Duration(h.SleepSeconds) * time.Second):
