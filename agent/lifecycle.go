@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,7 +14,8 @@ import (
 	"github.com/i2kit/i2kit/agent/protocol"
 )
 
-// terminationLogMax is what a kubelet keeps of a termination message, and fallbackLines of a log instead.
+// What a kubelet keeps of a termination message: the last terminationLogMax bytes of its file, or, with
+// FallbackToLogsOnError, the last fallbackBytes bytes of the log's last fallbackLines lines.
 const (
 	terminationLogMax = 4096
 	fallbackLines     = 80
@@ -33,7 +35,8 @@ func (r *runtime) runHook(ctx context.Context, c *container, h *protocol.Hook) e
 		}
 		return nil
 	case h.HTTPGet != nil:
-		return probeHTTP(ctx, h.HTTPGet, podIP(), time.Until(deadlineOr(ctx, time.Now().Add(30*time.Second))))
+		_, err := probeHTTP(ctx, h.HTTPGet, podIP(), time.Until(deadlineOr(ctx, time.Now().Add(30*time.Second))))
+		return err
 	case h.SleepSeconds > 0:
 		select {
 		case <-time.After(time.Duration(h.SleepSeconds) * time.Second):
@@ -82,20 +85,82 @@ func terminationLogFile(c *container) string {
 	return filepath.Join(ContainersDir, c.Name, "termination-log")
 }
 
-// terminationMessage is what c said about its end: its termination message file, or with
-// FallbackToLogsOnError and a failure, the end of its log.
+// prepareTerminationLog empties the termination message file at path for a new run, creating it, and makes it
+// writable by anyone, as a kubelet does: the container may run as any user, and the umask would otherwise leave
+// a file only root can write.
+func prepareTerminationLog(path string) error {
+	if err := os.WriteFile(path, nil, 0o666); err != nil {
+		return fmt.Errorf("creating the termination message file, %w", err)
+	}
+	if err := os.Chmod(path, 0o666); err != nil {
+		return fmt.Errorf("making the termination message file writable, %w", err)
+	}
+	return nil
+}
+
+// terminationMessage is what c said about its end, as a kubelet reads it: the end of its termination message
+// file, or, with FallbackToLogsOnError, a failure (code != 0) and an empty file, the end of its log, as written.
 func terminationMessage(c *container, code int) string {
 	if c.rc.TerminationMessagePath == "" {
 		return ""
 	}
-	b, _ := os.ReadFile(terminationLogFile(c))
-	if len(b) > terminationLogMax {
-		b = b[:terminationLogMax]
-	}
-	if len(b) > 0 || c.rc.TerminationMessagePolicy != "FallbackToLogsOnError" || code == 0 || c.logs == nil {
-		return string(b)
-	}
-	var sb strings.Builder
-	c.logs.Read(context.Background(), &sb, crilog.Options{Tail: fallbackLines, LimitBytes: fallbackBytes}) //nolint:errcheck
-	return sb.String()
+	return readTerminationMessage(terminationLogFile(c), c.rc.TerminationMessagePolicy == "FallbackToLogsOnError" && code != 0, c.logs)
 }
+
+// readTerminationMessage reads the last terminationLogMax bytes of the file at path; when that is empty and
+// fallback is set, the last fallbackBytes bytes of the last fallbackLines lines of logs (nil: none) instead.
+// The container wrote the file and the log: neither is read beyond those bounds.
+func readTerminationMessage(path string, fallback bool, logs *crilog.Dir) string {
+	msg, err := readTail(path, terminationLogMax)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Sprintf("Error on reading termination log %s: %v", path, err)
+	}
+	if len(msg) > 0 || !fallback || logs == nil {
+		return string(msg)
+	}
+	tail := &lastBytes{max: fallbackBytes}
+	if err := logs.Read(context.Background(), tail, crilog.Options{Tail: fallbackLines}); err != nil {
+		return fmt.Sprintf("Error on reading termination message from logs: %v", err)
+	}
+	return string(tail.bytes())
+}
+
+// readTail reads at most the last max bytes of the file at path.
+func readTail(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if size := fi.Size(); size > max {
+		if _, err := f.Seek(size-max, io.SeekStart); err != nil {
+			return nil, err
+		}
+	}
+	return io.ReadAll(io.LimitReader(f, max))
+}
+
+// lastBytes keeps the last max bytes written to it.
+type lastBytes struct {
+	b   []byte
+	max int
+}
+
+func (w *lastBytes) Write(p []byte) (int, error) {
+	n := len(p)
+	if len(p) >= w.max {
+		w.b = append(w.b[:0], p[len(p)-w.max:]...)
+		return n, nil
+	}
+	if drop := len(w.b) + len(p) - w.max; drop > 0 {
+		w.b = append(w.b[:0], w.b[drop:]...)
+	}
+	w.b = append(w.b, p...)
+	return n, nil
+}
+
+func (w *lastBytes) bytes() []byte { return w.b }

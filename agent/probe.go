@@ -22,7 +22,9 @@ import (
 
 // Container probes, run as a kubelet runs them: a startup probe holds the others back until it succeeds, a
 // readiness probe sets the container's Ready, and a failed liveness or startup probe kills the container, which
-// then restarts (or not) per the pod's restart policy.
+// then restarts (or not) per the pod's restart policy. Once the pod stops, as a kubelet once the pod is being
+// deleted, liveness and startup probes end quietly (a container being stopped is not killed for failing them),
+// while readiness probes go on, so that the pod reports not ready while it terminates.
 
 // probeSecond is the unit of a probe's times; tests shorten it.
 var probeSecond = time.Second
@@ -151,12 +153,15 @@ func (r *runtime) probeLoop(ctx context.Context, c *container, ended <-chan stru
 	tick := time.NewTicker(probeSeconds(orDefault(p.PeriodSeconds, 10)))
 	defer tick.Stop()
 	for {
-		err := r.runProbe(ctx, c, p)
+		if kind != readinessProbe && r.isStopping() {
+			return
+		}
+		warning, err := r.runProbe(ctx, c, p)
 		if ctx.Err() != nil {
 			return // the run ended while probing: the attempt means nothing
 		}
 		result, changed := t.observe(err == nil)
-		if r.probed(c, ended, kind, p, err, result, changed, started) {
+		if r.probed(c, ended, kind, p, attempt{warning, err}, result, changed, started) {
 			return
 		}
 		select {
@@ -167,9 +172,24 @@ func (r *runtime) probeLoop(ctx context.Context, c *container, ended <-chan stru
 	}
 }
 
+// attempt is what one probe attempt said: err for a failure; warning, with a success, what a kubelet reports as a
+// ProbeWarning (an HTTP probe redirected to another host).
+type attempt struct {
+	warning string
+	err     error
+}
+
+// isStopping reports whether the pod is stopping.
+func (r *runtime) isStopping() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stopping
+}
+
 // probed records a probe attempt in c's status and acts on the probe's result when it changes. It reports
-// whether the probe is done for this run.
-func (r *runtime) probed(c *container, ended <-chan struct{}, kind probeKind, p *protocol.Probe, err error,
+// whether the probe is done for this run. A liveness or startup probe is done, without a word, once the pod
+// stops: a kubelet sets their result to success and stops them when the pod is being deleted.
+func (r *runtime) probed(c *container, ended <-chan struct{}, kind probeKind, p *protocol.Probe, a attempt,
 	result probeResult, changed bool, started chan struct{}) (done bool) {
 	var killed string
 	defer func() {
@@ -184,10 +204,18 @@ func (r *runtime) probed(c *container, ended <-chan struct{}, kind probeKind, p 
 		return true
 	default:
 	}
+	if kind != readinessProbe && r.stopping {
+		return true
+	}
 	dirty := false
-	if err != nil {
+	switch {
+	case a.err != nil:
 		c.status.ProbeFailures++
-		c.status.LastProbeFailure = kind.String() + " probe failed: " + err.Error()
+		c.status.LastProbeFailure = kind.String() + " probe failed: " + a.err.Error()
+		dirty = true
+	case a.warning != "":
+		c.status.ProbeWarnings++
+		c.status.LastProbeWarning = kind.String() + " probe warning: " + a.warning
 		dirty = true
 	}
 	if changed {
@@ -239,12 +267,13 @@ func (r *runtime) killAfter(pid int, ended <-chan struct{}, grace time.Duration)
 	}
 }
 
-// runProbe runs a probe's handler once, within its timeout; nil is a success.
-func (r *runtime) runProbe(ctx context.Context, c *container, p *protocol.Probe) error {
+// runProbe runs a probe's handler once, within its timeout; a nil error is a success, which may come with a
+// warning (see probeHTTP).
+func (r *runtime) runProbe(ctx context.Context, c *container, p *protocol.Probe) (warning string, err error) {
 	timeout := probeSeconds(orDefault(p.TimeoutSeconds, 1))
 	switch {
 	case len(p.Exec) > 0:
-		return r.probeExec(ctx, c, p.Exec, timeout)
+		return "", r.probeExec(ctx, c, p.Exec, timeout)
 	case p.HTTPGet != nil:
 		return probeHTTP(ctx, p.HTTPGet, podIP(), timeout)
 	case p.TCPSocket != nil:
@@ -252,11 +281,11 @@ func (r *runtime) runProbe(ctx context.Context, c *container, p *protocol.Probe)
 		if host == "" {
 			host = podIP()
 		}
-		return probeTCP(ctx, host, p.TCPSocket.Port, timeout)
+		return "", probeTCP(ctx, host, p.TCPSocket.Port, timeout)
 	case p.GRPC != nil:
-		return probeGRPC(ctx, p.GRPC, podIP(), timeout)
+		return "", probeGRPC(ctx, p.GRPC, podIP(), timeout)
 	}
-	return errors.New("the probe has no handler")
+	return "", errors.New("the probe has no handler")
 }
 
 // podIP is the VM's eth0 IPv4 address, the pod's IP, or 127.0.0.1 without one.
@@ -354,8 +383,10 @@ func (w *cappedBuffer) Write(p []byte) (int, error) {
 }
 
 // probeHTTP GETs the action's URL (host, when the action names none); a status in [200, 400) is a success.
-// Redirects are followed on the same host only; one to another host is a success, as a kubelet has it.
-func probeHTTP(ctx context.Context, a *protocol.HTTPGetAction, host string, timeout time.Duration) error {
+// Redirects are followed on the same host only. As a kubelet has it, a redirect status that ends the probe (one to
+// another host) is a success with a warning: "Probe terminated redirects, Response body: " and the body's first
+// probeOutputMax bytes.
+func probeHTTP(ctx context.Context, a *protocol.HTTPGetAction, host string, timeout time.Duration) (warning string, err error) {
 	scheme := strings.ToLower(a.Scheme)
 	if scheme == "" {
 		scheme = "http"
@@ -369,11 +400,11 @@ func probeHTTP(ctx context.Context, a *protocol.HTTPGetAction, host string, time
 	}
 	u, err := url.Parse(scheme + "://" + net.JoinHostPort(host, strconv.Itoa(a.Port)) + path)
 	if err != nil {
-		return err
+		return "", err
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
-		return err
+		return "", err
 	}
 	req.Header.Set("User-Agent", probeUserAgent)
 	req.Header.Set("Accept", "*/*")
@@ -397,16 +428,20 @@ func probeHTTP(ctx context.Context, a *protocol.HTTPGetAction, host string, time
 	}}
 	resp, err := client.Do(req)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer resp.Body.Close()
-	if _, err := io.Copy(io.Discard, io.LimitReader(resp.Body, probeOutputMax)); err != nil {
-		return err
+	body, err := io.ReadAll(io.LimitReader(resp.Body, probeOutputMax))
+	if err != nil {
+		return "", err
 	}
-	if resp.StatusCode >= 200 && resp.StatusCode < 400 {
-		return nil
+	switch {
+	case resp.StatusCode >= 300 && resp.StatusCode < 400:
+		return "Probe terminated redirects, Response body: " + strings.ToValidUTF8(string(body), "\uFFFD"), nil
+	case resp.StatusCode >= 200 && resp.StatusCode < 300:
+		return "", nil
 	}
-	return fmt.Errorf("HTTP probe failed with statuscode: %d", resp.StatusCode)
+	return "", fmt.Errorf("HTTP probe failed with statuscode: %d", resp.StatusCode)
 }
 
 // probeTCP opens a TCP connection to host:port and closes it.

@@ -104,7 +104,7 @@ func TestProbeHTTP(t *testing.T) {
 		}
 	})
 	mux.HandleFunc("/elsewhere", func(w http.ResponseWriter, r *http.Request) {
-		http.Redirect(w, r, "http://probe.invalid/ok", http.StatusFound)
+		http.Redirect(w, r, "http://0.0.0.0/", http.StatusFound)
 	})
 	mux.HandleFunc("/here", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/fail", http.StatusFound) })
 	srv := httptest.NewServer(mux)
@@ -115,27 +115,33 @@ func TestProbeHTTP(t *testing.T) {
 	_, tlsPort := hostPort(t, tls.URL)
 
 	for _, tc := range []struct {
-		name    string
-		action  protocol.HTTPGetAction
-		wantErr string // "" for a success
+		name        string
+		action      protocol.HTTPGetAction
+		wantErr     string // "" for a success
+		wantWarning string
 	}{
-		{"200", protocol.HTTPGetAction{Port: port, Path: "/ok"}, ""},
-		{"path without slash", protocol.HTTPGetAction{Port: port, Path: "ok"}, ""},
-		{"500", protocol.HTTPGetAction{Port: port, Path: "/fail"}, "HTTP probe failed with statuscode: 500"},
-		{"timeout", protocol.HTTPGetAction{Port: port, Path: "/slow"}, "Client.Timeout exceeded"},
-		{"headers", protocol.HTTPGetAction{Port: port, Path: "/headers", Headers: map[string]string{"Host": "example.com", "X-Custom": "yes"}}, ""},
-		{"user agent", protocol.HTTPGetAction{Port: port, Path: "/agent", Headers: map[string]string{"User-Agent": "custom"}}, ""},
-		{"redirect to another host", protocol.HTTPGetAction{Port: port, Path: "/elsewhere"}, ""},
-		{"redirect on the host", protocol.HTTPGetAction{Port: port, Path: "/here"}, "statuscode: 500"},
-		{"https", protocol.HTTPGetAction{Scheme: "HTTPS", Port: tlsPort, Path: "/ok"}, ""},
-		{"explicit host", protocol.HTTPGetAction{Host: "127.0.0.1", Port: port, Path: "/ok"}, ""},
+		{"200", protocol.HTTPGetAction{Port: port, Path: "/ok"}, "", ""},
+		{"path without slash", protocol.HTTPGetAction{Port: port, Path: "ok"}, "", ""},
+		{"500", protocol.HTTPGetAction{Port: port, Path: "/fail"}, "HTTP probe failed with statuscode: 500", ""},
+		{"timeout", protocol.HTTPGetAction{Port: port, Path: "/slow"}, "Client.Timeout exceeded", ""},
+		{"headers", protocol.HTTPGetAction{Port: port, Path: "/headers", Headers: map[string]string{"Host": "example.com", "X-Custom": "yes"}}, "", ""},
+		{"user agent", protocol.HTTPGetAction{Port: port, Path: "/agent", Headers: map[string]string{"User-Agent": "custom"}}, "", ""},
+		// As a kubelet: a success with a warning, and the body as agnhost's redirect (Go's http.Redirect) sends it.
+		{"redirect to another host", protocol.HTTPGetAction{Port: port, Path: "/elsewhere"}, "",
+			"Probe terminated redirects, Response body: <a href=\"http://0.0.0.0/\">Found</a>.\n\n"},
+		{"redirect on the host", protocol.HTTPGetAction{Port: port, Path: "/here"}, "statuscode: 500", ""},
+		{"https", protocol.HTTPGetAction{Scheme: "HTTPS", Port: tlsPort, Path: "/ok"}, "", ""},
+		{"explicit host", protocol.HTTPGetAction{Host: "127.0.0.1", Port: port, Path: "/ok"}, "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			timeout := 5 * time.Second
 			if tc.name == "timeout" {
 				timeout = 50 * time.Millisecond
 			}
-			err := probeHTTP(t.Context(), &tc.action, host, timeout)
+			warning, err := probeHTTP(t.Context(), &tc.action, host, timeout)
+			if warning != tc.wantWarning {
+				t.Errorf("warning %q, want %q", warning, tc.wantWarning)
+			}
 			switch {
 			case tc.wantErr == "" && err != nil:
 				t.Errorf("failed: %v", err)
@@ -455,5 +461,110 @@ func TestProberStartupFailureKillsAfterGrace(t *testing.T) {
 	st, _ := r.status()
 	if cs := st.Containers[0]; cs.Killed != "Container web failed startup probe, will be restarted" || cs.ProbeFailures != 1 {
 		t.Errorf("after the kill: %+v", cs)
+	}
+}
+
+// probeServer serves /live, /ready and /start, each 200 until failed by its switch (then 500), counting its hits.
+type probeServer struct {
+	fail [3]atomic.Bool  // live, ready, start
+	hits [3]atomic.Int32 // live, ready, start
+}
+
+func (s *probeServer) handler(w http.ResponseWriter, r *http.Request) {
+	i := map[string]int{"/live": 0, "/ready": 1, "/start": 2}[r.URL.Path]
+	s.hits[i].Add(1)
+	if s.fail[i].Load() {
+		w.WriteHeader(500)
+	}
+}
+
+func (s *probeServer) probe(t *testing.T, path string, period int32) *protocol.Probe {
+	srv := httptest.NewServer(http.HandlerFunc(s.handler))
+	t.Cleanup(srv.Close)
+	host, port := hostPort(t, srv.URL)
+	return &protocol.Probe{HTTPGet: &protocol.HTTPGetAction{Host: host, Port: port, Path: path}, PeriodSeconds: period,
+		TimeoutSeconds: 100, FailureThreshold: 1}
+}
+
+// TestProberWhileStopping: once the pod stops (as once a kubelet's pod is being deleted), the readiness probe goes
+// on and its failure makes the container not ready, while a failing liveness probe neither kills the container nor
+// says it failed.
+func TestProberWhileStopping(t *testing.T) {
+	s := &probeServer{}
+	r, c := probeRuntime(protocol.ContainerConfig{Name: "web", Readiness: s.probe(t, "/ready", 5), Liveness: s.probe(t, "/live", 1)})
+	_, done := fakeRun(t, r, c, "echo; exec sleep 60")
+	waitFor(t, r, "ready", func(cs protocol.ContainerStatus) bool { return cs.Ready })
+	r.mu.Lock()
+	r.stopping = true // what stop does first
+	r.mu.Unlock()
+	s.fail[0].Store(true)
+	s.fail[1].Store(true)
+	waitFor(t, r, "unready", func(cs protocol.ContainerStatus) bool { return !cs.Ready })
+	// Three more readiness periods: the liveness probe, five times as frequent, would have failed and killed.
+	cs := waitFor(t, r, "readiness failures", func(cs protocol.ContainerStatus) bool { return cs.ProbeFailures >= 4 })
+	if cs.Killed != "" || cs.State.State != protocol.Running || !strings.HasPrefix(cs.LastProbeFailure, "Readiness probe failed") {
+		t.Errorf("while stopping: %+v", cs)
+	}
+	select {
+	case <-done:
+		t.Error("a liveness failure ended the run of a stopping pod")
+	default:
+	}
+}
+
+// TestProberReadyAtOnceAfterStartup: the readiness probe runs as soon as the startup probe succeeds, not a period
+// later (the node conformance spec "should be ready immediately after startupProbe succeeds").
+func TestProberReadyAtOnceAfterStartup(t *testing.T) {
+	s := &probeServer{}
+	s.fail[2].Store(true)
+	startup := s.probe(t, "/start", 1)
+	startup.FailureThreshold = 1000
+	readiness := s.probe(t, "/ready", 100000) // 1000 s: only the first attempt can make it ready within the test
+	r, c := probeRuntime(protocol.ContainerConfig{Name: "web", Startup: startup, Readiness: readiness})
+	fakeRun(t, r, c, "echo; exec sleep 60")
+	waitFor(t, r, "startup failures", func(cs protocol.ContainerStatus) bool { return cs.ProbeFailures >= 2 })
+	if n := s.hits[1].Load(); n != 0 {
+		t.Errorf("the readiness probe ran %d times before the container started", n)
+	}
+	s.fail[2].Store(false)
+	waitFor(t, r, "started", func(cs protocol.ContainerStatus) bool { return cs.Started })
+	waitFor(t, r, "ready", func(cs protocol.ContainerStatus) bool { return cs.Ready })
+}
+
+// TestProberReadinessInitialDelay: a readiness probe, a sidecar's as an app container's, makes the container ready
+// no sooner than its initial delay after the start.
+func TestProberReadinessInitialDelay(t *testing.T) {
+	s := &probeServer{}
+	readiness := s.probe(t, "/ready", 1)
+	readiness.InitialDelaySeconds = 30 // 300 ms
+	r, c := probeRuntime(protocol.ContainerConfig{Name: "web", Readiness: readiness})
+	start := time.Now()
+	fakeRun(t, r, c, "echo; exec sleep 60")
+	waitFor(t, r, "ready", func(cs protocol.ContainerStatus) bool { return cs.Ready })
+	if d := time.Since(start); d < probeSeconds(30) {
+		t.Errorf("ready %s after the start, before the initial delay", d)
+	}
+}
+
+// TestProberWarning: an HTTP liveness probe redirected to another host succeeds with a warning, counted in the
+// status with a kubelet's ProbeWarning message; the container is neither killed nor restarted.
+func TestProberWarning(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "http://0.0.0.0/", http.StatusFound)
+	}))
+	defer srv.Close()
+	host, port := hostPort(t, srv.URL)
+	r, c := probeRuntime(protocol.ContainerConfig{Name: "web", Liveness: &protocol.Probe{
+		HTTPGet: &protocol.HTTPGetAction{Host: host, Port: port, Path: "/redirect"}, PeriodSeconds: 1, TimeoutSeconds: 100, FailureThreshold: 1}})
+	_, done := fakeRun(t, r, c, "echo; exec sleep 60")
+	cs := waitFor(t, r, "warnings", func(cs protocol.ContainerStatus) bool { return cs.ProbeWarnings >= 3 })
+	const want = "Liveness probe warning: Probe terminated redirects, Response body: <a href=\"http://0.0.0.0/\">Found</a>.\n\n"
+	if cs.LastProbeWarning != want || cs.ProbeFailures != 0 || cs.Killed != "" {
+		t.Errorf("after redirects: %+v", cs)
+	}
+	select {
+	case <-done:
+		t.Error("a redirected liveness probe ended the run")
+	default:
 	}
 }

@@ -393,7 +393,7 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 	}
 	if path := c.rc.TerminationMessagePath; path != "" {
 		// Each run starts with an empty message file of its own, bind-mounted where the container writes it.
-		if err := os.WriteFile(terminationLogFile(c), nil, 0o666); err != nil {
+		if err := prepareTerminationLog(terminationLogFile(c)); err != nil {
 			return 0, "", err
 		}
 		mounts = append(mounts, bindMount{Source: terminationLogFile(c), Target: path})

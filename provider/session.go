@@ -202,13 +202,15 @@ func (p *Provider) awaitRuntime(ctx context.Context, pod *corev1.Pod, v *podVM, 
 }
 
 // agentChanged applies the agent's view of the containers to the pod's status, with the Events a kubelet emits.
+// While the pod is being deleted its status still follows the agent's as long as the VM runs (a kubelet goes on
+// reporting readiness while a pod terminates), with the probes' Events only: the containers' ends are the delete's.
 func (p *Provider) agentChanged(pod *corev1.Pod, v *podVM, st protocol.PodStatus) {
 	v.mu.Lock()
 	prev := v.status
 	v.status = &st
 	vst, ids, deleting := v.vm, v.imageIDs, v.deleting
 	v.mu.Unlock()
-	if deleting || vst.State != vm.Running {
+	if vst.State != vm.Running {
 		return
 	}
 	before := map[string]protocol.ContainerStatus{}
@@ -229,6 +231,12 @@ func (p *Provider) agentChanged(pod *corev1.Pod, v *podVM, st protocol.PodStatus
 		if c.ProbeFailures > b.ProbeFailures && c.LastProbeFailure != "" {
 			p.cfg.Events.Event(pod, corev1.EventTypeWarning, "Unhealthy", c.LastProbeFailure)
 		}
+		if c.ProbeWarnings > b.ProbeWarnings && c.LastProbeWarning != "" {
+			p.cfg.Events.Event(pod, corev1.EventTypeWarning, "ProbeWarning", c.LastProbeWarning)
+		}
+		if deleting {
+			continue
+		}
 		if c.Killed != "" && c.Killed != b.Killed {
 			p.cfg.Events.Event(pod, corev1.EventTypeNormal, "Killing", c.Killed)
 		}
@@ -245,7 +253,7 @@ func (p *Provider) agentChanged(pod *corev1.Pod, v *podVM, st protocol.PodStatus
 		}
 	}
 	upd := podStatus(pod, p.cfg.InternalIP, vst, st, ids)
-	if p.storeIfCurrent(pod, upd) && isReady(upd) {
+	if p.storeIfCurrent(pod, upd) && isReady(upd) && !deleting {
 		v.mu.Lock()
 		first := v.awaitReady
 		v.awaitReady = false

@@ -7,8 +7,9 @@
 //
 // where stream is "stdout" or "stderr" and tag is "F" for a full line or "P"
 // for a partial one. A line longer than MaxLine bytes is split into P records
-// ending with an F record; a last line without a newline is written as an F
-// record when its run is closed.
+// ending with an F record; a last line without a newline is written as a P
+// record when its run is closed, as containerd writes it: read back, it ends
+// without the newline the container never wrote (`echo -n DONE` reads "DONE").
 //
 // A Dir keeps one container's logs: one file per run of the container
 // ("<run>.log"), rotated to "<run>.log.1" when it would exceed the Dir's
@@ -410,7 +411,7 @@ func (r *Run) notifyLocked() {
 	r.wake = make(chan struct{})
 }
 
-// Close writes the held partial lines of both streams as full records,
+// Close writes the held unterminated lines of both streams as partial records,
 // closes the file, ends subscriptions and marks the run ended so that
 // followers return. Closing again does nothing.
 func (r *Run) Close() error {
@@ -428,7 +429,7 @@ func (r *Run) Close() error {
 		for i := range r.streams {
 			s := &r.streams[i]
 			if len(s.held) > 0 && err == nil {
-				err = r.appendLocked(ts, s.name, false, s.held)
+				err = r.appendLocked(ts, s.name, true, s.held)
 			}
 			s.held = nil
 		}

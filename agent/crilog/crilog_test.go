@@ -129,7 +129,7 @@ func TestLineSplitting(t *testing.T) {
 			name:        "no trailing newline",
 			writes:      []w{{"stdout", "a\nb"}, {"stderr", "c"}},
 			beforeClose: []string{"stdout F a"},
-			want:        []string{"stdout F a", "stdout F b", "stderr F c"},
+			want:        []string{"stdout F a", "stdout P b", "stderr P c"},
 		},
 		{
 			name:   "streams",
@@ -155,7 +155,7 @@ func TestLineSplitting(t *testing.T) {
 			name:        "long line without newline",
 			writes:      []w{{"stderr", long(2*MaxLine + 3)}},
 			beforeClose: []string{"stderr P " + long(MaxLine), "stderr P " + long(MaxLine)},
-			want:        []string{"stderr P " + long(MaxLine), "stderr P " + long(MaxLine), "stderr F xxx"},
+			want:        []string{"stderr P " + long(MaxLine), "stderr P " + long(MaxLine), "stderr P xxx"},
 		},
 	}
 	for _, tt := range tests {
@@ -204,10 +204,10 @@ func TestRead(t *testing.T) {
 	c.set(at(3))
 	write(t, r, "stderr", "err\n")
 	c.set(at(4))
-	write(t, r, "stdout", "last")
+	write(t, r, "stdout", "last") // unterminated: read back without a newline, as written
 	closeRun(t, r)
 
-	all := "one\ntwo\n" + long + "\nerr\nlast\n"
+	all := "one\ntwo\n" + long + "\nerr\nlast"
 	tests := []struct {
 		name string
 		o    Options
@@ -215,18 +215,18 @@ func TestRead(t *testing.T) {
 	}{
 		{"all", Options{Tail: -1}, all},
 		{"timestamps", Options{Tail: -1, Timestamps: true},
-			ts(0) + "one\n" + ts(1) + "two\n" + ts(2) + long + "\n" + ts(3) + "err\n" + ts(4) + "last\n"},
+			ts(0) + "one\n" + ts(1) + "two\n" + ts(2) + long + "\n" + ts(3) + "err\n" + ts(4) + "last"},
 		{"tail 0", Options{Tail: 0}, ""},
-		{"tail 1", Options{Tail: 1}, "last\n"},
-		{"tail 2", Options{Tail: 2}, "err\nlast\n"},
-		{"tail joins partial chunks", Options{Tail: 3}, long + "\nerr\nlast\n"},
+		{"tail 1", Options{Tail: 1}, "last"},
+		{"tail 2", Options{Tail: 2}, "err\nlast"},
+		{"tail joins partial chunks", Options{Tail: 3}, long + "\nerr\nlast"},
 		{"tail larger than lines", Options{Tail: 100}, all},
-		{"tail with timestamps", Options{Tail: 3, Timestamps: true}, ts(2) + long + "\n" + ts(3) + "err\n" + ts(4) + "last\n"},
-		{"since", Options{Tail: -1, Since: at(2)}, long + "\nerr\nlast\n"},
-		{"since between records", Options{Tail: -1, Since: at(3).Add(-time.Nanosecond)}, "err\nlast\n"},
+		{"tail with timestamps", Options{Tail: 3, Timestamps: true}, ts(2) + long + "\n" + ts(3) + "err\n" + ts(4) + "last"},
+		{"since", Options{Tail: -1, Since: at(2)}, long + "\nerr\nlast"},
+		{"since between records", Options{Tail: -1, Since: at(3).Add(-time.Nanosecond)}, "err\nlast"},
 		{"since after all", Options{Tail: -1, Since: at(5)}, ""},
-		{"since and tail", Options{Tail: 1, Since: at(2)}, "last\n"},
-		{"tail and since", Options{Tail: 4, Since: at(3)}, "err\nlast\n"},
+		{"since and tail", Options{Tail: 1, Since: at(2)}, "last"},
+		{"tail and since", Options{Tail: 4, Since: at(3)}, "err\nlast"},
 		{"limitBytes", Options{Tail: -1, LimitBytes: 6}, "one\ntw"},
 		{"limitBytes at a line end", Options{Tail: -1, LimitBytes: 8}, "one\ntwo\n"},
 		{"limitBytes in a long line", Options{Tail: -1, LimitBytes: 10}, "one\ntwo\nLL"},
@@ -692,7 +692,7 @@ func TestSubscribe(t *testing.T) {
 		{base, "stdout", false, []byte("a")},
 		{base.Add(time.Second), "stderr", true, []byte(strings.Repeat("x", MaxLine))},
 		{base.Add(time.Second), "stderr", false, []byte("x")},
-		{base.Add(time.Second), "stdout", false, []byte("b")}, // flushed by Close
+		{base.Add(time.Second), "stdout", true, []byte("b")}, // flushed by Close, unterminated
 	}
 	var got []Record
 	for rec := range ch { // closed by Close

@@ -234,6 +234,11 @@ type ContainerStatus struct {
 	// as a kubelet's Unhealthy event does ("Liveness probe failed: HTTP probe failed with statuscode: 500").
 	ProbeFailures    int    `json:"probeFailures,omitempty"`
 	LastProbeFailure string `json:"lastProbeFailure,omitempty"`
+	// ProbeWarnings counts the container's probe attempts that succeeded with a warning; LastProbeWarning is the
+	// last one's, as a kubelet's ProbeWarning event says it ("Liveness probe warning: Probe terminated redirects,
+	// Response body: ...", an HTTP probe redirected to another host).
+	ProbeWarnings    int    `json:"probeWarnings,omitempty"`
+	LastProbeWarning string `json:"lastProbeWarning,omitempty"`
 	// Killed says why the agent killed the current run ("Container web failed liveness probe, will be
 	// restarted"); it is cleared when the next run starts.
 	Killed string `json:"killed,omitempty"`
