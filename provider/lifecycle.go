@@ -23,7 +23,11 @@ const launchTimeout = 5 * time.Minute
 // createVM admits a pod, then builds its image and launches its VM in the background: CreatePod must not wait
 // for either. Progress shows in the pod's status and Events, as a kubelet shows pulls and starts.
 func (p *Provider) createVM(ctx context.Context, pod *corev1.Pod) {
-	if why := admit(pod); why != "" {
+	why := admit(pod)
+	if why == "" {
+		_, why = hostPorts(pod, p.forwardsHostPorts())
+	}
+	if why != "" {
 		p.cfg.Events.Event(pod, corev1.EventTypeWarning, ReasonUnsupported, why)
 		p.store(failedStatus(pod, p.cfg.InternalIP, ReasonUnsupported, why, time.Now()))
 		return
@@ -89,8 +93,9 @@ func (p *Provider) startVM(ctx context.Context, v *podVM, pod *corev1.Pod) {
 	lctx, cancel := context.WithTimeout(ctx, launchTimeout)
 	defer cancel()
 	mem, cpus := vmSize(pod)
+	ports, _ := hostPorts(pod, p.forwardsHostPorts()) // admitted by createVM
 	plan := vm.Plan{UID: string(pod.UID), Namespace: pod.Namespace, Name: pod.Name, Image: img, MemoryMiB: mem, CPUs: cpus,
-		Tags: p.tags(pod), Annotations: pod.Annotations}
+		Tags: p.tags(pod), Annotations: pod.Annotations, HostPorts: ports}
 	var err error
 	if pub, ok := p.backend.(vm.Publisher); ok {
 		t0 := time.Now()
@@ -119,6 +124,12 @@ func (p *Provider) startVM(ctx context.Context, v *podVM, pod *corev1.Pod) {
 	}
 	p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "Created", "Created VM with IP %s (%d MiB, %d vCPU)", st.IP, mem, cpus)
 	p.VMChanged(st) // the VM may have been running already: no change will be reported for it
+}
+
+// forwardsHostPorts reports whether the backend honours Plan.HostPorts (vm.HostPortForwarder).
+func (p *Provider) forwardsHostPorts() bool {
+	_, ok := p.backend.(vm.HostPortForwarder)
+	return ok
 }
 
 // Tag keys every VM carries (the backend's inventory).

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,7 +46,10 @@ const (
 // per container image.
 const Format = "direct"
 
-var _ vm.Backend = (*Backend)(nil)
+var (
+	_ vm.Backend           = (*Backend)(nil)
+	_ vm.HostPortForwarder = (*Backend)(nil)
+)
 
 // Backend runs pod VMs as QEMU microVMs on this machine. A VM's lifetime is the backend's, never a request's:
 // QEMU runs in a session of its own and survives a restart of the node, whose new backend adopts it.
@@ -53,6 +57,7 @@ type Backend struct {
 	cfg    Config
 	net    *network
 	filter *tapFilter // keeps each TAP to its VM's MAC and IPv4 address
+	ports  *portForwarder
 	kvm    bool
 	tsc    int
 	cg     *cgroups // nil where the host offers no writable cgroup v2
@@ -75,10 +80,12 @@ type machine struct {
 	rec record
 }
 
-// record is what the runtime directory keeps of a VM (vm.json): its status and QEMU's pid.
+// record is what the runtime directory keeps of a VM (vm.json): its status, QEMU's pid and the host ports
+// forwarded to it, which a restarted backend forwards again.
 type record struct {
 	vm.Status
-	Pid int `json:"pid"`
+	Pid       int           `json:"pid"`
+	HostPorts []vm.HostPort `json:"hostPorts,omitempty"`
 }
 
 // New prepares the bridge and adopts the VMs that still run from RuntimeDir; records of VMs that are gone are
@@ -101,10 +108,17 @@ func New(cfg Config, notify func(vm.Status)) (*Backend, error) {
 	if err := filter.ensure(); err != nil {
 		return nil, fmt.Errorf("qemu backend: filtering the pods' TAPs, %w", err)
 	}
+	ports, err := newPortForwarder(cfg.Bridge, n.cidr)
+	if err != nil {
+		return nil, fmt.Errorf("qemu backend, %w", err)
+	}
+	if err := ports.ensure(); err != nil {
+		return nil, fmt.Errorf("qemu backend: forwarding host ports, %w", err)
+	}
 	if err := os.MkdirAll(cfg.RuntimeDir, 0o700); err != nil {
 		return nil, err
 	}
-	b := &Backend{cfg: cfg, net: n, filter: filter, kvm: HostHasKVM(), tsc: HostTSCkHz(), notify: notify, vms: map[string]*machine{}}
+	b := &Backend{cfg: cfg, net: n, filter: filter, ports: ports, kvm: HostHasKVM(), tsc: HostTSCkHz(), notify: notify, vms: map[string]*machine{}}
 	if b.cg, err = newCgroups(cgroupRoot, filepath.Join(cgroupRoot, cgroupSlice)); err != nil {
 		log.L.WithError(err).Warn("qemu backend: VMs run without a cgroup of their own (no memory or CPU limit beyond QEMU's -m and -smp)")
 	}
@@ -115,11 +129,14 @@ func New(cfg Config, notify func(vm.Status)) (*Backend, error) {
 // Format is the image format the backend boots.
 func (b *Backend) Format() string { return Format }
 
+// ForwardsHostPorts says that Launch forwards Plan.HostPorts to the VM (portForwarder).
+func (b *Backend) ForwardsHostPorts() {}
+
 // adopt rebuilds the VM table from the runtime directory: live QEMU processes are adopted, never relaunched, and
-// their TAPs' filters re-ensured; the filters of TAPs without a live VM are removed.
+// their TAPs' filters and host ports re-ensured; the filters and host ports of VMs that are gone are removed.
 func (b *Backend) adopt() {
 	ents, _ := os.ReadDir(b.cfg.RuntimeDir)
-	keep := map[string]bool{}
+	keep, keepPorts := map[string]bool{}, map[string]bool{}
 	for _, e := range ents {
 		dir := filepath.Join(b.cfg.RuntimeDir, e.Name())
 		raw, err := os.ReadFile(filepath.Join(dir, "vm.json"))
@@ -130,15 +147,19 @@ func (b *Backend) adopt() {
 		if err != nil || rec.UID != e.Name() || !isQEMU(rec.Pid) {
 			b.net.delTap(TAPName(e.Name()))    //nolint:errcheck
 			b.filter.remove(TAPName(e.Name())) //nolint:errcheck
+			b.ports.remove(e.Name())           //nolint:errcheck
 			b.cg.remove(e.Name())              //nolint:errcheck
 			os.RemoveAll(dir)
 			continue
 		}
 		v := &machine{rec: rec, dir: dir, tap: TAPName(rec.UID), exited: make(chan struct{}), launched: make(chan struct{})}
 		close(v.launched)
-		keep[v.tap] = true
+		keep[v.tap], keepPorts[rec.UID] = true, true
 		if err := b.filter.allow(v.tap, macFor(rec.UID), net.ParseIP(rec.IP)); err != nil {
 			log.L.WithError(err).WithField("uid", rec.UID).Error("qemu backend: an adopted VM's TAP is not filtered: its pod may spoof other pods' addresses")
+		}
+		if err := b.ports.add(rec.UID, net.ParseIP(rec.IP), rec.HostPorts); err != nil {
+			log.L.WithError(err).WithField("uid", rec.UID).Error("qemu backend: an adopted VM's host ports are not forwarded")
 		}
 		b.vms[rec.UID] = v
 		go b.waitPidfd(v)
@@ -146,6 +167,9 @@ func (b *Backend) adopt() {
 	}
 	if err := b.filter.retain(keep); err != nil {
 		log.L.WithError(err).Warn("qemu backend: removing the filters of TAPs that are gone")
+	}
+	if err := b.ports.retain(keepPorts); err != nil {
+		log.L.WithError(err).Warn("qemu backend: removing the host ports of VMs that are gone")
 	}
 }
 
@@ -207,6 +231,10 @@ func (b *Backend) Launch(ctx context.Context, p vm.Plan) (vm.Status, error) {
 		}
 		return v.status(), nil
 	}
+	if err := hostPortConflict(p.HostPorts, b.hostPortsLocked()); err != nil {
+		b.mu.Unlock()
+		return vm.Status{}, fmt.Errorf("launching VM, %w", err)
+	}
 	ip, err := b.allocateLocked()
 	if err != nil {
 		b.mu.Unlock()
@@ -214,7 +242,8 @@ func (b *Backend) Launch(ctx context.Context, p vm.Plan) (vm.Status, error) {
 	}
 	dir := filepath.Join(b.cfg.RuntimeDir, p.UID)
 	v := &machine{dir: dir, tap: TAPName(p.UID), exited: make(chan struct{}), launched: make(chan struct{}),
-		rec: record{Status: vm.Status{UID: p.UID, Namespace: p.Namespace, Name: p.Name, IP: ip.String(), State: vm.Booting, Started: time.Now()}}}
+		rec: record{Status: vm.Status{UID: p.UID, Namespace: p.Namespace, Name: p.Name, IP: ip.String(), State: vm.Booting, Started: time.Now()},
+			HostPorts: slices.Clone(p.HostPorts)}}
 	b.vms[p.UID] = v
 	b.mu.Unlock()
 
@@ -224,6 +253,7 @@ func (b *Backend) Launch(ctx context.Context, p vm.Plan) (vm.Status, error) {
 		b.mu.Unlock()
 		b.net.delTap(v.tap)    //nolint:errcheck
 		b.filter.remove(v.tap) //nolint:errcheck
+		b.ports.remove(p.UID)  //nolint:errcheck
 		b.cg.remove(p.UID)     //nolint:errcheck
 		os.RemoveAll(dir)
 		v.failed = true
@@ -242,6 +272,9 @@ func (b *Backend) start(v *machine, p vm.Plan, ip net.IP) error {
 		return err
 	}
 	if err := b.filter.allow(v.tap, macFor(p.UID), ip); err != nil { // before QEMU opens the TAP
+		return err
+	}
+	if err := b.ports.add(p.UID, ip, p.HostPorts); err != nil { // the ports lead to the VM from its first packet
 		return err
 	}
 	img := p.Image
@@ -395,6 +428,9 @@ func (b *Backend) Terminate(ctx context.Context, uid string) error {
 	if err := b.filter.remove(v.tap); err != nil {
 		return fmt.Errorf("terminating VM %s: removing its TAP's filter, %w", uid, err)
 	}
+	if err := b.ports.remove(uid); err != nil {
+		return fmt.Errorf("terminating VM %s, %w", uid, err)
+	}
 	if err := b.cg.remove(uid); err != nil {
 		return fmt.Errorf("terminating VM %s, %w", uid, err)
 	}
@@ -415,7 +451,7 @@ func (b *Backend) update(v *machine, f func(*record)) {
 	f(&v.rec)
 	after := v.rec
 	v.mu.Unlock()
-	if after != before {
+	if after.Status != before.Status || after.Pid != before.Pid { // f never changes HostPorts
 		b.record(v)
 	}
 	if after.Status != before.Status {
@@ -432,6 +468,20 @@ func (b *Backend) record(v *machine) {
 	if os.WriteFile(tmp, raw, 0o600) == nil {
 		os.Rename(tmp, filepath.Join(v.dir, "vm.json")) //nolint:errcheck
 	}
+}
+
+// hostPortsLocked returns the host ports every VM holds, by its pod's namespace/name; a VM holds them until
+// Terminate, also after it exited.
+func (b *Backend) hostPortsLocked() map[string][]vm.HostPort {
+	out := map[string][]vm.HostPort{}
+	for _, v := range b.vms {
+		v.mu.Lock()
+		if len(v.rec.HostPorts) > 0 {
+			out[v.rec.Namespace+"/"+v.rec.Name] = v.rec.HostPorts
+		}
+		v.mu.Unlock()
+	}
+	return out
 }
 
 func (b *Backend) allocateLocked() (net.IP, error) {

@@ -43,6 +43,38 @@ type Plan struct {
 	Tags map[string]string
 	// Annotations are the pod's: a backend reads its own options there (e.g. an instance type).
 	Annotations map[string]string
+	// HostPorts are the node's ports the pod's containers ask for (hostPort), each to be forwarded to the VM's
+	// address at its container port, as the CNI portmap plugin does for a kubelet. Only a backend that is a
+	// HostPortForwarder is given any; the provider refuses the pod on the others.
+	HostPorts []HostPort
+}
+
+// Protocols of a HostPort.
+const (
+	TCP = "TCP"
+	UDP = "UDP"
+)
+
+// HostPort is one port of the node forwarded to a pod's VM: connections (TCP) or datagrams (UDP) to HostIP:Port
+// on the node reach the VM's address at ContainerPort, their source kept.
+type HostPort struct {
+	// Protocol is TCP or UDP.
+	Protocol string `json:"protocol"`
+	// HostIP is the node's IPv4 address the port is forwarded on; "" forwards it on every address of the node,
+	// the loopback's included (a process on the node reaches the pod at localhost:Port).
+	HostIP string `json:"hostIP,omitempty"`
+	// Port is the node's port, ContainerPort the VM's; both in 1..65535.
+	Port          int32 `json:"port"`
+	ContainerPort int32 `json:"containerPort"`
+}
+
+// HostPortForwarder is implemented by backends that honour Plan.HostPorts: Launch forwards each of them to the
+// VM before the VM starts, or fails (a port another VM already holds, a protocol it cannot forward); the
+// forwarding lasts as long as the VM, a restart of the backend included, and Terminate removes it. A backend that
+// is not one (each pod its own cloud instance, with an address of its own: the node's ports are not its to give)
+// is never given a Plan with HostPorts.
+type HostPortForwarder interface {
+	ForwardsHostPorts()
 }
 
 // Status is a VM's observable state.

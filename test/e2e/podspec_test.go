@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -43,6 +44,57 @@ func TestPodSpec(t *testing.T) {
 	t.Run("terminal", func(t *testing.T) { testTerminal(t, nodeName, reg, n.Log) })
 	t.Run("kubectl top", func(t *testing.T) { testKubectlTop(t, nodeName, reg, n.Log) })
 	t.Run("shared process namespace", func(t *testing.T) { testSharedProcessNamespace(t, nodeName, reg, n.Log) })
+	t.Run("host port", func(t *testing.T) { testHostPort(t, nodeName, reg, n.Log) })
+}
+
+// testHostPort runs a pod whose container port 8080 has hostPort 18080: the node forwards its port 18080 to the
+// pod VM, as a kubelet's portmap plugin does. The test process shares the node's network namespace (the harness's),
+// so it is where the node's own clients are: it reaches the pod at 127.0.0.1:18080 (as the node's image builder
+// reaches a registry pod at localhost:5000 in Kubernetes' specs) and at the node's InternalIP:18080. Once the pod
+// is deleted the port is the node's again: connections are refused.
+func testHostPort(t *testing.T, nodeName, reg string, nodeLog func() string) {
+	ctx := context.Background()
+	pods := env.Client.CoreV1().Pods("default")
+	t.Cleanup(func() { pods.Delete(ctx, "hostport", metav1.DeleteOptions{}) }) //nolint:errcheck
+	const hostPort = 18080
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "hostport"},
+		Spec: corev1.PodSpec{NodeName: nodeName, AutomountServiceAccountToken: new(false),
+			Tolerations: []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+			Containers: []corev1.Container{{Name: "web", Image: reg + "/hello:1",
+				Ports: []corev1.ContainerPort{{ContainerPort: 8080, HostPort: hostPort, Protocol: corev1.ProtocolTCP}}}}}}
+	if _, err := pods.Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, "hostport", nodeLog)
+	node, err := env.Client.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nodeIP string
+	for _, a := range node.Status.Addresses {
+		if a.Type == corev1.NodeInternalIP {
+			nodeIP = a.Address
+		}
+	}
+	if nodeIP == "" {
+		t.Fatalf("node %s has no InternalIP: %v", nodeName, node.Status.Addresses)
+	}
+	for _, host := range []string{"127.0.0.1", nodeIP} {
+		url := fmt.Sprintf("http://%s:%d/", host, hostPort)
+		if err := answeredBy(ctx, url, []string{"hostport"}, 2*time.Minute); err != nil {
+			t.Fatalf("the pod's hostPort: %v\n%s", err, nodeLog())
+		}
+	}
+	if err := pods.Delete(ctx, "hostport", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, []string{"hostport"}, nodeLog)
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		return refused("127.0.0.1", hostPort) && refused(nodeIP, hostPort), nil
+	})
+	if err != nil {
+		t.Fatalf("port %d still answers after the pod was deleted: %v\n%s", hostPort, err, nodeLog())
+	}
 }
 
 // testRuntimeData runs a pod that uses the runtime data ordinary workloads use — env in every form, ConfigMap,
