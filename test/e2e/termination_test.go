@@ -83,7 +83,8 @@ func testReadinessWhileTerminating(t *testing.T, nodeName, reg string, nodeLog f
 	t.Cleanup(func() { pods.Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}) }) //nolint:errcheck
 	cat := func(file string, period int32) *corev1.Probe {
 		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"cat", file}}},
-			FailureThreshold: 1, PeriodSeconds: period, InitialDelaySeconds: 2}
+			FailureThreshold: 1, PeriodSeconds: period, InitialDelaySeconds: 2,
+			TimeoutSeconds: 10} // an exec under TCG on a loaded machine can take over the default 1 s
 	}
 	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: corev1.PodSpec{NodeName: nodeName, AutomountServiceAccountToken: &no, TerminationGracePeriodSeconds: &grace,
