@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/i2kit/i2kit/agent/crilog"
@@ -54,9 +55,44 @@ func deadlineOr(ctx context.Context, def time.Time) time.Time {
 	return def
 }
 
-// postStart runs c's postStart hook; a failure kills the container, as on a kubelet (it then restarts per the
-// pod's policy).
-func (r *runtime) postStart(c *container, pid int, ended <-chan struct{}) {
+// running records that c's run has started: it runs, and is started (and ready) at once only without a postStart
+// hook and without a startup probe (and readiness probe); else afterStart and the probes say when.
+func (r *runtime) running(c *container) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c.status.State = protocol.ContainerState{State: protocol.Running, StartedAt: time.Now()}
+	c.status.Started = c.rc.Startup == nil && c.rc.PostStart == nil
+	c.status.Ready = c.status.Started && c.rc.Readiness == nil
+	c.status.Killed = ""
+	r.changedLocked()
+}
+
+// afterStart runs c's postStart hook, then its probes for the run that ends when ended is closed, as a kubelet
+// does: a kubelet runs the hook before it counts the container started and before it probes it, so a container
+// that waits for another's start (see startPod) waits for its hook too.
+func (r *runtime) afterStart(c *container, pid int, ended <-chan struct{}) {
+	if c.rc.PostStart != nil {
+		if !r.postStart(c, pid, ended) {
+			return
+		}
+		r.mu.Lock()
+		select {
+		case <-ended:
+			r.mu.Unlock()
+			return
+		default:
+		}
+		c.status.Started = c.rc.Startup == nil
+		c.status.Ready = c.status.Started && c.rc.Readiness == nil
+		r.changedLocked()
+		r.mu.Unlock()
+	}
+	r.probe(c, ended)
+}
+
+// postStart runs c's postStart hook and reports whether it succeeded; a failure kills the container, as on a
+// kubelet (it then restarts per its restart policy).
+func (r *runtime) postStart(c *container, pid int, ended <-chan struct{}) bool {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
@@ -68,7 +104,7 @@ func (r *runtime) postStart(c *container, pid int, ended <-chan struct{}) {
 	}()
 	err := r.runHook(ctx, c, c.rc.PostStart)
 	if err == nil || ctx.Err() != nil {
-		return
+		return err == nil
 	}
 	r.say("i2kit-agent: container %s: postStart hook failed: %v", c.Name, err)
 	r.mu.Lock()
@@ -77,7 +113,9 @@ func (r *runtime) postStart(c *container, pid int, ended <-chan struct{}) {
 	c.status.Killed = fmt.Sprintf("FailedPostStartHook: container %s is killed", c.Name)
 	r.changedLocked()
 	r.mu.Unlock()
+	r.kill(pid, syscall.SIGTERM)
 	r.killAfter(pid, ended, 30*time.Second)
+	return false
 }
 
 // terminationLogFile is where c's termination message is kept across its runs, bind-mounted at its path.

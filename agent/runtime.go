@@ -61,14 +61,18 @@ type runtime struct {
 	mu         sync.Mutex
 	cfg        *protocol.PodConfig
 	containers []*container // image order: onboot first
+	order      []*container // start order (see startOrder), set by configure
 	seq        uint64
 	changed    chan struct{} // closed and replaced at every change
 	stopping   bool
+	stopCh     chan struct{}         // closed when stopping is set
 	rootsDone  chan struct{}         // closed once prepareRoots is over
 	volumes    map[string]*podVolume // by name, each under VolumesDir once made
 	pause      *os.Process           // the pause process, with ShareProcessNamespace (see startPause)
 	pidns      *os.File              // its PID namespace, which every container's supervisor starts in
 	services   services              // the ClusterIP forwarding rules
+	// signal, when set, replaces syscall.Kill for the runs' supervisors (tests).
+	signal func(pid int, sig syscall.Signal)
 }
 
 // container is one container of the pod and its current run.
@@ -84,6 +88,7 @@ type container struct {
 	createErr error
 	cgroup    string // "" without cgroups
 	logs      *crilog.Dir
+	kind      containerKind // set by configure, before any run
 
 	// guarded by runtime.mu
 	status protocol.ContainerStatus
@@ -96,11 +101,13 @@ type container struct {
 	stdin   *os.File      // the main process's stdin, when rc.Stdin
 	tty     *os.File      // the main process's terminal (master side), when rc.TTY
 	wake    chan struct{} // cuts a back-off short when the pod stops
+	// retired is set when a sidecar is stopped because the pod's app containers are done: it does not restart.
+	retired bool
 }
 
 func newRuntime(console io.Writer, image boot.ImageConfig, hostname string) *runtime {
 	r := &runtime{console: console, image: image, hostname: hostname, changed: make(chan struct{}),
-		volumes: map[string]*podVolume{}, rootsDone: make(chan struct{})}
+		volumes: map[string]*podVolume{}, rootsDone: make(chan struct{}), stopCh: make(chan struct{})}
 	for _, c := range image.Containers {
 		r.containers = append(r.containers, &container{Container: c, wake: make(chan struct{}),
 			status: protocol.ContainerStatus{Name: c.Name, State: protocol.ContainerState{State: protocol.Waiting, Reason: "ContainerCreating"}}})
@@ -140,9 +147,8 @@ func (r *runtime) find(name string) *container {
 	return nil
 }
 
-// configure applies the pod's runtime configuration, makes the pod's volumes and starts the containers; it runs
-// once, later calls only replace the service table. The onboot containers run in order, each to success, before
-// the services start.
+// configure applies the pod's runtime configuration, makes the pod's volumes and starts the containers in a
+// kubelet's order (see startPod); it runs once, later calls only replace the service table.
 func (r *runtime) configure(cfg protocol.PodConfig) error {
 	switch cfg.RestartPolicy {
 	case protocol.RestartAlways, protocol.RestartOnFailure, protocol.RestartNever:
@@ -166,6 +172,11 @@ func (r *runtime) configure(cfg protocol.PodConfig) error {
 		return r.services.set(cfg.Services)
 	}
 	r.cfg = &cfg
+	var byConfig bool
+	r.order, byConfig = startOrder(r.containers, cfg.Containers)
+	for _, c := range r.containers {
+		c.kind = kindOf(c, byConfig)
+	}
 	for _, cc := range cfg.Containers {
 		c := r.find(cc.Name)
 		c.rc, c.Argv = cc, containerArgv(c.Container, cc)
@@ -199,7 +210,7 @@ func (r *runtime) configure(cfg protocol.PodConfig) error {
 			return r.cannotCreate([]*container{c}, err)
 		}
 	}
-	go r.startAll()
+	go startPod(r, r.order, r.stopCh)
 	return nil
 }
 
@@ -211,25 +222,6 @@ func (r *runtime) cannotCreate(cs []*container, err error) error {
 		r.setState(c, protocol.ContainerState{State: protocol.Waiting, Reason: "CreateContainerError", Message: err.Error()})
 	}
 	return err
-}
-
-func (r *runtime) startAll() {
-	for _, c := range r.containers {
-		if c.Onboot && !r.supervise(c) {
-			for _, s := range r.containers {
-				if !s.Onboot {
-					r.setState(s, protocol.ContainerState{State: protocol.Waiting, Reason: "PodInitializing",
-						Message: "init container " + c.Name + " failed"})
-				}
-			}
-			return
-		}
-	}
-	for _, c := range r.containers {
-		if !c.Onboot {
-			go r.supervise(c)
-		}
-	}
 }
 
 // prepare mounts a container's root (its image under a writable overlay), makes its cgroup with the limits, and
@@ -313,8 +305,8 @@ func (r *runtime) setState(c *container, s protocol.ContainerState) {
 	r.changedLocked()
 }
 
-// supervise runs c and restarts it per the pod's restartPolicy, with a kubelet's back-off, until it is done or
-// the pod stops. It reports whether c's last run succeeded.
+// supervise runs c and restarts it as restarts says, with a kubelet's back-off, until it is done, the pod stops,
+// or c is retired. It reports whether c's last run succeeded.
 func (r *runtime) supervise(c *container) bool {
 	if c.createErr != nil {
 		r.say("i2kit-agent: container %s: %v", c.Name, c.createErr)
@@ -339,10 +331,10 @@ func (r *runtime) supervise(c *container) bool {
 			StartedAt: start, FinishedAt: now}
 		r.mu.Lock()
 		c.status.State = term
-		policy, stopping := r.cfg.RestartPolicy, r.stopping
+		policy, stopping := r.cfg.RestartPolicy, r.stopping || c.retired
 		r.changedLocked()
 		r.mu.Unlock()
-		restart := policy == protocol.RestartAlways && !c.Onboot || policy != protocol.RestartNever && code != 0
+		restart := restarts(c.kind, policy, c.rc.RestartPolicy, code)
 		if stopping || !restart {
 			return code == 0
 		}
@@ -367,7 +359,7 @@ func (r *runtime) supervise(c *container) bool {
 		last := term
 		c.status.LastState = &last
 		c.status.RestartCount++
-		stopping = r.stopping
+		stopping = r.stopping || c.retired
 		r.mu.Unlock()
 		if stopping {
 			return false
@@ -489,17 +481,8 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 	// Running once the supervisor says the main process runs, or ended (EOF: it failed before, and says why).
 	startedR.Read(make([]byte, 1)) //nolint:errcheck
 	close(started)
-	r.mu.Lock()
-	c.status.State = protocol.ContainerState{State: protocol.Running, StartedAt: time.Now()}
-	c.status.Started = c.rc.Startup == nil // else the startup probe sets it, and Ready (see probe)
-	c.status.Ready = c.status.Started && c.rc.Readiness == nil
-	c.status.Killed = ""
-	r.changedLocked()
-	r.mu.Unlock()
-	go r.probe(c, ended) // until the run ends
-	if c.rc.PostStart != nil {
-		go r.postStart(c, cmd.Process.Pid, ended)
-	}
+	r.running(c)
+	go r.afterStart(c, cmd.Process.Pid, ended) // postStart, then the probes until the run ends
 	err = cmd.Wait()
 	if pidns != nil {
 		killCgroup(c.cgroup) // before the output is drained: what is left holds it open
@@ -548,70 +531,33 @@ func oomKills(cgroup string) int {
 	return 0
 }
 
-// stop ends every container within grace: SIGTERM to each, SIGKILL to what still runs after grace. Restarts stop.
-// The pause process, if any, ends last.
+// stop ends every container within grace, in a kubelet's order (see stopOrder and terminate): preStop hooks, then
+// SIGTERM, then SIGKILL to what still runs after grace. Restarts stop. The pause process, if any, ends last.
 func (r *runtime) stop(ctx context.Context, grace time.Duration) {
 	defer r.stopPause() // once every container has ended
 	r.mu.Lock()
-	r.stopping = true
-	var waits, starts []chan struct{}
-	var pids []int
-	for _, c := range r.containers {
-		select {
-		case <-c.wake:
-		default:
-			close(c.wake)
-		}
-		if c.pid != 0 {
-			pids = append(pids, c.pid)
-			waits, starts = append(waits, c.ended), append(starts, c.started)
-		}
+	if !r.stopping {
+		r.stopping = true
+		close(r.stopCh)
+		r.changedLocked() // whoever waits for a container to start gives up
 	}
-	var hooked []*container
 	for _, c := range r.containers {
-		if c.pid != 0 && c.rc.PreStop != nil {
-			hooked = append(hooked, c)
-		}
+		wakeUp(c)
+	}
+	order := r.order
+	if order == nil { // never configured
+		order = r.containers
 	}
 	r.mu.Unlock()
-	stopBy := time.Now().Add(grace)
-	deadline := time.NewTimer(grace)
-	defer deadline.Stop()
-	// preStop hooks run first, all at once, within the grace period; then the containers get SIGTERM.
-	hookCtx, cancel := context.WithTimeout(ctx, grace)
-	var hooks sync.WaitGroup
-	for _, c := range hooked {
-		hooks.Add(1)
-		go func() {
-			defer hooks.Done()
-			if err := r.runHook(hookCtx, c, c.rc.PreStop); err != nil {
-				r.say("i2kit-agent: container %s: preStop hook failed: %v", c.Name, err)
-			}
-		}()
-	}
-	hooks.Wait()
-	cancel()
-	for i, pid := range pids {
-		select { // a container just starting gets its SIGTERM once its supervisor can pass it on
-		case <-starts[i]:
-		case <-time.After(time.Until(stopBy)):
-		}
-		syscall.Kill(pid, syscall.SIGTERM) //nolint:errcheck
-	}
-	for i, w := range waits {
-		select {
-		case <-w:
-			continue
-		case <-deadline.C:
-		case <-ctx.Done():
-		}
-		for j := i; j < len(waits); j++ {
-			syscall.Kill(pids[j], syscall.SIGKILL) //nolint:errcheck
-		}
-		for j := i; j < len(waits); j++ {
-			<-waits[j]
-		}
-		return
+	r.terminate(ctx, stopOrder(order), grace)
+}
+
+// wakeUp cuts c's back-off short, for good: it is stopping. Called with runtime.mu held.
+func wakeUp(c *container) {
+	select {
+	case <-c.wake:
+	default:
+		close(c.wake)
 	}
 }
 

@@ -156,12 +156,21 @@ func podConfig(pod *corev1.Pod, podIP string, rt podRuntime, resolv []byte) prot
 		cfg.FSGroup = &g
 	}
 	cfg.ShareProcessNamespace = pod.Spec.ShareProcessNamespace != nil && *pod.Spec.ShareProcessNamespace
-	for _, c := range append(append([]corev1.Container(nil), pod.Spec.InitContainers...), pod.Spec.Containers...) {
-		cc := protocol.ContainerConfig{Name: c.Name, Stdin: c.Stdin, StdinOnce: c.StdinOnce, TTY: c.TTY, Env: rt.Env[c.Name], Mounts: rt.Mounts[c.Name],
+	if g := pod.Spec.TerminationGracePeriodSeconds; g != nil {
+		grace := *g
+		cfg.TerminationGracePeriodSeconds = &grace
+	}
+	// The init containers come first, in the pod's order, marked Init: the agent starts the containers in this
+	// order, as a kubelet does.
+	for i, c := range append(append([]corev1.Container(nil), pod.Spec.InitContainers...), pod.Spec.Containers...) {
+		cc := protocol.ContainerConfig{Name: c.Name, Init: i < len(pod.Spec.InitContainers), Stdin: c.Stdin, StdinOnce: c.StdinOnce, TTY: c.TTY, Env: rt.Env[c.Name], Mounts: rt.Mounts[c.Name],
 			Command: rt.Command[c.Name], Args: rt.Args[c.Name],
 			Security: securityFor(pod, c), Liveness: probeFor(c, c.LivenessProbe),
 			Readiness: probeFor(c, c.ReadinessProbe), Startup: probeFor(c, c.StartupProbe),
 			TerminationMessagePath: c.TerminationMessagePath, TerminationMessagePolicy: string(c.TerminationMessagePolicy)}
+		if c.RestartPolicy != nil {
+			cc.RestartPolicy = string(*c.RestartPolicy)
+		}
 		if l := c.Lifecycle; l != nil {
 			cc.PostStart, cc.PreStop = hookFor(c, l.PostStart), hookFor(c, l.PreStop)
 		}

@@ -21,3 +21,35 @@ func TestPodConfigShareProcessNamespace(t *testing.T) {
 		}
 	}
 }
+
+// TestPodConfigStartOrder: the agent gets the containers in a kubelet's start order (init containers first, in
+// the pod's order), each init container marked, a sidecar with its own restartPolicy, and the pod's grace period.
+func TestPodConfigStartOrder(t *testing.T) {
+	always := corev1.ContainerRestartPolicyAlways
+	grace := int64(5)
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever,
+		TerminationGracePeriodSeconds: &grace,
+		InitContainers:                []corev1.Container{{Name: "setup"}, {Name: "proxy", RestartPolicy: &always}, {Name: "migrate"}},
+		Containers:                    []corev1.Container{{Name: "web"}, {Name: "worker"}}}}
+	cfg := podConfig(pod, "10.0.0.2", podRuntime{}, nil)
+	type entry struct {
+		name, policy string
+		init         bool
+	}
+	var got []entry
+	for _, cc := range cfg.Containers {
+		got = append(got, entry{cc.Name, cc.RestartPolicy, cc.Init})
+	}
+	want := []entry{{"setup", "", true}, {"proxy", "Always", true}, {"migrate", "", true}, {"web", "", false}, {"worker", "", false}}
+	if len(got) != len(want) {
+		t.Fatalf("containers %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("container %d = %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	if g := cfg.TerminationGracePeriodSeconds; g == nil || *g != 5 {
+		t.Errorf("TerminationGracePeriodSeconds = %v, want 5", g)
+	}
+}

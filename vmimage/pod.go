@@ -10,6 +10,8 @@ import (
 // env values, Secrets, ConfigMaps, tokens and the pod's identity are runtime data sent to the agent after boot;
 // none of them enter the spec. Init containers become onboot containers in order; sidecar init
 // containers (restartPolicy Always) run for the pod's life and become services, ahead of the app containers.
+// The agent starts a node-configured pod in the pod's own order, from its runtime configuration
+// (protocol.ContainerConfig.Init), not in the image's.
 func FromPod(pod *corev1.Pod) *Spec {
 	s := &Spec{}
 	var sidecars []Container

@@ -57,6 +57,9 @@ type PodConfig struct {
 	// (spec.shareProcessNamespace): each sees and may signal the others' processes, and a pause process is its
 	// PID 1. Without it each container has a PID namespace of its own.
 	ShareProcessNamespace bool `json:"shareProcessNamespace,omitempty"`
+	// TerminationGracePeriodSeconds bounds how long the pod's sidecars get to stop once its app containers are
+	// done for good (nil: 30, a kubelet's default).
+	TerminationGracePeriodSeconds *int64 `json:"terminationGracePeriodSeconds,omitempty"`
 }
 
 // Service is one port of a ClusterIP Service as a pod reaches it: connections to IP:Port over Protocol go to one of
@@ -107,9 +110,16 @@ type Mount struct {
 	ReadOnly bool   `json:"readOnly,omitempty"`
 }
 
-// ContainerConfig is one container's runtime configuration; Name matches a container of the image.
+// ContainerConfig is one container's runtime configuration; Name matches a container of the image. A node
+// lists the init containers first, in the pod's order, then the app containers: the agent starts them in that order
+// (see Init). A node that marks no container Init leaves the agent to the image's order (onboot containers first).
 type ContainerConfig struct {
 	Name string `json:"name"`
+	// Init marks an init container: a regular one runs to success before the next container starts; one with
+	// RestartPolicy Always is a sidecar, started before the next container, which waits until it is started.
+	Init bool `json:"init,omitempty"`
+	// RestartPolicy is the container's own (Always for a sidecar), overriding the pod's; "" follows the pod's.
+	RestartPolicy string `json:"restartPolicy,omitempty"`
 	// Command and Args are the container's, as in a PodSpec with $(VAR) references already expanded: Command
 	// replaces the image's entrypoint (and drops its cmd), Args its cmd. Nil keeps the image's.
 	Command []string `json:"command,omitempty"`
