@@ -35,6 +35,7 @@ func TestPodSpec(t *testing.T) {
 	t.Run("security context", func(t *testing.T) { testSecurityContext(t, nodeName, reg, n.Log) })
 	t.Run("probes", func(t *testing.T) { testProbes(t, nodeName, reg, n.Log) })
 	t.Run("init containers, lifecycle, hosts", func(t *testing.T) { testLifecycle(t, nodeName, reg, n.Log) })
+	t.Run("init container statuses", func(t *testing.T) { testInitContainerStatuses(t, nodeName, reg, n.Log) })
 	t.Run("services", func(t *testing.T) { testServices(t, nodeName, reg, n.Log) })
 	t.Run("load balancer", func(t *testing.T) { testLoadBalancer(t, nodeName, reg, n.Log) })
 	t.Run("jobs", func(t *testing.T) { testJobs(t, nodeName, reg, n.Log) })
