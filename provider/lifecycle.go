@@ -51,7 +51,7 @@ func (p *Provider) createVM(ctx context.Context, pod *corev1.Pod) {
 		p.connectAgent(ctx, pod)
 		return
 	}
-	p.store(pendingStatus(pod, p.cfg.InternalIP, "ContainerCreating", "building the pod's VM image", time.Now()))
+	p.store(pendingStatus(pod, p.cfg.InternalIP, waitingReason(pod), "building the pod's VM image", time.Now()))
 	p.startPull(pod, v)
 }
 

@@ -64,9 +64,12 @@ func TestCreatePodWithoutBackendStaysPendingWithReason(t *testing.T) {
 	if len(got.Status.ContainerStatuses) != 2 || len(got.Status.InitContainerStatuses) != 1 {
 		t.Fatalf("container statuses = %+v", got.Status)
 	}
-	for _, cs := range append(got.Status.InitContainerStatuses, got.Status.ContainerStatuses...) {
-		if cs.State.Waiting == nil || cs.State.Waiting.Reason != ReasonNoBackend || cs.State.Running != nil {
-			t.Errorf("container %s state = %+v, want waiting %s", cs.Name, cs.State, ReasonNoBackend)
+	// The init container, which a kubelet would start first, carries the reason (kubectl shows Init:NoBackend); the
+	// app containers wait for it with PodInitializing.
+	for i, cs := range append(got.Status.InitContainerStatuses, got.Status.ContainerStatuses...) {
+		want := map[bool]string{true: ReasonNoBackend, false: "PodInitializing"}[i == 0]
+		if cs.State.Waiting == nil || cs.State.Waiting.Reason != want || cs.State.Running != nil {
+			t.Errorf("container %s state = %+v, want waiting %s", cs.Name, cs.State, want)
 		}
 	}
 	for _, c := range got.Status.Conditions {

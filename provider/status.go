@@ -2,6 +2,7 @@ package provider
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -11,9 +12,12 @@ import (
 	"github.com/i2kit/i2kit/provider/vm"
 )
 
-// pendingStatus returns a copy of pod whose status says it cannot start: phase Pending, PodScheduled true, the
-// other conditions false with reason, and every container waiting with reason and message (which kubectl shows
-// as the pod's STATUS). The API server's fields, such as qosClass, are kept: an update that drops them is refused.
+// pendingStatus returns a copy of pod whose status says it cannot start: phase Pending, PodScheduled true,
+// ContainersReady and Ready false with reason and msg, and the containers waiting: as a kubelet starts the init
+// containers first, the first init container waits with reason and msg (which kubectl shows as the pod's STATUS,
+// "Init:ErrImagePull"), the others and the app containers with PodInitializing; without init containers, every
+// container waits with reason and msg. Initialized is the kubelet's: true without init containers, else false with
+// the list of them. The API server's fields, such as qosClass, are kept: an update that drops them is refused.
 func pendingStatus(pod *corev1.Pod, hostIP, reason, msg string, now time.Time) *corev1.Pod {
 	out := pod.DeepCopy()
 	t := metav1.NewTime(now)
@@ -23,26 +27,49 @@ func pendingStatus(pod *corev1.Pod, hostIP, reason, msg string, now time.Time) *
 	if hostIP != "" {
 		st.HostIPs = []corev1.HostIP{{IP: hostIP}}
 	}
+	waiting := func(c corev1.Container, reason, msg string) corev1.ContainerStatus {
+		return corev1.ContainerStatus{Name: c.Name, Image: c.Image,
+			State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: reason, Message: msg}}}
+	}
+	st.InitContainerStatuses, st.ContainerStatuses = nil, nil
+	for i, c := range pod.Spec.InitContainers {
+		if i == 0 {
+			st.InitContainerStatuses = append(st.InitContainerStatuses, waiting(c, reason, msg))
+		} else {
+			st.InitContainerStatuses = append(st.InitContainerStatuses, waiting(c, reasonPodInitializing, ""))
+		}
+	}
+	for _, c := range pod.Spec.Containers {
+		if len(pod.Spec.InitContainers) > 0 {
+			st.ContainerStatuses = append(st.ContainerStatuses, waiting(c, reasonPodInitializing, ""))
+		} else {
+			st.ContainerStatuses = append(st.ContainerStatuses, waiting(c, reason, msg))
+		}
+	}
+	initialized := initializedCondition(pod, st.InitContainerStatuses, st.ContainerStatuses, corev1.PodPending)
+	initialized.LastTransitionTime = t
 	st.Conditions = []corev1.PodCondition{
 		{Type: corev1.PodScheduled, Status: corev1.ConditionTrue, LastTransitionTime: t},
-		{Type: corev1.PodInitialized, Status: corev1.ConditionFalse, Reason: reason, Message: msg, LastTransitionTime: t},
+		initialized,
 		{Type: corev1.ContainersReady, Status: corev1.ConditionFalse, Reason: reason, Message: msg, LastTransitionTime: t},
 		{Type: corev1.PodReady, Status: corev1.ConditionFalse, Reason: reason, Message: msg, LastTransitionTime: t},
 	}
-	waiting := func(cs []corev1.Container) []corev1.ContainerStatus {
-		var out []corev1.ContainerStatus
-		for _, c := range cs {
-			out = append(out, corev1.ContainerStatus{
-				Name:  c.Name,
-				Image: c.Image,
-				State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: reason, Message: msg}},
-			})
-		}
-		return out
-	}
-	st.InitContainerStatuses = waiting(pod.Spec.InitContainers)
-	st.ContainerStatuses = waiting(pod.Spec.Containers)
 	return out
+}
+
+// Waiting reasons of a container that is not created yet, as a kubelet's: PodInitializing in a pod with init
+// containers (until it is created, whether or not they are done), ContainerCreating otherwise.
+const (
+	reasonPodInitializing   = "PodInitializing"
+	reasonContainerCreating = "ContainerCreating"
+)
+
+// waitingReason is the reason a container of pod waits with until it is created.
+func waitingReason(pod *corev1.Pod) string {
+	if len(pod.Spec.InitContainers) > 0 {
+		return reasonPodInitializing
+	}
+	return reasonContainerCreating
 }
 
 // terminatedStatus returns a copy of pod with every container terminated, as the pod controller expects after
@@ -98,7 +125,7 @@ func podStatus(pod *corev1.Pod, hostIP string, v vm.Status, st protocol.PodStatu
 		for _, c := range cs {
 			a, ok := byName[c.Name]
 			if !ok {
-				a = protocol.ContainerStatus{Name: c.Name, State: protocol.ContainerState{State: protocol.Waiting, Reason: "ContainerCreating"}}
+				a = protocol.ContainerStatus{Name: c.Name, State: protocol.ContainerState{State: protocol.Waiting, Reason: reasonContainerCreating}}
 			}
 			running := a.State.State == protocol.Running
 			ready, started := running && a.Ready, running && a.Started
@@ -116,56 +143,43 @@ func podStatus(pod *corev1.Pod, hostIP string, v vm.Status, st protocol.PodStatu
 			if a.LastState != nil {
 				cst.LastTerminationState = containerState(*a.LastState)
 			}
+			if w := cst.State.Waiting; w != nil && w.Reason == reasonContainerCreating && len(pod.Spec.InitContainers) > 0 {
+				// The agent's default for a container it has not created; a kubelet's is PodInitializing in a pod
+				// with init containers.
+				cst.State.Waiting = &corev1.ContainerStateWaiting{Reason: reasonPodInitializing}
+			}
 			out = append(out, cst)
 		}
 		return out
 	}
 	s.InitContainerStatuses = convert(pod.Spec.InitContainers)
 	s.ContainerStatuses = convert(pod.Spec.Containers)
-	s.Phase = podPhase(pod, s.InitContainerStatuses, s.ContainerStatuses)
-
-	initialized, ready := true, true
-	for _, c := range s.InitContainerStatuses {
-		if t := c.State.Terminated; t == nil || t.ExitCode != 0 {
-			initialized = false
+	// A regular init container that succeeded is Ready, as a kubelet's prober says; a sidecar is Ready as its
+	// readiness probe says.
+	for i, c := range pod.Spec.InitContainers {
+		if cs := &s.InitContainerStatuses[i]; !isSidecar(c) {
+			cs.Ready = cs.State.Terminated != nil && cs.State.Terminated.ExitCode == 0
 		}
 	}
-	for _, c := range s.ContainerStatuses {
-		ready = ready && c.Ready
-	}
+	waitInitialization(pod, s.InitContainerStatuses, s.ContainerStatuses)
+	s.Phase = podPhase(pod, s.InitContainerStatuses, s.ContainerStatuses)
+
 	now := metav1.Now()
-	cond := func(t corev1.PodConditionType, ok bool, reason string) corev1.PodCondition {
-		c := corev1.PodCondition{Type: t, Status: corev1.ConditionTrue, LastTransitionTime: now}
+	keep := func(c corev1.PodCondition) corev1.PodCondition {
+		c.LastTransitionTime = now
 		for _, old := range pod.Status.Conditions {
-			if old.Type == t && (old.Status == corev1.ConditionTrue) == ok {
+			if old.Type == c.Type && old.Status == c.Status {
 				c.LastTransitionTime = old.LastTransitionTime
 			}
 		}
-		if !ok {
-			c.Status, c.Reason = corev1.ConditionFalse, reason
-		}
 		return c
 	}
-	notReady := "ContainersNotReady"
-	if s.Phase == corev1.PodSucceeded || s.Phase == corev1.PodFailed {
-		notReady = "PodCompleted"
-	}
-	// Readiness gates: the pod is Ready only once every gate's condition, set by others, is True too.
-	gated := ready
-	for _, g := range pod.Spec.ReadinessGates {
-		ok := false
-		for _, c := range pod.Status.Conditions {
-			ok = ok || c.Type == g.ConditionType && c.Status == corev1.ConditionTrue
-		}
-		if !ok && gated {
-			gated, notReady = false, "ReadinessGatesNotReady"
-		}
-	}
+	containersReady := containersReadyCondition(pod, s.InitContainerStatuses, s.ContainerStatuses, s.Phase)
 	s.Conditions = []corev1.PodCondition{
-		cond(corev1.PodScheduled, true, ""),
-		cond(corev1.PodInitialized, initialized, "ContainersNotInitialized"),
-		cond(corev1.ContainersReady, ready, "ContainersNotReady"),
-		cond(corev1.PodReady, gated, notReady),
+		keep(corev1.PodCondition{Type: corev1.PodScheduled, Status: corev1.ConditionTrue}),
+		keep(initializedCondition(pod, s.InitContainerStatuses, s.ContainerStatuses, s.Phase)),
+		keep(containersReady),
+		keep(readyCondition(pod, containersReady)),
 	}
 	// Conditions that others own (readiness gates, disruption targets) are kept as they are.
 	for _, c := range pod.Status.Conditions {
@@ -176,6 +190,141 @@ func podStatus(pod *corev1.Pod, hostIP string, v vm.Status, st protocol.PodStatu
 		}
 	}
 	return out
+}
+
+// The helpers below take a pod's statuses as podStatus and pendingStatus make them: inits holds one status per
+// pod.Spec.InitContainers and apps one per pod.Spec.Containers, in the spec's order.
+
+// isSidecar reports whether c is a restartable init container: one that runs beside the app containers.
+func isSidecar(c corev1.Container) bool {
+	return c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways
+}
+
+// initDone reports whether init container c no longer holds the pod's initialisation back, as a kubelet's
+// status/generate.go says: a regular one once it succeeded (Ready), a sidecar once it started.
+func initDone(c corev1.Container, cs corev1.ContainerStatus) bool {
+	if isSidecar(c) {
+		return cs.Started != nil && *cs.Started
+	}
+	return cs.Ready
+}
+
+// appStarted reports whether an app container has run, which means the init containers were done: a sidecar
+// restarting later does not take the pod back to initialising.
+func appStarted(apps []corev1.ContainerStatus) bool {
+	for _, c := range apps {
+		if c.State.Running != nil || c.State.Terminated != nil || c.LastTerminationState.Terminated != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// waitInitialization makes the containers that a kubelet has not created yet wait with PodInitializing, whatever
+// the agent says of them: the app containers until the pod is initialised, and the init containers after the
+// first one that is not done. A container that runs or ran keeps its state.
+func waitInitialization(pod *corev1.Pod, inits, apps []corev1.ContainerStatus) {
+	initializing := func(cs *corev1.ContainerStatus) {
+		if cs.State.Waiting != nil {
+			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: reasonPodInitializing}
+		}
+	}
+	if appStarted(apps) {
+		return
+	}
+	blocked := false
+	for i, c := range pod.Spec.InitContainers {
+		if blocked {
+			initializing(&inits[i])
+		}
+		blocked = blocked || !initDone(c, inits[i])
+	}
+	if blocked {
+		for i := range apps {
+			initializing(&apps[i])
+		}
+	}
+}
+
+// initializedCondition is the kubelet's Initialized condition (status/generate.go): true once every init container
+// is done or an app container has run, true with reason PodCompleted once the pod succeeded, otherwise false with
+// reason ContainersNotInitialized and the init containers not done, "containers with incomplete status: [a b]".
+func initializedCondition(pod *corev1.Pod, inits, apps []corev1.ContainerStatus, phase corev1.PodPhase) corev1.PodCondition {
+	c := corev1.PodCondition{Type: corev1.PodInitialized, Status: corev1.ConditionTrue}
+	var incomplete []string
+	for i, ic := range pod.Spec.InitContainers {
+		if !initDone(ic, inits[i]) {
+			incomplete = append(incomplete, ic.Name)
+		}
+	}
+	switch {
+	case phase == corev1.PodSucceeded:
+		c.Reason = "PodCompleted"
+	case appStarted(apps) || len(incomplete) == 0:
+	default:
+		c.Status, c.Reason = corev1.ConditionFalse, "ContainersNotInitialized"
+		c.Message = "containers with incomplete status: [" + strings.Join(incomplete, " ") + "]"
+	}
+	return c
+}
+
+// containersReadyCondition is the kubelet's ContainersReady condition: true once every app container and every
+// sidecar is Ready; false with reason PodCompleted or PodFailed once the pod has ended; otherwise false with reason
+// ContainersNotReady and the containers not ready, "containers with unready status: [a b]".
+func containersReadyCondition(pod *corev1.Pod, inits, apps []corev1.ContainerStatus, phase corev1.PodPhase) corev1.PodCondition {
+	c := corev1.PodCondition{Type: corev1.ContainersReady, Status: corev1.ConditionFalse}
+	var unready []string
+	for i, ic := range pod.Spec.InitContainers {
+		if isSidecar(ic) && !inits[i].Ready {
+			unready = append(unready, ic.Name)
+		}
+	}
+	for _, a := range apps {
+		if !a.Ready {
+			unready = append(unready, a.Name)
+		}
+	}
+	switch {
+	case phase == corev1.PodSucceeded:
+		c.Reason = "PodCompleted"
+	case phase == corev1.PodFailed:
+		c.Reason = "PodFailed"
+	case len(unready) > 0:
+		c.Reason = "ContainersNotReady"
+		c.Message = "containers with unready status: [" + strings.Join(unready, " ") + "]"
+	default:
+		c.Status = corev1.ConditionTrue
+	}
+	return c
+}
+
+// readyCondition is the kubelet's Ready condition: ContainersReady's when that is not true; otherwise true once the
+// condition of every readiness gate, which others set, is true too.
+func readyCondition(pod *corev1.Pod, containersReady corev1.PodCondition) corev1.PodCondition {
+	if containersReady.Status != corev1.ConditionTrue {
+		return corev1.PodCondition{Type: corev1.PodReady, Status: containersReady.Status,
+			Reason: containersReady.Reason, Message: containersReady.Message}
+	}
+	var unready []string
+	for _, g := range pod.Spec.ReadinessGates {
+		var gate *corev1.PodCondition
+		for i := range pod.Status.Conditions {
+			if pod.Status.Conditions[i].Type == g.ConditionType {
+				gate = &pod.Status.Conditions[i]
+			}
+		}
+		switch {
+		case gate == nil:
+			unready = append(unready, fmt.Sprintf("corresponding condition of pod readiness gate %q does not exist.", g.ConditionType))
+		case gate.Status != corev1.ConditionTrue:
+			unready = append(unready, fmt.Sprintf("the status of pod readiness gate %q is not \"True\", but %v", g.ConditionType, gate.Status))
+		}
+	}
+	if len(unready) > 0 {
+		return corev1.PodCondition{Type: corev1.PodReady, Status: corev1.ConditionFalse,
+			Reason: "ReadinessGatesNotReady", Message: strings.Join(unready, ", ")}
+	}
+	return corev1.PodCondition{Type: corev1.PodReady, Status: corev1.ConditionTrue}
 }
 
 func containerState(s protocol.ContainerState) corev1.ContainerState {
@@ -190,20 +339,41 @@ func containerState(s protocol.ContainerState) corev1.ContainerState {
 	return corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: s.Reason, Message: s.Message}}
 }
 
-// podPhase is the kubelet's: Pending until the init containers succeed and the containers start; Succeeded or
-// Failed once every container has terminated for good under the restart policy; Running otherwise.
+// podPhase is the kubelet's (kubelet_pods.go getPhase): Failed once a regular init container failed under
+// restartPolicy Never; Pending while a regular init container is not done, a sidecar has not started before any app
+// container ran, or a container waits to be created; Succeeded or Failed once every app container has terminated
+// for good under the restart policy (a sidecar that stopped does not count); Running otherwise.
 func podPhase(pod *corev1.Pod, inits, apps []corev1.ContainerStatus) corev1.PodPhase {
 	policy := pod.Spec.RestartPolicy
-	for _, c := range inits {
-		if t := c.State.Terminated; t != nil && t.ExitCode == 0 {
-			continue
-		}
-		if t := c.State.Terminated; t != nil && policy == corev1.RestartPolicyNever {
-			return corev1.PodFailed
-		}
-		return corev1.PodPending // initialising, or restarting a failed init container
-	}
+	var pendingInit, pendingSidecar, failedInit int
 	var running, waiting, succeeded, failed int
+	for i, c := range pod.Spec.InitContainers {
+		cs := inits[i]
+		last := cs.LastTerminationState.Terminated
+		if isSidecar(c) {
+			switch {
+			case cs.State.Running != nil:
+				running++
+				if cs.Started == nil || !*cs.Started {
+					pendingSidecar++
+				}
+			case cs.State.Waiting != nil && last == nil:
+				pendingSidecar++
+				waiting++
+			}
+			continue // a sidecar that stopped, or waits to restart, does not count
+		}
+		switch t := cs.State.Terminated; {
+		case t != nil && t.ExitCode != 0, cs.State.Waiting != nil && last != nil && last.ExitCode != 0:
+			failedInit++
+		case t != nil, cs.State.Waiting != nil && last != nil:
+		default:
+			pendingInit++ // running, or not started yet
+		}
+	}
+	if failedInit > 0 && policy == corev1.RestartPolicyNever {
+		return corev1.PodFailed
+	}
 	for _, c := range apps {
 		switch {
 		case c.State.Running != nil:
@@ -219,7 +389,7 @@ func podPhase(pod *corev1.Pod, inits, apps []corev1.ContainerStatus) corev1.PodP
 		}
 	}
 	switch {
-	case waiting > 0:
+	case pendingInit > 0, pendingSidecar > 0 && !appStarted(apps), waiting > 0:
 		return corev1.PodPending
 	case running > 0:
 		return corev1.PodRunning

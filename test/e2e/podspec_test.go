@@ -39,6 +39,7 @@ func TestPodSpec(t *testing.T) {
 	t.Run("termination messages", func(t *testing.T) { testTerminationMessages(t, nodeName, reg, n.Log) })
 	t.Run("readiness while terminating", func(t *testing.T) { testReadinessWhileTerminating(t, nodeName, reg, n.Log) })
 	t.Run("sidecars", func(t *testing.T) { testSidecars(t, nodeName, reg, n.Log) })
+	t.Run("init container statuses", func(t *testing.T) { testInitContainerStatuses(t, nodeName, reg, n.Log) })
 	t.Run("services", func(t *testing.T) { testServices(t, nodeName, reg, n.Log) })
 	t.Run("load balancer", func(t *testing.T) { testLoadBalancer(t, nodeName, reg, n.Log) })
 	t.Run("jobs", func(t *testing.T) { testJobs(t, nodeName, reg, n.Log) })
