@@ -169,16 +169,35 @@ func hostsFile(pod *corev1.Pod, podIP string) []byte {
 // clusterDomain is the cluster's DNS domain, as a kubelet's default --cluster-domain.
 const clusterDomain = "cluster.local"
 
-// podHostname is a pod's hostname and, with a subdomain, its fully qualified name, as a kubelet derives them.
+// hostnameMax is the longest hostname the kernel takes (HOST_NAME_MAX 64, less the terminating NUL, as a kubelet
+// counts it).
+const hostnameMax = 63
+
+// podHostname is a pod's hostname and, with a subdomain, its fully qualified name, as a kubelet's
+// GeneratePodHostNameAndDomain derives them: spec.hostnameOverride wins over the pod's name and spec.hostname and
+// makes no fully qualified name (a subdomain is then ignored; the API refuses it with setHostnameAsFQDN); either is
+// cut to 63 characters with no trailing "-" or ".". (The API has validated the names.)
 func podHostname(pod *corev1.Pod) (hostname, fqdn string) {
+	if o := pod.Spec.HostnameOverride; o != nil && *o != "" {
+		return truncateHostname(*o), ""
+	}
 	hostname = pod.Name
 	if pod.Spec.Hostname != "" {
 		hostname = pod.Spec.Hostname
 	}
+	hostname = truncateHostname(hostname)
 	if pod.Spec.Subdomain != "" {
 		fqdn = hostname + "." + pod.Spec.Subdomain + "." + pod.Namespace + ".svc." + clusterDomain
 	}
 	return hostname, fqdn
+}
+
+// truncateHostname cuts a hostname to hostnameMax characters, then its trailing dashes and dots, as a kubelet does.
+func truncateHostname(h string) string {
+	if len(h) <= hostnameMax {
+		return h
+	}
+	return strings.TrimRight(h[:hostnameMax], "-.")
 }
 
 // resolvConf renders a pod's /etc/resolv.conf for its dnsPolicy and dnsConfig, as a kubelet does: ClusterFirst
