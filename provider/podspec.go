@@ -15,7 +15,9 @@ var defaultCapabilities = []string{"CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", 
 	"SETUID", "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE"}
 
 // securityFor is a container's effective security context: the container's fields over the pod's, as a kubelet
-// merges them. It is a pure function.
+// merges them. A privileged container keeps every capability, whatever its adds and drops, and no_new_privs unset,
+// as containerd makes it (the API refuses allowPrivilegeEscalation: false with it); its power stops at the VM,
+// which is the pod's own. It is a pure function.
 func securityFor(pod *corev1.Pod, c corev1.Container) *protocol.Security {
 	s := &protocol.Security{Capabilities: append([]string(nil), defaultCapabilities...)}
 	if ps := pod.Spec.SecurityContext; ps != nil {
@@ -40,6 +42,10 @@ func securityFor(pod *corev1.Pod, c corev1.Container) *protocol.Security {
 		s.RunAsNonRoot = *cs.RunAsNonRoot
 	}
 	s.ReadOnlyRootFilesystem = cs.ReadOnlyRootFilesystem != nil && *cs.ReadOnlyRootFilesystem
+	if cs.Privileged != nil && *cs.Privileged {
+		s.Privileged, s.Capabilities = true, nil
+		return s
+	}
 	s.NoNewPrivileges = cs.AllowPrivilegeEscalation != nil && !*cs.AllowPrivilegeEscalation
 	if caps := cs.Capabilities; caps != nil {
 		set := map[string]bool{}

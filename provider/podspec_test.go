@@ -36,6 +36,13 @@ func TestSecurityFor(t *testing.T) {
 		{"add outside the default, drop one", nil, &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"NET_RAW"}, Add: []corev1.Capability{"CAP_NET_ADMIN"}}},
 			protocol.Security{Capabilities: []string{"CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "SETGID", "SETUID", "SETFCAP",
 				"SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE", "NET_ADMIN"}}},
+		{"privileged: every capability", nil, &corev1.SecurityContext{Privileged: &yes},
+			protocol.Security{Privileged: true}},
+		{"privileged ignores adds and drops, keeps the user", &corev1.PodSecurityContext{RunAsUser: i(1000)},
+			&corev1.SecurityContext{Privileged: &yes, ReadOnlyRootFilesystem: &yes, AllowPrivilegeEscalation: &yes,
+				Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: []corev1.Capability{"NET_ADMIN"}}},
+			protocol.Security{RunAsUser: i(1000), ReadOnlyRootFilesystem: true, Privileged: true}},
+		{"privileged false", nil, &corev1.SecurityContext{Privileged: &no}, protocol.Security{Capabilities: defaultCapabilities}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			pod := &corev1.Pod{Spec: corev1.PodSpec{SecurityContext: tc.pod}}

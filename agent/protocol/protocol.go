@@ -168,6 +168,9 @@ type Security struct {
 	// NoNewPrivileges sets no_new_privs (allowPrivilegeEscalation: false): setuid binaries and file
 	// capabilities grant nothing.
 	NoNewPrivileges bool `json:"noNewPrivileges,omitempty"`
+	// Privileged gives the container what a privileged container has on a node, within the VM: every capability
+	// (Capabilities is nil), the VM's devices, and /sys read-write.
+	Privileged bool `json:"privileged,omitempty"`
 }
 
 // Probe is a container probe, as in a PodSpec. Exactly one of Exec, HTTPGet, TCPSocket and GRPC is set.
