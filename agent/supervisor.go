@@ -41,6 +41,9 @@ type supervisorSpec struct {
 	Resolv   []byte             `json:"resolv,omitempty"` // /etc/resolv.conf, when the node sent one
 	// Mounts are bound into Root in order (see bindVolumes).
 	Mounts []bindMount `json:"mounts,omitempty"`
+	// Sysctls are the pod's sysctls of the IPC and UTS namespaces, set in the container's own (see
+	// inContainerNamespace).
+	Sysctls []protocol.Sysctl `json:"sysctls,omitempty"`
 	// TTY: the supervisor's standard input, output and error are a terminal, which becomes the main process's
 	// controlling terminal (in a session of its own).
 	TTY bool `json:"tty,omitempty"`
@@ -177,7 +180,7 @@ func systemMounts(privileged bool) []systemMount {
 }
 
 // enterRoot mounts /proc, /dev and /sys into the container's root, then binds the pod's volumes (see
-// bindVolumes), sets the hostname and enters the root.
+// bindVolumes), sets the hostname and the sysctls of the container's namespaces, and enters the root.
 func enterRoot(c supervisorSpec) error {
 	if err := syscall.Mount("", "/", "", syscall.MS_REC|syscall.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("making mounts private, %w", err)
@@ -196,6 +199,10 @@ func enterRoot(c supervisorSpec) error {
 	}
 	if err := syscall.Sethostname([]byte(c.Hostname)); err != nil {
 		return fmt.Errorf("setting hostname, %w", err)
+	}
+	// The /proc mounted so far is the agent's; its sysctls of the IPC and UTS namespaces are this process's.
+	if err := writeSysctls(procSys, c.Sysctls); err != nil {
+		return err
 	}
 	readOnly := c.Security != nil && c.Security.ReadOnlyRootFilesystem
 	if readOnly { // the root becomes a mount of its own (with its submounts), to be made read-only once entered

@@ -57,6 +57,18 @@ type PodConfig struct {
 	// (spec.shareProcessNamespace): each sees and may signal the others' processes, and a pause process is its
 	// PID 1. Without it each container has a PID namespace of its own.
 	ShareProcessNamespace bool `json:"shareProcessNamespace,omitempty"`
+	// Sysctls are the pod's sysctls (spec.securityContext.sysctls), set in the VM's kernel before any container
+	// starts, node-level ones included: the kernel is the pod's alone. Those of the IPC and UTS namespaces are set
+	// again in each container's own. The node has admitted them (allowedUnsafeSysctls).
+	Sysctls []Sysctl `json:"sysctls,omitempty"`
+}
+
+// Sysctl is a kernel parameter and its value. Name has dots between its elements ("net.ipv4.tcp_syncookies"), a
+// slash standing for a dot within an element ("net.ipv4.conf.eth0/1.rp_filter" is
+// /proc/sys/net/ipv4/conf/eth0.1/rp_filter).
+type Sysctl struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
 }
 
 // Service is one port of a ClusterIP Service as a pod reaches it: connections to IP:Port over Protocol go to one of
