@@ -99,9 +99,12 @@ type Volume struct {
 	Files []File `json:"files,omitempty"`
 }
 
-// EmptyDir sizes an emptyDir volume; SizeLimit 0 is half the VM's memory (the tmpfs default).
+// EmptyDir sizes an emptyDir volume; SizeLimit 0 is half the VM's memory (the tmpfs default). Every emptyDir is
+// a tmpfs; Memory (medium: Memory) gives it the mode a kubelet's tmpfs has, 1777, where the default medium's
+// directory is 0777.
 type EmptyDir struct {
 	SizeLimit int64 `json:"sizeLimit,omitempty"`
+	Memory    bool  `json:"memory,omitempty"`
 }
 
 // File is one file of a files volume: a relative, clean path (subdirectories allowed), its content and mode.
