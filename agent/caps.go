@@ -5,6 +5,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/i2kit/i2kit/agent/protocol"
 )
 
 // capabilityNumbers maps capability names (without "CAP_") to their numbers, as in linux/capability.h.
@@ -16,6 +18,26 @@ var capabilityNumbers = map[string]int{
 	"SYS_RESOURCE": 24, "SYS_TIME": 25, "SYS_TTY_CONFIG": 26, "MKNOD": 27, "LEASE": 28, "AUDIT_WRITE": 29,
 	"AUDIT_CONTROL": 30, "SETFCAP": 31, "MAC_OVERRIDE": 32, "MAC_ADMIN": 33, "SYSLOG": 34, "WAKE_ALARM": 35,
 	"BLOCK_SUSPEND": 36, "AUDIT_READ": 37, "PERFMON": 38, "BPF": 39, "CHECKPOINT_RESTORE": 40,
+}
+
+// restrictProcesses applies a container's security context to the calling thread, and so to whatever it executes:
+// the capability bounding set limited to sec.Capabilities (nil: every capability), and no_new_privs with
+// sec.NoNewPrivileges. A privileged container is not restricted, whatever the other fields say: its processes
+// have every capability, as on a node, and what they can reach is the VM, the pod's own. The caller is locked to
+// its thread and the only one that forks.
+func restrictProcesses(sec *protocol.Security) error {
+	if sec == nil || sec.Privileged {
+		return nil
+	}
+	if sec.Capabilities != nil {
+		if err := limitCapabilities(sec.Capabilities); err != nil {
+			return err
+		}
+	}
+	if sec.NoNewPrivileges {
+		return setNoNewPrivs()
+	}
+	return nil
 }
 
 // setNoNewPrivs sets no_new_privs on the calling thread, so that whatever it executes inherits it. The caller

@@ -197,6 +197,9 @@ func (r *runtime) configure(cfg protocol.PodConfig) error {
 	} else {
 		r.say("i2kit-agent: %d service ports forwarded (%s)", len(cfg.Services), time.Since(t0).Round(time.Millisecond))
 	}
+	if err := writeSysctls(procSys, cfg.Sysctls); err != nil {
+		return r.cannotCreate(r.containers, err)
+	}
 	if err := r.makeVolumes(cfg.Volumes); err != nil {
 		return r.cannotCreate(r.containers, err)
 	}
@@ -395,9 +398,15 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 	if r.cfg.Hostname != "" {
 		hostname = r.cfg.Hostname
 	}
+	var sysctls []protocol.Sysctl
+	for _, s := range r.cfg.Sysctls {
+		if inContainerNamespace(s.Name) {
+			sysctls = append(sysctls, s)
+		}
+	}
 	r.mu.Unlock()
 	spec, _ := json.Marshal(supervisorSpec{Container: c.Container, Security: c.rc.Security, Env: c.rc.Env, Root: c.root, Hostname: hostname,
-		Hosts: hosts, Resolv: resolv, Mounts: mounts, TTY: c.rc.TTY})
+		Hosts: hosts, Resolv: resolv, Mounts: mounts, TTY: c.rc.TTY, Sysctls: sysctls})
 	cmd := exec.Command("/proc/self/exe", SupervisorArg)
 	cmd.Args[0] = "i2kit-init" // what ps shows as the container's PID 1
 	cmd.Env = []string{supervisorEnv + "=" + string(spec)}

@@ -41,6 +41,9 @@ type supervisorSpec struct {
 	Resolv   []byte             `json:"resolv,omitempty"` // /etc/resolv.conf, when the node sent one
 	// Mounts are bound into Root in order (see bindVolumes).
 	Mounts []bindMount `json:"mounts,omitempty"`
+	// Sysctls are the pod's sysctls of the IPC and UTS namespaces, set in the container's own (see
+	// inContainerNamespace).
+	Sysctls []protocol.Sysctl `json:"sysctls,omitempty"`
 	// TTY: the supervisor's standard input, output and error are a terminal, which becomes the main process's
 	// controlling terminal (in a session of its own).
 	TTY bool `json:"tty,omitempty"`
@@ -115,17 +118,8 @@ func Supervise() error {
 		return fmt.Errorf("executable %q: %w", c.Argv[0], err)
 	}
 	cred := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: groups}
-	if sec := c.Security; sec != nil {
-		if sec.Capabilities != nil {
-			if err := limitCapabilities(sec.Capabilities); err != nil {
-				return err
-			}
-		}
-		if sec.NoNewPrivileges {
-			if err := setNoNewPrivs(); err != nil {
-				return err
-			}
-		}
+	if err := restrictProcesses(c.Security); err != nil {
+		return err
 	}
 	s := &supervisor{waits: map[int]chan int{}, forks: make(chan forkRequest)}
 	sigs := make(chan os.Signal, 16)
@@ -165,20 +159,33 @@ func Supervise() error {
 	}
 }
 
+// systemMount is a filesystem the supervisor mounts in every container's root, at dst under it.
+type systemMount struct {
+	src, dst, fstype string
+	flags            uintptr
+}
+
+// systemMounts are the container's /proc, /dev (the VM's devices) and /sys: /sys read-only, except for a privileged
+// container, which gets it read-write as on a node.
+func systemMounts(privileged bool) []systemMount {
+	sys := uintptr(syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOEXEC)
+	if !privileged {
+		sys |= syscall.MS_RDONLY
+	}
+	return []systemMount{
+		{"proc", "proc", "proc", syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOEXEC},
+		{"/dev", "dev", "", syscall.MS_BIND | syscall.MS_REC},
+		{"sysfs", "sys", "sysfs", sys},
+	}
+}
+
 // enterRoot mounts /proc, /dev and /sys into the container's root, then binds the pod's volumes (see
-// bindVolumes), sets the hostname and enters the root.
+// bindVolumes), sets the hostname and the sysctls of the container's namespaces, and enters the root.
 func enterRoot(c supervisorSpec) error {
 	if err := syscall.Mount("", "/", "", syscall.MS_REC|syscall.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("making mounts private, %w", err)
 	}
-	for _, m := range []struct {
-		src, dst, fstype string
-		flags            uintptr
-	}{
-		{"proc", "proc", "proc", syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOEXEC},
-		{"/dev", "dev", "", syscall.MS_BIND | syscall.MS_REC},
-		{"sysfs", "sys", "sysfs", syscall.MS_RDONLY | syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOEXEC},
-	} {
+	for _, m := range systemMounts(c.Security != nil && c.Security.Privileged) {
 		dst := filepath.Join(c.Root, m.dst)
 		if err := os.MkdirAll(dst, 0o755); err != nil {
 			return err
@@ -192,6 +199,10 @@ func enterRoot(c supervisorSpec) error {
 	}
 	if err := syscall.Sethostname([]byte(c.Hostname)); err != nil {
 		return fmt.Errorf("setting hostname, %w", err)
+	}
+	// The /proc mounted so far is the agent's; its sysctls of the IPC and UTS namespaces are this process's.
+	if err := writeSysctls(procSys, c.Sysctls); err != nil {
+		return err
 	}
 	readOnly := c.Security != nil && c.Security.ReadOnlyRootFilesystem
 	if readOnly { // the root becomes a mount of its own (with its submounts), to be made read-only once entered

@@ -146,7 +146,8 @@ func (r *runtime) bindMounts(c *container) ([]bindMount, error) {
 	return out, nil
 }
 
-// makeVolume makes volume v at dir. An emptyDir is a tmpfs of mode 0777, sized at its SizeLimit capped at
+// makeVolume makes volume v at dir. An emptyDir is a tmpfs of mode 0777 (1777 for the Memory medium, as a
+// kubelet's tmpfs mount is), sized at its SizeLimit capped at
 // memBytes (the VM's memory; 0: no cap), or the tmpfs default of half the memory without a SizeLimit, as a
 // kubelet sizes a memory-backed emptyDir. A files volume is written by writeFiles.
 func makeVolume(dir string, v protocol.Volume, memBytes int64, fsGroup int) error {
@@ -162,7 +163,11 @@ func makeVolume(dir string, v protocol.Volume, memBytes int64, fsGroup int) erro
 	if err := os.MkdirAll(dir, 0o777); err != nil {
 		return err
 	}
+	mode := fs.FileMode(0o777)
 	opts := "mode=0777"
+	if v.EmptyDir.Memory {
+		mode, opts = 0o777|fs.ModeSticky, "mode=1777"
+	}
 	if size := v.EmptyDir.SizeLimit; size > 0 {
 		if memBytes > 0 {
 			size = min(size, memBytes)
@@ -177,7 +182,7 @@ func makeVolume(dir string, v protocol.Volume, memBytes int64, fsGroup int) erro
 		if err := os.Chown(dir, -1, fsGroup); err != nil {
 			return err
 		}
-		return os.Chmod(dir, 0o777|fs.ModeSetgid)
+		return os.Chmod(dir, mode|fs.ModeSetgid)
 	}
 	return nil
 }
@@ -448,8 +453,8 @@ func sameFiles(data string, files []protocol.File) bool {
 // stay within dir (an absolute one is refused, as a link a container made names its own filesystem). The
 // supervisor binds the returned descriptor, not a path, in its own mount namespace (see bindVolume): a container
 // that shares the volume and swaps a directory of the subPath for a symlink after this resolution changes nothing.
-// When create is set (an emptyDir, whose content is the containers'), the missing directories of a subPath are made with dir's permissions,
-// through descriptors too. The caller closes the file.
+// When create is set (an emptyDir, whose content is the containers'), the missing directories of a subPath are made with dir's mode
+// (setgid and sticky bits included) and, in a setgid dir, its group, through descriptors too. The caller closes the file.
 func volumeSource(dir, subPath string, create bool) (*os.File, error) {
 	if subPath == "" {
 		return nil, nil
@@ -466,7 +471,9 @@ func volumeSource(dir, subPath string, create bool) (*os.File, error) {
 	if err := unix.Fstat(int(root.Fd()), &st); err != nil {
 		return nil, err
 	}
-	perm := uint32(st.Mode) & 0o777
+	// The volume's mode with its setgid and sticky bits: in an fsGroup's volume (setgid, see makeVolume) a made
+	// directory keeps the group for what is made in it, as a kubelet makes a subPath with its volume's mode.
+	perm := uint32(st.Mode) & 0o7777
 	sub := filepath.Clean(subPath)
 	f, err := openBeneath(root, sub)
 	if err == nil || !create || !errors.Is(err, fs.ErrNotExist) {

@@ -446,3 +446,43 @@ func TestWriteFilesFSGroup(t *testing.T) {
 		t.Errorf("emptyDir: %v, %v; want drwxrwsrwx of group 2000", fi.Mode(), err)
 	}
 }
+
+// TestEmptyDirSubPathFSGroup makes an fsGroup's emptyDir volumes and a subPath in each that does not exist yet, as
+// the node conformance spec "nonexistent volume subPath should have the correct mode and owner using FSGroup"
+// does: the subPath's directories have the volume's mode, setgid (and sticky for the Memory medium) included, and
+// its group, as a kubelet's SafeMakeDir makes them.
+func TestEmptyDirSubPathFSGroup(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs and owning it by a group needs root")
+	}
+	for _, tc := range []struct {
+		name   string
+		memory bool
+		want   fs.FileMode
+	}{
+		{"default medium", false, fs.ModeDir | fs.ModeSetgid | 0o777},
+		{"memory medium", true, fs.ModeDir | fs.ModeSetgid | fs.ModeSticky | 0o777}, // the spec's "dgtrwxrwxrwx"
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "v")
+			if err := makeVolume(dir, protocol.Volume{Name: "v", EmptyDir: &protocol.EmptyDir{Memory: tc.memory}}, 0, 123); err != nil {
+				t.Fatal(err)
+			}
+			defer syscall.Unmount(dir, 0) //nolint:errcheck
+			f, err := volumeSource(dir, "test-sub/deeper", true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			for _, p := range []string{".", "test-sub", "test-sub/deeper"} {
+				fi, err := os.Stat(filepath.Join(dir, p))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if gid := fi.Sys().(*syscall.Stat_t).Gid; fi.Mode() != tc.want || gid != 123 {
+					t.Errorf("%s: %v of group %d, want %v of group 123", p, fi.Mode(), gid, tc.want)
+				}
+			}
+		})
+	}
+}

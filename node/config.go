@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
@@ -82,6 +83,11 @@ type Config struct {
 	// API). Every replica answers it, leader or standby, once its configuration is valid. Empty (the default) serves
 	// none.
 	HealthzAddress string `json:"healthzAddress,omitempty"`
+	// AllowedUnsafeSysctls are the sysctls, beyond a kubelet's safe set (kernel.shm_rmid_forced,
+	// net.ipv4.ip_local_port_range, ...), that pods may set, as a kubelet's --allowed-unsafe-sysctls: names, or
+	// prefixes ending in "*" ("kernel.msg*", "net.core.*"). A pod setting any other fails with SysctlForbidden. Unlike
+	// a kubelet's, they may name sysctls that are not namespaced ("vm.*"): a pod VM's kernel is the pod's alone.
+	AllowedUnsafeSysctls []string `json:"allowedUnsafeSysctls,omitempty"`
 	// MetricsAddress is host:port where the node's Prometheus metrics are served at /metrics over plain HTTP without
 	// authentication, for a scraper beside the node (a ServiceMonitor); the same address as HealthzAddress serves
 	// both on one listener. Empty (the default) serves none there; the kubelet API serves them at /metrics anyway,
@@ -254,6 +260,8 @@ func AddFlags(fs *pflag.FlagSet) *Flags {
 	f.copy["registry-mirror"] = func(dst *Config) { dst.Images.Mirrors = v.Images.Mirrors }
 	fs.StringSliceVar(&v.Images.DockerConfigs, "docker-config", nil, "docker config.json files with the node's registry credentials")
 	f.copy["docker-config"] = func(dst *Config) { dst.Images.DockerConfigs = v.Images.DockerConfigs }
+	fs.StringSliceVar(&v.AllowedUnsafeSysctls, "allowed-unsafe-sysctls", nil, "sysctls or patterns ending in * that pods may set beyond the safe ones (e.g. kernel.msg*,net.core.somaxconn)")
+	f.copy["allowed-unsafe-sysctls"] = func(dst *Config) { dst.AllowedUnsafeSysctls = v.AllowedUnsafeSysctls }
 	fs.IntVar(&v.Images.MaxImages, "max-images", 0, "images kept in the store")
 	f.copy["max-images"] = func(dst *Config) { dst.Images.MaxImages = v.Images.MaxImages }
 	str("max-bytes", func(c *Config) *string { return &c.Images.MaxBytes }, "bytes kept in the image store")
@@ -421,6 +429,11 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("metricsAddress %q: %w", c.MetricsAddress, err)
 		}
 	}
+	for _, p := range c.AllowedUnsafeSysctls {
+		if len(p) > 253 || !sysctlPattern.MatchString(p) {
+			return fmt.Errorf("allowedUnsafeSysctls %q: want a sysctl name, or a prefix ending in *, such as kernel.msg* (at most 253 characters matching %s)", p, sysctlPattern)
+		}
+	}
 	if c.LeaderElection.Enabled {
 		if err := c.validateLeaderElection(); err != nil {
 			return err
@@ -441,6 +454,10 @@ func (c *Config) Validate() error {
 	}
 	return nil
 }
+
+// sysctlPattern is a sysctl name or a prefix ending in "*", elements separated by dots or slashes, as a kubelet's
+// --allowed-unsafe-sysctls (policy validation's SysctlContainSlashPatternFmt).
+var sysctlPattern = regexp.MustCompile(`^([a-z0-9]([-_a-z0-9]*[a-z0-9])?[./])*([a-z0-9][-_a-z0-9]*)?[a-z0-9*]$`)
 
 // serviceAccountNamespace is where a pod finds its namespace; a variable for tests.
 var serviceAccountNamespace = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"

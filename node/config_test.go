@@ -86,6 +86,12 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"healthz address with a name", func(c *Config) { c.HealthzAddress = "localhost:10248" }, `healthzAddress "localhost:10248": host "localhost"`},
 		{"healthz port", func(c *Config) { c.HealthzAddress = ":0" }, `healthzAddress ":0": port "0"`},
 		{"metrics address", func(c *Config) { c.MetricsAddress = ":8080" }, ""},
+		{"unsafe sysctls", func(c *Config) {
+			c.AllowedUnsafeSysctls = []string{"kernel.msg*", "net.core.somaxconn", "vm.*", "net/ipv4/conf/eth0.1/rp_filter"}
+		}, ""},
+		{"unsafe sysctl with a star inside", func(c *Config) { c.AllowedUnsafeSysctls = []string{"kernel.*.x"} }, `allowedUnsafeSysctls "kernel.*.x"`},
+		{"unsafe sysctl with ..", func(c *Config) { c.AllowedUnsafeSysctls = []string{"kernel/../x"} }, `allowedUnsafeSysctls "kernel/../x"`},
+		{"unsafe sysctl empty", func(c *Config) { c.AllowedUnsafeSysctls = []string{""} }, `allowedUnsafeSysctls ""`},
 		{"metrics address the healthz address", func(c *Config) { c.MetricsAddress, c.HealthzAddress = ":8080", ":8080" }, ""},
 		{"metrics address without port", func(c *Config) { c.MetricsAddress = "0.0.0.0" }, `metricsAddress "0.0.0.0"`},
 		{"metrics address with a name", func(c *Config) { c.MetricsAddress = "localhost:8080" }, `metricsAddress "localhost:8080": host "localhost"`},

@@ -172,6 +172,7 @@ func run(ctx context.Context, c Config, w Wiring, spec *corev1.Node, client kube
 		capacity[corev1.ResourceMemory] = q
 	}
 	p := provider.New(provider.Config{NodeName: c.NodeName, InternalIP: c.InternalIP, Events: events, Capacity: capacity,
+		AllowedUnsafeSysctls: c.AllowedUnsafeSysctls,
 		RemovePod: func(ctx context.Context, pod *corev1.Pod) error {
 			zero := int64(0)
 			err := client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{

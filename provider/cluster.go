@@ -151,9 +151,14 @@ func podConfig(pod *corev1.Pod, podIP string, rt podRuntime, resolv []byte) prot
 	if hostname != pod.Name {
 		cfg.Hostname = hostname
 	}
-	if sc := pod.Spec.SecurityContext; sc != nil && sc.FSGroup != nil {
-		g := *sc.FSGroup
-		cfg.FSGroup = &g
+	if sc := pod.Spec.SecurityContext; sc != nil {
+		if sc.FSGroup != nil {
+			g := *sc.FSGroup
+			cfg.FSGroup = &g
+		}
+		for _, s := range sc.Sysctls {
+			cfg.Sysctls = append(cfg.Sysctls, protocol.Sysctl{Name: normalizeSysctl(s.Name), Value: s.Value})
+		}
 	}
 	cfg.ShareProcessNamespace = pod.Spec.ShareProcessNamespace != nil && *pod.Spec.ShareProcessNamespace
 	if g := pod.Spec.TerminationGracePeriodSeconds; g != nil {

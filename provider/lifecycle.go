@@ -23,6 +23,10 @@ const launchTimeout = 5 * time.Minute
 // createVM admits a pod, then builds its image and launches its VM in the background: CreatePod must not wait
 // for either. Progress shows in the pod's status and Events, as a kubelet shows pulls and starts.
 func (p *Provider) createVM(ctx context.Context, pod *corev1.Pod) {
+	if reason, msg := kubeletAdmit(pod, p.cfg.AllowedUnsafeSysctls); reason != "" {
+		p.reject(pod, reason, msg)
+		return
+	}
 	why := admit(pod)
 	if why == "" {
 		_, why = hostPorts(pod, p.forwardsHostPorts())
@@ -53,6 +57,13 @@ func (p *Provider) createVM(ctx context.Context, pod *corev1.Pod) {
 	}
 	p.store(pendingStatus(pod, p.cfg.InternalIP, waitingReason(pod), "building the pod's VM image", time.Now()))
 	p.startPull(pod, v)
+}
+
+// reject fails a pod the node does not admit as a kubelet's rejectPod does: a Warning Event with the reason and
+// message, and phase Failed with the reason and "Pod was rejected: " and the message.
+func (p *Provider) reject(pod *corev1.Pod, reason, msg string) {
+	p.cfg.Events.Event(pod, corev1.EventTypeWarning, reason, msg)
+	p.store(failedStatus(pod, p.cfg.InternalIP, reason, "Pod was rejected: "+msg, time.Now()))
 }
 
 // startPull starts an attempt at the pod's image, then its VM, in the background; the attempt ends when the pod is

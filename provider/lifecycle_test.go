@@ -236,6 +236,48 @@ func TestUnsupportedPodFails(t *testing.T) {
 	}
 }
 
+// TestRejectedPodFails checks that a pod a kubelet's admission refuses fails as a kubelet's rejectPod leaves it:
+// Failed with the handler's reason, "Pod was rejected: " and its message, a Warning Event, and no VM.
+func TestRejectedPodFails(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		mutate func(*corev1.Pod)
+		reason string
+		msg    string
+	}{
+		{"windows", func(p *corev1.Pod) { p.Spec.OS = &corev1.PodOS{Name: corev1.Windows} }, ReasonPodOSNotSupported,
+			"Failed to admit pod as the OS field doesn't match node OS"},
+		{"unsafe sysctl", func(p *corev1.Pod) {
+			p.Spec.SecurityContext = &corev1.PodSecurityContext{Sysctls: []corev1.Sysctl{{Name: "kernel.msgmax", Value: "10000000000"}}}
+		}, ReasonSysctlForbidden, `forbidden sysctl: "kernel.msgmax" not allowlisted`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, rec, _ := newTestProvider()
+			b := &fakeBackend{vms: map[string]vm.Status{}, notify: p.VMChanged}
+			p.UseBackend(b, fakeImages{})
+			pod := plainPod("a")
+			tc.mutate(pod)
+			if err := p.CreatePod(context.Background(), pod); err != nil {
+				t.Fatal(err)
+			}
+			got, _ := p.GetPod(context.Background(), "default", "a")
+			if launches, _ := b.counts(); got.Status.Phase != corev1.PodFailed || got.Status.Reason != tc.reason ||
+				got.Status.Message != "Pod was rejected: "+tc.msg || launches != 0 {
+				t.Errorf("status %s/%s (%q) after %d launches, want Failed/%s (%q) and none", got.Status.Phase, got.Status.Reason,
+					got.Status.Message, launches, tc.reason, "Pod was rejected: "+tc.msg)
+			}
+			select {
+			case e := <-rec.Events:
+				if want := "Warning " + tc.reason + " " + tc.msg; e != want {
+					t.Errorf("event %q, want %q", e, want)
+				}
+			default:
+				t.Error("no Event")
+			}
+		})
+	}
+}
+
 func TestCollectGarbageEndsOnlyOrphans(t *testing.T) {
 	p, b, _ := newVMProvider(t, fakeImages{})
 	p.CreatePod(context.Background(), plainPod("a")) //nolint:errcheck

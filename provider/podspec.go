@@ -15,7 +15,9 @@ var defaultCapabilities = []string{"CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", 
 	"SETUID", "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE"}
 
 // securityFor is a container's effective security context: the container's fields over the pod's, as a kubelet
-// merges them. It is a pure function.
+// merges them. A privileged container keeps every capability, whatever its adds and drops, and no_new_privs unset,
+// as containerd makes it (the API refuses allowPrivilegeEscalation: false with it); its power stops at the VM,
+// which is the pod's own. It is a pure function.
 func securityFor(pod *corev1.Pod, c corev1.Container) *protocol.Security {
 	s := &protocol.Security{Capabilities: append([]string(nil), defaultCapabilities...)}
 	if ps := pod.Spec.SecurityContext; ps != nil {
@@ -40,6 +42,10 @@ func securityFor(pod *corev1.Pod, c corev1.Container) *protocol.Security {
 		s.RunAsNonRoot = *cs.RunAsNonRoot
 	}
 	s.ReadOnlyRootFilesystem = cs.ReadOnlyRootFilesystem != nil && *cs.ReadOnlyRootFilesystem
+	if cs.Privileged != nil && *cs.Privileged {
+		s.Privileged, s.Capabilities = true, nil
+		return s
+	}
 	s.NoNewPrivileges = cs.AllowPrivilegeEscalation != nil && !*cs.AllowPrivilegeEscalation
 	if caps := cs.Capabilities; caps != nil {
 		set := map[string]bool{}
@@ -169,16 +175,35 @@ func hostsFile(pod *corev1.Pod, podIP string) []byte {
 // clusterDomain is the cluster's DNS domain, as a kubelet's default --cluster-domain.
 const clusterDomain = "cluster.local"
 
-// podHostname is a pod's hostname and, with a subdomain, its fully qualified name, as a kubelet derives them.
+// hostnameMax is the longest hostname the kernel takes (HOST_NAME_MAX 64, less the terminating NUL, as a kubelet
+// counts it).
+const hostnameMax = 63
+
+// podHostname is a pod's hostname and, with a subdomain, its fully qualified name, as a kubelet's
+// GeneratePodHostNameAndDomain derives them: spec.hostnameOverride wins over the pod's name and spec.hostname and
+// makes no fully qualified name (a subdomain is then ignored; the API refuses it with setHostnameAsFQDN); either is
+// cut to 63 characters with no trailing "-" or ".". (The API has validated the names.)
 func podHostname(pod *corev1.Pod) (hostname, fqdn string) {
+	if o := pod.Spec.HostnameOverride; o != nil && *o != "" {
+		return truncateHostname(*o), ""
+	}
 	hostname = pod.Name
 	if pod.Spec.Hostname != "" {
 		hostname = pod.Spec.Hostname
 	}
+	hostname = truncateHostname(hostname)
 	if pod.Spec.Subdomain != "" {
 		fqdn = hostname + "." + pod.Spec.Subdomain + "." + pod.Namespace + ".svc." + clusterDomain
 	}
 	return hostname, fqdn
+}
+
+// truncateHostname cuts a hostname to hostnameMax characters, then its trailing dashes and dots, as a kubelet does.
+func truncateHostname(h string) string {
+	if len(h) <= hostnameMax {
+		return h
+	}
+	return strings.TrimRight(h[:hostnameMax], "-.")
 }
 
 // resolvConf renders a pod's /etc/resolv.conf for its dnsPolicy and dnsConfig, as a kubelet does: ClusterFirst

@@ -36,6 +36,13 @@ func TestSecurityFor(t *testing.T) {
 		{"add outside the default, drop one", nil, &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"NET_RAW"}, Add: []corev1.Capability{"CAP_NET_ADMIN"}}},
 			protocol.Security{Capabilities: []string{"CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "SETGID", "SETUID", "SETFCAP",
 				"SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE", "NET_ADMIN"}}},
+		{"privileged: every capability", nil, &corev1.SecurityContext{Privileged: &yes},
+			protocol.Security{Privileged: true}},
+		{"privileged ignores adds and drops, keeps the user", &corev1.PodSecurityContext{RunAsUser: i(1000)},
+			&corev1.SecurityContext{Privileged: &yes, ReadOnlyRootFilesystem: &yes, AllowPrivilegeEscalation: &yes,
+				Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: []corev1.Capability{"NET_ADMIN"}}},
+			protocol.Security{RunAsUser: i(1000), ReadOnlyRootFilesystem: true, Privileged: true}},
+		{"privileged false", nil, &corev1.SecurityContext{Privileged: &no}, protocol.Security{Capabilities: defaultCapabilities}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			pod := &corev1.Pod{Spec: corev1.PodSpec{SecurityContext: tc.pod}}
@@ -119,6 +126,53 @@ func TestHostsFile(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("hosts lacks %q:\n%s", want, got)
 		}
+	}
+}
+
+// TestPodHostname checks the hostname, /etc/hosts entry and hostname sent to the agent against a kubelet's
+// GeneratePodHostNameAndDomain and managedHostsFileContent.
+func TestPodHostname(t *testing.T) {
+	str := func(s string) *string { return &s }
+	yes := true
+	long := strings.Repeat("a", 62) + "-b" + strings.Repeat("c", 10) // cut at 63: "aaa…a-", then "-" trimmed
+	for _, tc := range []struct {
+		name         string
+		spec         corev1.PodSpec
+		podName      string
+		wantHostname string // in PodConfig ("" keeps the pod's name, which the kernel command line gives)
+		wantHosts    string // the pod IP's line in /etc/hosts
+	}{
+		{"pod name", corev1.PodSpec{}, "web-1", "", "10.0.0.5\tweb-1\n"},
+		{"hostname", corev1.PodSpec{Hostname: "custom-host"}, "web-1", "custom-host", "10.0.0.5\tcustom-host\n"},
+		{"hostname and subdomain", corev1.PodSpec{Hostname: "h", Subdomain: "t"}, "web-1", "h",
+			"10.0.0.5\th.t.ns1.svc.cluster.local\th\n"},
+		{"subdomain and setHostnameAsFQDN", corev1.PodSpec{Subdomain: "t", SetHostnameAsFQDN: &yes}, "web-1",
+			"web-1.t.ns1.svc.cluster.local", "10.0.0.5\tweb-1.t.ns1.svc.cluster.local\tweb-1\n"},
+		{"hostnameOverride, a DNS subdomain", corev1.PodSpec{HostnameOverride: str("override.example.host")}, "web-1",
+			"override.example.host", "10.0.0.5\toverride.example.host\n"},
+		{"hostnameOverride wins over hostname", corev1.PodSpec{Hostname: "custom-host", HostnameOverride: str("override-host")},
+			"web-1", "override-host", "10.0.0.5\toverride-host\n"},
+		{"hostnameOverride drops the subdomain", corev1.PodSpec{Subdomain: "t", HostnameOverride: str("override-host")},
+			"web-1", "override-host", "10.0.0.5\toverride-host\n"},
+		{"hostnameOverride the pod's name", corev1.PodSpec{HostnameOverride: str("web-1")}, "web-1", "", "10.0.0.5\tweb-1\n"},
+		{"long pod name cut", corev1.PodSpec{}, long, strings.Repeat("a", 62), "10.0.0.5\t" + strings.Repeat("a", 62) + "\n"},
+		{"long hostnameOverride cut", corev1.PodSpec{HostnameOverride: str(strings.Repeat("x", 62) + ".y")}, "web-1",
+			strings.Repeat("x", 62), "10.0.0.5\t" + strings.Repeat("x", 62) + "\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := &corev1.Pod{Spec: tc.spec}
+			pod.Name, pod.Namespace = tc.podName, "ns1"
+			if got := podConfig(pod, "10.0.0.5", podRuntime{}, nil).Hostname; got != tc.wantHostname {
+				t.Errorf("PodConfig.Hostname = %q, want %q", got, tc.wantHostname)
+			}
+			hosts := string(hostsFile(pod, "10.0.0.5"))
+			if !strings.Contains(hosts, tc.wantHosts) {
+				t.Errorf("hosts lacks %q:\n%s", tc.wantHosts, hosts)
+			}
+			if n := strings.Count(hosts, "10.0.0.5"); n != 1 {
+				t.Errorf("hosts has %d lines of the pod's IP:\n%s", n, hosts)
+			}
+		})
 	}
 }
 

@@ -42,6 +42,9 @@ type Config struct {
 	// Capacity is what the node offers (its cpu and memory); a pod asking for more is refused (OutOfcpu,
 	// OutOfmemory) and never booted. A resource it lacks is not checked.
 	Capacity corev1.ResourceList
+	// AllowedUnsafeSysctls are the sysctls, beyond a kubelet's safe ones, that pods may set: names, or prefixes
+	// ending in "*" (see kubeletAdmit). A pod setting any other is refused with SysctlForbidden.
+	AllowedUnsafeSysctls []string
 	// Metrics is told of launches, readiness, publications and agent sessions, for the node's metrics; nil tells
 	// no one.
 	Metrics Metrics

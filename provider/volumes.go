@@ -35,7 +35,8 @@ func (r *runtimeResolver) volume(v corev1.Volume) (protocol.Volume, error) {
 				size = r.vmMem // as a kubelet caps a memory emptyDir at what the pod may use
 			}
 		}
-		return protocol.Volume{Name: v.Name, EmptyDir: &protocol.EmptyDir{SizeLimit: size}}, nil
+		return protocol.Volume{Name: v.Name, EmptyDir: &protocol.EmptyDir{SizeLimit: size,
+			Memory: v.EmptyDir.Medium == corev1.StorageMediumMemory}}, nil
 	case v.ConfigMap != nil:
 		err = r.configMapFiles(payload, v.ConfigMap.Name, v.ConfigMap.Items, v.ConfigMap.Optional, defaultModeOr(v.ConfigMap.DefaultMode))
 	case v.Secret != nil:

@@ -43,7 +43,7 @@ func TestResolveVolumes(t *testing.T) {
 		{
 			name:   "emptyDir in memory with sizeLimit",
 			source: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory, SizeLimit: rdPtr(rdQ("64Mi"))}},
-			want:   protocol.Volume{EmptyDir: &protocol.EmptyDir{SizeLimit: 64 * rdMiB}},
+			want:   protocol.Volume{EmptyDir: &protocol.EmptyDir{SizeLimit: 64 * rdMiB, Memory: true}},
 		},
 		{
 			name:   "emptyDir sizeLimit above the VM's memory is capped",

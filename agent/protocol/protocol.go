@@ -60,6 +60,18 @@ type PodConfig struct {
 	// TerminationGracePeriodSeconds bounds how long the pod's sidecars get to stop once its app containers are
 	// done for good (nil: 30, a kubelet's default).
 	TerminationGracePeriodSeconds *int64 `json:"terminationGracePeriodSeconds,omitempty"`
+	// Sysctls are the pod's sysctls (spec.securityContext.sysctls), set in the VM's kernel before any container
+	// starts, node-level ones included: the kernel is the pod's alone. Those of the IPC and UTS namespaces are set
+	// again in each container's own. The node has admitted them (allowedUnsafeSysctls).
+	Sysctls []Sysctl `json:"sysctls,omitempty"`
+}
+
+// Sysctl is a kernel parameter and its value. Name has dots between its elements ("net.ipv4.tcp_syncookies"), a
+// slash standing for a dot within an element ("net.ipv4.conf.eth0/1.rp_filter" is
+// /proc/sys/net/ipv4/conf/eth0.1/rp_filter).
+type Sysctl struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
 }
 
 // Service is one port of a ClusterIP Service as a pod reaches it: connections to IP:Port over Protocol go to one of
@@ -90,9 +102,12 @@ type Volume struct {
 	Files []File `json:"files,omitempty"`
 }
 
-// EmptyDir sizes an emptyDir volume; SizeLimit 0 is half the VM's memory (the tmpfs default).
+// EmptyDir sizes an emptyDir volume; SizeLimit 0 is half the VM's memory (the tmpfs default). Every emptyDir is
+// a tmpfs; Memory (medium: Memory) gives it the mode a kubelet's tmpfs has, 1777, where the default medium's
+// directory is 0777.
 type EmptyDir struct {
 	SizeLimit int64 `json:"sizeLimit,omitempty"`
+	Memory    bool  `json:"memory,omitempty"`
 }
 
 // File is one file of a files volume: a relative, clean path (subdirectories allowed), its content and mode.
@@ -178,6 +193,9 @@ type Security struct {
 	// NoNewPrivileges sets no_new_privs (allowPrivilegeEscalation: false): setuid binaries and file
 	// capabilities grant nothing.
 	NoNewPrivileges bool `json:"noNewPrivileges,omitempty"`
+	// Privileged gives the container what a privileged container has on a node, within the VM: every capability
+	// (Capabilities is nil), the VM's devices, and /sys read-write.
+	Privileged bool `json:"privileged,omitempty"`
 }
 
 // Probe is a container probe, as in a PodSpec. Exactly one of Exec, HTTPGet, TCPSocket and GRPC is set.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/i2kit/i2kit/provider"
 )
 
 // TestPodSpec runs pods that use what ordinary workloads use of the PodSpec on one qemu-backed node, a group per
@@ -27,7 +30,7 @@ func TestPodSpec(t *testing.T) {
 	runDir := filepath.Join(t.TempDir(), "run")
 	t.Cleanup(func() { killVMs(runDir) })
 	n := env.StartNode(t, nodeName, 10254, "--config", env.WriteFile(t, "spec.yaml", specLBConfig), "--backend", "qemu", "--insecure-registry", reg,
-		"--qemu-runtime-dir", runDir, "--qemu-bridge", "i2kitspec", "--pod-cidr", "10.92.0.0/24",
+		"--qemu-runtime-dir", runDir, "--qemu-bridge", "i2kitspec", "--pod-cidr", "10.92.0.0/24", "--allowed-unsafe-sysctls", "net.core.*",
 		"--image-store", filepath.Join(t.TempDir(), "images"))
 	if _, err := env.WaitNodeReady(ctx, nodeName, 10*time.Second); err != nil {
 		t.Fatalf("node not ready: %v\n%s", err, n.Log())
@@ -47,6 +50,7 @@ func TestPodSpec(t *testing.T) {
 	t.Run("kubectl top", func(t *testing.T) { testKubectlTop(t, nodeName, reg, n.Log) })
 	t.Run("shared process namespace", func(t *testing.T) { testSharedProcessNamespace(t, nodeName, reg, n.Log) })
 	t.Run("host port", func(t *testing.T) { testHostPort(t, nodeName, reg, n.Log) })
+	t.Run("host fields", func(t *testing.T) { testHostFields(t, nodeName, reg, n.Log) })
 }
 
 // testHostPort runs a pod whose container port 8080 has hostPort 18080: the node forwards its port 18080 to the
@@ -742,5 +746,120 @@ func testTerminal(t *testing.T, nodeName, reg string, nodeLog func() string) {
 	waitPhase(t, "stdin-once", corev1.PodSucceeded, nodeLog)
 	if out := kubectl(t, "logs", "stdin-once"); out != "typed\ngot-eof\n" {
 		t.Errorf("logs of a stdinOnce container after one attach = %q, want %q", out, "typed\ngot-eof\n")
+	}
+}
+
+// testHostFields runs what a kubelet honours or refuses of a pod's host-facing fields, and reads back from inside
+// the VM what a container sees: hostnameOverride as the hostname and in /etc/hosts; a privileged container with
+// every capability, able to mount, beside an unprivileged one that is not; sysctls set in the pod's kernel, a safe
+// one and one the node allows (--allowed-unsafe-sysctls net.core.*); and the kubelet's refusals, with their reasons
+// and Events, of an unsafe sysctl the node does not allow (SysctlForbidden) and of a Windows pod (PodOSNotSupported).
+func testHostFields(t *testing.T, nodeName, reg string, nodeLog func() string) {
+	ctx := context.Background()
+	no, yes := false, true
+	override := "override.example.host"
+	pods := env.Client.CoreV1().Pods("default")
+	names := []string{"host-override", "privileged", "sysctls", "unsafe-sysctl", "windows-pod"}
+	t.Cleanup(func() {
+		for _, n := range names {
+			pods.Delete(ctx, n, metav1.DeleteOptions{}) //nolint:errcheck
+		}
+	})
+	sleeper := func(name string) corev1.Container {
+		return corev1.Container{Name: name, Image: reg + "/hello:1", Command: []string{"sleep", "3600"}}
+	}
+	pod := func(name string, spec corev1.PodSpec) {
+		spec.NodeName, spec.AutomountServiceAccountToken = nodeName, &no
+		spec.Tolerations = []corev1.Toleration{{Operator: corev1.TolerationOpExists}}
+		if spec.Containers == nil {
+			spec.Containers = []corev1.Container{sleeper("main")}
+		}
+		if _, err := pods.Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: spec}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pod("host-override", corev1.PodSpec{Hostname: "custom-host", Subdomain: "t", HostnameOverride: &override})
+	priv := sleeper("priv")
+	priv.SecurityContext = &corev1.SecurityContext{Privileged: &yes}
+	pod("privileged", corev1.PodSpec{Containers: []corev1.Container{priv, sleeper("plain")}})
+	pod("sysctls", corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{Sysctls: []corev1.Sysctl{
+		{Name: "kernel.shm_rmid_forced", Value: "1"}, {Name: "net/core/somaxconn", Value: "1234"}}}})
+	pod("unsafe-sysctl", corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{Sysctls: []corev1.Sysctl{
+		{Name: "kernel.msgmax", Value: "10000000000"}}}})
+	pod("windows-pod", corev1.PodSpec{OS: &corev1.PodOS{Name: corev1.Windows}})
+
+	// Refusals come at once, before any image is built.
+	for _, r := range []struct{ pod, reason, msg string }{
+		{"unsafe-sysctl", provider.ReasonSysctlForbidden, `Pod was rejected: forbidden sysctl: "kernel.msgmax" not allowlisted`},
+		{"windows-pod", provider.ReasonPodOSNotSupported, "Pod was rejected: Failed to admit pod as the OS field doesn't match node OS"},
+	} {
+		var p *corev1.Pod
+		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+			var err error
+			p, err = pods.Get(ctx, r.pod, metav1.GetOptions{})
+			return err == nil && p.Status.Phase == corev1.PodFailed, nil
+		})
+		if err != nil || p.Status.Reason != r.reason || p.Status.Message != r.msg {
+			t.Errorf("pod %s: %v; status %s/%s %q, want Failed/%s %q\n%s", r.pod, err, p.Status.Phase, p.Status.Reason, p.Status.Message,
+				r.reason, r.msg, nodeLog())
+			continue
+		}
+		waitEvent(t, r.pod, r.reason)
+	}
+
+	// hostnameOverride wins over hostname and subdomain: the hostname, /etc/hostname and the pod IP's only name in
+	// /etc/hosts are the override, as a kubelet's GeneratePodHostNameAndDomain and hosts file make them.
+	p := waitRunning(t, "host-override", nodeLog)
+	if got := strings.TrimSpace(kubectl(t, "exec", "host-override", "--", "hostname")); got != override {
+		t.Errorf("hostname = %q, want %q", got, override)
+	}
+	if got := strings.TrimSpace(kubectl(t, "exec", "host-override", "--", "cat", "/etc/hostname")); got != override {
+		t.Errorf("/etc/hostname = %q, want %q", got, override)
+	}
+	hosts := kubectl(t, "exec", "host-override", "--", "cat", "/etc/hosts")
+	if !containsLine(hosts, p.Status.PodIP+"\t"+override) || strings.Contains(hosts, "custom-host") {
+		t.Errorf("/etc/hosts has no line %q alone, or names custom-host:\n%s", p.Status.PodIP+"\t"+override, hosts)
+	}
+
+	// A privileged container has every capability (CapEff covers at least CAP_CHOWN..CAP_CHECKPOINT_RESTORE, 41
+	// bits), mounts a tmpfs and has /sys read-write; its unprivileged sibling has none of that.
+	waitRunning(t, "privileged", nodeLog)
+	capEff := func(c string) uint64 {
+		out := kubectl(t, "exec", "privileged", "-c", c, "--", "grep", "CapEff", "/proc/self/status")
+		v, err := strconv.ParseUint(strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(out), "CapEff:")), 16, 64)
+		if err != nil {
+			t.Fatalf("container %s: CapEff %q: %v", c, out, err)
+		}
+		return v
+	}
+	const allCaps = 1<<41 - 1
+	if got := capEff("priv"); got&allCaps != allCaps {
+		t.Errorf("privileged container's CapEff = %x, want every capability (%x)", got, uint64(allCaps))
+	}
+	if got := capEff("plain"); got&(1<<21) != 0 { // CAP_SYS_ADMIN
+		t.Errorf("unprivileged container's CapEff = %x has CAP_SYS_ADMIN", got)
+	}
+	if out := kubectl(t, "exec", "privileged", "-c", "priv", "--", "sh", "-c", "mkdir -p /mnt/t && mount -t tmpfs none /mnt/t && grep ' /mnt/t ' /proc/mounts"); !strings.Contains(out, "tmpfs") {
+		t.Errorf("privileged container mounted no tmpfs: %q", out)
+	}
+	if out := kubectl(t, "exec", "privileged", "-c", "priv", "--", "sh", "-c", "grep ' /sys ' /proc/mounts"); !strings.Contains(out, " rw,") {
+		t.Errorf("privileged container's /sys is not read-write: %q", out)
+	}
+	kctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if out, err := env.KubectlRun(kctx, "exec", "privileged", "-c", "plain", "--", "sh", "-c", "mkdir -p /mnt/t && mount -t tmpfs none /mnt/t"); err == nil {
+		t.Errorf("unprivileged container mounted a tmpfs: %s", out)
+	}
+	if out := kubectl(t, "exec", "privileged", "-c", "plain", "--", "sh", "-c", "grep ' /sys ' /proc/mounts"); !strings.Contains(out, " ro,") {
+		t.Errorf("unprivileged container's /sys is not read-only: %q", out)
+	}
+
+	// Sysctls are the pod's kernel's: a safe one of the IPC namespace (the container's own) and a network one the
+	// node allows, given with slashes.
+	waitRunning(t, "sysctls", nodeLog)
+	for file, want := range map[string]string{"/proc/sys/kernel/shm_rmid_forced": "1", "/proc/sys/net/core/somaxconn": "1234"} {
+		if got := strings.TrimSpace(kubectl(t, "exec", "sysctls", "--", "cat", file)); got != want {
+			t.Errorf("%s = %q, want %q", file, got, want)
+		}
 	}
 }
