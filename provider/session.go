@@ -118,12 +118,12 @@ func (p *Provider) runSession(ctx context.Context, pod *corev1.Pod, v *podVM) {
 		if !launched.IsZero() {
 			p.cfg.Metrics.VMLaunched(time.Since(launched))
 		}
-		rt, ok := p.awaitRuntime(ctx, pod, v, st)
+		rt, cur, ok := p.awaitRuntime(ctx, pod, v, st)
 		if !ok {
 			c.Close()
 			return
 		}
-		cfg := podConfig(pod, st.IP, rt, resolvConf(pod, p.clusterDNS(), p.nodeResolv))
+		cfg := podConfig(cur, st.IP, rt, resolvConf(cur, p.clusterDNS(), p.nodeResolv))
 		var gen uint64
 		cfg.Services, gen = p.serviceTable()
 		if err := c.Configure(ctx, cfg); err != nil {
@@ -161,17 +161,17 @@ func (p *Provider) runSession(ctx context.Context, pod *corev1.Pod, v *podVM) {
 
 // awaitRuntime resolves the pod's runtime data. While something it needs is missing (a ConfigMap not created yet)
 // the containers wait with CreateContainerConfigError and a Warning Event says why, as on a kubelet; the work queue
-// wakes the session when what the pod uses changes.
-func (p *Provider) awaitRuntime(ctx context.Context, pod *corev1.Pod, v *podVM, st vm.Status) (podRuntime, bool) {
+// wakes the session when what the pod uses changes. It returns the pod as it was resolved.
+func (p *Provider) awaitRuntime(ctx context.Context, pod *corev1.Pod, v *podVM, st vm.Status) (podRuntime, *corev1.Pod, bool) {
 	last := ""
 	for {
 		cur := p.current(pod) // the pod as it is now: an update may have fixed what failed
 		if cur == nil {
-			return podRuntime{}, false
+			return podRuntime{}, nil, false
 		}
 		rt, err := p.resolve(ctx, cur, st)
 		if err == nil {
-			return rt, true
+			return rt, cur, true
 		}
 		if msg := err.Error(); msg != last {
 			last = msg
@@ -181,13 +181,15 @@ func (p *Provider) awaitRuntime(ctx context.Context, pod *corev1.Pod, v *podVM, 
 		p.queue.AddRateLimited(v.uid) // a safety net for changes no event reports
 		select {
 		case <-ctx.Done():
-			return podRuntime{}, false
+			return podRuntime{}, nil, false
 		case <-v.kick:
 		}
 	}
 }
 
 // agentChanged applies the agent's view of the containers to the pod's status, with the Events a kubelet emits.
+// The status is computed from the pod as the node has it now, not as it was when the session opened: its labels,
+// deadline and the conditions of its readiness gates may have changed since.
 func (p *Provider) agentChanged(pod *corev1.Pod, v *podVM, st protocol.PodStatus) {
 	v.mu.Lock()
 	prev := v.status
@@ -196,6 +198,9 @@ func (p *Provider) agentChanged(pod *corev1.Pod, v *podVM, st protocol.PodStatus
 	v.mu.Unlock()
 	if deleting || vst.State != vm.Running {
 		return
+	}
+	if pod = p.current(pod); pod == nil {
+		return // deleted or replaced
 	}
 	before := map[string]protocol.ContainerStatus{}
 	if prev != nil {

@@ -29,6 +29,7 @@ func pendingStatus(pod *corev1.Pod, hostIP, reason, msg string, now time.Time) *
 		{Type: corev1.ContainersReady, Status: corev1.ConditionFalse, Reason: reason, Message: msg, LastTransitionTime: t},
 		{Type: corev1.PodReady, Status: corev1.ConditionFalse, Reason: reason, Message: msg, LastTransitionTime: t},
 	}
+	st.Conditions = withOthersConditions(st.Conditions, pod.Status.Conditions) // a readiness gate's, set by others
 	waiting := func(cs []corev1.Container) []corev1.ContainerStatus {
 		var out []corev1.ContainerStatus
 		for _, c := range cs {
@@ -147,34 +148,22 @@ func podStatus(pod *corev1.Pod, hostIP string, v vm.Status, st protocol.PodStatu
 		return c
 	}
 	notReady := "ContainersNotReady"
-	if s.Phase == corev1.PodSucceeded || s.Phase == corev1.PodFailed {
+	switch s.Phase {
+	case corev1.PodSucceeded:
 		notReady = "PodCompleted"
+	case corev1.PodFailed:
+		notReady = "PodFailed"
 	}
-	// Readiness gates: the pod is Ready only once every gate's condition, set by others, is True too.
-	gated := ready
-	for _, g := range pod.Spec.ReadinessGates {
-		ok := false
-		for _, c := range pod.Status.Conditions {
-			ok = ok || c.Type == g.ConditionType && c.Status == corev1.ConditionTrue
-		}
-		if !ok && gated {
-			gated, notReady = false, "ReadinessGatesNotReady"
-		}
-	}
+	containersReady := cond(corev1.ContainersReady, ready, notReady)
 	s.Conditions = []corev1.PodCondition{
 		cond(corev1.PodScheduled, true, ""),
 		cond(corev1.PodInitialized, initialized, "ContainersNotInitialized"),
-		cond(corev1.ContainersReady, ready, "ContainersNotReady"),
-		cond(corev1.PodReady, gated, notReady),
+		containersReady,
+		// Readiness gates: the pod is Ready only once every gate's condition, set by others, is True too.
+		transitioned(readyCondition(pod.Spec.ReadinessGates, containersReady, pod.Status.Conditions), pod.Status.Conditions, now),
 	}
 	// Conditions that others own (readiness gates, disruption targets) are kept as they are.
-	for _, c := range pod.Status.Conditions {
-		switch c.Type {
-		case corev1.PodScheduled, corev1.PodInitialized, corev1.ContainersReady, corev1.PodReady:
-		default:
-			s.Conditions = append(s.Conditions, c)
-		}
-	}
+	s.Conditions = withOthersConditions(s.Conditions, pod.Status.Conditions)
 	return out
 }
 
