@@ -414,10 +414,12 @@ var clusterRules = []rbacv1.PolicyRule{
 	{APIGroups: []string{""}, Resources: []string{"nodes/status"}, ResourceNames: []string{"i2kit"}, Verbs: []string{"patch"}},
 	// virtual-kubelet's pod informer lists and watches the pods bound to the node (a spec.nodeName field
 	// selector, nodeutil.PodInformerFilter); its PodController deletes pods (pod.go: Pods().Delete), and so does
-	// the provider's RemovePod (i2kit node/node.go: a pod whose VM cannot be adopted).
-	{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"list", "watch", "delete"}},
-	// virtual-kubelet's PodController writes the pods' status (pod.go: Pods().UpdateStatus).
-	{APIGroups: []string{""}, Resources: []string{"pods/status"}, Verbs: []string{"update"}},
+	// the provider's RemovePod (i2kit node/node.go: a pod whose VM cannot be adopted). The pod's status write reads
+	// it (below).
+	{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch", "delete"}},
+	// virtual-kubelet's PodController writes the pods' status (pod.go: Pods().UpdateStatus), which the node turns
+	// into a kubelet's write (node/podstatus.go): the pod is read (Pods().Get), its status patched.
+	{APIGroups: []string{""}, Resources: []string{"pods/status"}, Verbs: []string{"patch"}},
 	// virtual-kubelet's ConfigMap, Secret and Service informers (nodeutil.NewNode), read through listers by the
 	// provider: env, volumes and image pull secrets of the pods (provider/cluster.go, provider/pull.go), the
 	// Services' env; netsync shares the Services informer (node/services.go).

@@ -196,9 +196,11 @@ func run(ctx context.Context, c Config, w Wiring, spec *corev1.Node, client kube
 	}
 	var services cache.SharedIndexInformer // virtual-kubelet's, shared with netsync: one Services watch per node
 	n, err := nodeutil.NewNode(c.NodeName, newProvider,
-		nodeutil.WithClient(client),
+		// Pod statuses are written as a kubelet writes them: a patch of the status only (statusWriter).
+		nodeutil.WithClient(statusWriter(client)),
 		shareServiceInformer(&services),
 		watchRuntimeObjects(p.ObjectChanged),
+		watchPodConditions(p.PodConditionsChanged),
 		nodeutil.AttachProviderRoutes(mux),
 		nodeutil.WithTLSConfig(func(t *tls.Config) error {
 			t.Certificates = []tls.Certificate{cert}

@@ -28,6 +28,15 @@ type fakeBackend struct {
 	launches   int
 	terminated []string
 	notify     func(vm.Status)
+	// volumes is what the fake agents were sent by UpdateVolume, by pod UID and volume name.
+	volumes map[string]map[string][]protocol.File
+}
+
+// volume returns what the agent of a pod was last sent for a volume by UpdateVolume.
+func (f *fakeBackend) volume(uid, name string) []protocol.File {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.volumes[uid][name]
 }
 
 func (f *fakeBackend) Format() string { return "direct" }
@@ -122,6 +131,20 @@ func (f *fakeBackend) DialAgent(_ context.Context, uid string) (net.Conn, error)
 				close(configured)
 			}
 			mu.Unlock()
+			w.WriteHeader(http.StatusNoContent)
+		})
+		mux.HandleFunc("PUT /v1/volumes/{name}", func(w http.ResponseWriter, r *http.Request) {
+			var files []protocol.File
+			json.NewDecoder(r.Body).Decode(&files) //nolint:errcheck
+			f.mu.Lock()
+			if f.volumes == nil {
+				f.volumes = map[string]map[string][]protocol.File{}
+			}
+			if f.volumes[uid] == nil {
+				f.volumes[uid] = map[string][]protocol.File{}
+			}
+			f.volumes[uid][r.PathValue("name")] = files
+			f.mu.Unlock()
 			w.WriteHeader(http.StatusNoContent)
 		})
 		mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {

@@ -17,6 +17,7 @@ import (
 	"github.com/virtual-kubelet/virtual-kubelet/node"
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 	statsv1alpha1 "k8s.io/kubelet/pkg/apis/stats/v1alpha1"
@@ -182,13 +183,16 @@ func (p *Provider) UpdatePod(_ context.Context, pod *corev1.Pod) error {
 		return errdefs.NotFoundf("pod %s/%s is not known to this node", pod.Namespace, pod.Name)
 	}
 	upd := withStatus(pod, old.Status)
+	// The conditions others own are the API's (pod's); the Ready condition follows its readiness gates.
+	upd.Status.Conditions = withOthersConditions(old.Status.Conditions, pod.Status.Conditions)
+	regate(upd, time.Now())
 	p.pods[key(pod.Namespace, pod.Name)] = upd
 	notify := p.notify
 	p.mu.Unlock()
 	for _, why := range notApplied(old, upd) {
 		p.cfg.Events.Event(upd, corev1.EventTypeWarning, ReasonUnsupported, why)
 	}
-	if len(upd.Status.EphemeralContainerStatuses) != len(old.Status.EphemeralContainerStatuses) {
+	if !equality.Semantic.DeepEqual(upd.Status, old.Status) {
 		notify(upd.DeepCopy())
 	}
 	// Its deadline, labels and annotations (downwardAPI volumes) may have changed.
@@ -420,8 +424,11 @@ func (p *Provider) storeIfCurrent(pod, updated *corev1.Pod) bool {
 		p.mu.Unlock()
 		return false
 	}
-	// The status is new; the rest is what the node knows now (UpdatePod may have come meanwhile).
+	// The status is new; the rest is what the node knows now (UpdatePod may have come meanwhile), the conditions
+	// others own among it, which Ready follows.
 	upd := withStatus(cur, updated.Status)
+	upd.Status.Conditions = withOthersConditions(updated.Status.Conditions, cur.Status.Conditions)
+	regate(upd, time.Now())
 	p.pods[key(pod.Namespace, pod.Name)] = upd
 	notify := p.notify
 	p.mu.Unlock()

@@ -118,12 +118,12 @@ func (p *Provider) runSession(ctx context.Context, pod *corev1.Pod, v *podVM) {
 		if !launched.IsZero() {
 			p.cfg.Metrics.VMLaunched(time.Since(launched))
 		}
-		rt, ok := p.awaitRuntime(ctx, pod, v, st)
+		rt, cur, ok := p.awaitRuntime(ctx, pod, v, st)
 		if !ok {
 			c.Close()
 			return
 		}
-		cfg := podConfig(pod, st.IP, rt, resolvConf(pod, p.clusterDNS(), p.nodeResolv))
+		cfg := podConfig(cur, st.IP, rt, resolvConf(cur, p.clusterDNS(), p.nodeResolv))
 		var gen uint64
 		cfg.Services, gen = p.serviceTable()
 		if err := c.Configure(ctx, cfg); err != nil {
@@ -163,13 +163,13 @@ func (p *Provider) runSession(ctx context.Context, pod *corev1.Pod, v *podVM) {
 // the containers wait with CreateContainerConfigError and a Warning Event says why, as on a kubelet, with
 // virtual-kubelet's own Event beside it (MandatoryConfigMapNotFound, …); the work queue wakes the session when what
 // the pod uses changes. Optional references skipped get virtual-kubelet's Events (OptionalSecretNotFound, …) once
-// per VM.
-func (p *Provider) awaitRuntime(ctx context.Context, pod *corev1.Pod, v *podVM, st vm.Status) (podRuntime, bool) {
+// per VM. It returns the pod as it was resolved.
+func (p *Provider) awaitRuntime(ctx context.Context, pod *corev1.Pod, v *podVM, st vm.Status) (podRuntime, *corev1.Pod, bool) {
 	last := ""
 	for {
 		cur := p.current(pod) // the pod as it is now: an update may have fixed what failed
 		if cur == nil {
-			return podRuntime{}, false
+			return podRuntime{}, nil, false
 		}
 		rt, err := p.resolve(ctx, cur, st)
 		if err == nil {
@@ -182,7 +182,7 @@ func (p *Provider) awaitRuntime(ctx context.Context, pod *corev1.Pod, v *podVM, 
 					p.cfg.Events.Event(pod, corev1.EventTypeWarning, w.Reason, w.Message)
 				}
 			}
-			return rt, true
+			return rt, cur, true
 		}
 		if msg := err.Error(); msg != last {
 			last = msg
@@ -195,7 +195,7 @@ func (p *Provider) awaitRuntime(ctx context.Context, pod *corev1.Pod, v *podVM, 
 		p.queue.AddRateLimited(v.uid) // a safety net for changes no event reports
 		select {
 		case <-ctx.Done():
-			return podRuntime{}, false
+			return podRuntime{}, nil, false
 		case <-v.kick:
 		}
 	}
@@ -204,6 +204,8 @@ func (p *Provider) awaitRuntime(ctx context.Context, pod *corev1.Pod, v *podVM, 
 // agentChanged applies the agent's view of the containers to the pod's status, with the Events a kubelet emits.
 // While the pod is being deleted its status still follows the agent's as long as the VM runs (a kubelet goes on
 // reporting readiness while a pod terminates), with the probes' Events only: the containers' ends are the delete's.
+// The status is computed from the pod as the node has it now, not as it was when the session opened: its labels,
+// deadline and the conditions of its readiness gates may have changed since.
 func (p *Provider) agentChanged(pod *corev1.Pod, v *podVM, st protocol.PodStatus) {
 	v.mu.Lock()
 	prev := v.status
@@ -212,6 +214,9 @@ func (p *Provider) agentChanged(pod *corev1.Pod, v *podVM, st protocol.PodStatus
 	v.mu.Unlock()
 	if vst.State != vm.Running {
 		return
+	}
+	if pod = p.current(pod); pod == nil {
+		return // deleted or replaced
 	}
 	before := map[string]protocol.ContainerStatus{}
 	if prev != nil {

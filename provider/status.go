@@ -54,6 +54,7 @@ func pendingStatus(pod *corev1.Pod, hostIP, reason, msg string, now time.Time) *
 		{Type: corev1.ContainersReady, Status: corev1.ConditionFalse, Reason: reason, Message: msg, LastTransitionTime: t},
 		{Type: corev1.PodReady, Status: corev1.ConditionFalse, Reason: reason, Message: msg, LastTransitionTime: t},
 	}
+	st.Conditions = withOthersConditions(st.Conditions, pod.Status.Conditions) // a readiness gate's, set by others
 	return out
 }
 
@@ -179,16 +180,10 @@ func podStatus(pod *corev1.Pod, hostIP string, v vm.Status, st protocol.PodStatu
 		keep(corev1.PodCondition{Type: corev1.PodScheduled, Status: corev1.ConditionTrue}),
 		keep(initializedCondition(pod, s.InitContainerStatuses, s.ContainerStatuses, s.Phase)),
 		keep(containersReady),
-		keep(readyCondition(pod, containersReady)),
+		keep(readyCondition(pod.Spec.ReadinessGates, containersReady, pod.Status.Conditions)),
 	}
 	// Conditions that others own (readiness gates, disruption targets) are kept as they are.
-	for _, c := range pod.Status.Conditions {
-		switch c.Type {
-		case corev1.PodScheduled, corev1.PodInitialized, corev1.ContainersReady, corev1.PodReady:
-		default:
-			s.Conditions = append(s.Conditions, c)
-		}
-	}
+	s.Conditions = withOthersConditions(s.Conditions, pod.Status.Conditions)
 	return out
 }
 
@@ -296,35 +291,6 @@ func containersReadyCondition(pod *corev1.Pod, inits, apps []corev1.ContainerSta
 		c.Status = corev1.ConditionTrue
 	}
 	return c
-}
-
-// readyCondition is the kubelet's Ready condition: ContainersReady's when that is not true; otherwise true once the
-// condition of every readiness gate, which others set, is true too.
-func readyCondition(pod *corev1.Pod, containersReady corev1.PodCondition) corev1.PodCondition {
-	if containersReady.Status != corev1.ConditionTrue {
-		return corev1.PodCondition{Type: corev1.PodReady, Status: containersReady.Status,
-			Reason: containersReady.Reason, Message: containersReady.Message}
-	}
-	var unready []string
-	for _, g := range pod.Spec.ReadinessGates {
-		var gate *corev1.PodCondition
-		for i := range pod.Status.Conditions {
-			if pod.Status.Conditions[i].Type == g.ConditionType {
-				gate = &pod.Status.Conditions[i]
-			}
-		}
-		switch {
-		case gate == nil:
-			unready = append(unready, fmt.Sprintf("corresponding condition of pod readiness gate %q does not exist.", g.ConditionType))
-		case gate.Status != corev1.ConditionTrue:
-			unready = append(unready, fmt.Sprintf("the status of pod readiness gate %q is not \"True\", but %v", g.ConditionType, gate.Status))
-		}
-	}
-	if len(unready) > 0 {
-		return corev1.PodCondition{Type: corev1.PodReady, Status: corev1.ConditionFalse,
-			Reason: "ReadinessGatesNotReady", Message: strings.Join(unready, ", ")}
-	}
-	return corev1.PodCondition{Type: corev1.PodReady, Status: corev1.ConditionTrue}
 }
 
 func containerState(s protocol.ContainerState) corev1.ContainerState {

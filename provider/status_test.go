@@ -298,11 +298,11 @@ func TestReadyConditionWithReadinessGates(t *testing.T) {
 	pod.Status.Conditions = []corev1.PodCondition{{Type: "example.com/a", Status: corev1.ConditionFalse}}
 	want := `False ReadinessGatesNotReady the status of pod readiness gate "example.com/a" is not "True", but False, ` +
 		`corresponding condition of pod readiness gate "example.com/b" does not exist.`
-	if got := condition(corev1.PodStatus{Conditions: []corev1.PodCondition{readyCondition(pod, ready)}}, corev1.PodReady); got != want {
+	if got := condition(corev1.PodStatus{Conditions: []corev1.PodCondition{readyCondition(pod.Spec.ReadinessGates, ready, pod.Status.Conditions)}}, corev1.PodReady); got != want {
 		t.Errorf("Ready %q\nwant %q", got, want)
 	}
 	pod.Status.Conditions = []corev1.PodCondition{{Type: "example.com/a", Status: corev1.ConditionTrue}, {Type: "example.com/b", Status: corev1.ConditionTrue}}
-	if c := readyCondition(pod, ready); c.Status != corev1.ConditionTrue || c.Reason != "" {
+	if c := readyCondition(pod.Spec.ReadinessGates, ready, pod.Status.Conditions); c.Status != corev1.ConditionTrue || c.Reason != "" {
 		t.Errorf("Ready with every gate true = %+v", c)
 	}
 }

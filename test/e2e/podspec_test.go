@@ -36,6 +36,7 @@ func TestPodSpec(t *testing.T) {
 		t.Fatalf("node not ready: %v\n%s", err, n.Log())
 	}
 	t.Run("runtime data", func(t *testing.T) { testRuntimeData(t, nodeName, reg, n.Log) })
+	t.Run("updates to a running pod", func(t *testing.T) { testPodUpdates(t, nodeName, reg, n.Log) })
 	t.Run("security context", func(t *testing.T) { testSecurityContext(t, nodeName, reg, n.Log) })
 	t.Run("probes", func(t *testing.T) { testProbes(t, nodeName, reg, n.Log) })
 	t.Run("init containers, lifecycle, hosts", func(t *testing.T) { testLifecycle(t, nodeName, reg, n.Log) })
