@@ -44,6 +44,10 @@ type supervisorSpec struct {
 	// TTY: the supervisor's standard input, output and error are a terminal, which becomes the main process's
 	// controlling terminal (in a session of its own).
 	TTY bool `json:"tty,omitempty"`
+	// Cgroup: the supervisor runs in the container's own cgroup, which becomes the root of a cgroup namespace of
+	// its own, mounted (read-only) at /sys/fs/cgroup as a container runtime mounts it: the container reads its own
+	// limits there (memory.max, cpu.max, cpu.weight), as on any node, and sees no other container's cgroup.
+	Cgroup bool `json:"cgroup,omitempty"`
 }
 
 // bindMount binds Source, a path in the agent's mount namespace, at Target, a path in the container; with
@@ -100,6 +104,13 @@ func Supervise() error {
 	if os.Getpid() != 1 { // in the pod's shared PID namespace: orphans would go to the pause process
 		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 			return fmt.Errorf("becoming the container's subreaper, %w", err)
+		}
+	}
+	if c.Cgroup {
+		// On this thread, which forks every process of the container: its cgroup, the container's, is the root of
+		// the namespace they all share.
+		if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
+			return fmt.Errorf("making the container's cgroup namespace, %w", err)
 		}
 	}
 	if err := enterRoot(c); err != nil {
@@ -171,14 +182,7 @@ func enterRoot(c supervisorSpec) error {
 	if err := syscall.Mount("", "/", "", syscall.MS_REC|syscall.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("making mounts private, %w", err)
 	}
-	for _, m := range []struct {
-		src, dst, fstype string
-		flags            uintptr
-	}{
-		{"proc", "proc", "proc", syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOEXEC},
-		{"/dev", "dev", "", syscall.MS_BIND | syscall.MS_REC},
-		{"sysfs", "sys", "sysfs", syscall.MS_RDONLY | syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOEXEC},
-	} {
+	for _, m := range rootMounts(c.Cgroup) {
 		dst := filepath.Join(c.Root, m.dst)
 		if err := os.MkdirAll(dst, 0o755); err != nil {
 			return err
@@ -222,6 +226,27 @@ func enterRoot(c supervisorSpec) error {
 		}
 	}
 	return nil
+}
+
+// rootMount is a filesystem the supervisor mounts at dst, a path relative to the container's root.
+type rootMount struct {
+	src, dst, fstype string
+	flags            uintptr
+}
+
+// rootMounts are the filesystems of a container's root besides its image and volumes, in order: /proc, /dev, a
+// read-only /sys and, when the container has a cgroup namespace (cgroup), its cgroup read-only at /sys/fs/cgroup.
+func rootMounts(cgroup bool) []rootMount {
+	const noexec = syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOEXEC
+	ms := []rootMount{
+		{"proc", "proc", "proc", noexec},
+		{"/dev", "dev", "", syscall.MS_BIND | syscall.MS_REC},
+		{"sysfs", "sys", "sysfs", syscall.MS_RDONLY | noexec},
+	}
+	if cgroup {
+		ms = append(ms, rootMount{"cgroup2", "sys/fs/cgroup", "cgroup2", syscall.MS_RDONLY | noexec})
+	}
+	return ms
 }
 
 // containerEnv is the image's environment with the pod's over it, and PATH and HOME defaulted.
