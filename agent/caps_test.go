@@ -13,7 +13,7 @@ import (
 func TestSystemMounts(t *testing.T) {
 	for _, privileged := range []bool{false, true} {
 		var sys *systemMount
-		for _, m := range systemMounts(privileged) {
+		for _, m := range systemMounts(privileged, true) {
 			if m.dst == "sys" {
 				sys = &m
 			}

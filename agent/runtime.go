@@ -73,6 +73,8 @@ type runtime struct {
 	services   services              // the ClusterIP forwarding rules
 	// signal, when set, replaces syscall.Kill for the runs' supervisors (tests).
 	signal func(pid int, sig syscall.Signal)
+	// resizeMu serialises the writes of containers' cgroup values (resize, applyRunResources).
+	resizeMu sync.Mutex
 }
 
 // container is one container of the pod and its current run.
@@ -103,6 +105,8 @@ type container struct {
 	wake    chan struct{} // cuts a back-off short when the pod stops
 	// retired is set when a sidecar is stopped because the pod's app containers are done: it does not restart.
 	retired bool
+	// restartNow says a resize stopped the current run: the next starts at once, whatever the restart policy.
+	restartNow bool
 }
 
 func newRuntime(console io.Writer, image boot.ImageConfig, hostname string) *runtime {
@@ -180,6 +184,8 @@ func (r *runtime) configure(cfg protocol.PodConfig) error {
 	for _, cc := range cfg.Containers {
 		c := r.find(cc.Name)
 		c.rc, c.Argv = cc, containerArgv(c.Container, cc)
+		res := cc.Resources()
+		c.status.Resources = &res
 		if len(c.Argv) == 0 {
 			c.createErr = errors.New("no command specified: the image has no entrypoint or cmd and the pod gives no command")
 			c.status.State = protocol.ContainerState{State: protocol.Waiting, Reason: "CreateContainerError", Message: c.createErr.Error()}
@@ -234,7 +240,7 @@ func (r *runtime) prepare(c *container) error {
 	if c.rootErr != nil {
 		return c.rootErr
 	}
-	cg, err := makeCgroup(c.Name, c.rc.MemoryLimit, c.rc.CPULimit)
+	cg, err := makeCgroup(c.Name, c.rc.Resources())
 	if err != nil {
 		r.say("i2kit-agent: container %s runs without a cgroup: %v", c.Name, err)
 	}
@@ -276,8 +282,8 @@ func (r *runtime) prepareRoot(c *container) error {
 	return nil
 }
 
-// makeCgroup creates a container's cgroup with its memory and CPU limits (0: none).
-func makeCgroup(name string, memory, milliCPU int64) (string, error) {
+// makeCgroup creates a container's cgroup with its resources (see applyResources).
+func makeCgroup(name string, res protocol.Resources) (string, error) {
 	if _, err := os.Stat(filepath.Join(CgroupDir, "cgroup.controllers")); err != nil {
 		return "", errors.New("cgroup v2 is not mounted")
 	}
@@ -285,20 +291,7 @@ func makeCgroup(name string, memory, milliCPU int64) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
-	if memory > 0 {
-		if err := os.WriteFile(filepath.Join(dir, "memory.max"), []byte(strconv.FormatInt(memory, 10)), 0); err != nil {
-			return dir, fmt.Errorf("setting memory.max, %w", err)
-		}
-		os.WriteFile(filepath.Join(dir, "memory.swap.max"), []byte("0"), 0) //nolint:errcheck // no swap in the VM anyway
-	}
-	if milliCPU > 0 {
-		const period = 100000
-		quota := max(milliCPU*period/1000, 1000)
-		if err := os.WriteFile(filepath.Join(dir, "cpu.max"), fmt.Appendf(nil, "%d %d", quota, period), 0); err != nil {
-			return dir, fmt.Errorf("setting cpu.max, %w", err)
-		}
-	}
-	return dir, nil
+	return dir, applyResources(dir, res, false)
 }
 
 func (r *runtime) setState(c *container, s protocol.ContainerState) {
@@ -334,17 +327,18 @@ func (r *runtime) supervise(c *container) bool {
 			StartedAt: start, FinishedAt: now}
 		r.mu.Lock()
 		c.status.State = term
-		policy, stopping := r.cfg.RestartPolicy, r.stopping || c.retired
+		policy, stopping, resized := r.cfg.RestartPolicy, r.stopping || c.retired, c.restartNow
+		c.restartNow = false
 		r.changedLocked()
 		r.mu.Unlock()
-		restart := restarts(c.kind, policy, c.rc.RestartPolicy, code)
+		restart := resized || restarts(c.kind, policy, c.rc.RestartPolicy, code)
 		if stopping || !restart {
 			return code == 0
 		}
 		if now.Sub(start) > backoffReset {
 			backoff = 0
 		}
-		if backoff > 0 {
+		if backoff > 0 && !resized { // a resize's restart is the node's doing, not a crash: no back-off
 			r.mu.Lock()
 			last := term
 			c.status.LastState = &last
@@ -357,7 +351,9 @@ func (r *runtime) supervise(c *container) bool {
 			case <-c.wake:
 			}
 		}
-		backoff = min(max(2*backoff, backoffInitial), backoffMax)
+		if !resized {
+			backoff = min(max(2*backoff, backoffInitial), backoffMax)
+		}
 		r.mu.Lock()
 		last := term
 		c.status.LastState = &last
@@ -386,6 +382,7 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 	if err != nil {
 		return 0, "", err
 	}
+	r.applyRunResources(c)
 	if path := c.rc.TerminationMessagePath; path != "" {
 		// Each run starts with an empty message file of its own, bind-mounted where the container writes it.
 		if err := prepareTerminationLog(terminationLogFile(c)); err != nil {
@@ -406,7 +403,8 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 	}
 	r.mu.Unlock()
 	spec, _ := json.Marshal(supervisorSpec{Container: c.Container, Security: c.rc.Security, Env: c.rc.Env, Root: c.root, Hostname: hostname,
-		Hosts: hosts, Resolv: resolv, Mounts: mounts, TTY: c.rc.TTY, Sysctls: sysctls})
+		Hosts: hosts, Resolv: resolv, Mounts: mounts, TTY: c.rc.TTY, Sysctls: sysctls,
+		Cgroup: c.cgroup != ""})
 	cmd := exec.Command("/proc/self/exe", SupervisorArg)
 	cmd.Args[0] = "i2kit-init" // what ps shows as the container's PID 1
 	cmd.Env = []string{supervisorEnv + "=" + string(spec)}

@@ -36,6 +36,7 @@ func (s *server) handler() http.Handler {
 	mux.HandleFunc("GET /v1/stats", s.statsHandler)
 	mux.HandleFunc("PUT /v1/volumes/{name}", s.updateVolume)
 	mux.HandleFunc("PUT /v1/services", s.setServices)
+	mux.HandleFunc("PUT /v1/containers/{name}/resources", s.resize)
 	mux.HandleFunc("POST /v1/poweroff", s.powerOff)
 	return mux
 }

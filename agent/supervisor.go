@@ -47,6 +47,10 @@ type supervisorSpec struct {
 	// TTY: the supervisor's standard input, output and error are a terminal, which becomes the main process's
 	// controlling terminal (in a session of its own).
 	TTY bool `json:"tty,omitempty"`
+	// Cgroup: the supervisor runs in the container's own cgroup, which becomes the root of a cgroup namespace of
+	// its own, mounted (read-only) at /sys/fs/cgroup as a container runtime mounts it: the container reads its own
+	// limits there (memory.max, cpu.max, cpu.weight), as on any node, and sees no other container's cgroup.
+	Cgroup bool `json:"cgroup,omitempty"`
 }
 
 // bindMount binds Source, a path in the agent's mount namespace, at Target, a path in the container; with
@@ -103,6 +107,13 @@ func Supervise() error {
 	if os.Getpid() != 1 { // in the pod's shared PID namespace: orphans would go to the pause process
 		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 			return fmt.Errorf("becoming the container's subreaper, %w", err)
+		}
+	}
+	if c.Cgroup {
+		// On this thread, which forks every process of the container: its cgroup, the container's, is the root of
+		// the namespace they all share.
+		if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
+			return fmt.Errorf("making the container's cgroup namespace, %w", err)
 		}
 	}
 	if err := enterRoot(c); err != nil {
@@ -165,18 +176,24 @@ type systemMount struct {
 	flags            uintptr
 }
 
-// systemMounts are the container's /proc, /dev (the VM's devices) and /sys: /sys read-only, except for a privileged
-// container, which gets it read-write as on a node.
-func systemMounts(privileged bool) []systemMount {
-	sys := uintptr(syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOEXEC)
+// systemMounts are the container's /proc, /dev (the VM's devices), /sys and, when the container has a cgroup
+// namespace (cgroup), its cgroup at /sys/fs/cgroup (mounted after /sys, over which it lies): /sys and the cgroup
+// read-only, except for a privileged container, which gets them read-write as on a node.
+func systemMounts(privileged, cgroup bool) []systemMount {
+	const noexec = syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOEXEC
+	sys := uintptr(noexec)
 	if !privileged {
 		sys |= syscall.MS_RDONLY
 	}
-	return []systemMount{
-		{"proc", "proc", "proc", syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOEXEC},
+	ms := []systemMount{
+		{"proc", "proc", "proc", noexec},
 		{"/dev", "dev", "", syscall.MS_BIND | syscall.MS_REC},
 		{"sysfs", "sys", "sysfs", sys},
 	}
+	if cgroup {
+		ms = append(ms, systemMount{"cgroup2", "sys/fs/cgroup", "cgroup2", sys})
+	}
+	return ms
 }
 
 // enterRoot mounts /proc, /dev and /sys into the container's root, then binds the pod's volumes (see
@@ -185,7 +202,7 @@ func enterRoot(c supervisorSpec) error {
 	if err := syscall.Mount("", "/", "", syscall.MS_REC|syscall.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("making mounts private, %w", err)
 	}
-	for _, m := range systemMounts(c.Security != nil && c.Security.Privileged) {
+	for _, m := range systemMounts(c.Security != nil && c.Security.Privileged, c.Cgroup) {
 		dst := filepath.Join(c.Root, m.dst)
 		if err := os.MkdirAll(dst, 0o755); err != nil {
 			return err

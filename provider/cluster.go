@@ -179,12 +179,8 @@ func podConfig(pod *corev1.Pod, podIP string, rt podRuntime, resolv []byte) prot
 		if l := c.Lifecycle; l != nil {
 			cc.PostStart, cc.PreStop = hookFor(c, l.PostStart), hookFor(c, l.PreStop)
 		}
-		if q, ok := c.Resources.Limits[corev1.ResourceMemory]; ok {
-			cc.MemoryLimit = q.Value()
-		}
-		if q, ok := c.Resources.Limits[corev1.ResourceCPU]; ok {
-			cc.CPULimit = q.MilliValue()
-		}
+		r := containerResources(c)
+		cc.MemoryLimit, cc.CPULimit, cc.CPURequest, cc.MemoryRequest = r.MemoryLimit, r.CPULimit, r.CPURequest, r.MemoryRequest
 		cfg.Containers = append(cfg.Containers, cc)
 	}
 	return cfg

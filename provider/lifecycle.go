@@ -98,13 +98,14 @@ func (p *Provider) startVM(ctx context.Context, v *podVM, pod *corev1.Pod) {
 	if !ok {
 		return
 	}
-	v.mu.Lock()
-	v.imageIDs = imageIDs(pod, img)
-	v.mu.Unlock()
 	lctx, cancel := context.WithTimeout(ctx, launchTimeout)
 	defer cancel()
 	mem, cpus := vmSize(pod)
 	ports, _ := hostPorts(pod, p.forwardsHostPorts()) // admitted by createVM
+	v.mu.Lock()
+	v.imageIDs = imageIDs(pod, img)
+	v.resize.launched(mem, cpus) // what an in-place resize must fit in
+	v.mu.Unlock()
 	plan := vm.Plan{UID: string(pod.UID), Namespace: pod.Namespace, Name: pod.Name, Image: img, MemoryMiB: mem, CPUs: cpus,
 		Tags: p.tags(pod), Annotations: pod.Annotations, HostPorts: ports}
 	var err error

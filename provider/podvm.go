@@ -65,6 +65,8 @@ type podVM struct {
 	awaitReady bool
 	// tokenRefresh is when the next service account token of the pod's volumes is due for renewal.
 	tokenRefresh time.Time
+	// resize is what the provider keeps of the pod's in-place resizes (resize.go).
+	resize resizeState
 }
 
 func newPodVM(uid, key string) *podVM {

@@ -171,10 +171,11 @@ func (p *Provider) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 	return nil
 }
 
-// UpdatePod takes note of a changed pod. A pod's VM is immutable: what the API lets change in a running pod's
-// spec and a kubelet would apply in place — a container's image, an added ephemeral container (kubectl debug) —
-// is not applied, and a Warning Event says so; an ephemeral container shows as terminated with reason
-// Unsupported, so that kubectl debug stops waiting for it.
+// UpdatePod takes note of a changed pod. Containers' resources (an in-place resize) are applied by the work queue
+// within what the pod's VM has (see pushResize). Otherwise a pod's VM is immutable: what the API lets change in a
+// running pod's spec and a kubelet would apply in place — a container's image, an added ephemeral container
+// (kubectl debug) — is not applied, and a Warning Event says so; an ephemeral container shows as terminated with
+// reason Unsupported, so that kubectl debug stops waiting for it.
 func (p *Provider) UpdatePod(_ context.Context, pod *corev1.Pod) error {
 	p.mu.Lock()
 	old, ok := p.pods[key(pod.Namespace, pod.Name)]
@@ -428,6 +429,7 @@ func (p *Provider) storeIfCurrent(pod, updated *corev1.Pod) bool {
 	// others own among it, which Ready follows.
 	upd := withStatus(cur, updated.Status)
 	upd.Status.Conditions = withOthersConditions(updated.Status.Conditions, cur.Status.Conditions)
+	p.applyResizeLocked(upd)
 	regate(upd, time.Now())
 	p.pods[key(pod.Namespace, pod.Name)] = upd
 	notify := p.notify

@@ -122,6 +122,9 @@ func (p *Provider) sync(ctx context.Context, uid string) error {
 		if err := p.pushServices(ctx, v, c); err != nil {
 			return err
 		}
+		if err := p.pushResize(ctx, pod, v, c); err != nil {
+			return err
+		}
 		v.mu.Lock()
 		refresh := v.tokenRefresh
 		v.mu.Unlock()

@@ -199,6 +199,17 @@ func (c *Client) UpdateVolume(ctx context.Context, name string, files []File) er
 	return nil
 }
 
+// Resize changes a container's resources in place, or restarts it with them (see ResizeRequest). The agent's
+// refusal (a memory limit below the container's use) is a *RemoteError whose message says why.
+func (c *Client) Resize(ctx context.Context, container string, r ResizeRequest) error {
+	resp, err := c.do(ctx, http.MethodPut, "/v1/containers/"+url.PathEscape(container)+"/resources", nil, r, nil)
+	if err != nil {
+		return fmt.Errorf("resizing container %s, %w", container, err)
+	}
+	resp.Body.Close()
+	return nil
+}
+
 // Status returns the pod's status.
 func (c *Client) Status(ctx context.Context) (PodStatus, error) {
 	var st PodStatus

@@ -15,7 +15,12 @@
 //	GET  /v1/stats                   Stats
 //	PUT  /v1/volumes/{name}          []File: replace a files volume's content atomically (ConfigMap, Secret, token updates)
 //	PUT  /v1/services                []Service: replace the service table (ClusterIP forwarding)
+//	PUT  /v1/containers/{name}/resources  ResizeRequest: resize a container in place (its cgroup), or restart it so
+//	                                 resized; 409 when its memory use is over the new memory limit
 //	POST /v1/poweroff?grace=…        stop every container within grace (SIGTERM, then SIGKILL) and power off
+//
+// Versioning: fields and routes are only ever added, each optional, so that both sides of one Version still agree
+// (an agent that lacks a route answers 404, one that lacks a field ignores it); anything else bumps Version.
 package protocol
 
 import (
@@ -151,6 +156,10 @@ type ContainerConfig struct {
 	// MemoryLimit in bytes and CPULimit in millicores; 0 is unlimited.
 	MemoryLimit int64 `json:"memoryLimit,omitempty"`
 	CPULimit    int64 `json:"cpuLimit,omitempty"`
+	// CPURequest in millicores weighs the container's share of the CPUs (cpu.weight; 0 is the least weight);
+	// MemoryRequest in bytes is only reported back (see Resources).
+	CPURequest    int64 `json:"cpuRequest,omitempty"`
+	MemoryRequest int64 `json:"memoryRequest,omitempty"`
 	// Mounts are made in the container's mount namespace in order, before its command starts.
 	Mounts []Mount `json:"mounts,omitempty"`
 	// Security is the container's effective security context (the pod's merged with the container's).
@@ -167,6 +176,32 @@ type ContainerConfig struct {
 	// with TerminationMessagePolicy FallbackToLogsOnError, a failed container without one reports its log's end.
 	TerminationMessagePath   string `json:"terminationMessagePath,omitempty"`
 	TerminationMessagePolicy string `json:"terminationMessagePolicy,omitempty"`
+}
+
+// Resources are a container's resources as its cgroup applies them: CPULimit (millicores) as cpu.max,
+// CPURequest (millicores) as cpu.weight, MemoryLimit (bytes) as memory.max; 0 is no limit (the least weight for
+// CPURequest). MemoryRequest (bytes) has no cgroup value: it is kept and reported, so that a change of it is a
+// resize too.
+type Resources struct {
+	CPURequest    int64 `json:"cpuRequest,omitempty"`
+	CPULimit      int64 `json:"cpuLimit,omitempty"`
+	MemoryRequest int64 `json:"memoryRequest,omitempty"`
+	MemoryLimit   int64 `json:"memoryLimit,omitempty"`
+}
+
+// Resources returns the container's configured resources.
+func (c ContainerConfig) Resources() Resources {
+	return Resources{CPURequest: c.CPURequest, CPULimit: c.CPULimit, MemoryRequest: c.MemoryRequest, MemoryLimit: c.MemoryLimit}
+}
+
+// ResizeRequest changes a running pod's container to Resources, in place (its cgroup's limits are rewritten; a
+// memory limit below the container's current use is refused), or with Restart by restarting it with them: the
+// current run is stopped (SIGTERM, SIGKILL after GracePeriodSeconds) and the next starts at once, whatever the
+// pod's restartPolicy, counting a restart.
+type ResizeRequest struct {
+	Resources          Resources `json:"resources"`
+	Restart            bool      `json:"restart,omitempty"`
+	GracePeriodSeconds int64     `json:"gracePeriodSeconds,omitempty"`
 }
 
 // Hook is a lifecycle handler: exactly one of Exec, HTTPGet and SleepSeconds.
@@ -270,6 +305,9 @@ type ContainerStatus struct {
 	// Killed says why the agent killed the current run ("Container web failed liveness probe, will be
 	// restarted"); it is cleared when the next run starts.
 	Killed string `json:"killed,omitempty"`
+	// Resources are what the container's cgroup applies now (the configuration's, then each resize's); nil
+	// before the pod is configured.
+	Resources *Resources `json:"resources,omitempty"`
 }
 
 // ContainerState is a container's state. Waiting carries Reason (ContainerCreating, CrashLoopBackOff);
