@@ -562,3 +562,21 @@ func TestHostileAgentMemory(t *testing.T) {
 		t.Logf("%-9s %-28s %s", label, fmt.Sprintf("%d pings:", pingFlood), runPingFlood(t, bounded))
 	}
 }
+
+// TestHandshakeLineBuffersLittle: a peer that sends handshake prefixes and never a newline makes readLine hold at
+// most a handshake line, whatever it sends before the deadline (the deadline alone would let the buffer grow for
+// as long as it runs).
+func TestHandshakeLineBuffersLittle(t *testing.T) {
+	flood := strings.Repeat(okMagic, (1<<20)/len(okMagic)) // 1 MiB, no newline
+	c := measure(func() (error, func()) {
+		_, err := readLine(strings.NewReader(flood), okMagic)
+		return err, func() {}
+	})
+	t.Logf("reading %d bytes of prefixes: %s", len(flood), c)
+	if !errors.Is(c.err, io.EOF) {
+		t.Errorf("readLine = %v, want EOF", c.err)
+	}
+	if c.alloc > 64<<10 {
+		t.Errorf("readLine allocated %d bytes for a line it never finished; want at most 64 KiB", c.alloc)
+	}
+}
