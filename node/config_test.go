@@ -3,11 +3,14 @@ package node
 import (
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spf13/pflag"
+	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 // elect turns leader election on with a namespace, so that validation does not look for the pod's.
@@ -203,6 +206,26 @@ func TestDefaultCapacity(t *testing.T) {
 				t.Errorf("DefaultCapacity = cpu %q memory %q, want %q %q", got.CPU, got.Memory, tc.wantCPU, tc.wantMemory)
 			}
 		})
+	}
+}
+
+// TestValidateTakesTheHostsCapacity: a qemu node whose configuration leaves cpu and memory unset offers what the
+// host has (DefaultCapacity from runtime.NumCPU and /proc/meminfo), not the fixed defaults a VM could outgrow.
+func TestValidateTakesTheHostsCapacity(t *testing.T) {
+	mem := hostMemTotal()
+	if mem <= 0 {
+		t.Skip("no /proc/meminfo here")
+	}
+	c := validConfig()
+	c.Backend = "qemu"
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if want := strconv.Itoa(runtime.NumCPU()); c.Capacity.CPU != want {
+		t.Errorf("capacity.cpu = %q, want the host's %s", c.Capacity.CPU, want)
+	}
+	if q, err := resource.ParseQuantity(c.Capacity.Memory); err != nil || q.Value() != mem {
+		t.Errorf("capacity.memory = %q (%v), want the host's %d bytes", c.Capacity.Memory, err, mem)
 	}
 }
 
