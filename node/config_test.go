@@ -80,6 +80,11 @@ func TestValidateNamesTheField(t *testing.T) {
 			c.AWS.SecurityGroups = []string{"g"}
 		}, "aws.cluster: required"},
 		{"qemu defaults", func(c *Config) { c.Backend = "qemu" }, ""},
+		{"image bounds", func(c *Config) { c.Backend, c.Images.MaxImageBytes, c.Images.MaxLayerBytes = "qemu", "8Gi", "1Gi" }, ""},
+		{"bad image bound", func(c *Config) { c.Backend, c.Images.MaxImageBytes = "qemu", "lots" }, `images.maxImageBytes "lots": want a positive quantity`},
+		{"zero layer bound", func(c *Config) { c.Backend, c.Images.MaxLayerBytes = "qemu", "0" }, `images.maxLayerBytes "0": want a positive quantity`},
+		{"layer bound above the image's", func(c *Config) { c.Backend, c.Images.MaxImageBytes, c.Images.MaxLayerBytes = "qemu", "1Gi", "2Gi" },
+			`images.maxLayerBytes "2Gi": more than images.maxImageBytes "1Gi"`},
 		{"load balancer class", func(c *Config) { c.LoadBalancers.Class = "example.com/lb" }, ""},
 		{"pool in the pod range", func(c *Config) { c.Backend, c.LoadBalancers.Pool = "qemu", "10.88.7.0/24" }, `loadBalancers.pool "10.88.7.0/24": overlaps podCIDR "10.88.0.0/16"`},
 		{"bad load balancer class", func(c *Config) { c.LoadBalancers.Class = "a b/c" }, `loadBalancers.class "a b/c"`},
