@@ -173,6 +173,36 @@ type ImagesConfig struct {
 	// DockerConfigs are docker config.json files with the node's registry credentials (default:
 	// ~/.docker/config.json), tried after a pod's pull secrets.
 	DockerConfigs []string `json:"dockerConfigs,omitempty"`
+	// MaxImageBytes bounds the uncompressed bytes of one container image's layers, as downloaded and as
+	// extracted (a quantity; 16Gi when empty); MaxLayerBytes bounds one layer's (MaxImageBytes when empty). An
+	// image over either fails its build: a small gzip must not expand into the node's disk.
+	MaxImageBytes string `json:"maxImageBytes,omitempty"`
+	MaxLayerBytes string `json:"maxLayerBytes,omitempty"`
+}
+
+// UncompressedLimits returns MaxImageBytes and MaxLayerBytes in bytes, 0 for those unset (the image builder's
+// defaults); an error names the field that is not a positive quantity, or a layer bound above the image's.
+func (c ImagesConfig) UncompressedLimits() (image, layer int64, err error) {
+	parse := func(field, v string) (int64, error) {
+		if v == "" {
+			return 0, nil
+		}
+		q, err := resource.ParseQuantity(v)
+		if err != nil || q.Sign() <= 0 {
+			return 0, fmt.Errorf("%s %q: want a positive quantity such as 16Gi", field, v)
+		}
+		return q.Value(), nil
+	}
+	if image, err = parse("images.maxImageBytes", c.MaxImageBytes); err != nil {
+		return 0, 0, err
+	}
+	if layer, err = parse("images.maxLayerBytes", c.MaxLayerBytes); err != nil {
+		return 0, 0, err
+	}
+	if image > 0 && layer > image {
+		return 0, 0, fmt.Errorf("images.maxLayerBytes %q: more than images.maxImageBytes %q", c.MaxLayerBytes, c.MaxImageBytes)
+	}
+	return image, layer, nil
 }
 
 // Capacity is the node's resources as Kubernetes quantities.
@@ -445,6 +475,9 @@ func (c *Config) Validate() error {
 		}
 		if q, err := resource.ParseQuantity(c.Images.MaxBytes); err != nil || q.Sign() <= 0 {
 			return fmt.Errorf("images.maxBytes %q: want a positive quantity such as 50Gi", c.Images.MaxBytes)
+		}
+		if _, _, err := c.Images.UncompressedLimits(); err != nil {
+			return err
 		}
 		for _, m := range c.Images.Mirrors {
 			if r, mirror, ok := strings.Cut(m, "="); !ok || r == "" || mirror == "" {

@@ -3,11 +3,14 @@ package node
 import (
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spf13/pflag"
+	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 // elect turns leader election on with a namespace, so that validation does not look for the pod's.
@@ -77,6 +80,11 @@ func TestValidateNamesTheField(t *testing.T) {
 			c.AWS.SecurityGroups = []string{"g"}
 		}, "aws.cluster: required"},
 		{"qemu defaults", func(c *Config) { c.Backend = "qemu" }, ""},
+		{"image bounds", func(c *Config) { c.Backend, c.Images.MaxImageBytes, c.Images.MaxLayerBytes = "qemu", "8Gi", "1Gi" }, ""},
+		{"bad image bound", func(c *Config) { c.Backend, c.Images.MaxImageBytes = "qemu", "lots" }, `images.maxImageBytes "lots": want a positive quantity`},
+		{"zero layer bound", func(c *Config) { c.Backend, c.Images.MaxLayerBytes = "qemu", "0" }, `images.maxLayerBytes "0": want a positive quantity`},
+		{"layer bound above the image's", func(c *Config) { c.Backend, c.Images.MaxImageBytes, c.Images.MaxLayerBytes = "qemu", "1Gi", "2Gi" },
+			`images.maxLayerBytes "2Gi": more than images.maxImageBytes "1Gi"`},
 		{"load balancer class", func(c *Config) { c.LoadBalancers.Class = "example.com/lb" }, ""},
 		{"pool in the pod range", func(c *Config) { c.Backend, c.LoadBalancers.Pool = "qemu", "10.88.7.0/24" }, `loadBalancers.pool "10.88.7.0/24": overlaps podCIDR "10.88.0.0/16"`},
 		{"bad load balancer class", func(c *Config) { c.LoadBalancers.Class = "a b/c" }, `loadBalancers.class "a b/c"`},
@@ -209,6 +217,26 @@ func TestDefaultCapacity(t *testing.T) {
 				t.Errorf("DefaultCapacity = cpu %q memory %q, want %q %q", got.CPU, got.Memory, tc.wantCPU, tc.wantMemory)
 			}
 		})
+	}
+}
+
+// TestValidateTakesTheHostsCapacity: a qemu node whose configuration leaves cpu and memory unset offers what the
+// host has (DefaultCapacity from runtime.NumCPU and /proc/meminfo), not the fixed defaults a VM could outgrow.
+func TestValidateTakesTheHostsCapacity(t *testing.T) {
+	mem := hostMemTotal()
+	if mem <= 0 {
+		t.Skip("no /proc/meminfo here")
+	}
+	c := validConfig()
+	c.Backend = "qemu"
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if want := strconv.Itoa(runtime.NumCPU()); c.Capacity.CPU != want {
+		t.Errorf("capacity.cpu = %q, want the host's %s", c.Capacity.CPU, want)
+	}
+	if q, err := resource.ParseQuantity(c.Capacity.Memory); err != nil || q.Value() != mem {
+		t.Errorf("capacity.memory = %q (%v), want the host's %d bytes", c.Capacity.Memory, err, mem)
 	}
 }
 

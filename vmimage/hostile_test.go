@@ -499,3 +499,48 @@ func TestLargeManifestIsRefused(t *testing.T) {
 		t.Fatalf("error %v, want the manifest refused for its size", err)
 	}
 }
+
+// TestUncompressedLimits: Source.MaxLayerBytes bounds each layer below the image's bound, and the image's bound
+// holds for its layers together, as they download: the layer cache never holds more of a refused image than the
+// bound, each layer being under it.
+func TestUncompressedLimits(t *testing.T) {
+	zeros := func(name string) []byte { return tarOf(t, reg(name, strings.Repeat("\x00", 3<<20))) }
+	for _, tc := range []struct {
+		name    string
+		src     Source
+		layers  [][]byte
+		wantErr string
+	}{
+		{"a layer over the layer bound", Source{MaxImageBytes: 64 << 20, MaxLayerBytes: 1 << 20}, [][]byte{zeros("a")},
+			"past the limit of 1048576 uncompressed bytes"},
+		{"layers over the image bound together", Source{MaxImageBytes: 4 << 20}, [][]byte{zeros("a"), zeros("b")},
+			errImageTooLarge.Error()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			host := serveRegistry(t)
+			var layers []v1.Layer
+			for _, l := range tc.layers {
+				layers = append(layers, gzipLayer(t, l))
+			}
+			pushImage(t, host, "app:1", imageOf(t, layers...))
+			src := tc.src
+			src.Insecure = []string{host}
+			b := newBuilder(t, &src, 10, 1<<30)
+			if _, err := b.Ensure(context.Background(), spec(host+"/app:1"), "direct"); err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("error %v, want one saying %q", err, tc.wantErr)
+			}
+			noDisks(t, b)
+			image, _ := src.limits()
+			var cached int64
+			ents, _ := os.ReadDir(filepath.Join(b.Store.Dir(), "layers"))
+			for _, e := range ents {
+				if fi, err := e.Info(); err == nil {
+					cached += fi.Size()
+				}
+			}
+			if cached > image {
+				t.Errorf("the layer cache holds %d bytes of the refused image, more than its bound %d", cached, image)
+			}
+		})
+	}
+}

@@ -65,6 +65,7 @@ func measure(f func() (error, func())) cost {
 type host interface {
 	status(ctx context.Context) error
 	watch(ctx context.Context) error
+	stats(ctx context.Context) error
 	close()
 }
 
@@ -74,7 +75,8 @@ func (h boundedHost) status(ctx context.Context) error { _, err := h.Status(ctx)
 func (h boundedHost) watch(ctx context.Context) error {
 	return h.Watch(ctx, func(PodStatus) {})
 }
-func (h boundedHost) close() { h.Close() }
+func (h boundedHost) stats(ctx context.Context) error { _, err := h.Stats(ctx); return err }
+func (h boundedHost) close()                          { h.Close() }
 
 // legacyDial is the host's handshake and session as they were before the bounds: no go-away, no ping limit, the
 // default backlog.
@@ -106,8 +108,8 @@ func newLegacyHost(t *testing.T, conn net.Conn) legacyHost {
 	return legacyHost{s, &http.Client{Transport: tr}}
 }
 
-func (h legacyHost) get(ctx context.Context, q string) (*json.Decoder, func(), error) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent/v1/status"+q, nil)
+func (h legacyHost) get(ctx context.Context, pathQuery string) (*json.Decoder, func(), error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent"+pathQuery, nil)
 	resp, err := h.http.Do(req)
 	if err != nil {
 		return nil, nil, err
@@ -116,7 +118,7 @@ func (h legacyHost) get(ctx context.Context, q string) (*json.Decoder, func(), e
 }
 
 func (h legacyHost) status(ctx context.Context) error {
-	dec, done, err := h.get(ctx, "")
+	dec, done, err := h.get(ctx, "/v1/status")
 	if err != nil {
 		return err
 	}
@@ -125,8 +127,18 @@ func (h legacyHost) status(ctx context.Context) error {
 	return dec.Decode(&st)
 }
 
+func (h legacyHost) stats(ctx context.Context) error {
+	dec, done, err := h.get(ctx, "/v1/stats")
+	if err != nil {
+		return err
+	}
+	defer done()
+	var st Stats
+	return dec.Decode(&st)
+}
+
 func (h legacyHost) watch(ctx context.Context) error {
-	dec, done, err := h.get(ctx, "?watch=1")
+	dec, done, err := h.get(ctx, "/v1/status?watch=1")
 	if err != nil {
 		return err
 	}
@@ -201,6 +213,18 @@ func tinyContainers(w http.ResponseWriter, _ *http.Request) {
 	io.WriteString(w, "]}\n") //nolint:errcheck
 }
 
+// tinyInterfaces answers stats of 1 MiB of empty network interfaces: each costs the host an InterfaceStats.
+func tinyInterfaces(w http.ResponseWriter, _ *http.Request) {
+	io.WriteString(w, `{"network":[{}`) //nolint:errcheck
+	chunk := []byte(strings.Repeat(",{}", 10<<10))
+	for range (1 << 20) / len(chunk) {
+		if _, err := w.Write(chunk); err != nil {
+			return
+		}
+	}
+	io.WriteString(w, "]}\n") //nolint:errcheck
+}
+
 // endlessLine answers a watch with a first status, then a line that never ends.
 func endlessLine(w http.ResponseWriter, _ *http.Request) {
 	io.WriteString(w, `{"seq":1}`+"\n") //nolint:errcheck
@@ -218,6 +242,10 @@ var overLimitScenarios = []struct {
 	{"giant status", giantStatus, host.status},
 	{"a million tiny containers", tinyContainers, host.status},
 	{"endless watch line", endlessLine, host.watch},
+	// The status handlers' answers are stats too (their "seq" is ignored).
+	{"giant stats", giantStatus, host.stats},
+	{"a million tiny container stats", tinyContainers, host.stats},
+	{"a million tiny interfaces", tinyInterfaces, host.stats},
 }
 
 func runOverLimit(t *testing.T, i int, bounded bool) cost {
@@ -555,10 +583,28 @@ func TestHostileAgentMemory(t *testing.T) {
 	for _, bounded := range []bool{true, false} {
 		label := map[bool]string{true: "bounded", false: "unbounded"}[bounded]
 		for i, sc := range overLimitScenarios {
-			t.Logf("%-9s %-28s %s", label, sc.name+":", runOverLimit(t, i, bounded))
+			t.Logf("%-9s %-32s %s", label, sc.name+":", runOverLimit(t, i, bounded))
 		}
 		c, resets := runGuestStreams(t, bounded)
-		t.Logf("%-9s %-28s %s (%d of %d reset)", label, fmt.Sprintf("%d guest streams:", guestStreams), c, resets, guestStreams)
-		t.Logf("%-9s %-28s %s", label, fmt.Sprintf("%d pings:", pingFlood), runPingFlood(t, bounded))
+		t.Logf("%-9s %-32s %s (%d of %d reset)", label, fmt.Sprintf("%d guest streams:", guestStreams), c, resets, guestStreams)
+		t.Logf("%-9s %-32s %s", label, fmt.Sprintf("%d pings:", pingFlood), runPingFlood(t, bounded))
+	}
+}
+
+// TestHandshakeLineBuffersLittle: a peer that sends handshake prefixes and never a newline makes readLine hold at
+// most a handshake line, whatever it sends before the deadline (the deadline alone would let the buffer grow for
+// as long as it runs).
+func TestHandshakeLineBuffersLittle(t *testing.T) {
+	flood := strings.Repeat(okMagic, (1<<20)/len(okMagic)) // 1 MiB, no newline
+	c := measure(func() (error, func()) {
+		_, err := readLine(strings.NewReader(flood), okMagic)
+		return err, func() {}
+	})
+	t.Logf("reading %d bytes of prefixes: %s", len(flood), c)
+	if !errors.Is(c.err, io.EOF) {
+		t.Errorf("readLine = %v, want EOF", c.err)
+	}
+	if c.alloc > 64<<10 {
+		t.Errorf("readLine allocated %d bytes for a line it never finished; want at most 64 KiB", c.alloc)
 	}
 }

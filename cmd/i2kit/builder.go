@@ -44,7 +44,12 @@ func newBuilder(c node.ImagesConfig, progress vmimage.Progress) (*vmimage.Builde
 	if _, err := os.Stat(a); err != nil {
 		return nil, fmt.Errorf("images.agent: %w (make build puts i2kit-agent beside i2kit)", err)
 	}
-	src := &vmimage.Source{Insecure: c.InsecureRegistries, Mirrors: map[string][]string{}}
+	imageMax, layerMax, err := c.UncompressedLimits()
+	if err != nil {
+		return nil, err
+	}
+	src := &vmimage.Source{Insecure: c.InsecureRegistries, Mirrors: map[string][]string{},
+		MaxImageBytes: imageMax, MaxLayerBytes: layerMax}
 	for _, m := range c.Mirrors {
 		reg, mirror, ok := strings.Cut(m, "=")
 		if !ok || reg == "" || mirror == "" {

@@ -161,6 +161,7 @@ func TestTapFilter(t *testing.T) {
 		passes bool
 	}{
 		{"B's MAC and IP", ipv4Frame(b.mac, b.ip, gw, "spoof-mac"), false},
+		{"B's MAC with A's own IP", ipv4Frame(b.mac, a.ip, gw, "spoof-mac-own-ip"), false}, // only the MAC rule stops it
 		{"B's IP", ipv4Frame(a.mac, b.ip, gw, "spoof-ip"), false},
 		{"the gateway's IP", ipv4Frame(a.mac, gw, b.ip, "spoof-gw"), false},
 		{"ARP claiming B's IP", arpFrame(a.mac, a.mac, b.ip, gw, "arp-spoof-ip"), false},
