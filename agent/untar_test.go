@@ -99,8 +99,8 @@ func TestUntarRefuses(t *testing.T) {
 			base := t.TempDir()
 			outside := filepath.Join(base, "outside")
 			dir := filepath.Join(base, "root")
-			os.Mkdir(outside, 0o755)                                          //nolint:errcheck
-			os.Mkdir(dir, 0o755)                                              //nolint:errcheck
+			os.Mkdir(outside, 0o755)                                           //nolint:errcheck
+			os.Mkdir(dir, 0o755)                                               //nolint:errcheck
 			os.WriteFile(filepath.Join(outside, "secret"), []byte("s"), 0o600) //nolint:errcheck
 			var entries []tarEntry
 			for _, e := range tc.entries {
