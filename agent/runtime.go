@@ -69,6 +69,9 @@ type runtime struct {
 	pause      *os.Process           // the pause process, with ShareProcessNamespace (see startPause)
 	pidns      *os.File              // its PID namespace, which every container's supervisor starts in
 	services   services              // the ClusterIP forwarding rules
+	// ephemerals are the ephemeral containers added since (see addEphemeral), adding the names being added.
+	ephemerals []*container
+	adding     map[string]bool
 }
 
 // container is one container of the pod and its current run.
@@ -84,6 +87,10 @@ type container struct {
 	createErr error
 	cgroup    string // "" without cgroups
 	logs      *crilog.Dir
+	// ephemeral marks an ephemeral container (never restarted); target is the container whose PID namespace it
+	// joins, nil for none.
+	ephemeral bool
+	target    *container
 
 	// guarded by runtime.mu
 	status protocol.ContainerStatus
@@ -120,7 +127,7 @@ func (r *runtime) status() (protocol.PodStatus, <-chan struct{}) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st := protocol.PodStatus{Seq: r.seq, Configured: r.cfg != nil}
-	for _, c := range r.containers {
+	for _, c := range append(slices.Clone(r.containers), r.ephemerals...) {
 		cs := c.status
 		if cs.LastState != nil {
 			ls := *cs.LastState
@@ -258,6 +265,11 @@ func (r *runtime) prepareRoots() {
 }
 
 func (r *runtime) prepareRoot(c *container) error {
+	return r.mountRoot(c, filepath.Join(boot.ImagesDir, c.Name))
+}
+
+// mountRoot mounts c's root, lower under a writable overlay, and opens its logs.
+func (r *runtime) mountRoot(c *container, lower string) error {
 	dir := filepath.Join(ContainersDir, c.Name)
 	c.root = filepath.Join(dir, "root")
 	c.ctl = filepath.Join(dir, "ctl.sock")
@@ -266,8 +278,7 @@ func (r *runtime) prepareRoot(c *container) error {
 			return err
 		}
 	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", filepath.Join(boot.ImagesDir, c.Name),
-		filepath.Join(dir, "upper"), filepath.Join(dir, "work"))
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, filepath.Join(dir, "upper"), filepath.Join(dir, "work"))
 	if err := syscall.Mount("overlay", c.root, "overlay", 0, opts); err != nil {
 		return fmt.Errorf("mounting the root of %s, %w", c.Name, err)
 	}
@@ -343,7 +354,7 @@ func (r *runtime) supervise(c *container) bool {
 		r.changedLocked()
 		r.mu.Unlock()
 		restart := policy == protocol.RestartAlways && !c.Onboot || policy != protocol.RestartNever && code != 0
-		if stopping || !restart {
+		if stopping || !restart || c.ephemeral {
 			return code == 0
 		}
 		if now.Sub(start) > backoffReset {
@@ -404,6 +415,14 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 		hostname = r.cfg.Hostname
 	}
 	r.mu.Unlock()
+	if c.target != nil && pidns == nil { // an ephemeral container joins its target's (see addEphemeral)
+		ns, err := r.targetPIDNamespace(c.target)
+		if err != nil {
+			return 0, "", err
+		}
+		defer ns.Close()
+		pidns = ns
+	}
 	spec, _ := json.Marshal(supervisorSpec{Container: c.Container, Security: c.rc.Security, Env: c.rc.Env, Root: c.root, Hostname: hostname,
 		Hosts: hosts, Resolv: resolv, Mounts: mounts, TTY: c.rc.TTY})
 	cmd := exec.Command("/proc/self/exe", SupervisorArg)
@@ -556,7 +575,8 @@ func (r *runtime) stop(ctx context.Context, grace time.Duration) {
 	r.stopping = true
 	var waits, starts []chan struct{}
 	var pids []int
-	for _, c := range r.containers {
+	all := append(slices.Clone(r.containers), r.ephemerals...)
+	for _, c := range all {
 		select {
 		case <-c.wake:
 		default:
@@ -568,7 +588,7 @@ func (r *runtime) stop(ctx context.Context, grace time.Duration) {
 		}
 	}
 	var hooked []*container
-	for _, c := range r.containers {
+	for _, c := range all {
 		if c.pid != 0 && c.rc.PreStop != nil {
 			hooked = append(hooked, c)
 		}
