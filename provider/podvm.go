@@ -65,6 +65,8 @@ type podVM struct {
 	awaitReady bool
 	// tokenRefresh is when the next service account token of the pod's volumes is due for renewal.
 	tokenRefresh time.Time
+	// ephemeral is the node's side of the pod's ephemeral containers, by name (see ephemeralDue).
+	ephemeral map[string]*ephemeralRun
 }
 
 func newPodVM(uid, key string) *podVM {
