@@ -43,6 +43,7 @@ func TestPodSpec(t *testing.T) {
 	t.Run("terminal", func(t *testing.T) { testTerminal(t, nodeName, reg, n.Log) })
 	t.Run("kubectl top", func(t *testing.T) { testKubectlTop(t, nodeName, reg, n.Log) })
 	t.Run("shared process namespace", func(t *testing.T) { testSharedProcessNamespace(t, nodeName, reg, n.Log) })
+	t.Run("ephemeral containers", func(t *testing.T) { testEphemeralContainers(t, nodeName, reg, n.Log) })
 }
 
 // testRuntimeData runs a pod that uses the runtime data ordinary workloads use — env in every form, ConfigMap,
