@@ -75,6 +75,9 @@ type runtime struct {
 	signal func(pid int, sig syscall.Signal)
 	// resizeMu serialises the writes of containers' cgroup values (resize, applyRunResources).
 	resizeMu sync.Mutex
+	// ephemerals are the ephemeral containers added since (see addEphemeral), adding the names being added.
+	ephemerals []*container
+	adding     map[string]bool
 }
 
 // container is one container of the pod and its current run.
@@ -91,6 +94,10 @@ type container struct {
 	cgroup    string // "" without cgroups
 	logs      *crilog.Dir
 	kind      containerKind // set by configure, before any run
+	// ephemeral marks an ephemeral container (never restarted); target is the container whose PID namespace it
+	// joins, nil for none.
+	ephemeral bool
+	target    *container
 
 	// guarded by runtime.mu
 	status protocol.ContainerStatus
@@ -131,7 +138,7 @@ func (r *runtime) status() (protocol.PodStatus, <-chan struct{}) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st := protocol.PodStatus{Seq: r.seq, Configured: r.cfg != nil}
-	for _, c := range r.containers {
+	for _, c := range append(slices.Clone(r.containers), r.ephemerals...) {
 		cs := c.status
 		if cs.LastState != nil {
 			ls := *cs.LastState
@@ -259,6 +266,11 @@ func (r *runtime) prepareRoots() {
 }
 
 func (r *runtime) prepareRoot(c *container) error {
+	return r.mountRoot(c, filepath.Join(boot.ImagesDir, c.Name))
+}
+
+// mountRoot mounts c's root, lower under a writable overlay, and opens its logs.
+func (r *runtime) mountRoot(c *container, lower string) error {
 	dir := filepath.Join(ContainersDir, c.Name)
 	c.root = filepath.Join(dir, "root")
 	c.ctl = filepath.Join(dir, "ctl.sock")
@@ -267,8 +279,7 @@ func (r *runtime) prepareRoot(c *container) error {
 			return err
 		}
 	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", filepath.Join(boot.ImagesDir, c.Name),
-		filepath.Join(dir, "upper"), filepath.Join(dir, "work"))
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, filepath.Join(dir, "upper"), filepath.Join(dir, "work"))
 	if err := syscall.Mount("overlay", c.root, "overlay", 0, opts); err != nil {
 		return fmt.Errorf("mounting the root of %s, %w", c.Name, err)
 	}
@@ -332,7 +343,7 @@ func (r *runtime) supervise(c *container) bool {
 		r.changedLocked()
 		r.mu.Unlock()
 		restart := resized || restarts(c.kind, policy, c.rc.RestartPolicy, code)
-		if stopping || !restart {
+		if stopping || !restart || c.ephemeral {
 			return code == 0
 		}
 		if now.Sub(start) > backoffReset {
@@ -402,6 +413,14 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 		}
 	}
 	r.mu.Unlock()
+	if c.target != nil && pidns == nil { // an ephemeral container joins its target's (see addEphemeral)
+		ns, err := r.targetPIDNamespace(c.target)
+		if err != nil {
+			return 0, "", err
+		}
+		defer ns.Close()
+		pidns = ns
+	}
 	spec, _ := json.Marshal(supervisorSpec{Container: c.Container, Security: c.rc.Security, Env: c.rc.Env, Root: c.root, Hostname: hostname,
 		Hosts: hosts, Resolv: resolv, Mounts: mounts, TTY: c.rc.TTY, Sysctls: sysctls,
 		Cgroup: c.cgroup != ""})
@@ -551,10 +570,14 @@ func (r *runtime) stop(ctx context.Context, grace time.Duration) {
 	for _, c := range r.containers {
 		wakeUp(c)
 	}
+	for _, c := range r.ephemerals {
+		wakeUp(c)
+	}
 	order := r.order
 	if order == nil { // never configured
 		order = r.containers
 	}
+	order = append(slices.Clone(order), r.ephemerals...) // stopped with the app containers
 	r.mu.Unlock()
 	r.terminate(ctx, stopOrder(order), grace)
 }

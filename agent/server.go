@@ -38,6 +38,7 @@ func (s *server) handler() http.Handler {
 	mux.HandleFunc("PUT /v1/services", s.setServices)
 	mux.HandleFunc("PUT /v1/containers/{name}/resources", s.resize)
 	mux.HandleFunc("POST /v1/poweroff", s.powerOff)
+	mux.HandleFunc("POST /v1/ephemeral", s.addEphemeral)
 	return mux
 }
 
@@ -114,6 +115,9 @@ func (s *server) status(w http.ResponseWriter, req *http.Request) {
 
 func (s *server) container(w http.ResponseWriter, name string) *container {
 	c := s.rt.find(name)
+	if c == nil {
+		c = s.rt.findEphemeral(name)
+	}
 	if c == nil {
 		http.Error(w, fmt.Sprintf("container %q is not in this pod", name), http.StatusNotFound)
 	}

@@ -67,6 +67,8 @@ type podVM struct {
 	tokenRefresh time.Time
 	// resize is what the provider keeps of the pod's in-place resizes (resize.go).
 	resize resizeState
+	// ephemeral is the node's side of the pod's ephemeral containers, by name (see ephemeralDue).
+	ephemeral map[string]*ephemeralRun
 }
 
 func newPodVM(uid, key string) *podVM {

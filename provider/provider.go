@@ -97,6 +97,8 @@ type Provider struct {
 	// set before the node runs (New, UseBackend) and never change.
 	backend vm.Backend
 	builder ImageBuilder
+	// rootfs brings ephemeral containers' images into running VMs; nil leaves them Unsupported.
+	rootfs RootfsSource
 	// queue syncs running pods with what they depend on (queue.go); stop ends its workers.
 	queue workqueue.TypedRateLimitingInterface[string]
 	stop  context.CancelFunc
@@ -136,9 +138,11 @@ func New(cfg Config) *Provider {
 }
 
 // UseBackend gives the provider the backend that runs pod VMs and the builder of their images. Call it before
-// the node runs; the backend reports VM changes to VMChanged.
+// the node runs; the backend reports VM changes to VMChanged. A builder that is also a RootfsSource (vmimage.Builder
+// is) brings ephemeral containers into running VMs; with another, they are Unsupported.
 func (p *Provider) UseBackend(b vm.Backend, images ImageBuilder) {
 	p.backend, p.builder = b, images
+	p.rootfs, _ = images.(RootfsSource)
 }
 
 // Stop ends the provider's work queue. Running VMs keep running, to be adopted by the next node.
@@ -172,10 +176,9 @@ func (p *Provider) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 }
 
 // UpdatePod takes note of a changed pod. Containers' resources (an in-place resize) are applied by the work queue
-// within what the pod's VM has (see pushResize). Otherwise a pod's VM is immutable: what the API lets change in a
-// running pod's spec and a kubelet would apply in place — a container's image, an added ephemeral container
-// (kubectl debug) — is not applied, and a Warning Event says so; an ephemeral container shows as terminated with
-// reason Unsupported, so that kubectl debug stops waiting for it.
+// within what the pod's VM has (see pushResize), and an added ephemeral container (kubectl debug) is brought into
+// the running VM by it (see ephemeralDue). Otherwise a pod's VM is immutable: a container's new image, which a
+// kubelet would apply in place, is not applied, and a Warning Event says so.
 func (p *Provider) UpdatePod(_ context.Context, pod *corev1.Pod) error {
 	p.mu.Lock()
 	old, ok := p.pods[key(pod.Namespace, pod.Name)]
@@ -183,14 +186,14 @@ func (p *Provider) UpdatePod(_ context.Context, pod *corev1.Pod) error {
 		p.mu.Unlock()
 		return errdefs.NotFoundf("pod %s/%s is not known to this node", pod.Namespace, pod.Name)
 	}
-	upd := withStatus(pod, old.Status)
+	upd := withStatus(pod, old.Status, p.ephemeralViewLocked(string(pod.UID)))
 	// The conditions others own are the API's (pod's); the Ready condition follows its readiness gates.
 	upd.Status.Conditions = withOthersConditions(old.Status.Conditions, pod.Status.Conditions)
 	regate(upd, time.Now())
 	p.pods[key(pod.Namespace, pod.Name)] = upd
 	notify := p.notify
 	p.mu.Unlock()
-	for _, why := range notApplied(old, upd) {
+	for _, why := range notApplied(old, upd, p.rootfs != nil && p.backend != nil) {
 		p.cfg.Events.Event(upd, corev1.EventTypeWarning, ReasonUnsupported, why)
 	}
 	if !equality.Semantic.DeepEqual(upd.Status, old.Status) {
@@ -204,8 +207,9 @@ func (p *Provider) UpdatePod(_ context.Context, pod *corev1.Pod) error {
 	return nil
 }
 
-// notApplied says what of a pod's update its VM does not apply, one sentence each.
-func notApplied(old, upd *corev1.Pod) []string {
+// notApplied says what of a pod's update its VM does not apply, one sentence each; without ephemeral, the node
+// cannot run ephemeral containers.
+func notApplied(old, upd *corev1.Pod, ephemeral bool) []string {
 	var out []string
 	images := map[string]string{}
 	for _, c := range append(append([]corev1.Container(nil), old.Spec.InitContainers...), old.Spec.Containers...) {
@@ -222,35 +226,31 @@ func notApplied(old, upd *corev1.Pod) []string {
 		known[c.Name] = true
 	}
 	for _, c := range upd.Spec.EphemeralContainers {
-		if !known[c.Name] {
-			out = append(out, ephemeralUnsupported(c.Name))
+		if !known[c.Name] && !ephemeral {
+			out = append(out, ephemeralUnsupported(c.Name, noEphemeral))
 		}
 	}
 	return out
 }
 
-func ephemeralUnsupported(name string) string {
-	return fmt.Sprintf("ephemeral container %s cannot run: a pod VM's image is fixed when it is created; "+
-		"use kubectl exec, or kubectl debug --copy-to for a new pod", name)
-}
-
-// withStatus is a copy of pod with status st, in which its ephemeral containers' statuses are derived from its spec
-// (see ephemeralStatuses).
-func withStatus(pod *corev1.Pod, st corev1.PodStatus) *corev1.Pod {
+// withStatus is a copy of pod with status st, in which its ephemeral containers' statuses come from view (see
+// ephemeralStatuses): whoever computed st need not know them.
+func withStatus(pod *corev1.Pod, st corev1.PodStatus, view ephemeralView) *corev1.Pod {
 	upd := pod.DeepCopy()
 	upd.Status = *st.DeepCopy()
-	upd.Status.EphemeralContainerStatuses = ephemeralStatuses(upd)
+	upd.Status.EphemeralContainerStatuses = ephemeralStatuses(upd, view)
 	return upd
 }
 
-// ephemeralStatuses reports each of a pod's ephemeral containers as never run: terminated with reason Unsupported.
-func ephemeralStatuses(pod *corev1.Pod) []corev1.ContainerStatus {
-	var out []corev1.ContainerStatus
-	for _, c := range pod.Spec.EphemeralContainers {
-		out = append(out, corev1.ContainerStatus{Name: c.Name, Image: c.Image, State: corev1.ContainerState{
-			Terminated: &corev1.ContainerStateTerminated{ExitCode: 128, Reason: ReasonUnsupported, Message: ephemeralUnsupported(c.Name)}}})
+// ephemeralViewLocked is what the node knows of the ephemeral containers of the pod of uid; the caller holds p.mu.
+func (p *Provider) ephemeralViewLocked(uid string) ephemeralView {
+	if p.rootfs == nil || p.backend == nil {
+		return ephemeralView{unsupported: noEphemeral}
 	}
-	return out
+	if v := p.vms[uid]; v != nil {
+		return v.ephemeralView()
+	}
+	return ephemeralView{}
 }
 
 // DeletePod ends a pod's VM (within its grace period), forgets the pod and reports it terminated, so that the pod
@@ -427,7 +427,7 @@ func (p *Provider) storeIfCurrent(pod, updated *corev1.Pod) bool {
 	}
 	// The status is new; the rest is what the node knows now (UpdatePod may have come meanwhile), the conditions
 	// others own among it, which Ready follows.
-	upd := withStatus(cur, updated.Status)
+	upd := withStatus(cur, updated.Status, p.ephemeralViewLocked(string(cur.UID)))
 	upd.Status.Conditions = withOthersConditions(updated.Status.Conditions, cur.Status.Conditions)
 	p.applyResizeLocked(upd)
 	regate(upd, time.Now())

@@ -114,6 +114,7 @@ func (p *Provider) sync(ctx context.Context, uid string) error {
 	}
 	due(d)
 	due(p.pullDue(pod, v, time.Now()))
+	due(p.ephemeralDue(ctx, pod, v, time.Now()))
 	v.wake()
 	if c := v.connected(); c != nil {
 		if err := p.pushVolumes(ctx, pod, v, c); err != nil {

@@ -59,6 +59,9 @@ func NewClient(conn net.Conn, timeout time.Duration) (*Client, error) {
 		DialContext:            func(context.Context, string, string) (net.Conn, error) { return s.Open() },
 		DisableKeepAlives:      true, // a stream per request: streams are cheap, and none outlives its request
 		MaxResponseHeaderBytes: maxResponseHeader,
+		// Only a request that asks for it (AddEphemeral) waits for the agent's 100 Continue before its body; an
+		// agent that says nothing within this long gets the body anyway, as HTTP/1.1 wants.
+		ExpectContinueTimeout: 10 * time.Second,
 	}
 	return &Client{sess: s, http: &http.Client{Transport: tr}}, nil
 }

@@ -302,6 +302,8 @@ type ContainerStatus struct {
 	// Response body: ...", an HTTP probe redirected to another host).
 	ProbeWarnings    int    `json:"probeWarnings,omitempty"`
 	LastProbeWarning string `json:"lastProbeWarning,omitempty"`
+	// Ephemeral marks an ephemeral container's status (see AddEphemeral): it is never restarted.
+	Ephemeral bool `json:"ephemeral,omitempty"`
 	// Killed says why the agent killed the current run ("Container web failed liveness probe, will be
 	// restarted"); it is cleared when the next run starts.
 	Killed string `json:"killed,omitempty"`
