@@ -109,8 +109,10 @@ func probeSeconds(s int32) time.Duration { return time.Duration(s) * probeSecond
 
 // probe runs c's probes for the run that ends when ended is closed, and stops with it.
 func (r *runtime) probe(c *container, ended <-chan struct{}) {
-	rc := c.rc // set once, before any run
-	if rc.Startup == nil && rc.Readiness == nil && rc.Liveness == nil {
+	// The probes are set once, before any run; c.rc's resources are not (a resize changes them under runtime.mu):
+	// the probes alone are read here, not a copy of c.rc.
+	startup, readiness, liveness := c.rc.Startup, c.rc.Readiness, c.rc.Liveness
+	if startup == nil && readiness == nil && liveness == nil {
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -119,16 +121,16 @@ func (r *runtime) probe(c *container, ended <-chan struct{}) {
 		cancel()
 	}()
 	started := make(chan struct{}) // closed once the startup probe succeeds
-	if rc.Startup == nil {
+	if startup == nil {
 		close(started)
 	} else {
-		go r.probeLoop(ctx, c, ended, startupProbe, rc.Startup, started)
+		go r.probeLoop(ctx, c, ended, startupProbe, startup, started)
 	}
-	if rc.Readiness != nil {
-		go r.probeLoop(ctx, c, ended, readinessProbe, rc.Readiness, started)
+	if readiness != nil {
+		go r.probeLoop(ctx, c, ended, readinessProbe, readiness, started)
 	}
-	if rc.Liveness != nil {
-		go r.probeLoop(ctx, c, ended, livenessProbe, rc.Liveness, started)
+	if liveness != nil {
+		go r.probeLoop(ctx, c, ended, livenessProbe, liveness, started)
 	}
 }
 

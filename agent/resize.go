@@ -123,11 +123,11 @@ func (r *runtime) resize(name string, req protocol.ResizeRequest) error {
 		r.mu.Unlock()
 		return fmt.Errorf("the pod is not configured yet, %w", errBadResize)
 	}
-	running := c.pid != 0
+	running, cgroup := c.pid != 0, c.cgroup
 	r.mu.Unlock()
-	if !req.Restart && c.cgroup != "" {
+	if !req.Restart && cgroup != "" {
 		// A container that is not running gets its new values now too: its next run keeps them.
-		if err := applyResources(c.cgroup, res, running); err != nil {
+		if err := applyResources(cgroup, res, running); err != nil {
 			return fmt.Errorf("container %s: %w", name, err)
 		}
 	}

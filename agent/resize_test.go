@@ -184,3 +184,21 @@ func TestRootMountsGiveTheContainerItsCgroup(t *testing.T) {
 		}
 	}
 }
+
+// TestResizeRacesNothing: a resize while a run starts (its probes read the container's configuration) is not a data
+// race: the resources it changes are only read under the runtime's lock (run with -race).
+func TestResizeRacesNothing(t *testing.T) {
+	r, c := resizeRuntime(t)
+	c.rc.Readiness = &protocol.Probe{InitialDelaySeconds: 3600, TCPSocket: &protocol.TCPAction{Port: 1}}
+	ended := make(chan struct{})
+	defer close(ended)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.probe(c, ended)
+	}()
+	if err := r.resize("c1", protocol.ResizeRequest{Resources: protocol.Resources{CPULimit: 500}}); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+}

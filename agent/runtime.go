@@ -247,11 +247,20 @@ func (r *runtime) prepare(c *container) error {
 	if c.rootErr != nil {
 		return c.rootErr
 	}
-	cg, err := makeCgroup(c.Name, c.rc.Resources())
+	// A resize may come meanwhile (the pod is configured): it writes c's resources and reads its cgroup under
+	// runtime.mu, and waits for resizeMu, so that the cgroup is made with the latest resources.
+	r.resizeMu.Lock()
+	defer r.resizeMu.Unlock()
+	r.mu.Lock()
+	res := c.rc.Resources()
+	r.mu.Unlock()
+	cg, err := makeCgroup(c.Name, res)
 	if err != nil {
 		r.say("i2kit-agent: container %s runs without a cgroup: %v", c.Name, err)
 	}
+	r.mu.Lock()
 	c.cgroup = cg
+	r.mu.Unlock()
 	return nil
 }
 
