@@ -503,3 +503,34 @@ func TestFailedPostStartStopsTheContainer(t *testing.T) {
 		t.Errorf("status %+v, want not started, killed by FailedPostStartHook", st.Containers[0])
 	}
 }
+
+// TestRunBegunAfterStopIsKilled: a run that begins once the pod is stopping (a restart, an ephemeral container
+// added just before) or once its sidecar is retired was not among the runs stop or stopSidecars signalled: it is
+// killed at once rather than left running; one that began before is left to them.
+func TestRunBegunAfterStopIsKilled(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		stop func(r *runtime, c *container)
+		want []string
+	}{
+		{"running", func(*runtime, *container) {}, nil},
+		{"pod stopping", func(r *runtime, _ *container) { r.stop(t.Context(), time.Second) }, []string{"KILL web"}},
+		{"sidecar retired", func(r *runtime, c *container) { r.stopSidecars([]*container{c}) }, []string{"KILL web"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRuntime(io.Discard, boot.ImageConfig{Containers: []boot.Container{{Name: "web"}}}, "pod")
+			r.cfg = &protocol.PodConfig{RestartPolicy: protocol.RestartAlways}
+			c := r.containers[0]
+			c.kind = sidecarKind
+			f := &fakeRuns{byPID: map[int]*container{fakePID: c}}
+			r.signal = f.signal
+			tc.stop(r, c) // finds no run: the container is between two
+			r.beginRun(c, fakePID, nil, make(chan struct{}), make(chan struct{}), nil, nil)
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			if !slices.Equal(f.log, tc.want) {
+				t.Errorf("signals %q, want %q", f.log, tc.want)
+			}
+		})
+	}
+}

@@ -330,6 +330,12 @@ func (r *runtime) supervise(c *container) bool {
 	}
 	backoff := time.Duration(0)
 	for attempt := 0; ; attempt++ {
+		r.mu.Lock()
+		stopping := r.stopping || c.retired
+		r.mu.Unlock()
+		if stopping { // an ephemeral container added as the pod stopped; else see beginRun
+			return false
+		}
 		start := time.Now()
 		code, reason, err := r.runOnce(c, attempt)
 		now := time.Now()
@@ -510,9 +516,7 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 		return 0, "", fmt.Errorf("starting %s, %w", c.Name, err)
 	}
 	ended, started := make(chan struct{}), make(chan struct{})
-	r.mu.Lock()
-	c.pid, c.run, c.ended, c.started, c.stdin, c.tty = cmd.Process.Pid, run, ended, started, stdinW, tty
-	r.mu.Unlock()
+	r.beginRun(c, cmd.Process.Pid, run, ended, started, stdinW, tty)
 	// Running once the supervisor says the main process runs, or ended (EOF: it failed before, and says why).
 	startedR.Read(make([]byte, 1)) //nolint:errcheck
 	close(started)
@@ -548,6 +552,21 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 		return 0, "Completed", nil
 	default:
 		return code, "Error", nil
+	}
+}
+
+// beginRun records c's new run: its supervisor's pid, its log, its channels and its stdin and terminal. A run that
+// begins once the pod is stopping, or once c (a sidecar) is retired, began after stop or stopSidecars looked for the
+// runs to signal, and would run on, never signalled (a sidecar would keep its pod from completing): it is killed at
+// once, as a kubelet starts nothing in a pod it is stopping.
+func (r *runtime) beginRun(c *container, pid int, run *crilog.Run, ended, started chan struct{}, stdin, tty *os.File) {
+	r.mu.Lock()
+	c.pid, c.run, c.ended, c.started, c.stdin, c.tty = pid, run, ended, started, stdin, tty
+	late := r.stopping || c.retired
+	r.mu.Unlock()
+	if late {
+		r.say("i2kit-agent: container %s started as the pod stopped: killed", c.Name)
+		r.kill(pid, syscall.SIGKILL)
 	}
 }
 
