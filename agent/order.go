@@ -191,7 +191,7 @@ func stopOrder(cs []*container) [][]*container {
 }
 
 // terminate stops groups of containers within grace, as a kubelet stops a pod: the preStop hooks of every running
-// container run first, all at once; then each group in turn gets SIGTERM once the earlier groups have ended; what
+// container run first, all at once (each run's once, whoever terminates it); then each group in turn gets SIGTERM once the earlier groups have ended; what
 // still runs at the deadline (or when ctx ends) gets SIGKILL. It returns once every container it signalled has
 // ended.
 func (r *runtime) terminate(ctx context.Context, groups [][]*container, grace time.Duration) {
@@ -208,7 +208,8 @@ func (r *runtime) terminate(ctx context.Context, groups [][]*container, grace ti
 		for _, c := range g {
 			if c.pid != 0 {
 				rs = append(rs, run{c, c.pid, c.ended, c.started})
-				if c.rc.PreStop != nil {
+				if c.rc.PreStop != nil && !c.preStopRun { // once per run: stopSidecars may have run it already
+					c.preStopRun = true
 					hooked = append(hooked, c)
 				}
 			}

@@ -368,6 +368,7 @@ type fakeRuns struct {
 	log     []string
 	byPID   map[int]*container
 	ignores map[string]syscall.Signal // a container that ignores this signal
+	sent    chan string               // if set, gets each signal as logged
 }
 
 func (f *fakeRuns) add(c *container, pid int) {
@@ -381,6 +382,9 @@ func (f *fakeRuns) signal(pid int, sig syscall.Signal) {
 	defer f.mu.Unlock()
 	c := f.byPID[pid]
 	f.log = append(f.log, fmt.Sprintf("%s %s", map[syscall.Signal]string{syscall.SIGTERM: "TERM", syscall.SIGKILL: "KILL"}[sig], c.Name))
+	if f.sent != nil {
+		f.sent <- f.log[len(f.log)-1]
+	}
 	if f.ignores[c.Name] != sig {
 		close(c.ended)
 		delete(f.byPID, pid)
@@ -532,5 +536,37 @@ func TestRunBegunAfterStopIsKilled(t *testing.T) {
 				t.Errorf("signals %q, want %q", f.log, tc.want)
 			}
 		})
+	}
+}
+
+// TestPreStopRunsOnce: a sidecar being stopped because the app containers are done (its preStop hook run, its
+// SIGTERM ignored) and then stopped with the pod does not run its preStop hook again: a kubelet runs it once.
+func TestPreStopRunsOnce(t *testing.T) {
+	var hooks atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { hooks.Add(1) }))
+	defer srv.Close()
+	u, _ := url.Parse(srv.URL)
+	port, _ := strconv.Atoi(u.Port())
+	r := newRuntime(io.Discard, boot.ImageConfig{Containers: []boot.Container{{Name: "proxy"}}}, "pod")
+	hour := int64(3600)
+	r.cfg = &protocol.PodConfig{RestartPolicy: protocol.RestartNever, TerminationGracePeriodSeconds: &hour}
+	c := r.containers[0]
+	c.kind = sidecarKind
+	c.rc.PreStop = &protocol.Hook{HTTPGet: &protocol.HTTPGetAction{Host: "127.0.0.1", Port: port, Path: "/"}}
+	f := &fakeRuns{byPID: map[int]*container{}, ignores: map[string]syscall.Signal{"proxy": syscall.SIGTERM}, sent: make(chan string, 4)}
+	r.signal = f.signal
+	f.add(c, fakePID)
+	retired := make(chan struct{})
+	go func() {
+		defer close(retired)
+		r.stopSidecars([]*container{c})
+	}()
+	if s := <-f.sent; s != "TERM proxy" { // after its hook
+		t.Fatalf("signal %q, want TERM proxy", s)
+	}
+	r.stop(t.Context(), 10*time.Millisecond)
+	<-retired
+	if n := hooks.Load(); n != 1 {
+		t.Errorf("the preStop hook ran %d times, want once", n)
 	}
 }

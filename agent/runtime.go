@@ -114,6 +114,8 @@ type container struct {
 	retired bool
 	// restartNow says a resize stopped the current run: the next starts at once, whatever the restart policy.
 	restartNow bool
+	// preStopRun says the current run's preStop hook has been run (see terminate): a kubelet runs it once.
+	preStopRun bool
 }
 
 func newRuntime(console io.Writer, image boot.ImageConfig, hostname string) *runtime {
@@ -562,6 +564,7 @@ func (r *runtime) runOnce(c *container, attempt int) (code int, reason string, e
 func (r *runtime) beginRun(c *container, pid int, run *crilog.Run, ended, started chan struct{}, stdin, tty *os.File) {
 	r.mu.Lock()
 	c.pid, c.run, c.ended, c.started, c.stdin, c.tty = pid, run, ended, started, stdin, tty
+	c.preStopRun = false
 	late := r.stopping || c.retired
 	r.mu.Unlock()
 	if late {
