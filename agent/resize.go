@@ -135,11 +135,13 @@ func (r *runtime) resize(name string, req protocol.ResizeRequest) error {
 	defer r.mu.Unlock()
 	c.rc.CPURequest, c.rc.CPULimit, c.rc.MemoryRequest, c.rc.MemoryLimit = res.CPURequest, res.CPULimit, res.MemoryRequest, res.MemoryLimit
 	c.status.Resources = &res
-	if req.Restart && c.pid != 0 {
+	// A run being stopped (the pod stops, or c is a retired sidecar) is left to stop in its order, its preStop hook
+	// first: a kubelet resizes no terminating container.
+	if req.Restart && c.pid != 0 && !r.stopping && !c.retired {
 		c.restartNow = true
 		c.status.Killed = fmt.Sprintf("Container %s resize requires restart", c.Name)
 		pid, ended := c.pid, c.ended
-		syscall.Kill(pid, syscall.SIGTERM) //nolint:errcheck
+		r.kill(pid, syscall.SIGTERM)
 		go r.killAfter(pid, ended, time.Duration(req.GracePeriodSeconds)*time.Second)
 	}
 	r.changedLocked()

@@ -202,3 +202,33 @@ func TestResizeRacesNothing(t *testing.T) {
 	}
 	<-done
 }
+
+// TestResizeLeavesAStoppingRunAlone: a resize with a restart of a container that is being stopped (the pod stops,
+// or it is a retired sidecar) records the resources but does not kill the run: it stops in its order, preStop
+// hook first.
+func TestResizeLeavesAStoppingRunAlone(t *testing.T) {
+	for _, name := range []string{"pod stopping", "sidecar retired"} {
+		t.Run(name, func(t *testing.T) {
+			r, c := resizeRuntime(t)
+			f := &fakeRuns{byPID: map[int]*container{}}
+			r.signal = f.signal
+			f.add(c, fakePID)
+			if name == "pod stopping" {
+				r.stopping = true
+			} else {
+				c.retired = true
+			}
+			if err := r.resize("c1", protocol.ResizeRequest{Resources: protocol.Resources{CPULimit: 500}, Restart: true}); err != nil {
+				t.Fatal(err)
+			}
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			if len(f.log) > 0 || c.restartNow {
+				t.Errorf("signals %q, restartNow %v: the stopping run was killed by a resize", f.log, c.restartNow)
+			}
+			if c.rc.CPULimit != 500 {
+				t.Errorf("cpu limit %d, want the resize's 500", c.rc.CPULimit)
+			}
+		})
+	}
+}
