@@ -71,16 +71,21 @@ func TestAddEphemeralRoundTrip(t *testing.T) {
 func TestAddEphemeralBound(t *testing.T) {
 	defer func(m int64) { maxRootfs = m }(maxRootfs)
 	maxRootfs = 64 << 10
-	var agentRead int
-	c := ephemeralAgent(t, func(_ EphemeralContainer, fs []byte, _ error) { agentRead = len(fs) })
+	// The first request's handler may still be reading when the second is served: only a whole read is kept.
+	var agentRead atomic.Int64
+	c := ephemeralAgent(t, func(_ EphemeralContainer, fs []byte, err error) {
+		if err == nil {
+			agentRead.Store(int64(len(fs)))
+		}
+	})
 	err := c.AddEphemeral(context.Background(), EphemeralContainer{ContainerConfig: ContainerConfig{Name: "d"}},
 		bytes.NewReader(make([]byte, maxRootfs+1)))
 	if !errors.Is(err, ErrRootfsTooLarge) {
 		t.Errorf("AddEphemeral of %d bytes = %v, want ErrRootfsTooLarge", maxRootfs+1, err)
 	}
 	if err := c.AddEphemeral(context.Background(), EphemeralContainer{ContainerConfig: ContainerConfig{Name: "d"}},
-		bytes.NewReader(make([]byte, maxRootfs))); err != nil || agentRead != int(maxRootfs) {
-		t.Errorf("AddEphemeral of exactly the bound = %v (agent read %d)", err, agentRead)
+		bytes.NewReader(make([]byte, maxRootfs))); err != nil || agentRead.Load() != maxRootfs {
+		t.Errorf("AddEphemeral of exactly the bound = %v (agent read %d)", err, agentRead.Load())
 	}
 
 	_, rootfs, err := ReadEphemeral(io.MultiReader(strings.NewReader(`{"name":"d"}`+"\n"), bytes.NewReader(make([]byte, 2*maxRootfs))))
