@@ -64,10 +64,14 @@ func (c statusPods) UpdateStatus(ctx context.Context, pod *corev1.Pod, opts meta
 }
 
 // mergeStatus is the status the node writes: the node's, with the conditions the node does not own
-// (provider.OwnsCondition) as the API has them, as a kubelet's status manager merges them. The conditions keep
-// the API's order, so that an unchanged status makes an empty patch.
+// (provider.OwnsCondition) and the resource claims' statuses (the control plane's: DRA's controllers and the
+// scheduler set them) as the API has them, as a kubelet's status manager merges them. The conditions keep the
+// API's order, so that an unchanged status makes an empty patch.
 func mergeStatus(api, node corev1.PodStatus) corev1.PodStatus {
 	out := *node.DeepCopy()
+	out.ResourceClaimStatuses = api.ResourceClaimStatuses
+	out.ExtendedResourceClaimStatus = api.ExtendedResourceClaimStatus
+	out.NodeAllocatableResourceClaimStatuses = api.NodeAllocatableResourceClaimStatuses
 	out.Conditions = nil
 	own := map[corev1.PodConditionType]int{}
 	for i, c := range node.Conditions {

@@ -137,3 +137,30 @@ func TestOthersChanged(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusWriteKeepsClaimStatuses: the resource claims' statuses, which the control plane sets after the node
+// copied the pod, stay as the API has them: the node's stale copy does not patch them away.
+func TestStatusWriteKeepsClaimStatuses(t *testing.T) {
+	ctx := context.Background()
+	api := apiPod()
+	claim := "web-gpu-abc"
+	api.Status.ResourceClaimStatuses = []corev1.PodResourceClaimStatus{{Name: "gpu", ResourceClaimName: &claim}}
+	api.Status.ExtendedResourceClaimStatus = &corev1.PodExtendedResourceClaimStatus{ResourceClaimName: "web-extended"}
+	client := fake.NewClientset(api)
+	if _, err := statusWriter(client).CoreV1().Pods("default").UpdateStatus(ctx, nodeCopy(), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := client.CoreV1().Pods("default").Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := got.Status.ResourceClaimStatuses; len(s) != 1 || s[0].ResourceClaimName == nil || *s[0].ResourceClaimName != claim {
+		t.Errorf("resourceClaimStatuses %+v, want the API's", s)
+	}
+	if e := got.Status.ExtendedResourceClaimStatus; e == nil || e.ResourceClaimName != "web-extended" {
+		t.Errorf("extendedResourceClaimStatus %+v, want the API's", e)
+	}
+	if got.Status.Phase != corev1.PodRunning {
+		t.Errorf("the node's status was not written: %+v", got.Status)
+	}
+}

@@ -91,7 +91,7 @@ func transitioned(c corev1.PodCondition, old []corev1.PodCondition, now metav1.T
 func regate(pod *corev1.Pod, now time.Time) {
 	s := &pod.Status
 	cr := findCondition(s.Conditions, corev1.ContainersReady)
-	if cr == nil || s.Phase == corev1.PodSucceeded || s.Phase == corev1.PodFailed {
+	if cr == nil || terminal(s.Phase) {
 		return
 	}
 	ready := transitioned(readyCondition(pod.Spec.ReadinessGates, *cr, s.Conditions), s.Conditions, metav1.NewTime(now))

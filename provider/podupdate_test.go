@@ -123,3 +123,34 @@ func TestRelabelReachesDownwardAPIVolume(t *testing.T) {
 		return false
 	})
 }
+
+// TestEndedPodKeepsItsStatus: a status computed before the pod ended and stored after it (the agent's, racing the
+// VM's failure; a failed pull's, racing the deadline) leaves the pod as it ended, phase, reason and message: a
+// kubelet never takes a pod out of a terminal phase.
+func TestEndedPodKeepsItsStatus(t *testing.T) {
+	p, _, n := newVMProvider(t, fakeImages{})
+	t.Cleanup(p.Stop)
+	ctx := context.Background()
+	pod := plainPod("e")
+	if err := p.CreatePod(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	running := waitPhase(t, p, "e", corev1.PodRunning) // computed from the agent before the end
+	now := time.Now()
+	p.storeIfCurrent(pod, failedStatus(pod, p.cfg.InternalIP, "VMFailed", "the VM ended", now))
+	for _, late := range []*corev1.Pod{
+		running,
+		pendingStatus(pod, p.cfg.InternalIP, "ImagePullBackOff", "Back-off pulling image", now),
+		failedStatus(pod, p.cfg.InternalIP, "DeadlineExceeded", "too long", now),
+	} {
+		if !p.storeIfCurrent(pod, late) {
+			t.Fatal("storeIfCurrent: the pod is no longer current")
+		}
+		for _, got := range []*corev1.Pod{mustGet(t, p, "e"), n.last()} {
+			if got.Status.Phase != corev1.PodFailed || got.Status.Reason != "VMFailed" || got.Status.Message != "the VM ended" {
+				t.Fatalf("after a late %s status: %s %q %q, want Failed VMFailed", late.Status.Phase,
+					got.Status.Phase, got.Status.Reason, got.Status.Message)
+			}
+		}
+	}
+}

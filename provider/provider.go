@@ -417,13 +417,19 @@ func (p *Provider) podStats(ctx context.Context) []podStats {
 }
 
 // storeIfCurrent stores a status computed in the background unless the pod was deleted (or replaced) meanwhile;
-// it reports whether the pod is still current.
+// it reports whether the pod is still current. A pod that has ended (Succeeded or Failed) keeps its status: a
+// status computed before it ended and stored after (the agent's, a pull's, a VM's exit after its deadline) never
+// takes it out of its terminal phase or changes why it ended, as a kubelet forces a terminal phase back.
 func (p *Provider) storeIfCurrent(pod, updated *corev1.Pod) bool {
 	p.mu.Lock()
 	cur, ok := p.pods[key(pod.Namespace, pod.Name)]
 	if !ok || cur.UID != pod.UID {
 		p.mu.Unlock()
 		return false
+	}
+	if terminal(cur.Status.Phase) {
+		p.mu.Unlock()
+		return true
 	}
 	// The status is new; the rest is what the node knows now (UpdatePod may have come meanwhile), the conditions
 	// others own among it, which Ready follows.
@@ -436,4 +442,9 @@ func (p *Provider) storeIfCurrent(pod, updated *corev1.Pod) bool {
 	p.mu.Unlock()
 	notify(upd.DeepCopy())
 	return true
+}
+
+// terminal reports whether a pod in phase has ended for good.
+func terminal(phase corev1.PodPhase) bool {
+	return phase == corev1.PodSucceeded || phase == corev1.PodFailed
 }

@@ -240,7 +240,7 @@ func (rs *resizeState) status(out *corev1.Pod, st *protocol.PodStatus, now time.
 		kept = append(kept, c)
 	}
 	s.Conditions = kept
-	if st == nil || s.Phase == corev1.PodSucceeded || s.Phase == corev1.PodFailed {
+	if st == nil || terminal(s.Phase) {
 		return
 	}
 	steps := resizeSteps(out, *st)

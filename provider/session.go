@@ -281,12 +281,8 @@ func isClosed(ch <-chan struct{}) bool {
 
 // isReady reports whether a pod's status has its Ready condition true.
 func isReady(pod *corev1.Pod) bool {
-	for _, c := range pod.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
+	c := findCondition(pod.Status.Conditions, corev1.PodReady)
+	return c != nil && c.Status == corev1.ConditionTrue
 }
 
 func (p *Provider) podFailed(pod *corev1.Pod, reason, msg string) {

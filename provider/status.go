@@ -166,15 +166,7 @@ func podStatus(pod *corev1.Pod, hostIP string, v vm.Status, st protocol.PodStatu
 	s.Phase = podPhase(pod, s.InitContainerStatuses, s.ContainerStatuses)
 
 	now := metav1.Now()
-	keep := func(c corev1.PodCondition) corev1.PodCondition {
-		c.LastTransitionTime = now
-		for _, old := range pod.Status.Conditions {
-			if old.Type == c.Type && old.Status == c.Status {
-				c.LastTransitionTime = old.LastTransitionTime
-			}
-		}
-		return c
-	}
+	keep := func(c corev1.PodCondition) corev1.PodCondition { return transitioned(c, pod.Status.Conditions, now) }
 	containersReady := containersReadyCondition(pod, s.InitContainerStatuses, s.ContainerStatuses, s.Phase)
 	s.Conditions = []corev1.PodCondition{
 		keep(corev1.PodCondition{Type: corev1.PodScheduled, Status: corev1.ConditionTrue}),
