@@ -109,7 +109,7 @@ func Init(console io.ReadWriter) error {
 }
 
 // mountImages finds each disk by its erofs UUID among the virtio block devices and mounts it read-only at
-// boot.ImagesDir/<container>. It returns "name=entry,entry,..." per container, listing the image root.
+// boot.ImagesDir/<container>, and at boot.ImageVolumesDir/<volume> for an image volume. It returns "name=entry,entry,..." per container, listing the image root.
 func mountImages(cfg boot.ImageConfig) ([]string, error) {
 	byUUID, err := waitDisks(cfg.Disks, 5*time.Second)
 	if err != nil {
@@ -135,6 +135,21 @@ func mountImages(cfg boot.ImageConfig) ([]string, error) {
 		}
 		sort.Strings(names)
 		out = append(out, c.Name+"="+strings.Join(names, ","))
+	}
+	for _, v := range cfg.Volumes {
+		if v.Disk < 0 || v.Disk >= len(cfg.Disks) || v.Name == "" || v.Name == "." || v.Name == ".." || strings.ContainsRune(v.Name, '/') {
+			return nil, fmt.Errorf("image volume %q: bad name or disk %d out of range", v.Name, v.Disk)
+		}
+		// Read-only as a container runtime mounts an image volume (erofs is read-only anyway), not noexec: a pod
+		// may run tools an image volume brings.
+		dst := filepath.Join(boot.ImageVolumesDir, v.Name)
+		if err := os.MkdirAll(dst, 0o755); err != nil {
+			return nil, err
+		}
+		dev := byUUID[cfg.Disks[v.Disk].UUID]
+		if err := syscall.Mount(dev, dst, "erofs", syscall.MS_RDONLY|syscall.MS_NODEV, ""); err != nil {
+			return nil, fmt.Errorf("mounting %s at %s, %w", dev, dst, err)
+		}
 	}
 	return out, nil
 }

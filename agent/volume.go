@@ -16,11 +16,15 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/i2kit/i2kit/agent/boot"
 	"github.com/i2kit/i2kit/agent/protocol"
 )
 
 // VolumesDir holds the pod's volumes, one directory per volume name.
 const VolumesDir = "/run/i2kit/volumes"
+
+// imageVolumesDir is where Init mounted the image's image volumes (boot.ImageVolumesDir); tests point it elsewhere.
+var imageVolumesDir = boot.ImageVolumesDir
 
 // The reserved names of a files volume's directory (see writeFiles). Every name starting with ".." is reserved.
 const (
@@ -37,7 +41,8 @@ const (
 var (
 	// errUnknownVolume: the pod has no volume of that name.
 	errUnknownVolume = errors.New("no such volume")
-	// errNotFiles: the volume is an emptyDir, whose content is the containers', not the node's.
+	// errNotFiles: the volume is an emptyDir, whose content is the containers', not the node's, or an image
+	// volume, whose content is its image's.
 	errNotFiles = errors.New("not a files volume")
 	// errBadPath: a file's path is not a clean relative path, or is reserved.
 	errBadPath = errors.New("bad file path")
@@ -47,11 +52,12 @@ var (
 type podVolume struct {
 	dir      string
 	emptyDir bool
+	image    bool       // an image volume: the read-only filesystem of an image's disk
 	mu       sync.Mutex // serialises writes of a files volume and the subPath resolutions that read it
 }
 
 // validateVolumes checks the pod's volumes and mounts before anything is made: volume names are unique path
-// elements, a volume is either an emptyDir or a files volume, and every mount names a volume and a path.
+// elements, a volume is an emptyDir, a files volume or an image volume, and every mount names a volume and a path.
 func validateVolumes(cfg protocol.PodConfig) error {
 	names := map[string]bool{}
 	for _, v := range cfg.Volumes {
@@ -64,6 +70,9 @@ func validateVolumes(cfg protocol.PodConfig) error {
 		names[v.Name] = true
 		if v.EmptyDir != nil && len(v.Files) > 0 {
 			return fmt.Errorf("volume %s is both an emptyDir and a files volume", v.Name)
+		}
+		if v.Image && (v.EmptyDir != nil || len(v.Files) > 0) {
+			return fmt.Errorf("volume %s is an image volume and an emptyDir or files volume", v.Name)
 		}
 		if v.EmptyDir == nil {
 			if err := validateFiles(v.Files); err != nil {
@@ -84,10 +93,20 @@ func validateVolumes(cfg protocol.PodConfig) error {
 	return nil
 }
 
-// makeVolumes makes each of the pod's volumes under VolumesDir and records them.
+// makeVolumes makes each of the pod's volumes under VolumesDir and records them. An image volume is not made: it
+// is the filesystem Init mounted from the image's disk of that name, which the image must hold.
 func (r *runtime) makeVolumes(vols []protocol.Volume) error {
 	mem := int64(statsReadKV("/proc/meminfo")["MemTotal"])
 	for _, v := range vols {
+		if v.Image {
+			if !slices.ContainsFunc(r.image.Volumes, func(iv boot.Volume) bool { return iv.Name == v.Name }) {
+				return fmt.Errorf("making volume %s, the pod's VM image holds no image volume of that name", v.Name)
+			}
+			r.mu.Lock()
+			r.volumes[v.Name] = &podVolume{dir: filepath.Join(imageVolumesDir, v.Name), image: true}
+			r.mu.Unlock()
+			continue
+		}
 		dir := filepath.Join(VolumesDir, v.Name)
 		if err := makeVolume(dir, v, mem, r.fsGroup()); err != nil {
 			return fmt.Errorf("making volume %s, %w", v.Name, err)
@@ -108,8 +127,8 @@ func (r *runtime) updateVolume(name string, files []protocol.File) error {
 	if v == nil {
 		return fmt.Errorf("volume %s, %w", name, errUnknownVolume)
 	}
-	if v.emptyDir {
-		return fmt.Errorf("volume %s is an emptyDir, %w", name, errNotFiles)
+	if v.emptyDir || v.image {
+		return fmt.Errorf("volume %s is an emptyDir or an image volume, %w", name, errNotFiles)
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -120,7 +139,8 @@ func (r *runtime) updateVolume(name string, files []protocol.File) error {
 }
 
 // bindMounts resolves c's mounts, in order, to what its supervisor binds. A files volume is always bound
-// read-only, as a kubelet mounts configMap, secret, downwardAPI and projected volumes. A subPath is resolved here
+// read-only, as a kubelet mounts configMap, secret, downwardAPI and projected volumes, and so is an image volume, as
+// a container runtime mounts one (its erofs filesystem is read-only too). A subPath is resolved here
 // once (so that a bad one fails before the container is created, and an emptyDir's missing directories are made),
 // and again by the supervisor, which binds it by descriptor.
 func (r *runtime) bindMounts(c *container) ([]bindMount, error) {

@@ -90,8 +90,8 @@ func normalizeSysctl(name string) string {
 // admit returns why a pod cannot run as a VM, or "" when it can. What a VM cannot honour is refused, never
 // silently changed:
 //   - hostNetwork, hostPID, hostIPC and hostPath: the host is the hypervisor's, and a pod VM shares none of it;
-//   - volumes other than emptyDir, configMap, secret, downwardAPI and projected: the node has no storage to
-//     attach to a VM yet;
+//   - volumes other than emptyDir, configMap, secret, downwardAPI, projected and image: the node has no storage
+//     to attach to a VM yet;
 //   - "oci:" images: they name a directory on the node (for `i2kit image build`); a pod's images come from
 //     registries.
 func admit(pod *corev1.Pod) string {
@@ -107,9 +107,11 @@ func admit(pod *corev1.Pod) string {
 		switch {
 		case v.HostPath != nil:
 			why = append(why, fmt.Sprintf("hostPath volume %q (the host's files are not the VM's)", v.Name))
-		case v.EmptyDir != nil, v.ConfigMap != nil, v.Secret != nil, v.DownwardAPI != nil, v.Projected != nil:
+		case v.Image != nil && strings.HasPrefix(v.Image.Reference, "oci:"):
+			why = append(why, fmt.Sprintf("image volume %q names a path on the node (oci:); images come from registries", v.Name))
+		case v.EmptyDir != nil, v.ConfigMap != nil, v.Secret != nil, v.DownwardAPI != nil, v.Projected != nil, v.Image != nil:
 		default:
-			why = append(why, fmt.Sprintf("volume %q of type %s (i2kit serves emptyDir, configMap, secret, downwardAPI and projected volumes)", v.Name, volumeType(v)))
+			why = append(why, fmt.Sprintf("volume %q of type %s (i2kit serves emptyDir, configMap, secret, downwardAPI, projected and image volumes)", v.Name, volumeType(v)))
 		}
 	}
 	for _, c := range append(append([]corev1.Container(nil), s.InitContainers...), s.Containers...) {

@@ -430,6 +430,11 @@ func images(pod *corev1.Pod) string {
 		}
 		s += c.Image
 	}
+	for _, v := range pod.Spec.Volumes {
+		if v.Image != nil {
+			s += ", " + v.Image.Reference
+		}
+	}
 	return s
 }
 

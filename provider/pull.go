@@ -195,29 +195,42 @@ func secretKeychain(s *corev1.Secret) (kc authn.Keychain, ok bool, err error) {
 	return kc, true, nil
 }
 
-// pullPolicies maps each image of the pod to its pull policy. Containers sharing an image share its pull (the VM
-// image resolves each reference once): the policy that asks the registry most wins — Always, then IfNotPresent,
-// then Never.
+// pullPolicies maps each image of the pod, its containers' and its image volumes', to its pull policy. Users of
+// one image share its pull (the VM image resolves each reference once): the policy that asks the registry most
+// wins — Always, then IfNotPresent, then Never.
 func pullPolicies(pod *corev1.Pod) map[string]vmimage.PullPolicy {
 	rank := map[vmimage.PullPolicy]int{vmimage.PullNever: 0, vmimage.PullIfNotPresent: 1, vmimage.PullAlways: 2}
 	out := map[string]vmimage.PullPolicy{}
+	add := func(image string, pp vmimage.PullPolicy) {
+		if cur, ok := out[image]; !ok || rank[pp] > rank[cur] {
+			out[image] = pp
+		}
+	}
 	for _, c := range append(append([]corev1.Container(nil), pod.Spec.InitContainers...), pod.Spec.Containers...) {
-		pp := pullPolicy(c)
-		if cur, ok := out[c.Image]; !ok || rank[pp] > rank[cur] {
-			out[c.Image] = pp
+		add(c.Image, pullPolicy(c))
+	}
+	for _, v := range pod.Spec.Volumes {
+		if v.Image != nil {
+			add(v.Image.Reference, imagePullPolicy(v.Image.Reference, v.Image.PullPolicy))
 		}
 	}
 	return out
 }
 
-// pullPolicy is a container's imagePullPolicy, defaulted as the API server does when it is empty: Always for an
-// image tagged latest or not tagged, else IfNotPresent.
+// pullPolicy is a container's imagePullPolicy, defaulted as imagePullPolicy says.
 func pullPolicy(c corev1.Container) vmimage.PullPolicy {
-	switch c.ImagePullPolicy {
+	return imagePullPolicy(c.Image, c.ImagePullPolicy)
+}
+
+// imagePullPolicy is an image's pull policy (a container's imagePullPolicy, an image volume's pullPolicy),
+// defaulted as the API server does when it is empty: Always for an image tagged latest or not tagged, else
+// IfNotPresent.
+func imagePullPolicy(image string, policy corev1.PullPolicy) vmimage.PullPolicy {
+	switch policy {
 	case corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
-		return vmimage.PullPolicy(c.ImagePullPolicy)
+		return vmimage.PullPolicy(policy)
 	}
-	ref, err := name.ParseReference(c.Image, name.WeakValidation)
+	ref, err := name.ParseReference(image, name.WeakValidation)
 	if err != nil {
 		return vmimage.PullAlways
 	}

@@ -203,7 +203,7 @@ func (p *Provider) pushVolumes(ctx context.Context, pod *corev1.Pod, v *podVM, c
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	for _, vol := range rt.Volumes {
-		if vol.EmptyDir != nil {
+		if vol.EmptyDir != nil || vol.Image {
 			continue
 		}
 		h := volumeFilesHash(vol)
@@ -224,7 +224,7 @@ func (p *Provider) pushVolumes(ctx context.Context, pod *corev1.Pod, v *podVM, c
 func volumeHashes(vols []protocol.Volume) map[string]string {
 	out := map[string]string{}
 	for _, v := range vols {
-		if v.EmptyDir == nil {
+		if v.EmptyDir == nil && !v.Image {
 			out[v.Name] = volumeFilesHash(v)
 		}
 	}

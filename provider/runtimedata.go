@@ -59,7 +59,7 @@ func resolveRuntime(pod *corev1.Pod, podIP, hostIP string, vmCPUs int, vmMemByte
 	rt := podRuntime{Env: map[string][]string{}, Mounts: map[string][]protocol.Mount{}, Command: map[string][]string{},
 		Args: map[string][]string{}}
 
-	filesVolume := map[string]bool{} // volume name → whether it is a files (read-only) volume
+	filesVolume := map[string]bool{} // volume name → whether it is a files or image (read-only) volume
 	for _, v := range pod.Spec.Volumes {
 		pv, err := r.volume(v)
 		if err != nil {

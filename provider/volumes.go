@@ -14,7 +14,8 @@ import (
 	"github.com/i2kit/i2kit/agent/protocol"
 )
 
-// volume resolves one of the pod's volumes: an emptyDir's size, or the whole content of a files volume.
+// volume resolves one of the pod's volumes: an emptyDir's size, the whole content of a files volume, or an image
+// volume, which is the pod's VM image's (vmimage.FromPod) and carries nothing at run time.
 func (r *runtimeResolver) volume(v corev1.Volume) (protocol.Volume, error) {
 	fail := func(err error) (protocol.Volume, error) {
 		return protocol.Volume{}, fmt.Errorf("MountVolume.SetUp failed for volume %q : %w", v.Name, err)
@@ -37,6 +38,8 @@ func (r *runtimeResolver) volume(v corev1.Volume) (protocol.Volume, error) {
 		}
 		return protocol.Volume{Name: v.Name, EmptyDir: &protocol.EmptyDir{SizeLimit: size,
 			Memory: v.EmptyDir.Medium == corev1.StorageMediumMemory}}, nil
+	case v.Image != nil:
+		return protocol.Volume{Name: v.Name, Image: true}, nil
 	case v.ConfigMap != nil:
 		err = r.configMapFiles(payload, v.ConfigMap.Name, v.ConfigMap.Items, v.ConfigMap.Optional, defaultModeOr(v.ConfigMap.DefaultMode))
 	case v.Secret != nil:
@@ -217,7 +220,7 @@ func validFilePath(p string) error {
 }
 
 // containerMounts maps a container's volumeMounts as a kubelet's makeMounts does: subPathExpr expanded with the
-// container's environment, and files volumes always read-only.
+// container's environment, and files and image volumes always read-only.
 func containerMounts(c *corev1.Container, filesVolume map[string]bool, env map[string]string) ([]protocol.Mount, error) {
 	var mounts []protocol.Mount
 	for _, m := range c.VolumeMounts {

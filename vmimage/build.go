@@ -129,6 +129,13 @@ type inputs struct {
 	Digests      []string         `json:"digests"`
 	Repos        []string         `json:"repos"` // the repository each disk's digest was pulled from (diskBlob)
 	Files        []File           `json:"files"`
+	Volumes      []inputVolume    `json:"volumes,omitempty"`
+}
+
+// inputVolume is a spec's image volume placed in the image: which disk holds it.
+type inputVolume struct {
+	Name string `json:"name"`
+	Disk int    `json:"disk"`
 }
 
 // inputContainer is a spec container placed in the image: which disk holds it and whether it runs onboot.
@@ -228,14 +235,21 @@ func (b *Builder) progress() Progress {
 	return b.Progress
 }
 
-// resolveAll pins every distinct container image in parallel, each under its pull policy.
+// resolveAll pins every distinct container and image volume image in parallel, each under its pull policy.
 func (b *Builder) resolveAll(ctx context.Context, s *Spec, pull Pull) (map[string]*Resolved, error) {
 	var list []string
 	refs := map[string]*Resolved{}
+	var images []string
 	for _, c := range append(append([]Container(nil), s.Onboot...), s.Services...) {
-		if _, ok := refs[c.Image]; !ok {
-			refs[c.Image] = nil
-			list = append(list, c.Image)
+		images = append(images, c.Image)
+	}
+	for _, v := range s.Volumes {
+		images = append(images, v.Image)
+	}
+	for _, ref := range images {
+		if _, ok := refs[ref]; !ok {
+			refs[ref] = nil
+			list = append(list, ref)
 		}
 	}
 	var mu sync.Mutex
@@ -278,8 +292,8 @@ func (b *Builder) inputs(s *Spec, format *Format, kb *kernel.Bundle, resolved ma
 	in := &inputs{Format: format.Name, Platform: b.Source.platform().String(), Kernel: kh, Cmdline: format.kernelCmdline(*s),
 		Agent: ah, Modules: mods, RootfsFormat: RootfsFormat, Files: s.Files}
 	diskIdx := map[string]int{}
-	add := func(c Container, onboot bool) {
-		r := resolved[c.Image]
+	disk := func(image string) int {
+		r := resolved[image]
 		k := r.repo + "@" + r.Digest.String()
 		i, ok := diskIdx[k]
 		if !ok {
@@ -288,13 +302,17 @@ func (b *Builder) inputs(s *Spec, format *Format, kb *kernel.Bundle, resolved ma
 			in.Digests = append(in.Digests, r.Digest.String())
 			in.Repos = append(in.Repos, r.repo)
 		}
-		in.Containers = append(in.Containers, inputContainer{Container: c, Onboot: onboot, Disk: i})
+		return i
 	}
 	for _, c := range s.Onboot {
-		add(c, true)
+		in.Containers = append(in.Containers, inputContainer{Container: c, Onboot: true, Disk: disk(c.Image)})
 	}
 	for _, c := range s.Services {
-		add(c, false)
+		in.Containers = append(in.Containers, inputContainer{Container: c, Disk: disk(c.Image)})
+	}
+	// An image volume of a container's image shares its disk: both are the same read-only filesystem.
+	for _, v := range s.Volumes {
+		in.Volumes = append(in.Volumes, inputVolume{Name: v.Name, Disk: disk(v.Image)})
 	}
 	return in, nil
 }
@@ -473,6 +491,9 @@ func (b *Builder) build(ctx context.Context, key string, s *Spec, format *Format
 		run := runConfig(&ocfg.Config, c.Container)
 		cfg.Containers = append(cfg.Containers, boot.Container{Name: c.Name, Disk: c.Disk, Onboot: c.Onboot,
 			Argv: run.Argv, Entrypoint: run.Entrypoint, Env: run.Env, WorkingDir: run.WorkingDir, User: run.User})
+	}
+	for _, v := range in.Volumes {
+		cfg.Volumes = append(cfg.Volumes, boot.Volume{Name: v.Name, Disk: v.Disk})
 	}
 	initramfs := format.initramfs
 	img := &Image{Key: key, Format: format.Name, Spec: *s, Created: time.Now().UTC(), Kernel: b.Store.blobPath(kernelBlob),

@@ -11,7 +11,8 @@ import (
 // none of them enter the spec. Init containers become onboot containers in order; sidecar init
 // containers (restartPolicy Always) run for the pod's life and become services, ahead of the app containers.
 // The agent starts a node-configured pod in the pod's own order, from its runtime configuration
-// (protocol.ContainerConfig.Init), not in the image's.
+// (protocol.ContainerConfig.Init), not in the image's. Image volumes are code too: each becomes a volume of the
+// spec, another read-only disk, so that pods mounting different images do not share a VM image.
 func FromPod(pod *corev1.Pod) *Spec {
 	s := &Spec{}
 	var sidecars []Container
@@ -25,6 +26,11 @@ func FromPod(pod *corev1.Pod) *Spec {
 	s.Services = append(sidecars, s.Services...)
 	for _, c := range pod.Spec.Containers {
 		s.Services = append(s.Services, fromContainer(c))
+	}
+	for _, v := range pod.Spec.Volumes {
+		if v.Image != nil {
+			s.Volumes = append(s.Volumes, Volume{Name: v.Name, Image: v.Image.Reference})
+		}
 	}
 	s.SetDefaults()
 	return s

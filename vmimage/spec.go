@@ -23,6 +23,15 @@ type Spec struct {
 	Onboot   []Container `yaml:"onboot,omitempty" json:"onboot,omitempty"`
 	Services []Container `yaml:"services,omitempty" json:"services,omitempty"`
 	Files    []File      `yaml:"files,omitempty" json:"files,omitempty"`
+	// Volumes are image volumes: each image's filesystem becomes one more read-only disk of the VM, which the
+	// pod's containers mount by the volume's name.
+	Volumes []Volume `yaml:"volumes,omitempty" json:"volumes,omitempty"`
+}
+
+// Volume is an image volume: the image's filesystem, read-only, named as the pod's volume is.
+type Volume struct {
+	Name  string `yaml:"name" json:"name"`
+	Image string `yaml:"image" json:"image"`
 }
 
 // Kernel selects the VM kernel and its command line.
@@ -124,6 +133,20 @@ func (s *Spec) Validate() error {
 			if c.WorkingDir != "" && !path.IsAbs(c.WorkingDir) {
 				return fmt.Errorf("%s.workingDir %q: must be absolute", f, c.WorkingDir)
 			}
+		}
+	}
+	vols := map[string]bool{}
+	for i, v := range s.Volumes {
+		f := fmt.Sprintf("volumes[%d]", i)
+		if !nameRE.MatchString(v.Name) {
+			return fmt.Errorf("%s.name %q: want a DNS label (lower case letters, digits, '-')", f, v.Name)
+		}
+		if vols[v.Name] {
+			return fmt.Errorf("%s.name %q: already used by another volume", f, v.Name)
+		}
+		vols[v.Name] = true
+		if v.Image == "" {
+			return fmt.Errorf("%s.image: required", f)
 		}
 	}
 	for i, f := range s.Files {

@@ -16,6 +16,9 @@ const ConfigPath = "/etc/i2kit/image.json"
 // ImagesDir is where each container image's filesystem is mounted, read-only, by container name.
 const ImagesDir = "/run/i2kit/images"
 
+// ImageVolumesDir is where each image volume's filesystem is mounted, read-only, by volume name.
+const ImageVolumesDir = "/run/i2kit/imagevolumes"
+
 // HostnameParam is the kernel command-line parameter that names the pod, the containers' hostname.
 const HostnameParam = "i2kit.hostname"
 
@@ -40,6 +43,15 @@ type ImageConfig struct {
 	Disks []Disk `json:"disks"`
 	// Containers lists what to run, by name; Disk indexes Disks.
 	Containers []Container `json:"containers"`
+	// Volumes are the pod's image volumes (pod.spec.volumes[].image), by name; Disk indexes Disks. The agent
+	// mounts each read-only at ImageVolumesDir/<name>; the node's runtime configuration mounts them in containers.
+	Volumes []Volume `json:"volumes,omitempty"`
+}
+
+// Volume is an image volume: an OCI image's filesystem that containers mount, read-only, as a volume.
+type Volume struct {
+	Name string `json:"name"`
+	Disk int    `json:"disk"`
 }
 
 // Disk is one container image filesystem.

@@ -95,10 +95,13 @@ type Endpoint struct {
 	Port int    `json:"port"`
 }
 
-// Volume is one of the pod's volumes, made in the VM before any container starts. Exactly one of EmptyDir and
-// Files is set.
+// Volume is one of the pod's volumes, made in the VM before any container starts. At most one of EmptyDir, Files
+// and Image is set; none is a files volume without files.
 type Volume struct {
 	Name string `json:"name"`
+	// Image is an image volume (pod.spec.volumes[].image): the filesystem of the image's disk of that name
+	// (boot.ImageConfig.Volumes), which the agent mounted read-only at boot. Containers mount it read-only.
+	Image bool `json:"image,omitempty"`
 	// EmptyDir is a writable directory for the pod's life, in the VM's memory.
 	EmptyDir *EmptyDir `json:"emptyDir,omitempty"`
 	// Files is the whole content of a configMap, secret, downwardAPI or projected volume, written as a kubelet's

@@ -54,6 +54,7 @@ func TestPodSpec(t *testing.T) {
 	t.Run("host fields", func(t *testing.T) { testHostFields(t, nodeName, reg, n.Log) })
 	t.Run("resize", func(t *testing.T) { testResize(t, nodeName, reg, n.Log) })
 	t.Run("ephemeral containers", func(t *testing.T) { testEphemeralContainers(t, nodeName, reg, n.Log) })
+	t.Run("image volumes", func(t *testing.T) { testImageVolumes(t, nodeName, reg, n.Log) })
 }
 
 // testHostPort runs a pod whose container port 8080 has hostPort 18080: the node forwards its port 18080 to the
