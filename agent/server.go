@@ -270,6 +270,8 @@ func (s *server) statsHandler(w http.ResponseWriter, _ *http.Request) {
 	json.NewEncoder(w).Encode(s.stats.collect(time.Now(), targets)) //nolint:errcheck
 }
 
+// powerOff answers POST /v1/poweroff: the pod stops within grace and the VM powers off. See shortenStop for a
+// repeated request.
 func (s *server) powerOff(w http.ResponseWriter, req *http.Request) {
 	grace, err := time.ParseDuration(req.URL.Query().Get("grace"))
 	if err != nil {
@@ -282,6 +284,9 @@ func (s *server) powerOff(w http.ResponseWriter, req *http.Request) {
 	if f, ok := w.(http.Flusher); ok {
 		f.Flush()
 	}
+	// A repeated request while the pod stops (its grace period shortened) moves the stop's deadline earlier, never
+	// later; the first sets it before the stop begins.
+	s.rt.shortenStop(grace)
 	select {
 	case s.poweroff <- grace:
 	default: // already powering off
