@@ -2,6 +2,7 @@ package agent
 
 import (
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -121,7 +122,36 @@ func TestRepeatedPowerOffShortensTheStop(t *testing.T) {
 	if g := <-poweroff; g != time.Minute {
 		t.Errorf("the power-off handed on grace %s, want the first request's 1m0s", g)
 	}
-	if at, _ := rt.stopBy.when(); time.Until(at) > 2*time.Second {
+	if at, _ := rt.stopBy.when(); at.IsZero() || time.Until(at) > 2*time.Second {
 		t.Errorf("the stop's deadline is %s away, want at most the shortest grace (2 s)", time.Until(at))
+	}
+}
+
+// TestPowerOffRoundTripShortensTheStop: the host's repeated PowerOff, over a real session, reaches the agent's
+// route and moves the stop's deadline to the shorter grace.
+func TestPowerOffRoundTripShortensTheStop(t *testing.T) {
+	rt := newRuntime(io.Discard, boot.ImageConfig{}, "pod")
+	poweroff := make(chan time.Duration, 1)
+	h := (&server{rt: rt, poweroff: poweroff}).handler()
+	host, guest := net.Pipe()
+	go func() {
+		sess, err := protocol.Accept(guest)
+		if err != nil {
+			return
+		}
+		http.Serve(sess, h) //nolint:errcheck
+	}()
+	c, err := protocol.NewClient(host, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, grace := range []time.Duration{time.Minute, time.Second} {
+		if err := c.PowerOff(t.Context(), grace); err != nil {
+			t.Fatalf("PowerOff(%s): %v", grace, err)
+		}
+	}
+	if at, _ := rt.stopBy.when(); at.IsZero() || time.Until(at) > time.Second {
+		t.Errorf("the stop's deadline is %s away (set: %v), want at most 1 s (the second request's grace)", time.Until(at), !at.IsZero())
 	}
 }

@@ -277,6 +277,9 @@ func (s *server) powerOff(w http.ResponseWriter, req *http.Request) {
 	if err != nil {
 		grace = 30 * time.Second
 	}
+	// A repeated request while the pod stops (its grace period shortened) moves the stop's deadline earlier, never
+	// later; the first sets it before the stop begins. It is in effect once the host has the answer.
+	s.rt.shortenStop(grace)
 	// The answer goes out, whole, before the request is handed on: with nothing to stop, the VM powers off at once,
 	// and an answer still in the server's buffer — or a chunked one whose end is — would never reach the host.
 	w.Header().Set("Content-Length", "0")
@@ -284,9 +287,6 @@ func (s *server) powerOff(w http.ResponseWriter, req *http.Request) {
 	if f, ok := w.(http.Flusher); ok {
 		f.Flush()
 	}
-	// A repeated request while the pod stops (its grace period shortened) moves the stop's deadline earlier, never
-	// later; the first sets it before the stop begins.
-	s.rt.shortenStop(grace)
 	select {
 	case s.poweroff <- grace:
 	default: // already powering off
