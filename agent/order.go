@@ -190,11 +190,12 @@ func stopOrder(cs []*container) [][]*container {
 	return groups
 }
 
-// terminate stops groups of containers within grace, as a kubelet stops a pod: the preStop hooks of every running
-// container run first, all at once (each run's once, whoever terminates it); then each group in turn gets SIGTERM once the earlier groups have ended; what
-// still runs at the deadline (or when ctx ends) gets SIGKILL. It returns once every container it signalled has
-// ended.
-func (r *runtime) terminate(ctx context.Context, groups [][]*container, grace time.Duration) {
+// terminate stops groups of containers by deadline d, as a kubelet stops a pod: the preStop hooks of every running
+// container run first, all at once (each run's once, whoever terminates it), and are cut at the deadline; then each
+// group in turn gets SIGTERM once the earlier groups have ended; what still runs at the deadline (or when ctx ends)
+// gets SIGKILL. The deadline may move earlier while it runs (a shortened grace period): hooks are cut and SIGKILL
+// sent by the new one. It returns once every container it signalled has ended.
+func (r *runtime) terminate(ctx context.Context, groups [][]*container, d *stopDeadline) {
 	type run struct {
 		c              *container
 		pid            int
@@ -217,22 +218,20 @@ func (r *runtime) terminate(ctx context.Context, groups [][]*container, grace ti
 		runs = append(runs, rs)
 	}
 	r.mu.Unlock()
-	stopBy := time.Now().Add(grace)
-	deadline := time.NewTimer(grace)
-	defer deadline.Stop()
-	hookCtx, cancel := context.WithTimeout(ctx, grace)
+	// dctx ends at the deadline, wherever it moves, or with ctx: the hooks run within it, and SIGKILL follows it.
+	dctx, cancel := d.context(ctx)
+	defer cancel()
 	var hooks sync.WaitGroup
 	for _, c := range hooked {
 		hooks.Add(1)
 		go func() {
 			defer hooks.Done()
-			if err := r.runHook(hookCtx, c, c.rc.PreStop); err != nil {
+			if err := r.runHook(dctx, c, c.rc.PreStop); err != nil {
 				r.say("i2kit-agent: container %s: preStop hook failed: %v", c.Name, err)
 			}
 		}()
 	}
 	hooks.Wait()
-	cancel()
 	killAll := func(from int) {
 		for _, rs := range runs[from:] {
 			for _, x := range rs {
@@ -255,7 +254,7 @@ func (r *runtime) terminate(ctx context.Context, groups [][]*container, grace ti
 			case <-x.started:
 			case <-x.ended:
 				continue
-			case <-time.After(time.Until(stopBy)):
+			case <-dctx.Done():
 			}
 			r.kill(x.pid, syscall.SIGTERM)
 		}
@@ -263,8 +262,7 @@ func (r *runtime) terminate(ctx context.Context, groups [][]*container, grace ti
 			select {
 			case <-x.ended:
 				continue
-			case <-deadline.C:
-			case <-ctx.Done():
+			case <-dctx.Done():
 			}
 			killAll(gi)
 			return
@@ -332,5 +330,7 @@ func (r *runtime) stopSidecars(sidecars []*container) {
 	}
 	r.mu.Unlock()
 	r.say("i2kit-agent: the app containers are done: stopping the sidecars")
-	r.terminate(context.Background(), stopOrder(sidecars), grace)
+	d := &stopDeadline{}
+	d.shorten(time.Now().Add(grace))
+	r.terminate(context.Background(), stopOrder(sidecars), d)
 }

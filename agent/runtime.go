@@ -66,6 +66,7 @@ type runtime struct {
 	changed    chan struct{} // closed and replaced at every change
 	stopping   bool
 	stopCh     chan struct{}         // closed when stopping is set
+	stopBy     stopDeadline          // when the pod's stop must be over (see shortenStop)
 	rootsDone  chan struct{}         // closed once prepareRoots is over
 	volumes    map[string]*podVolume // by name, each under VolumesDir once made
 	pause      *os.Process           // the pause process, with ShareProcessNamespace (see startPause)
@@ -588,7 +589,7 @@ func oomKills(cgroup string) int {
 	return 0
 }
 
-// stop ends every container within grace, in a kubelet's order (see stopOrder and terminate): preStop hooks, then
+// stop ends every container within grace (or by an earlier deadline, see shortenStop), in a kubelet's order (see stopOrder and terminate): preStop hooks, then
 // SIGTERM, then SIGKILL to what still runs after grace. Restarts stop. The pause process, if any, ends last.
 func (r *runtime) stop(ctx context.Context, grace time.Duration) {
 	defer r.stopPause() // once every container has ended
@@ -610,7 +611,8 @@ func (r *runtime) stop(ctx context.Context, grace time.Duration) {
 	}
 	order = append(slices.Clone(order), r.ephemerals...) // stopped with the app containers
 	r.mu.Unlock()
-	r.terminate(ctx, stopOrder(order), grace)
+	r.stopBy.shorten(time.Now().Add(grace)) // an earlier deadline (a repeated power-off, see shortenStop) stays
+	r.terminate(ctx, stopOrder(order), &r.stopBy)
 }
 
 // wakeUp cuts c's back-off short, for good: it is stopping. Called with runtime.mu held.

@@ -270,11 +270,16 @@ func (s *server) statsHandler(w http.ResponseWriter, _ *http.Request) {
 	json.NewEncoder(w).Encode(s.stats.collect(time.Now(), targets)) //nolint:errcheck
 }
 
+// powerOff answers POST /v1/poweroff: the pod stops within grace and the VM powers off. See shortenStop for a
+// repeated request.
 func (s *server) powerOff(w http.ResponseWriter, req *http.Request) {
 	grace, err := time.ParseDuration(req.URL.Query().Get("grace"))
 	if err != nil {
 		grace = 30 * time.Second
 	}
+	// A repeated request while the pod stops (its grace period shortened) moves the stop's deadline earlier, never
+	// later; the first sets it before the stop begins. It is in effect once the host has the answer.
+	s.rt.shortenStop(grace)
 	// The answer goes out, whole, before the request is handed on: with nothing to stop, the VM powers off at once,
 	// and an answer still in the server's buffer — or a chunked one whose end is — would never reach the host.
 	w.Header().Set("Content-Length", "0")

@@ -1,10 +1,13 @@
 package agent
 
 import (
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
+
+	"github.com/i2kit/i2kit/agent/boot"
 )
 
 // flushProbe records whether the power-off had been handed on when the answer was flushed.
@@ -24,7 +27,7 @@ func (f *flushProbe) Flush() {
 func TestPowerOffAnswersBeforeStopping(t *testing.T) {
 	poweroff := make(chan time.Duration, 1)
 	w := &flushProbe{ResponseRecorder: httptest.NewRecorder(), poweroff: poweroff}
-	(&server{poweroff: poweroff}).powerOff(w, httptest.NewRequest(http.MethodPost, "/v1/poweroff?grace=2s", nil))
+	(&server{rt: newRuntime(io.Discard, boot.ImageConfig{}, "pod"), poweroff: poweroff}).powerOff(w, httptest.NewRequest(http.MethodPost, "/v1/poweroff?grace=2s", nil))
 	if !w.Flushed || w.Code != http.StatusAccepted {
 		t.Fatalf("the answer was not sent: flushed=%v code=%d", w.Flushed, w.Code)
 	}

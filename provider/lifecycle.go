@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/virtual-kubelet/virtual-kubelet/errdefs"
 	"github.com/virtual-kubelet/virtual-kubelet/log"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -210,35 +211,82 @@ func rank(s vm.State) int {
 	return 0
 }
 
-// deleteVM ends a pod's VM within the pod's grace period.
-func (p *Provider) deleteVM(ctx context.Context, pod *corev1.Pod) error {
-	grace := 30 * time.Second
-	if pod.DeletionGracePeriodSeconds != nil {
-		grace = time.Duration(*pod.DeletionGracePeriodSeconds) * time.Second
+// deleteVM ends the VM of a pod being deleted by the pod's grace period, then forgets the pod (forgetPod). It returns
+// once the agent was asked to stop the containers: the wait for the VM to power off goes on in the background, as a
+// kubelet's pod worker kills a pod while its sync loop goes on. The pod controller holds a pod's key while DeletePod
+// runs, so only then can a second delete with a shorter grace period reach the provider: deleteVM called again
+// moves the deletion's deadline earlier and tells the agent (shortenDelete), never later. Without an agent that took
+// the request (none runs, or it did not answer), the VM is ended before deleteVM returns.
+func (p *Provider) deleteVM(ctx context.Context, pod *corev1.Pod, v *podVM) error {
+	grace := deletionGrace(pod)
+	by := time.Now().Add(grace)
+	v.mu.Lock()
+	if s := v.stop; s != nil {
+		v.mu.Unlock()
+		p.shortenDelete(ctx, pod, v, s, by)
+		return nil
 	}
+	s := newVMStop(by)
+	v.stop = s
+	v.mu.Unlock()
 	for _, c := range pod.Spec.Containers {
 		p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "Killing", "Stopping container %s", c.Name)
 	}
-	v := p.vmFor(string(pod.UID))
-	if v == nil {
-		return nil
+	asked := p.beginStop(ctx, pod, v, grace)
+	finish := func(ctx context.Context) error {
+		if asked {
+			awaitExit(ctx, v, s)
+		}
+		err := p.endVM(ctx, v)
+		p.forgetVM(v.uid)
+		p.mu.Lock()
+		c := p.cluster
+		p.mu.Unlock()
+		if c != nil {
+			c.forget(v.uid)
+		}
+		return err
 	}
-	err := p.stopVM(ctx, pod, v, grace)
-	p.forgetVM(string(pod.UID))
-	p.mu.Lock()
-	c := p.cluster
-	p.mu.Unlock()
-	if c != nil {
-		c.forget(string(pod.UID))
+	if !asked {
+		if err := finish(ctx); err != nil {
+			return err
+		}
+		return p.forgetPod(ctx, pod)
 	}
-	return err
+	go func() {
+		ctx := context.WithoutCancel(ctx)
+		if err := finish(ctx); err != nil { // the pod goes all the same: garbage collection ends an orphaned VM
+			log.G(ctx).WithError(err).WithField("pod", key(pod.Namespace, pod.Name)).Warn("ending the VM of a deleted pod")
+		}
+		if err := p.forgetPod(ctx, pod); err != nil && !errdefs.IsNotFound(err) {
+			log.G(ctx).WithError(err).WithField("pod", key(pod.Namespace, pod.Name)).Warn("forgetting a deleted pod")
+		}
+	}()
+	return nil
+}
+
+// deletionGrace is a deleted pod's grace period: its deletionGracePeriodSeconds, 30 s without one.
+func deletionGrace(pod *corev1.Pod) time.Duration {
+	if pod.DeletionGracePeriodSeconds != nil {
+		return max(time.Duration(*pod.DeletionGracePeriodSeconds)*time.Second, 0)
+	}
+	return 30 * time.Second
 }
 
 // stopVM stops a pod's VM within grace: an image pull under way ends; the agent is asked, over the protocol, to
-// stop the containers within most of the grace period and power off; the backend ends what is left when the VM
-// has exited or the grace period is over. A VM whose agent never took the pod's configuration runs no container
-// and is ended at once.
+// stop the containers within the grace period and power off; the backend ends what is left when the VM has exited
+// or the grace period (and powerOffMargin) is over. A VM whose agent never took the pod's configuration runs no
+// container and is ended at once.
 func (p *Provider) stopVM(ctx context.Context, pod *corev1.Pod, v *podVM, grace time.Duration) error {
+	if p.beginStop(ctx, pod, v, grace) {
+		awaitExit(ctx, v, newVMStop(time.Now().Add(grace)))
+	}
+	return p.endVM(ctx, v)
+}
+
+// beginStop marks the VM as being stopped on purpose, ends an image pull under way, and asks the agent of a
+// configured VM to stop the containers within grace and power off. It reports whether the agent took the request.
+func (p *Provider) beginStop(ctx context.Context, pod *corev1.Pod, v *podVM, grace time.Duration) bool {
 	v.mu.Lock()
 	v.deleting = true
 	if v.pull != nil { // a pull being tried again ends with the pod
@@ -246,9 +294,11 @@ func (p *Provider) stopVM(ctx context.Context, pod *corev1.Pod, v *podVM, grace 
 	}
 	configured := v.configured
 	v.mu.Unlock()
-	if configured && grace > 0 {
-		p.powerOff(ctx, pod, v, grace)
-	}
+	return configured && grace > 0 && p.askPowerOff(ctx, pod, grace)
+}
+
+// endVM ends the agent's session and whatever is left of the VM.
+func (p *Provider) endVM(ctx context.Context, v *podVM) error {
 	// The session stayed while the VM stopped: preStop hooks and the last lines of followed logs flowed through it.
 	p.disconnectAgent(v.uid, true)
 	err := p.backend.Terminate(context.WithoutCancel(ctx), v.uid)
@@ -258,27 +308,21 @@ func (p *Provider) stopVM(ctx context.Context, pod *corev1.Pod, v *podVM, grace 
 	return nil
 }
 
-// powerOff asks the pod's agent to stop the containers and power off, and waits until the VM has exited or grace
-// is over.
-func (p *Provider) powerOff(ctx context.Context, pod *corev1.Pod, v *podVM, grace time.Duration) {
-	deadline := time.NewTimer(grace)
-	defer deadline.Stop()
+// askPowerOff asks the pod's agent to stop the containers within grace and power off; it reports whether the agent
+// took the request. The agent gets the whole grace period, as a kubelet gives it to preStop hooks and the stop; the
+// node waits powerOffMargin more for the VM to power off (see awaitExit).
+func (p *Provider) askPowerOff(ctx context.Context, pod *corev1.Pod, grace time.Duration) bool {
 	c, err := p.client(ctx, pod.Namespace, pod.Name, min(grace, 5*time.Second))
 	if err == nil {
-		// The agent gets most of the grace period for the containers; the rest is for it to power off.
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err = c.PowerOff(rctx, grace*4/5)
+		err = c.PowerOff(rctx, grace)
 		cancel()
 	}
 	if err != nil {
 		log.G(ctx).WithError(err).WithField("pod", key(pod.Namespace, pod.Name)).Info("asking the agent to power off; ending the VM")
-		return
+		return false
 	}
-	select {
-	case <-v.exited:
-	case <-deadline.C:
-	case <-ctx.Done():
-	}
+	return true
 }
 
 // CollectGarbage ends VMs whose pod this node no longer has — pods deleted while the node was down, or whose

@@ -30,6 +30,10 @@ type fakeBackend struct {
 	notify     func(vm.Status)
 	// volumes is what the fake agents were sent by UpdateVolume, by pod UID and volume name.
 	volumes map[string]map[string][]protocol.File
+	// acceptPowerOff makes the fake agents take power-off requests, recorded in powerOffs, and keep running until
+	// the test ends their VM; without it they answer 404, and the node ends the VM at once.
+	acceptPowerOff bool
+	powerOffs      []time.Duration
 }
 
 // volume returns what the agent of a pod was last sent for a volume by UpdateVolume.
@@ -146,6 +150,20 @@ func (f *fakeBackend) DialAgent(_ context.Context, uid string) (net.Conn, error)
 			f.volumes[uid][r.PathValue("name")] = files
 			f.mu.Unlock()
 			w.WriteHeader(http.StatusNoContent)
+		})
+		mux.HandleFunc("POST /v1/poweroff", func(w http.ResponseWriter, r *http.Request) {
+			grace, err := time.ParseDuration(r.URL.Query().Get("grace"))
+			f.mu.Lock()
+			accept := f.acceptPowerOff && err == nil
+			if accept {
+				f.powerOffs = append(f.powerOffs, grace)
+			}
+			f.mu.Unlock()
+			if !accept {
+				http.NotFound(w, r)
+				return
+			}
+			w.WriteHeader(http.StatusAccepted)
 		})
 		mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 			<-configured

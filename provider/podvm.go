@@ -35,6 +35,8 @@ type podVM struct {
 	exited chan struct{}
 	// deleting is set once the pod's VM is being stopped on purpose (delete, deadline): its exit is no failure.
 	deleting bool
+	// stop is the pod's deletion under way (deleteVM), nil before.
+	stop *vmStop
 	// configured is set once an agent took the pod's configuration: containers may run.
 	configured bool
 	// envWarned is set once the Events for the pod's skipped optional env references were emitted.

@@ -253,15 +253,22 @@ func (p *Provider) ephemeralViewLocked(uid string) ephemeralView {
 	return ephemeralView{}
 }
 
-// DeletePod ends a pod's VM (within its grace period), forgets the pod and reports it terminated, so that the pod
-// controller can remove the object without waiting out the grace period. DeletePod may be called repeatedly; a pod that is not known is NotFound.
+// DeletePod ends a pod's VM (by its grace period), then forgets the pod and reports it terminated, so that the pod
+// controller can remove the object without waiting out the grace period. It returns once the VM's stop has begun
+// (see deleteVM); called again with a shorter grace period, it moves the stop's deadline earlier. DeletePod may be
+// called repeatedly; a pod that is not known is NotFound.
 func (p *Provider) DeletePod(ctx context.Context, pod *corev1.Pod) error {
-	backend := p.backend
-	if backend != nil {
-		if err := p.deleteVM(ctx, pod); err != nil {
-			return err
+	if p.backend != nil {
+		if v := p.vmFor(string(pod.UID)); v != nil {
+			return p.deleteVM(ctx, pod, v)
 		}
 	}
+	return p.forgetPod(ctx, pod)
+}
+
+// forgetPod drops a deleted pod whose VM has ended (or never ran), reports it terminated and, with a backend,
+// removes its object (Config.RemovePod). A pod that is not known is NotFound.
+func (p *Provider) forgetPod(ctx context.Context, pod *corev1.Pod) error {
 	p.mu.Lock()
 	old, ok := p.pods[key(pod.Namespace, pod.Name)]
 	if ok && old.UID == pod.UID {
@@ -273,7 +280,7 @@ func (p *Provider) DeletePod(ctx context.Context, pod *corev1.Pod) error {
 		return errdefs.NotFoundf("pod %s/%s is not known to this node", pod.Namespace, pod.Name)
 	}
 	notify(terminatedStatus(old, time.Now()))
-	if backend != nil && p.cfg.RemovePod != nil {
+	if p.backend != nil && p.cfg.RemovePod != nil {
 		if err := p.cfg.RemovePod(ctx, pod); err != nil {
 			log.G(ctx).WithError(err).WithField("pod", key(pod.Namespace, pod.Name)).Warn("removing the pod object")
 		}

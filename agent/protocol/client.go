@@ -427,7 +427,9 @@ func (c *Client) PortForward(ctx context.Context, port int, rw io.ReadWriter) er
 	return <-errc
 }
 
-// PowerOff asks the agent to stop every container within grace and power the VM off.
+// PowerOff asks the agent to stop every container within grace and power the VM off. Called again while the pod
+// stops, with a shorter grace (the pod's grace period shortened), it moves the agent's deadline earlier; a longer
+// one changes nothing. An agent older than that answers but keeps its first deadline.
 func (c *Client) PowerOff(ctx context.Context, grace time.Duration) error {
 	closedBefore := c.sess.IsClosed()
 	resp, err := c.do(ctx, http.MethodPost, "/v1/poweroff", url.Values{"grace": {grace.String()}}, nil, nil)

@@ -17,7 +17,9 @@
 //	PUT  /v1/services                []Service: replace the service table (ClusterIP forwarding)
 //	PUT  /v1/containers/{name}/resources  ResizeRequest: resize a container in place (its cgroup), or restart it so
 //	                                 resized; 409 when its memory use is over the new memory limit
-//	POST /v1/poweroff?grace=…        stop every container within grace (SIGTERM, then SIGKILL) and power off
+//	POST /v1/poweroff?grace=…        stop every container within grace (preStop hooks, SIGTERM, then SIGKILL) and
+//	                                 power off; repeated while the pod stops, it moves the stop's deadline to
+//	                                 grace from now if that is earlier (a shortened grace period), never later
 //
 // Versioning: fields and routes are only ever added, each optional, so that both sides of one Version still agree
 // (an agent that lacks a route answers 404, one that lacks a field ignores it); anything else bumps Version.

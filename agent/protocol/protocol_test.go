@@ -183,3 +183,34 @@ func TestPowerOffWhenTheSessionEndsFirst(t *testing.T) {
 		t.Error("PowerOff over a session that had already ended succeeded")
 	}
 }
+
+// TestRepeatedPowerOffReachesTheAgent: PowerOff may be called again while the pod stops, with a shorter grace (its
+// grace period shortened); each call reaches the agent with its grace, which the agent parses back.
+func TestRepeatedPowerOffReachesTheAgent(t *testing.T) {
+	host, guest := net.Pipe()
+	defer host.Close()
+	got := make(chan time.Duration, 2)
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/poweroff", func(w http.ResponseWriter, r *http.Request) {
+		g, err := time.ParseDuration(r.URL.Query().Get("grace"))
+		if err != nil {
+			t.Errorf("grace %q: %v", r.URL.Query().Get("grace"), err)
+		}
+		got <- g
+		w.WriteHeader(http.StatusAccepted)
+	})
+	serve(t, guest, mux)
+	c, err := NewClient(host, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, grace := range []time.Duration{100 * time.Second, 5 * time.Second} {
+		if err := c.PowerOff(context.Background(), grace); err != nil {
+			t.Fatalf("PowerOff(%s): %v", grace, err)
+		}
+		if g := <-got; g != grace {
+			t.Errorf("the agent got grace %s, want %s", g, grace)
+		}
+	}
+}

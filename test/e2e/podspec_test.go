@@ -42,6 +42,7 @@ func TestPodSpec(t *testing.T) {
 	t.Run("init containers, lifecycle, hosts", func(t *testing.T) { testLifecycle(t, nodeName, reg, n.Log) })
 	t.Run("termination messages", func(t *testing.T) { testTerminationMessages(t, nodeName, reg, n.Log) })
 	t.Run("readiness while terminating", func(t *testing.T) { testReadinessWhileTerminating(t, nodeName, reg, n.Log) })
+	t.Run("shortened grace period", func(t *testing.T) { testShortenedGrace(t, nodeName, reg, n.Log) })
 	t.Run("sidecars", func(t *testing.T) { testSidecars(t, nodeName, reg, n.Log) })
 	t.Run("init container statuses", func(t *testing.T) { testInitContainerStatuses(t, nodeName, reg, n.Log) })
 	t.Run("services", func(t *testing.T) { testServices(t, nodeName, reg, n.Log) })
