@@ -329,19 +329,10 @@ func TestKindOfAndStartOrder(t *testing.T) {
 			{Name: "proxy", Init: true, RestartPolicy: protocol.RestartAlways}, {Name: "migrate", Init: true}, {Name: "web"}},
 			"setup:1 proxy:2 migrate:1 web:0"},
 	} {
-		image := img()
-		for _, c := range image {
-			for _, cc := range tc.cfg {
-				if cc.Name == c.Name {
-					c.rc = cc
-				}
-			}
-		}
-		order, byConfig := startOrder(image, tc.cfg)
-		for _, c := range order {
-			c.kind = kindOf(c, byConfig)
-		}
-		if got := kinds(order); got != tc.want {
+		// As configure applies the node's configuration (the kinds need each container's config).
+		r := &runtime{containers: img()}
+		r.applyConfigLocked(&protocol.PodConfig{Containers: tc.cfg})
+		if got := kinds(r.order); got != tc.want {
 			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
 		}
 	}

@@ -185,25 +185,7 @@ func (r *runtime) configure(cfg protocol.PodConfig) error {
 		// A node that restarted configures again: only the service table may have changed meanwhile.
 		return r.services.set(cfg.Services)
 	}
-	r.cfg = &cfg
-	var byConfig bool
-	r.order, byConfig = startOrder(r.containers, cfg.Containers)
-	for _, c := range r.containers {
-		c.kind = kindOf(c, byConfig)
-	}
-	for _, cc := range cfg.Containers {
-		c := r.find(cc.Name)
-		c.rc, c.Argv = cc, containerArgv(c.Container, cc)
-		res := cc.Resources()
-		c.status.Resources = &res
-		if len(c.Argv) == 0 {
-			c.createErr = errors.New("no command specified: the image has no entrypoint or cmd and the pod gives no command")
-			c.status.State = protocol.ContainerState{State: protocol.Waiting, Reason: "CreateContainerError", Message: c.createErr.Error()}
-		} else if err := verifyRunAsNonRoot(c.User, cc.Security); err != nil {
-			c.createErr = err
-			c.status.State = protocol.ContainerState{State: protocol.Waiting, Reason: "CreateContainerConfigError", Message: err.Error()}
-		}
-	}
+	r.applyConfigLocked(&cfg)
 	r.changedLocked()
 	r.mu.Unlock()
 	t0 := time.Now()
@@ -231,6 +213,30 @@ func (r *runtime) configure(cfg protocol.PodConfig) error {
 	}
 	go startPod(r, r.order, r.stopCh)
 	return nil
+}
+
+// applyConfigLocked takes the node's configuration of the pod's containers: each container's runtime config, its
+// kind (which needs the config: the node marks init containers) and the start order. Called with r.mu held.
+func (r *runtime) applyConfigLocked(cfg *protocol.PodConfig) {
+	r.cfg = cfg
+	for _, cc := range cfg.Containers {
+		c := r.find(cc.Name)
+		c.rc, c.Argv = cc, containerArgv(c.Container, cc)
+		res := cc.Resources()
+		c.status.Resources = &res
+		if len(c.Argv) == 0 {
+			c.createErr = errors.New("no command specified: the image has no entrypoint or cmd and the pod gives no command")
+			c.status.State = protocol.ContainerState{State: protocol.Waiting, Reason: "CreateContainerError", Message: c.createErr.Error()}
+		} else if err := verifyRunAsNonRoot(c.User, cc.Security); err != nil {
+			c.createErr = err
+			c.status.State = protocol.ContainerState{State: protocol.Waiting, Reason: "CreateContainerConfigError", Message: err.Error()}
+		}
+	}
+	var byConfig bool
+	r.order, byConfig = startOrder(r.containers, cfg.Containers)
+	for _, c := range r.containers {
+		c.kind = kindOf(c, byConfig) // after c.rc: the kind is the config's
+	}
 }
 
 // cannotCreate says on the console why containers cannot be created, leaves them waiting with
