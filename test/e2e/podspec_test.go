@@ -567,21 +567,6 @@ func testLifecycle(t *testing.T, nodeName, reg string, nodeLog func() string) {
 		}
 	}
 	waitRunning(t, "deadline", nodeLog)
-	// kubectl debug adds an ephemeral container, which a VM fixed at creation cannot run: it shows terminated
-	// with reason Unsupported, and an Event says why.
-	kubectl(t, "debug", "deadline", "--image", reg+"/hello:1", "-c", "debugger", "--", "sh")
-	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		p, err := pods.Get(ctx, "deadline", metav1.GetOptions{})
-		if err != nil || len(p.Status.EphemeralContainerStatuses) != 1 {
-			return false, nil
-		}
-		term := p.Status.EphemeralContainerStatuses[0].State.Terminated
-		return term != nil && term.Reason == "Unsupported" && strings.Contains(term.Message, "debugger"), nil
-	})
-	if err != nil {
-		t.Errorf("an ephemeral container: no terminated status with reason Unsupported: %v", err)
-	}
-	waitEvent(t, "deadline", "Unsupported")
 	if _, err := pods.Patch(ctx, "deadline", types.MergePatchType, []byte(`{"spec":{"activeDeadlineSeconds":3}}`), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
