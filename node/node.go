@@ -321,18 +321,24 @@ type nodeProvider struct{}
 func (nodeProvider) Ping(ctx context.Context) error                       { return ctx.Err() }
 func (nodeProvider) NotifyNodeStatus(context.Context, func(*corev1.Node)) {}
 
+// The node's rate limits towards the API server: a kubelet's defaults (kubeAPIQPS, kubeAPIBurst). client-go's own
+// (5 and 10) throttle a node with a few pods, whose every status write is a GET and a PATCH as a kubelet's.
+const (
+	apiQPS   = 50
+	apiBurst = 100
+)
+
 func restConfig(kubeconfig string) (*rest.Config, error) {
+	var cfg *rest.Config
+	var err error
 	if kubeconfig == "" {
-		cfg, err := rest.InClusterConfig()
-		if err != nil {
+		if cfg, err = rest.InClusterConfig(); err != nil {
 			return nil, fmt.Errorf("kubeconfig: not set and no in-cluster configuration, %w", err)
 		}
-		return cfg, nil
-	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
+	} else if cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig); err != nil {
 		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
 	}
+	cfg.QPS, cfg.Burst = apiQPS, apiBurst
 	return cfg, nil
 }
 
