@@ -175,7 +175,7 @@ func (p *Provider) awaitRuntime(ctx context.Context, pod *corev1.Pod, v *podVM, 
 		if err == nil {
 			v.mu.Lock()
 			warned := v.envWarned
-			v.envWarned = true
+			v.envWarned = warned || len(rt.Warnings) > 0 // a later resolution may skip what this one found
 			v.mu.Unlock()
 			for _, w := range rt.Warnings {
 				if !warned {

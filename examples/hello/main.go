@@ -1,5 +1,5 @@
 // Command hello is the example HTTP server the demo and the tests run in pod VMs: it answers every request with
-// a greeting naming the host (the pod) and logs each request on stdout.
+// a greeting naming the host (the pod) and logs each request on stdout; /redirect?loc=URL redirects to URL.
 package main
 
 import (
@@ -25,6 +25,11 @@ func main() {
 	host, _ := os.Hostname()
 	log.SetOutput(os.Stdout)
 	log.Printf("hello: listening on :%s as %s (uid %d)", port, host, os.Getuid())
+	// /redirect?loc=URL answers with a redirect to URL, as Kubernetes' agnhost netexec does (probe specs).
+	http.HandleFunc("/redirect", func(w http.ResponseWriter, r *http.Request) {
+		log.Printf("hello: %s %s from %s", r.Method, r.URL.Path, r.RemoteAddr)
+		http.Redirect(w, r, r.URL.Query().Get("loc"), http.StatusFound)
+	})
 	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		log.Printf("hello: %s %s from %s", r.Method, r.URL.Path, r.RemoteAddr)
 		fmt.Fprintf(w, "hello from %s\n", host)

@@ -55,6 +55,7 @@ func TestPodSpec(t *testing.T) {
 	t.Run("host fields", func(t *testing.T) { testHostFields(t, nodeName, reg, n.Log) })
 	t.Run("resize", func(t *testing.T) { testResize(t, nodeName, reg, n.Log) })
 	t.Run("ephemeral containers", func(t *testing.T) { testEphemeralContainers(t, nodeName, reg, n.Log) })
+	t.Run("kubelet details", func(t *testing.T) { testKubeletDetails(t, nodeName, reg, n.Log) })
 	t.Run("image volumes", func(t *testing.T) { testImageVolumes(t, nodeName, reg, n.Log) })
 }
 
