@@ -20,7 +20,9 @@ import (
 //     update of the annotation it reads fixes it (expansion.go, "should verify that a failing subpath expansion can
 //     be modified during the lifecycle of a container");
 //   - an emptyDir subPath that does not exist yet is made with the volume's mode and the fsGroup's group
-//     (empty_dir.go, fsGroup specs).
+//     (empty_dir.go, fsGroup specs);
+//   - a sidecar whose readiness probe fails keeps the pod not Ready and is never restarted for it
+//     (container_probe.go, "with readiness probe that fails should never be ready and never restart").
 func testKubeletDetails(t *testing.T, nodeName, reg string, nodeLog func() string) {
 	ctx := context.Background()
 	pods := env.Client.CoreV1().Pods("default")
@@ -80,5 +82,24 @@ func testKubeletDetails(t *testing.T, nodeName, reg string, nodeLog func() strin
 	out := strings.TrimSpace(kubectl(t, "exec", "fsgroup-subpath", "--", "stat", "-c", "%A %g", "/mnt"))
 	if perm, gid, _ := strings.Cut(out, " "); gid != "1234" || len(perm) != 10 || perm[6] != 's' {
 		t.Errorf("an fsGroup emptyDir's new subPath = %q, want group 1234 and setgid (the volume's mode and group)", out)
+	}
+
+	// A sidecar that never gets ready.
+	always := corev1.ContainerRestartPolicyAlways
+	mk(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "sidecar-unready"}, Spec: corev1.PodSpec{
+		InitContainers: []corev1.Container{{Name: "side", Image: reg + "/hello:1", RestartPolicy: &always,
+			ReadinessProbe: &corev1.Probe{PeriodSeconds: 1, ProbeHandler: corev1.ProbeHandler{
+				TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(81)}}}}},
+		Containers: []corev1.Container{{Name: "web", Image: reg + "/hello:1"}}}})
+	waitRunning(t, "sidecar-unready", nodeLog)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Second) {
+		p, err := pods.Get(ctx, "sidecar-unready", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if podReady(*p) || len(p.Status.InitContainerStatuses) != 1 || p.Status.InitContainerStatuses[0].RestartCount != 0 ||
+			p.Status.InitContainerStatuses[0].Ready {
+			t.Fatalf("a sidecar whose readiness probe fails: pod Ready %v, sidecar %+v", podReady(*p), p.Status.InitContainerStatuses)
+		}
 	}
 }
