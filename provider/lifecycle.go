@@ -135,6 +135,16 @@ func (p *Provider) startVM(ctx context.Context, v *podVM, pod *corev1.Pod) {
 		p.storeIfCurrent(pod, failedStatus(pod, p.cfg.InternalIP, "VMLaunchFailed", msg, time.Now()))
 		return
 	}
+	v.mu.Lock()
+	deleted := v.deleting
+	v.mu.Unlock()
+	if deleted || p.vmFor(v.uid) != v {
+		// The pod was deleted while its VM launched: its deletion found no VM to end, so this launch ends it.
+		if err := p.endVM(ctx, v); err != nil {
+			log.G(ctx).WithError(err).WithField("pod", key(pod.Namespace, pod.Name)).Warn("ending the VM of a pod deleted while it launched")
+		}
+		return
+	}
 	p.cfg.Events.Eventf(pod, corev1.EventTypeNormal, "Created", "Created VM with IP %s (%d MiB, %d vCPU)", st.IP, mem, cpus)
 	p.VMChanged(st) // the VM may have been running already: no change will be reported for it
 }

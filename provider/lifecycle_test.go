@@ -34,6 +34,8 @@ type fakeBackend struct {
 	// the test ends their VM; without it they answer 404, and the node ends the VM at once.
 	acceptPowerOff bool
 	powerOffs      []time.Duration
+	// launching, when set, receives each Launch as it begins; the Launch then waits for launchGate.
+	launching, launchGate chan struct{}
 }
 
 // volume returns what the agent of a pod was last sent for a volume by UpdateVolume.
@@ -46,6 +48,10 @@ func (f *fakeBackend) volume(uid, name string) []protocol.File {
 func (f *fakeBackend) Format() string { return "direct" }
 
 func (f *fakeBackend) Launch(_ context.Context, s vm.Plan) (vm.Status, error) {
+	if f.launching != nil {
+		f.launching <- struct{}{}
+		<-f.launchGate
+	}
 	f.mu.Lock()
 	if st, ok := f.vms[s.UID]; ok {
 		f.mu.Unlock()
@@ -60,9 +66,14 @@ func (f *fakeBackend) Launch(_ context.Context, s vm.Plan) (vm.Status, error) {
 	running.State = vm.Running
 	go func() {
 		f.mu.Lock()
-		f.vms[s.UID] = running
+		_, ok := f.vms[s.UID]
+		if ok { // not terminated meanwhile
+			f.vms[s.UID] = running
+		}
 		f.mu.Unlock()
-		f.notify(running)
+		if ok {
+			f.notify(running)
+		}
 	}()
 	return st, nil
 }
@@ -234,6 +245,32 @@ func TestPodRunsAsVM(t *testing.T) {
 	}
 	if _, term := b.counts(); len(term) != 1 || term[0] != "uid-a" {
 		t.Errorf("terminated %v, want [uid-a]", term)
+	}
+}
+
+// TestPodDeletedWhileItsVMLaunches: a pod deleted while its VM is being launched (a Deployment deleted while a
+// replacement pod starts) finds no VM to end; the launch that completes after must end the VM it made, or the VM
+// stays until garbage collection finds it orphaned (e2e TestPodsRunAsVMs saw its runtime directory left over).
+func TestPodDeletedWhileItsVMLaunches(t *testing.T) {
+	p, b, _ := newVMProvider(t, fakeImages{})
+	b.launching, b.launchGate = make(chan struct{}), make(chan struct{})
+	ctx := context.Background()
+	if err := p.CreatePod(ctx, plainPod("a")); err != nil {
+		t.Fatal(err)
+	}
+	<-b.launching
+	gone := plainPod("a")
+	gone.DeletionGracePeriodSeconds = new(int64(30))
+	if err := p.DeletePod(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	close(b.launchGate)
+	wait.PollUntilContextTimeout(ctx, 5*time.Millisecond, 5*time.Second, true, func(ctx context.Context) (bool, error) { //nolint:errcheck // the check below says what is wrong
+		launches, term := b.counts()
+		return launches == 1 && len(term) == 1, nil
+	})
+	if _, err := b.Get(ctx, "uid-a"); err == nil || !vm.IsNotFound(err) {
+		t.Errorf("the VM launched for a deleted pod still runs (%v)", err)
 	}
 }
 
