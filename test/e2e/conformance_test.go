@@ -91,7 +91,14 @@ func testKubeletDetails(t *testing.T, nodeName, reg string, nodeLog func() strin
 			ReadinessProbe: &corev1.Probe{PeriodSeconds: 1, ProbeHandler: corev1.ProbeHandler{
 				TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(81)}}}}},
 		Containers: []corev1.Container{{Name: "web", Image: reg + "/hello:1"}}}})
-	waitRunning(t, "sidecar-unready", nodeLog)
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		p, err := pods.Get(ctx, "sidecar-unready", metav1.GetOptions{})
+		return err == nil && p.Status.Phase == corev1.PodRunning && len(p.Status.ContainerStatuses) == 1 &&
+			p.Status.ContainerStatuses[0].State.Running != nil, nil
+	})
+	if err != nil {
+		t.Fatalf("pod sidecar-unready: its app container is not running: %v\n%s", err, nodeLog())
+	}
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Second) {
 		p, err := pods.Get(ctx, "sidecar-unready", metav1.GetOptions{})
 		if err != nil {
