@@ -106,7 +106,7 @@ func untar(r io.Reader, dir string, max int64) error {
 		if h.Typeflag == tar.TypeSymlink {
 			continue
 		}
-		if err := root.Chmod(name, os.FileMode(h.Mode).Perm()|tarModeBits(h.Mode)); err != nil {
+		if err := root.Chmod(name, h.FileInfo().Mode()&(os.ModePerm|os.ModeSetuid|os.ModeSetgid|os.ModeSticky)); err != nil {
 			return fmt.Errorf("chmod %s, %w", name, err)
 		}
 		if h.Typeflag == tar.TypeReg {
@@ -119,19 +119,4 @@ func untar(r io.Reader, dir string, max int64) error {
 		root.Chtimes(dirs[i].name, dirs[i].t, dirs[i].t) //nolint:errcheck // best effort, as a runtime unpacks
 	}
 	return nil
-}
-
-// tarModeBits are the setuid, setgid and sticky bits of a tar mode, as os.FileMode.
-func tarModeBits(m int64) os.FileMode {
-	var out os.FileMode
-	if m&0o4000 != 0 {
-		out |= os.ModeSetuid
-	}
-	if m&0o2000 != 0 {
-		out |= os.ModeSetgid
-	}
-	if m&0o1000 != 0 {
-		out |= os.ModeSticky
-	}
-	return out
 }

@@ -257,7 +257,7 @@ func (a *applier) entry(tr *tar.Reader, h *tar.Header, full string) error {
 	if h.Typeflag == tar.TypeSymlink {
 		return nil
 	}
-	if err := a.root.Chmod(full, os.FileMode(h.Mode).Perm()|modeBits(h.Mode)); err != nil {
+	if err := a.root.Chmod(full, h.FileInfo().Mode()&(os.ModePerm|os.ModeSetuid|os.ModeSetgid|os.ModeSticky)); err != nil {
 		return fmt.Errorf("chmod %s, %w", full, err)
 	}
 	if h.Typeflag != tar.TypeDir {
@@ -342,20 +342,6 @@ func setOwner(root *os.Root, name string, h *tar.Header, euid int) error {
 		return fmt.Errorf("chown %s, %w", name, err)
 	}
 	return nil
-}
-
-func modeBits(m int64) os.FileMode {
-	var out os.FileMode
-	if m&0o4000 != 0 {
-		out |= os.ModeSetuid
-	}
-	if m&0o2000 != 0 {
-		out |= os.ModeSetgid
-	}
-	if m&0o1000 != 0 {
-		out |= os.ModeSticky
-	}
-	return out
 }
 
 type progressWriter struct {
