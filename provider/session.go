@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"time"
+	"unicode/utf8"
 
 	"github.com/virtual-kubelet/virtual-kubelet/errdefs"
 	"github.com/virtual-kubelet/virtual-kubelet/log"
@@ -234,16 +235,16 @@ func (p *Provider) agentChanged(pod *corev1.Pod, v *podVM, st protocol.PodStatus
 	for _, c := range st.Containers {
 		b := before[c.Name]
 		if c.ProbeFailures > b.ProbeFailures && c.LastProbeFailure != "" {
-			p.cfg.Events.Event(pod, corev1.EventTypeWarning, "Unhealthy", c.LastProbeFailure)
+			p.cfg.Events.Event(pod, corev1.EventTypeWarning, "Unhealthy", guestText(c.LastProbeFailure))
 		}
 		if c.ProbeWarnings > b.ProbeWarnings && c.LastProbeWarning != "" {
-			p.cfg.Events.Event(pod, corev1.EventTypeWarning, "ProbeWarning", c.LastProbeWarning)
+			p.cfg.Events.Event(pod, corev1.EventTypeWarning, "ProbeWarning", guestText(c.LastProbeWarning))
 		}
 		if deleting {
 			continue
 		}
 		if c.Killed != "" && c.Killed != b.Killed {
-			p.cfg.Events.Event(pod, corev1.EventTypeNormal, "Killing", c.Killed)
+			p.cfg.Events.Event(pod, corev1.EventTypeNormal, "Killing", guestText(c.Killed))
 		}
 		switch {
 		// The API keeps times to the second.
@@ -254,7 +255,7 @@ func (p *Provider) agentChanged(pod *corev1.Pod, v *podVM, st protocol.PodStatus
 				c.Name, pod.Name, pod.Namespace, pod.UID)
 		case (c.State.Reason == "StartError" || c.State.Reason == "CreateContainerError" || c.State.Reason == "CreateContainerConfigError") &&
 			(b.State.Reason != c.State.Reason || b.State.Message != c.State.Message):
-			p.cfg.Events.Eventf(pod, corev1.EventTypeWarning, "Failed", "Error: %s", c.State.Message)
+			p.cfg.Events.Eventf(pod, corev1.EventTypeWarning, "Failed", "Error: %s", guestText(c.State.Message))
 		}
 	}
 	upd := podStatus(pod, p.cfg.InternalIP, vst, st, ids)
@@ -323,4 +324,22 @@ func (p *Provider) client(ctx context.Context, namespace, name string, wait time
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// maxGuestText bounds what of a guest's text (a probe's output, a kill's reason) goes into one Event: the
+// events.k8s.io limit on an Event's note. The agent's answers are bounded as a whole (protocol.MaxResponseBytes),
+// not per message, so a hostile guest could otherwise make every Event megabytes long.
+const maxGuestText = 1024
+
+// guestText is s cut to maxGuestText bytes, on a rune boundary, marked as cut.
+func guestText(s string) string {
+	if len(s) <= maxGuestText {
+		return s
+	}
+	const mark = " [truncated]"
+	cut := maxGuestText - len(mark)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + mark
 }

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -119,5 +120,26 @@ func TestAgentChangedProbeWarning(t *testing.T) {
 		if len(evs) != want || want == 1 && evs[0] != "Warning ProbeWarning "+msg {
 			t.Errorf("count %d: events %q, want %d ProbeWarning", count, evs, want)
 		}
+	}
+}
+
+// TestGuestTextIsBounded: what a hostile guest says in a probe's output reaches the Event cut to maxGuestText.
+func TestGuestTextIsBounded(t *testing.T) {
+	p, rec, _ := newTestProvider()
+	pod := testPod("a")
+	p.store(pod.DeepCopy())
+	v := p.vmOf(pod)
+	v.mu.Lock()
+	v.vm = vm.Status{UID: string(pod.UID), State: vm.Running, IP: "10.0.0.2"}
+	v.mu.Unlock()
+	started := time.Now().Add(-time.Minute)
+	p.agentChanged(pod, v, agentRunning(started, true))
+	events(rec)
+	st := agentRunning(started, true)
+	st.Containers[1].ProbeFailures, st.Containers[1].LastProbeFailure = 1, strings.Repeat("é", 1<<20)
+	p.agentChanged(pod, v, st)
+	evs := events(rec)
+	if len(evs) != 1 || len(evs[0]) > maxGuestText+len("Warning Unhealthy ") || !utf8.ValidString(evs[0]) {
+		t.Errorf("an Unhealthy Event of %d bytes (valid UTF-8 %v), want at most %d of message", len(evs[0]), utf8.ValidString(evs[0]), maxGuestText)
 	}
 }
