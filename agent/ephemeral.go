@@ -82,13 +82,7 @@ func (r *runtime) addEphemeral(ec protocol.EphemeralContainer, rootfs io.Reader)
 		wake: make(chan struct{})}
 	c.Argv = containerArgv(c.Container, c.rc)
 	c.status = protocol.ContainerStatus{Name: name, Ephemeral: true, State: protocol.ContainerState{State: protocol.Waiting, Reason: "ContainerCreating"}}
-	if len(c.Argv) == 0 {
-		c.createErr = errors.New("no command specified: the image has no entrypoint or cmd and the pod gives no command")
-		c.status.State = protocol.ContainerState{State: protocol.Waiting, Reason: "CreateContainerError", Message: c.createErr.Error()}
-	} else if err := verifyRunAsNonRoot(c.User, c.rc.Security); err != nil {
-		c.createErr = err
-		c.status.State = protocol.ContainerState{State: protocol.Waiting, Reason: "CreateContainerConfigError", Message: err.Error()}
-	}
+	checkCreate(c)
 	if err := r.mountRoot(c, lower); err != nil {
 		return err
 	}

@@ -224,18 +224,24 @@ func (r *runtime) applyConfigLocked(cfg *protocol.PodConfig) {
 		c.rc, c.Argv = cc, containerArgv(c.Container, cc)
 		res := cc.Resources()
 		c.status.Resources = &res
-		if len(c.Argv) == 0 {
-			c.createErr = errors.New("no command specified: the image has no entrypoint or cmd and the pod gives no command")
-			c.status.State = protocol.ContainerState{State: protocol.Waiting, Reason: "CreateContainerError", Message: c.createErr.Error()}
-		} else if err := verifyRunAsNonRoot(c.User, cc.Security); err != nil {
-			c.createErr = err
-			c.status.State = protocol.ContainerState{State: protocol.Waiting, Reason: "CreateContainerConfigError", Message: err.Error()}
-		}
+		checkCreate(c)
 	}
 	var byConfig bool
 	r.order, byConfig = startOrder(r.containers, cfg.Containers)
 	for _, c := range r.containers {
 		c.kind = kindOf(c, byConfig) // after c.rc: the kind is the config's
+	}
+}
+
+// checkCreate refuses, as a kubelet does before it creates a container, one without a command or whose user breaks
+// runAsNonRoot: c keeps the error (createErr) and waits with its reason.
+func checkCreate(c *container) {
+	if len(c.Argv) == 0 {
+		c.createErr = errors.New("no command specified: the image has no entrypoint or cmd and the pod gives no command")
+		c.status.State = protocol.ContainerState{State: protocol.Waiting, Reason: "CreateContainerError", Message: c.createErr.Error()}
+	} else if err := verifyRunAsNonRoot(c.User, c.rc.Security); err != nil {
+		c.createErr = err
+		c.status.State = protocol.ContainerState{State: protocol.Waiting, Reason: "CreateContainerConfigError", Message: err.Error()}
 	}
 }
 
