@@ -48,10 +48,8 @@ func agentRunning(started time.Time, webReady bool) protocol.PodStatus {
 	}}
 }
 
-// TestAgentChangedWhileDeleting: while a pod is being deleted and its VM runs, the agent's statuses still reach the
-// pod (its readiness probe fails as it terminates: the pod is no longer Ready), with the probes' Events, and
-// without the Events of a container's start, end or kill, which belong to the delete.
-func TestAgentChangedWhileDeleting(t *testing.T) {
+// runningPodVM is a test provider with pod "a" stored and its VM running, as agentChanged finds them.
+func runningPodVM() (*Provider, *record.FakeRecorder, *notifications, *corev1.Pod, *podVM) {
 	p, rec, n := newTestProvider()
 	pod := testPod("a")
 	p.store(pod.DeepCopy())
@@ -59,6 +57,14 @@ func TestAgentChangedWhileDeleting(t *testing.T) {
 	v.mu.Lock()
 	v.vm = vm.Status{UID: string(pod.UID), State: vm.Running, IP: "10.0.0.2"}
 	v.mu.Unlock()
+	return p, rec, n, pod, v
+}
+
+// TestAgentChangedWhileDeleting: while a pod is being deleted and its VM runs, the agent's statuses still reach the
+// pod (its readiness probe fails as it terminates: the pod is no longer Ready), with the probes' Events, and
+// without the Events of a container's start, end or kill, which belong to the delete.
+func TestAgentChangedWhileDeleting(t *testing.T) {
+	p, rec, n, pod, v := runningPodVM()
 	started := time.Now().Add(-time.Minute)
 	p.agentChanged(pod, v, agentRunning(started, true))
 	if got := podReadyCondition(n.last()); got != corev1.ConditionTrue {
@@ -97,13 +103,7 @@ func TestAgentChangedWhileDeleting(t *testing.T) {
 // TestAgentChangedProbeWarning: a probe warning the agent counted becomes a kubelet's ProbeWarning Event, once per
 // new count.
 func TestAgentChangedProbeWarning(t *testing.T) {
-	p, rec, _ := newTestProvider()
-	pod := testPod("a")
-	p.store(pod.DeepCopy())
-	v := p.vmOf(pod)
-	v.mu.Lock()
-	v.vm = vm.Status{UID: string(pod.UID), State: vm.Running, IP: "10.0.0.2"}
-	v.mu.Unlock()
+	p, rec, _, pod, v := runningPodVM()
 	started := time.Now().Add(-time.Minute)
 	p.agentChanged(pod, v, agentRunning(started, true))
 	events(rec)
@@ -125,13 +125,7 @@ func TestAgentChangedProbeWarning(t *testing.T) {
 
 // TestGuestTextIsBounded: what a hostile guest says in a probe's output reaches the Event cut to maxGuestText.
 func TestGuestTextIsBounded(t *testing.T) {
-	p, rec, _ := newTestProvider()
-	pod := testPod("a")
-	p.store(pod.DeepCopy())
-	v := p.vmOf(pod)
-	v.mu.Lock()
-	v.vm = vm.Status{UID: string(pod.UID), State: vm.Running, IP: "10.0.0.2"}
-	v.mu.Unlock()
+	p, rec, _, pod, v := runningPodVM()
 	started := time.Now().Add(-time.Minute)
 	p.agentChanged(pod, v, agentRunning(started, true))
 	events(rec)
