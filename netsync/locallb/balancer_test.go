@@ -5,11 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/i2kit/i2kit/internal/netnstest"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -556,16 +556,14 @@ func TestBalancerSweepsAddresses(t *testing.T) {
 // remote is a client in a network namespace of its own, linked to the test's by a veth pair and routed through
 // it: its packets reach the balancer on the prerouting hook, as a client on the LAN's or a pod VM's do. A
 // goroutine locked to a thread that left the test's namespace makes its sockets.
-type remote struct {
-	do chan func()
-}
+type remote struct{ *netnstest.NS }
 
 func newRemote(t *testing.T) *remote {
 	t.Helper()
 	ipCmds(t, []string{"link", "add", "cli0", "type", "veth", "peer", "name", "cli1"},
 		[]string{"addr", "add", "10.91.0.1/24", "dev", "cli0"}, []string{"link", "set", "cli0", "up"})
 	r := newNamespace(t, "cli1")
-	r.run(t, func() error { return setUpNIC("cli1", netip.MustParsePrefix("10.91.0.2/24"), net.IPv4(10, 91, 0, 1)) })
+	r.Run(t, func() error { return setUpNIC("cli1", netip.MustParsePrefix("10.91.0.2/24"), net.IPv4(10, 91, 0, 1)) })
 	return r
 }
 
@@ -602,49 +600,7 @@ func setUpNIC(nic string, addr netip.Prefix, gw net.IP) error {
 // newNamespace makes a network namespace and moves the test namespace's link nic into it.
 func newNamespace(t *testing.T, nic string) *remote {
 	t.Helper()
-	peer, err := netlink.LinkByName(nic)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &remote{do: make(chan func())}
-	nsc, moved := make(chan *os.File), make(chan bool)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine, out of the test's namespace
-		var ns *os.File
-		if err := unix.Unshare(unix.CLONE_NEWNET); err == nil {
-			ns, _ = os.Open("/proc/thread-self/ns/net")
-		}
-		nsc <- ns
-		if ns == nil || !<-moved {
-			return
-		}
-		for f := range r.do {
-			f()
-		}
-	}()
-	ns := <-nsc
-	if ns == nil {
-		t.Fatal("making the client's network namespace failed")
-	}
-	defer ns.Close()
-	// From the test's namespace, where the peer is.
-	if err := netlink.LinkSetNsFd(peer, int(ns.Fd())); err != nil {
-		moved <- false
-		t.Fatal(err)
-	}
-	moved <- true
-	t.Cleanup(func() { close(r.do) })
-	return r
-}
-
-// run runs f in the client's namespace.
-func (r *remote) run(t *testing.T, f func() error) {
-	t.Helper()
-	done := make(chan error)
-	r.do <- func() { done <- f() }
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	return &remote{netnstest.New(t, nic)}
 }
 
 // TestBalancerRemoteClient: a client in another network namespace is spread over the targets and refused at once
@@ -661,9 +617,9 @@ func TestBalancerRemoteClient(t *testing.T) {
 	}
 	svc := service("hello", "0c2a8a5e-4b0d-4c55-9d61-5a3e6f1f2b7c")
 	web := netip.AddrPortFrom(ensure(t, b, lb(svc, p.targets(tcpPort, "a", "b"), nil)), 80).String()
-	r.run(t, func() error { return trySpread(func() (string, error) { return askTCP(web) }, "a", "b") })
+	r.Run(t, func() error { return trySpread(func() (string, error) { return askTCP(web) }, "a", "b") })
 	ensure(t, b, lb(svc, nil, nil))
-	r.run(t, func() error { return tryRefused(web) })
+	r.Run(t, func() error { return tryRefused(web) })
 	if err := b.Delete(context.Background(), svc); err != nil {
 		t.Fatal(err)
 	}
@@ -705,7 +661,7 @@ func newBridgePod(t *testing.T, name string, addr netip.Addr) *remote {
 		[]string{"link", "set", port, "master", podBridge}, []string{"link", "set", port, "up"})
 	r := newNamespace(t, nic)
 	var l net.Listener
-	r.run(t, func() error {
+	r.Run(t, func() error {
 		if err := setUpNIC(nic, netip.PrefixFrom(addr, podNet.Bits()), podGW); err != nil {
 			return err
 		}
@@ -764,9 +720,7 @@ func TestBalancerPodClient(t *testing.T) {
 		if c == nil {
 			err = ask()
 		} else {
-			done := make(chan error, 1)
-			c.do <- func() { done <- ask() }
-			err = <-done
+			err = c.Do(ask)
 		}
 		if err != nil || got != want {
 			t.Fatalf("through %s: answer %q, %v; want %q", web, got, err, want)

@@ -4,12 +4,12 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"github.com/i2kit/i2kit/internal/netnstest"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"reflect"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -169,10 +169,8 @@ func reexecInNetns(t *testing.T) bool {
 
 // podNS stands for a pod VM on the bridge: a network namespace whose NIC is one end of a veth pair, the other end
 // a port of the bridge (the TAP). Its loopback stays down, so that what it sends to 127.0.0.1 leaves by its NIC,
-// as a hostile guest's may. A goroutine locked to a thread that left the test's namespace runs do's functions.
-type podNS struct {
-	do chan func()
-}
+// as a hostile guest's may.
+type podNS struct{ *netnstest.NS }
 
 func newPodNS(t *testing.T, name string, addr net.IP, n *network) *podNS {
 	t.Helper()
@@ -186,39 +184,9 @@ func newPodNS(t *testing.T, name string, addr net.IP, n *network) *podNS {
 			t.Fatal(err)
 		}
 	}
-	peer, err := netlink.LinkByName(nic)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &podNS{do: make(chan func())}
-	nsc, moved := make(chan *os.File), make(chan bool)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine, out of the test's namespace
-		var ns *os.File
-		if err := unix.Unshare(unix.CLONE_NEWNET); err == nil {
-			ns, _ = os.Open("/proc/thread-self/ns/net")
-		}
-		nsc <- ns
-		if ns == nil || !<-moved {
-			return
-		}
-		for f := range p.do {
-			f()
-		}
-	}()
-	ns := <-nsc
-	if ns == nil {
-		t.Fatal("making the pod's network namespace failed")
-	}
-	defer ns.Close()
-	if err := netlink.LinkSetNsFd(peer, int(ns.Fd())); err != nil {
-		moved <- false
-		t.Fatal(err)
-	}
-	moved <- true
-	t.Cleanup(func() { close(p.do) })
+	p := &podNS{netnstest.New(t, nic)}
 	ones, _ := n.cidr.Mask.Size()
-	p.run(t, func() error {
+	p.Run(t, func() error {
 		l, err := netlink.LinkByName(nic)
 		if err != nil {
 			return err
@@ -238,23 +206,13 @@ func newPodNS(t *testing.T, name string, addr net.IP, n *network) *podNS {
 	return p
 }
 
-// run runs f in the pod's namespace.
-func (p *podNS) run(t *testing.T, f func() error) {
-	t.Helper()
-	done := make(chan error)
-	p.do <- func() { done <- f() }
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-}
-
 // serve listens on addr:tcpPort and addr:udpPort in the pod's namespace: TCP answers one line, "NAME FROM" (the
 // client's address as the pod sees it); UDP echoes "NAME".
 func (p *podNS) serve(t *testing.T, name string, addr net.IP, tcpPort, udpPort int) {
 	t.Helper()
 	var l net.Listener
 	var u net.PacketConn
-	p.run(t, func() error {
+	p.Run(t, func() error {
 		var err error
 		if l, err = net.Listen("tcp", net.JoinHostPort(addr.String(), fmt.Sprint(tcpPort))); err != nil {
 			return err
@@ -423,7 +381,7 @@ func TestPortForwarder(t *testing.T) {
 	}
 
 	// Pod B, through the node's addresses: masqueraded, A answers the node, which answers B.
-	b.run(t, func() error {
+	b.Run(t, func() error {
 		for _, addr := range []string{"192.0.2.10:18080", "10.92.0.1:18080"} {
 			if got, err := askTCP(addr); err != nil || got != "a 10.92.0.1" {
 				return fmt.Errorf("from pod B, %s answered %q, %v; want %q", addr, got, err, "a 10.92.0.1")
@@ -432,7 +390,7 @@ func TestPortForwarder(t *testing.T) {
 		return nil
 	})
 	// Pod B, to the node's loopback: route_localnet lets the bridge take it in, the guard drops it.
-	b.run(t, func() error {
+	b.Run(t, func() error {
 		c, err := net.DialTimeout("tcp", "127.0.0.1:2222", time.Second)
 		if err == nil {
 			c.Close()
