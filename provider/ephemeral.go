@@ -106,9 +106,20 @@ func (p *Provider) republish(pod *corev1.Pod) {
 // its image is pulled as the pod's are (its pull secrets, the container's pull policy) and flattened (RootfsSource),
 // its configuration resolved as other containers' are (env, mounts, security context), and both sent to the agent
 // (protocol.AddEphemeral), which starts it. An agent that cannot take it leaves it Terminated with reason
-// Unsupported for good; other failures are tried again after the back-off.
+// Unsupported for good; other failures are tried again after the back-off. The attempt ends with the agent's
+// session.
 func (p *Provider) startEphemeral(ctx context.Context, pod *corev1.Pod, v *podVM, c *protocol.Client, ec corev1.EphemeralContainer) {
 	logger := log.G(ctx).WithField("pod", key(pod.Namespace, pod.Name)).WithField("container", ec.Name)
+	// The attempt is the session's: it ends with it (a deleted pod's session is closed), its pull included.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-c.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	state, imageID, err := p.addEphemeral(ctx, pod, v, c, ec)
 	now := time.Now()
 	v.mu.Lock()
