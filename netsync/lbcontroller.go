@@ -362,8 +362,21 @@ func (c *LBController) ensure(ctx context.Context, key string, svc *corev1.Servi
 
 // release deletes the load balancer of a Service that is being deleted or is no longer claimed, then clears its
 // status and removes the finalizer: in this order, so that a failure leaves the finalizer for the retry.
+//
+// It acts on the Service as the API server has it, not the cache's copy: right after a release the cache may still
+// show the finalizer it removed, and a sync from that copy would delete the load balancer and announce it again.
 func (c *LBController) release(ctx context.Context, key string, svc *corev1.Service) error {
 	c.forgetEnsured(key)
+	live, err := c.client.CoreV1().Services(svc.Namespace).Get(ctx, svc.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil
+	case err != nil:
+		return fmt.Errorf("reading the Service, %w", err)
+	case live.UID != svc.UID || !hasFinalizer(live):
+		return nil // released already (or another Service of that name)
+	}
+	svc = live
 	c.o.Events.Event(svc, corev1.EventTypeNormal, ReasonDeleting, "Deleting load balancer")
 	sk := ServiceKey{Namespace: svc.Namespace, Name: svc.Name, UID: string(svc.UID)}
 	if err := c.balancer.Delete(ctx, sk); err != nil {
@@ -375,7 +388,7 @@ func (c *LBController) release(ctx context.Context, key string, svc *corev1.Serv
 		}
 	}
 	patch := fmt.Sprintf(`{"metadata":{"$deleteFromPrimitiveList/finalizers":[%q]}}`, LoadBalancerFinalizer)
-	_, err := c.client.CoreV1().Services(svc.Namespace).Patch(ctx, svc.Name, types.StrategicMergePatchType,
+	_, err = c.client.CoreV1().Services(svc.Namespace).Patch(ctx, svc.Name, types.StrategicMergePatchType,
 		[]byte(patch), metav1.PatchOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("removing the finalizer %s, %w", LoadBalancerFinalizer, err)
