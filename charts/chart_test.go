@@ -442,7 +442,7 @@ var clusterRules = []rbacv1.PolicyRule{
 // added and removed by strategic-merge patches of the Service (ensure, release), the ingress address by a merge
 // patch of its status (setIngress). It never updates a Service.
 var lbRules = []rbacv1.PolicyRule{
-	{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"patch"}},
+	{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"get", "patch"}},
 	{APIGroups: []string{""}, Resources: []string{"services/status"}, Verbs: []string{"patch"}},
 }
 
