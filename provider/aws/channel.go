@@ -42,6 +42,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
@@ -119,7 +120,8 @@ func (c *Channel) UserData(p vm.Plan) ([]byte, error) {
 // Dial returns a TLS connection to the agent of a running instance at privateIP, authenticated both ways: it
 // presents the node's client certificate and accepts only the agent key pinned for the instance. The first Dial of
 // an instance finds the pin (the instance's TagAgentKey, else the first key line of its console, which it then
-// keeps as the tag), waiting while the agent has not printed it yet, until ctx ends.
+// keeps as the tag), waiting while the agent has not printed it yet, until ctx ends; every Dial waits, as long,
+// while the agent does not listen yet.
 func (c *Channel) Dial(ctx context.Context, instanceID, privateIP string) (net.Conn, error) {
 	ip, err := netip.ParseAddr(privateIP)
 	if err != nil {
@@ -130,8 +132,7 @@ func (c *Channel) Dial(ctx context.Context, instanceID, privateIP string) (net.C
 		return nil, err
 	}
 	addr := netip.AddrPortFrom(ip, uint16(c.port)).String()
-	var d net.Dialer
-	raw, err := d.DialContext(ctx, "tcp", addr)
+	raw, err := dialListening(ctx, addr)
 	if err != nil {
 		return nil, fmt.Errorf("dialling the agent of %s, %w", instanceID, err)
 	}
@@ -141,6 +142,21 @@ func (c *Channel) Dial(ctx context.Context, instanceID, privateIP string) (net.C
 		return nil, fmt.Errorf("authenticating the agent of %s at %s, %w", instanceID, addr, err)
 	}
 	return conn, nil
+}
+
+// dialListening dials addr, again while it refuses the connection, until ctx ends: the agent prints its key
+// before it reads its metadata and listens (cloudBoot), so a dial that follows the key line may come first.
+func dialListening(ctx context.Context, addr string) (net.Conn, error) {
+	var d net.Dialer
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
+			return conn, err
+		}
+		if err := sleepCtx(ctx, wait); err != nil {
+			return nil, fmt.Errorf("%s refuses connections, %w", addr, err)
+		}
+	}
 }
 
 // Forget drops an instance's pin from memory (its tag stays): the backend calls it once the instance is

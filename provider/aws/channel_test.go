@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -301,6 +302,59 @@ func TestDialWaitsForTheKeyLine(t *testing.T) {
 	openSession(t, ctx, conn)
 	if reads, _, _ := api.counts(); reads != 4 {
 		t.Fatalf("%d console reads, want 4", reads)
+	}
+}
+
+// The agent prints its key before it listens: a dial between the two is refused, and waits.
+func TestDialWaitsForTheAgentToListen(t *testing.T) {
+	api := newConsoleEC2("i-1")
+	ch := testChannel(t, api)
+	a := startAgent(t, ch, "127.0.0.1")
+	api.setConsole("i-1", a.ConsoleLine())
+	// The instance's address, 127.0.0.6, refuses connections until the agent "listens" there: a forwarder to it.
+	addr := net.JoinHostPort("127.0.0.6", strconv.Itoa(ch.port))
+	if c, err := net.Dial("tcp", addr); err == nil {
+		c.Close()
+		t.Fatalf("%s accepts connections before the test listens", addr)
+	}
+	listening := make(chan struct{})
+	go func() {
+		defer close(listening)
+		time.Sleep(300 * time.Millisecond) // a window for refused dials, not a wait on a result
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		t.Cleanup(func() { ln.Close() })
+		go forward(ln, a.Addr())
+	}()
+	ctx := chanContext(t)
+	conn, err := ch.Dial(ctx, "i-1", "127.0.0.6")
+	<-listening
+	if err != nil {
+		t.Fatalf("a dial before the agent listened: %v", err)
+	}
+	openSession(t, ctx, conn)
+}
+
+// forward copies every connection ln accepts to and from one to addr.
+func forward(ln net.Listener, addr string) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			up, err := net.Dial("tcp", addr)
+			if err != nil {
+				return
+			}
+			defer up.Close()
+			go io.Copy(up, c) //nolint:errcheck
+			io.Copy(c, up)    //nolint:errcheck
+		}()
 	}
 }
 
