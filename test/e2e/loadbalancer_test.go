@@ -61,8 +61,9 @@ func testLoadBalancer(t *testing.T, nodeName, reg string, nodeLog func() string)
 				ReadinessProbe: &corev1.Probe{PeriodSeconds: 1, ProbeHandler: corev1.ProbeHandler{
 					HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(8080)}}},
 				// What every zero-downtime rollout needs on any node: a terminating pod keeps serving while
-				// the change of its endpoints reaches the load balancer.
-				Lifecycle: &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: 2}}},
+				// the change of its endpoints reaches the load balancer (through the controller-manager, the
+				// node's watch and nftables: more than 2 s at times on two shared cores that run pod VMs in TCG).
+				Lifecycle: &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: 5}}},
 			}}}}}}
 	if _, err := deploys.Create(ctx, d, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
