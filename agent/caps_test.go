@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"fmt"
 	"os"
 	goruntime "runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -24,6 +26,38 @@ func TestSystemMounts(t *testing.T) {
 		if ro := sys.flags&syscall.MS_RDONLY != 0; ro == privileged {
 			t.Errorf("privileged %v: /sys read-only %v, want %v", privileged, ro, !privileged)
 		}
+	}
+}
+
+// TestSystemMountsOfDev: a privileged container's /dev is the VM's; an unprivileged one's is a nodev tmpfs with the
+// standard devices bound into it one by one, the terminals, shared memory and message queues, and nothing else
+// of the VM's.
+func TestSystemMountsOfDev(t *testing.T) {
+	devMounts := func(privileged bool) []string {
+		var out []string
+		for _, m := range systemMounts(privileged, false) {
+			if m.dst == "dev" || strings.HasPrefix(m.dst, "dev/") {
+				out = append(out, fmt.Sprintf("%s %s %s nodev=%t rec=%t file=%t", m.src, m.dst, m.fstype,
+					m.flags&syscall.MS_NODEV != 0, m.flags&syscall.MS_REC != 0, m.file))
+			}
+		}
+		return out
+	}
+	if got, want := devMounts(true), []string{"/dev dev  nodev=false rec=true file=false"}; !slices.Equal(got, want) {
+		t.Errorf("privileged: %q, want %q", got, want)
+	}
+	want := []string{"tmpfs dev tmpfs nodev=true rec=false file=false"}
+	for _, d := range []string{"null", "zero", "full", "random", "urandom", "tty"} {
+		want = append(want, fmt.Sprintf("/dev/%s dev/%s  nodev=false rec=false file=true", d, d))
+	}
+	for _, d := range []string{"pts", "shm", "mqueue"} {
+		want = append(want, fmt.Sprintf("/dev/%s dev/%s  nodev=false rec=false file=false", d, d))
+	}
+	if got := devMounts(false); !slices.Equal(got, want) {
+		t.Errorf("unprivileged:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if rootFlags(false)&syscall.MS_NODEV == 0 || rootFlags(true) != 0 {
+		t.Errorf("root flags %x (unprivileged), %x (privileged); want nodev, none", rootFlags(false), rootFlags(true))
 	}
 }
 

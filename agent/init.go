@@ -31,17 +31,27 @@ import (
 // request over the protocol, stops the containers within the grace period and powers the VM off. It returns only
 // on error.
 func Init(console io.ReadWriter) error {
-	for _, m := range []struct{ src, dst, fstype, opts string }{
-		{"proc", "/proc", "proc", ""}, {"sysfs", "/sys", "sysfs", ""}, {"devtmpfs", "/dev", "devtmpfs", ""},
-		{"devpts", "/dev/pts", "devpts", "newinstance,ptmxmode=0666,mode=0620"},
-		{"tmpfs", "/run", "tmpfs", ""}, {"tmpfs", "/tmp", "tmpfs", ""},
-		{"cgroup2", CgroupDir, "cgroup2", ""},
+	// Every filesystem a container can write to is nodev (see systemMounts): /run holds the containers' upper
+	// layers and the pod's volumes. /dev/shm is the pod's shared memory, as a pod sandbox's on a node (64 MiB, the
+	// container runtimes' size).
+	const nodev = syscall.MS_NOSUID | syscall.MS_NODEV
+	for _, m := range []struct {
+		src, dst, fstype, opts string
+		flags                  uintptr
+	}{
+		{"proc", "/proc", "proc", "", syscall.MS_NOSUID}, {"sysfs", "/sys", "sysfs", "", syscall.MS_NOSUID},
+		{"devtmpfs", "/dev", "devtmpfs", "", syscall.MS_NOSUID},
+		{"devpts", "/dev/pts", "devpts", "newinstance,ptmxmode=0666,mode=0620", syscall.MS_NOSUID},
+		{"shm", "/dev/shm", "tmpfs", "mode=1777,size=65536k", nodev | syscall.MS_NOEXEC},
+		{"mqueue", "/dev/mqueue", "mqueue", "", nodev | syscall.MS_NOEXEC},
+		{"tmpfs", "/run", "tmpfs", "", nodev}, {"tmpfs", "/tmp", "tmpfs", "", nodev},
+		{"cgroup2", CgroupDir, "cgroup2", "", syscall.MS_NOSUID},
 	} {
 		if err := os.MkdirAll(m.dst, 0o755); err != nil {
 			return err
 		}
-		if err := syscall.Mount(m.src, m.dst, m.fstype, syscall.MS_NOSUID, m.opts); err != nil && !errors.Is(err, syscall.EBUSY) {
-			if m.fstype == "cgroup2" { // a kernel without cgroups still runs pods, without limits
+		if err := syscall.Mount(m.src, m.dst, m.fstype, m.flags, m.opts); err != nil && !errors.Is(err, syscall.EBUSY) {
+			if m.fstype == "cgroup2" || m.fstype == "mqueue" { // a kernel without them still runs pods
 				fmt.Fprintf(console, "i2kit-agent: mounting %s: %v\n", m.dst, err)
 				continue
 			}

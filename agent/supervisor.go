@@ -170,48 +170,144 @@ func Supervise() error {
 	}
 }
 
-// systemMount is a filesystem the supervisor mounts in every container's root, at dst under it.
+// systemMount is a filesystem the supervisor mounts in every container's root, at dst under it; with file, dst is
+// a file (a device node bound from the VM's /dev), else a directory.
 type systemMount struct {
 	src, dst, fstype string
 	flags            uintptr
+	file             bool
 }
 
-// systemMounts are the container's /proc, /dev (the VM's devices), /sys and, when the container has a cgroup
-// namespace (cgroup), its cgroup at /sys/fs/cgroup (mounted after /sys, over which it lies): /sys and the cgroup
-// read-only, except for a privileged container, which gets them read-write as on a node.
+// containerDevices are the device nodes an unprivileged container has in its /dev, as a container runtime gives
+// them (runc's default devices): bound from the VM's /dev, each one alone.
+var containerDevices = []string{"null", "zero", "full", "random", "urandom", "tty"}
+
+// devLinks are the symbolic links of a container's /dev (runc's), by name.
+var devLinks = map[string]string{
+	"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2",
+	"ptmx": "pts/ptmx", "core": "/proc/kcore",
+}
+
+// systemMounts are the container's /proc, /dev, /sys and, when the container has a cgroup namespace (cgroup), its
+// cgroup at /sys/fs/cgroup (mounted after /sys, over which it lies): /sys and the cgroup read-only, except for a
+// privileged container, which gets them read-write as on a node.
+//
+// A privileged container's /dev is the VM's, every device of it. An unprivileged container's is a small tmpfs of
+// its own that honours no device node (nodev) but the containerDevices bound into it, with the VM's terminals
+// (/dev/pts, for exec's terminals), the pod's shared memory (/dev/shm, a tmpfs all the pod's containers share, as
+// the pod sandbox's on a node) and the POSIX message queues (/dev/mqueue): a container cannot reach the VM's disks,
+// console or memory through /dev. Together with nodev on its root and volumes (see setUpRoot and the VM's mounts in
+// Init), a device node it makes (CAP_MKNOD is in the default set) opens nothing: the devices cgroup a node uses for
+// this takes an eBPF program in cgroup v2, which nodev makes unnecessary.
 func systemMounts(privileged, cgroup bool) []systemMount {
 	const noexec = syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOEXEC
 	sys := uintptr(noexec)
 	if !privileged {
 		sys |= syscall.MS_RDONLY
 	}
-	ms := []systemMount{
-		{"proc", "proc", "proc", noexec},
-		{"/dev", "dev", "", syscall.MS_BIND | syscall.MS_REC},
-		{"sysfs", "sys", "sysfs", sys},
+	ms := []systemMount{{"proc", "proc", "proc", noexec, false}}
+	if privileged {
+		ms = append(ms, systemMount{"/dev", "dev", "", syscall.MS_BIND | syscall.MS_REC, false})
+	} else {
+		ms = append(ms, systemMount{"tmpfs", "dev", "tmpfs", syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOEXEC, false})
+		for _, d := range containerDevices {
+			ms = append(ms, systemMount{"/dev/" + d, "dev/" + d, "", syscall.MS_BIND, true})
+		}
+		for _, d := range []string{"pts", "shm", "mqueue"} {
+			ms = append(ms, systemMount{"/dev/" + d, "dev/" + d, "", syscall.MS_BIND, false})
+		}
 	}
+	ms = append(ms, systemMount{"sysfs", "sys", "sysfs", sys, false})
 	if cgroup {
-		ms = append(ms, systemMount{"cgroup2", "sys/fs/cgroup", "cgroup2", sys})
+		ms = append(ms, systemMount{"cgroup2", "sys/fs/cgroup", "cgroup2", sys, false})
 	}
 	return ms
 }
 
-// enterRoot mounts /proc, /dev and /sys into the container's root, then binds the pod's volumes (see
-// bindVolumes), sets the hostname and the sysctls of the container's namespaces, and enters the root.
+// devOptions are the options of an unprivileged container's /dev tmpfs (runc's).
+const devOptions = "mode=755,size=65536k"
+
+// rootFlags are the flags of a container's root mount: nodev unless the container is privileged (see
+// systemMounts).
+func rootFlags(privileged bool) uintptr {
+	if privileged {
+		return 0
+	}
+	return syscall.MS_NODEV
+}
+
+// setUpRoot mounts /proc, /dev and /sys into the container's root, binds the pod's volumes (see bindVolumes), and
+// makes the root a mount of its own (with its submounts) with rootFlags. The caller is in a private mount
+// namespace.
+func setUpRoot(c supervisorSpec) error {
+	privileged := c.Security != nil && c.Security.Privileged
+	for _, m := range systemMounts(privileged, c.Cgroup) {
+		if err := mountSystem(c.Root, m); err != nil {
+			return fmt.Errorf("mounting /%s, %w", m.dst, err)
+		}
+	}
+	if !privileged {
+		dev, err := scopedJoin(c.Root, "dev")
+		if err != nil {
+			return err
+		}
+		for name, to := range devLinks {
+			if err := os.Symlink(to, filepath.Join(dev, name)); err != nil {
+				return fmt.Errorf("linking /dev/%s, %w", name, err)
+			}
+		}
+	}
+	if err := bindVolumes(c.Root, c.Mounts); err != nil {
+		return err
+	}
+	// The root becomes a mount of its own (an overlay's flags are the VM's), to take its flags now and, under
+	// readOnlyRootFilesystem, to be made read-only once entered.
+	if err := syscall.Mount(c.Root, c.Root, "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
+		return fmt.Errorf("binding the container root, %w", err)
+	}
+	if f := rootFlags(privileged); f != 0 {
+		if err := syscall.Mount("", c.Root, "", syscall.MS_BIND|syscall.MS_REMOUNT|f, ""); err != nil {
+			return fmt.Errorf("remounting the container root, %w", err)
+		}
+	}
+	return nil
+}
+
+// mountSystem mounts m under root. Its source must exist, except for /dev/mqueue and /dev/shm, which a VM without
+// them (a kernel without POSIX message queues) leaves out.
+func mountSystem(root string, m systemMount) error {
+	if m.fstype == "" && (m.src == "/dev/mqueue" || m.src == "/dev/shm") {
+		if _, err := os.Stat(m.src); errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+	}
+	dst, err := scopedJoin(root, m.dst) // an image's dev may be a symbolic link: it is resolved within the root
+	if err != nil {
+		return err
+	}
+	if m.file {
+		f, err := os.OpenFile(dst, os.O_CREATE|os.O_RDONLY, 0o644)
+		if err != nil {
+			return err
+		}
+		f.Close()
+	} else if err := os.MkdirAll(dst, 0o755); err != nil {
+		return err
+	}
+	opts := ""
+	if m.fstype == "tmpfs" && m.dst == "dev" {
+		opts = devOptions
+	}
+	return syscall.Mount(m.src, dst, m.fstype, m.flags, opts)
+}
+
+// enterRoot sets up the container's root (see setUpRoot), sets the hostname and the sysctls of the container's
+// namespaces, and enters the root.
 func enterRoot(c supervisorSpec) error {
 	if err := syscall.Mount("", "/", "", syscall.MS_REC|syscall.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("making mounts private, %w", err)
 	}
-	for _, m := range systemMounts(c.Security != nil && c.Security.Privileged, c.Cgroup) {
-		dst := filepath.Join(c.Root, m.dst)
-		if err := os.MkdirAll(dst, 0o755); err != nil {
-			return err
-		}
-		if err := syscall.Mount(m.src, dst, m.fstype, m.flags, ""); err != nil {
-			return fmt.Errorf("mounting /%s, %w", m.dst, err)
-		}
-	}
-	if err := bindVolumes(c.Root, c.Mounts); err != nil {
+	if err := setUpRoot(c); err != nil {
 		return err
 	}
 	if err := syscall.Sethostname([]byte(c.Hostname)); err != nil {
@@ -220,12 +316,6 @@ func enterRoot(c supervisorSpec) error {
 	// The /proc mounted so far is the agent's; its sysctls of the IPC and UTS namespaces are this process's.
 	if err := writeSysctls(procSys, c.Sysctls); err != nil {
 		return err
-	}
-	readOnly := c.Security != nil && c.Security.ReadOnlyRootFilesystem
-	if readOnly { // the root becomes a mount of its own (with its submounts), to be made read-only once entered
-		if err := syscall.Mount(c.Root, c.Root, "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
-			return fmt.Errorf("binding the container root, %w", err)
-		}
 	}
 	if err := syscall.Chroot(c.Root); err != nil {
 		return fmt.Errorf("entering the container root, %w", err)
@@ -244,8 +334,9 @@ func enterRoot(c supervisorSpec) error {
 	if err := os.Chdir(c.WorkingDir); err != nil {
 		return fmt.Errorf("working directory %s, %w", c.WorkingDir, err)
 	}
-	if readOnly {
-		if err := syscall.Mount("", "/", "", syscall.MS_BIND|syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
+	if c.Security != nil && c.Security.ReadOnlyRootFilesystem {
+		flags := syscall.MS_BIND | syscall.MS_REMOUNT | syscall.MS_RDONLY | rootFlags(c.Security.Privileged)
+		if err := syscall.Mount("", "/", "", flags, ""); err != nil {
 			return fmt.Errorf("making the root read-only, %w", err)
 		}
 	}

@@ -194,7 +194,7 @@ func makeVolume(dir string, v protocol.Volume, memBytes int64, fsGroup int) erro
 		}
 		opts += ",size=" + strconv.FormatInt(size, 10)
 	}
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, opts); err != nil {
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", syscall.MS_NODEV, opts); err != nil { // see systemMounts
 		return fmt.Errorf("mounting a tmpfs on %s, %w", dir, err)
 	}
 	if fsGroup >= 0 {

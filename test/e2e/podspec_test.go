@@ -361,6 +361,10 @@ func testSecurityContext(t *testing.T, nodeName, reg string, nodeLog func() stri
 	if out := kubectl(t, "exec", "restricted", "--", "sh", "-c", "echo ok > /tmp/f && cat /tmp/f"); strings.TrimSpace(out) != "ok" {
 		t.Errorf("a volume under a read-only root: %q", out)
 	}
+	// /dev/shm is a tmpfs any user may write, as on a node (64 MiB, the container runtimes' size).
+	if out := kubectl(t, "exec", "restricted", "--", "sh", "-c", "echo ok > /dev/shm/f && cat /dev/shm/f && grep ' /dev/shm ' /proc/mounts"); !strings.HasPrefix(out, "ok\nshm /dev/shm tmpfs rw,nosuid,nodev,noexec") || !strings.Contains(out, "size=65536k") {
+		t.Errorf("/dev/shm for user 1000: %q, want a 64 MiB tmpfs it writes", out)
+	}
 	// fsGroup owns the volumes: the emptyDir is the group's (setgid), and a secret of mode 0400 is readable by the
 	// non-root user through the group.
 	if out := kubectl(t, "exec", "restricted", "--", "stat", "-c", "%g %A", "/tmp", "/etc/secret/..data/key"); out != "2000 drwxrwsrwx\n2000 -r--r-----\n" {
@@ -843,6 +847,27 @@ func testHostFields(t *testing.T, nodeName, reg string, nodeLog func() string) {
 	}
 	if out := kubectl(t, "exec", "privileged", "-c", "plain", "--", "sh", "-c", "grep ' /sys ' /proc/mounts"); !strings.Contains(out, " ro,") {
 		t.Errorf("unprivileged container's /sys is not read-only: %q", out)
+	}
+	// The unprivileged container's /dev holds what a container runtime gives (and its termination log), none of
+	// the VM's disks; a device node it makes (it has CAP_MKNOD) opens nothing, in /dev or in its root. The
+	// privileged one has the VM's devices. Both share the pod's /dev/shm.
+	wantDev := "core fd full mqueue null ptmx pts random shm stderr stdin stdout termination-log tty urandom zero"
+	if out := kubectl(t, "exec", "privileged", "-c", "plain", "--", "ls", "-A", "/dev"); strings.Join(strings.Fields(out), " ") != wantDev {
+		t.Errorf("unprivileged container's /dev holds %q, want %q", strings.Fields(out), wantDev)
+	}
+	for _, path := range []string{"/made", "/dev/made"} {
+		out, err := env.KubectlRun(kctx, "exec", "privileged", "-c", "plain", "--", "sh", "-c",
+			"busybox mknod "+path+" c 1 3 && echo x > "+path)
+		if err == nil || !strings.Contains(out+err.Error(), "Permission denied") {
+			t.Errorf("unprivileged container made a device node at %s and opened it: %v: %s", path, err, out)
+		}
+	}
+	if _, err := env.KubectlRun(kctx, "exec", "privileged", "-c", "priv", "--", "sh", "-c", "[ -b /dev/vda ]"); err != nil {
+		t.Errorf("privileged container has no /dev/vda: %v", err)
+	}
+	kubectl(t, "exec", "privileged", "-c", "plain", "--", "sh", "-c", "echo shared > /dev/shm/s")
+	if out := kubectl(t, "exec", "privileged", "-c", "priv", "--", "cat", "/dev/shm/s"); out != "shared\n" {
+		t.Errorf("/dev/shm/s written by one container reads %q in the other, want shared", out)
 	}
 
 	// Sysctls are the pod's kernel's: a safe one of the IPC namespace (the container's own) and a network one the
