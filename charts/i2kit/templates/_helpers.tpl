@@ -150,6 +150,12 @@ through its I2KIT_CACHE. The InternalIP is not here: it is the pod's IP, given b
 {{- $_ := set $c "leaderElection" (dict "enabled" true "namespace" .Release.Namespace) -}}
 {{- end -}}
 {{- $images := dict "store" "/var/cache/i2kit/images" "maxImages" ($v.images.maxImages | int) "maxBytes" (toString $v.images.maxBytes) -}}
+{{- with $v.images.maxImageBytes -}}
+{{- $_ := set $images "maxImageBytes" (toString .) -}}
+{{- end -}}
+{{- with $v.images.maxLayerBytes -}}
+{{- $_ := set $images "maxLayerBytes" (toString .) -}}
+{{- end -}}
 {{- with $v.images.kernel -}}
 {{- $_ := set $images "kernel" . -}}
 {{- end -}}
