@@ -277,6 +277,9 @@ func (b *Backend) start(v *machine, p vm.Plan, ip net.IP) error {
 	if err := b.ports.add(p.UID, ip, p.HostPorts); err != nil { // the ports lead to the VM from its first packet
 		return err
 	}
+	if err := b.net.claimAddress(ip, macFor(p.UID)); err != nil {
+		return err
+	}
 	img := p.Image
 	cmdline := boot.Cmdline(img.Spec.Kernel.Cmdline, boot.Params{Hostname: p.Name, Channel: true,
 		Network: &boot.Network{IP: ip, Gateway: b.net.gw, Mask: b.net.cidr.Mask}})

@@ -94,6 +94,16 @@ func (n *network) addTap(name string) error {
 	return ip("link", "set", name, "up")
 }
 
+// claimAddress points the host's neighbour entry for addr, on the bridge, at mac before a new pod VM with that
+// address starts. Addresses are reused and each pod VM has a MAC address of its own (macFor): the host would
+// otherwise keep the previous pod's MAC for the address, reachable or stale, and send the new pod's first
+// packets (a load balancer's connections, the node's) to a MAC address that is gone, for as long as neighbour
+// discovery takes to notice: seconds to tens of seconds. (CNI's bridge plugin derived MACs from addresses for
+// the same reason.)
+func (n *network) claimAddress(addr net.IP, mac net.HardwareAddr) error {
+	return ip("neigh", "replace", addr.String(), "lladdr", mac.String(), "dev", n.bridge, "nud", "reachable")
+}
+
 func (n *network) delTap(name string) error {
 	if _, err := net.InterfaceByName(name); err != nil {
 		return nil
