@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"io"
 	"os"
 	"path/filepath"
@@ -88,6 +89,18 @@ func Init(console io.ReadWriter) error {
 			return err
 		}
 		hostname = cloud.hostname("pod")
+	}
+	if _, err := net.InterfaceByName("eth0"); err == nil && mode != boot.CloudConfig {
+		go func() { // twice, a second apart, as RFC 5227 announces
+			for i := range 2 {
+				if err := announceAddress("eth0"); err != nil {
+					fmt.Fprintf(console, "i2kit-agent: %v\n", err)
+				}
+				if i == 0 {
+					time.Sleep(time.Second)
+				}
+			}
+		}()
 	}
 	rt := newRuntime(console, cfg, hostname)
 	byNode := mode == "channel" || mode == boot.CloudConfig
