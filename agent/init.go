@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"io"
 	"os"
 	"path/filepath"
@@ -90,7 +89,7 @@ func Init(console io.ReadWriter) error {
 		}
 		hostname = cloud.hostname("pod")
 	}
-	if _, err := net.InterfaceByName("eth0"); err == nil && mode != boot.CloudConfig {
+	if cmdlineParam("ip", "dhcp") != "dhcp" { // the node's static address (a cloud's network is its own)
 		go func() { // twice, a second apart, as RFC 5227 announces
 			for i := range 2 {
 				if err := announceAddress("eth0"); err != nil {
