@@ -20,7 +20,12 @@ const (
 	ReasonPodOSSelectorMismatch = "PodOSSelectorNodeLabelDoesNotMatch"
 	// ReasonSysctlForbidden: a sysctl is neither safe nor allowed by the node (sysctl.ForbiddenReason).
 	ReasonSysctlForbidden = "SysctlForbidden"
+	// ReasonNodePorts: a host port the pod asks for is another pod's on the node (the NodePorts predicate).
+	ReasonNodePorts = "NodePorts"
 )
+
+// nodePortsMessage is a kubelet's message for ReasonNodePorts (its predicate failure's).
+const nodePortsMessage = "Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports"
 
 // nodeOS is the OS every pod VM runs, what a kubelet compares with its own runtime.GOOS.
 const nodeOS = "linux"

@@ -65,3 +65,27 @@ func hostPorts(pod *corev1.Pod, forwards bool) ([]vm.HostPort, string) {
 	}
 	return out, ""
 }
+
+// hostPortsTaken reports whether one of ports (pod's, see hostPorts) overlaps a host port of another pod of the
+// node that may hold it: one neither Succeeded nor Failed (a pod that terminates holds its ports until it ends).
+func (p *Provider) hostPortsTaken(pod *corev1.Pod, ports []vm.HostPort) bool {
+	if len(ports) == 0 {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, other := range p.pods {
+		if other.UID == pod.UID || other.Status.Phase == corev1.PodSucceeded || other.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		held, _ := hostPorts(other, true)
+		for _, h := range held {
+			for _, w := range ports {
+				if w.Overlaps(h) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}

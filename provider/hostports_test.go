@@ -132,3 +132,109 @@ func TestHostPortForwarded(t *testing.T) {
 		t.Errorf("plans %+v, want one with host ports %+v", b.plans, want)
 	}
 }
+
+// TestHostPortTakenIsRejected: as a kubelet's NodePorts check, a pod whose host port another pod of the node holds
+// (same protocol and port, the same address or either on every address) is rejected at admission — Failed, reason
+// NodePorts, a Warning Event, no VM — while one on another protocol, port or address, or after the holder ended,
+// is admitted.
+func TestHostPortTakenIsRejected(t *testing.T) {
+	port := func(proto corev1.Protocol, hostIP string, hostPort int32) func(*corev1.Pod) {
+		return func(p *corev1.Pod) {
+			p.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 8080, HostPort: hostPort, Protocol: proto, HostIP: hostIP}}
+		}
+	}
+	for _, tc := range []struct {
+		name        string
+		first, next func(*corev1.Pod)
+		firstEnded  bool
+		rejected    bool
+	}{
+		{"same port", port("TCP", "", 5000), port("TCP", "", 5000), false, true},
+		{"every address holds a given one", port("TCP", "", 5000), port("TCP", "10.0.0.1", 5000), false, true},
+		{"a given address takes every address", port("TCP", "10.0.0.1", 5000), port("TCP", "0.0.0.0", 5000), false, true},
+		{"a sidecar's port", func(p *corev1.Pod) {
+			p.Spec.InitContainers = []corev1.Container{{Name: "proxy", Image: "hello", RestartPolicy: new(corev1.ContainerRestartPolicyAlways),
+				Ports: []corev1.ContainerPort{{ContainerPort: 1, HostPort: 5000}}}}
+		}, port("TCP", "", 5000), false, true},
+		{"another protocol", port("TCP", "", 5000), port("UDP", "", 5000), false, false},
+		{"another port", port("TCP", "", 5000), port("TCP", "", 5001), false, false},
+		{"other addresses", port("TCP", "10.0.0.1", 5000), port("TCP", "10.0.0.2", 5000), false, false},
+		{"the holder ended", port("TCP", "", 5000), port("TCP", "", 5000), true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, rec, _ := newTestProvider()
+			b := &forwardingBackend{fakeBackend: &fakeBackend{vms: map[string]vm.Status{}, notify: p.VMChanged}}
+			p.UseBackend(b, fakeImages{})
+			first, next := plainPod("first"), plainPod("next")
+			tc.first(first)
+			tc.next(next)
+			if err := p.CreatePod(context.Background(), first); err != nil {
+				t.Fatal(err)
+			}
+			waitPhase(t, p, "first", corev1.PodRunning)
+			if tc.firstEnded { // its VM crashed: a pod of restartPolicy Always that a kubelet would not restart here
+				st, _ := b.Get(context.Background(), "uid-first")
+				st.State, st.Reason = vm.Failed, "VMExited"
+				b.set(st)
+				p.VMChanged(st)
+				waitPhase(t, p, "first", corev1.PodFailed)
+			}
+			for len(rec.Events) > 0 {
+				<-rec.Events
+			}
+			if err := p.CreatePod(context.Background(), next); err != nil {
+				t.Fatal(err)
+			}
+			got, _ := p.GetPod(context.Background(), "default", "next")
+			if !tc.rejected {
+				if got.Status.Phase == corev1.PodFailed {
+					t.Fatalf("rejected: %s %q", got.Status.Reason, got.Status.Message)
+				}
+				return
+			}
+			if got.Status.Phase != corev1.PodFailed || got.Status.Reason != ReasonNodePorts ||
+				got.Status.Message != "Pod was rejected: "+nodePortsMessage {
+				t.Errorf("status %s/%s (%q), want Failed/NodePorts (%q)", got.Status.Phase, got.Status.Reason, got.Status.Message, nodePortsMessage)
+			}
+			if launches, _ := b.counts(); launches != 1 {
+				t.Errorf("%d launches, want the first pod's only", launches)
+			}
+			select {
+			case e := <-rec.Events:
+				if want := "Warning NodePorts " + nodePortsMessage; e != want {
+					t.Errorf("event %q, want %q", e, want)
+				}
+			default:
+				t.Error("no Event")
+			}
+		})
+	}
+}
+
+// TestHostPortAdmissionIsOneAtATime: pods that ask for one host port, created at once, are admitted one at a time:
+// exactly one of them gets it.
+func TestHostPortAdmissionIsOneAtATime(t *testing.T) {
+	p, _, _ := newTestProvider()
+	b := &forwardingBackend{fakeBackend: &fakeBackend{vms: map[string]vm.Status{}, notify: p.VMChanged}}
+	p.UseBackend(b, fakeImages{})
+	var wg sync.WaitGroup
+	names := []string{"a", "b", "c", "d", "e", "f", "g", "h"}
+	for _, name := range names {
+		wg.Go(func() {
+			if err := p.CreatePod(context.Background(), hostPortPod(name)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	admitted := 0
+	for _, name := range names {
+		got, _ := p.GetPod(context.Background(), "default", name)
+		if got.Status.Reason != ReasonNodePorts {
+			admitted++
+		}
+	}
+	if admitted != 1 {
+		t.Errorf("%d pods admitted with host port 5000, want 1", admitted)
+	}
+}

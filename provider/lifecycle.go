@@ -29,8 +29,9 @@ func (p *Provider) createVM(ctx context.Context, pod *corev1.Pod) {
 		return
 	}
 	why := admit(pod)
+	var ports []vm.HostPort
 	if why == "" {
-		_, why = hostPorts(pod, p.forwardsHostPorts())
+		ports, why = hostPorts(pod, p.forwardsHostPorts())
 	}
 	if why != "" {
 		p.cfg.Events.Event(pod, corev1.EventTypeWarning, ReasonUnsupported, why)
@@ -45,9 +46,9 @@ func (p *Provider) createVM(ctx context.Context, pod *corev1.Pod) {
 	if u := unenforced(pod); len(u) > 0 {
 		p.cfg.Events.Event(pod, corev1.EventTypeWarning, "Unenforced", "accepted but not enforced inside the pod VM (its isolation is the VM's): "+strings.Join(u, "; "))
 	}
+	// After a node restart the pod's VM may already run: adopt it as it is, launch nothing (it was admitted before
+	// the restart, its host ports with it). Its status stays what the API server has until the agent reports.
 	v := p.vmOf(pod)
-	// After a node restart the pod's VM may already run: adopt it as it is, launch nothing. Its status stays
-	// what the API server has until the agent reports.
 	if st, err := p.backend.Get(ctx, string(pod.UID)); err == nil && st.State == vm.Running {
 		v.mu.Lock()
 		v.vm = st
@@ -56,8 +57,24 @@ func (p *Provider) createVM(ctx context.Context, pod *corev1.Pod) {
 		p.connectAgent(ctx, pod)
 		return
 	}
-	p.store(pendingStatus(pod, p.cfg.InternalIP, waitingReason(pod), "building the pod's VM image", time.Now()))
+	if !p.admitHostPorts(pod, ports) {
+		return
+	}
 	p.startPull(pod, v)
+}
+
+// admitHostPorts admits a pod as a kubelet's NodePorts check does, one pod at a time: it rejects the pod (reject,
+// ReasonNodePorts) when one of its host ports (ports) is another pod's on the node, else stores it as admitted
+// (Pending, its VM image being built) before the next pod is checked. It returns whether the pod was admitted.
+func (p *Provider) admitHostPorts(pod *corev1.Pod, ports []vm.HostPort) bool {
+	p.admitMu.Lock()
+	defer p.admitMu.Unlock()
+	if p.hostPortsTaken(pod, ports) {
+		p.reject(pod, ReasonNodePorts, nodePortsMessage)
+		return false
+	}
+	p.store(pendingStatus(pod, p.cfg.InternalIP, waitingReason(pod), "building the pod's VM image", time.Now()))
+	return true
 }
 
 // reject fails a pod the node does not admit as a kubelet's rejectPod does: a Warning Event with the reason and

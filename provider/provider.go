@@ -107,6 +107,9 @@ type Provider struct {
 	// pullBackoff is the first wait before a failed image pull is tried again (pullImage).
 	pullBackoff time.Duration
 
+	// admitMu makes admission one pod at a time, as a kubelet's (see createVM).
+	admitMu sync.Mutex
+
 	mu      sync.Mutex
 	pods    map[string]*corev1.Pod // by namespace/name
 	vms     map[string]*podVM      // by pod UID

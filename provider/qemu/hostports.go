@@ -333,31 +333,21 @@ func forwardRules(vmIP net.IP, ports []vm.HostPort) ([][]expr.Any, error) {
 // address or either on every address. Two VMs cannot share a port: the first rule would take all its traffic.
 // It is a pure function.
 func hostPortConflict(want []vm.HostPort, held map[string][]vm.HostPort) error {
-	overlap := func(a, b vm.HostPort) bool {
-		return a.Protocol == b.Protocol && a.Port == b.Port && (a.HostIP == "" || b.HostIP == "" || a.HostIP == b.HostIP)
-	}
 	for i, w := range want {
 		for uid, ps := range held {
 			for _, h := range ps {
-				if overlap(w, h) {
-					return fmt.Errorf("host port %s is taken by pod %s", hostPortName(w), uid)
+				if w.Overlaps(h) {
+					return fmt.Errorf("host port %s is taken by pod %s", w, uid)
 				}
 			}
 		}
 		for _, e := range want[:i] {
-			if overlap(w, e) {
-				return fmt.Errorf("host port %s is asked for twice", hostPortName(w))
+			if w.Overlaps(e) {
+				return fmt.Errorf("host port %s is asked for twice", w)
 			}
 		}
 	}
 	return nil
-}
-
-func hostPortName(p vm.HostPort) string {
-	if p.HostIP == "" {
-		return fmt.Sprintf("%d/%s", p.Port, p.Protocol)
-	}
-	return fmt.Sprintf("%s:%d/%s", p.HostIP, p.Port, p.Protocol)
 }
 
 // inPrefix matches when register 1, which holds an IPv4 address, is in the IPv4 prefix.

@@ -7,6 +7,7 @@ package vm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"time"
 
@@ -66,6 +67,20 @@ type HostPort struct {
 	// Port is the node's port, ContainerPort the VM's; both in 1..65535.
 	Port          int32 `json:"port"`
 	ContainerPort int32 `json:"containerPort"`
+}
+
+// Overlaps reports whether p and q cannot both be forwarded: the same protocol and port, on the same address or
+// either on every address (as a kubelet's NodePorts check has it).
+func (p HostPort) Overlaps(q HostPort) bool {
+	return p.Protocol == q.Protocol && p.Port == q.Port && (p.HostIP == "" || q.HostIP == "" || p.HostIP == q.HostIP)
+}
+
+// String names the port: "[hostIP:]port/protocol".
+func (p HostPort) String() string {
+	if p.HostIP == "" {
+		return fmt.Sprintf("%d/%s", p.Port, p.Protocol)
+	}
+	return fmt.Sprintf("%s:%d/%s", p.HostIP, p.Port, p.Protocol)
 }
 
 // HostPortForwarder is implemented by backends that honour Plan.HostPorts: Launch forwards each of them to the
