@@ -66,18 +66,10 @@ func hostPorts(pod *corev1.Pod, forwards bool) ([]vm.HostPort, string) {
 	return out, ""
 }
 
-// hostPortsTaken reports whether one of ports (pod's, see hostPorts) overlaps a host port of another pod of the
-// node that may hold it: one neither Succeeded nor Failed (a pod that terminates holds its ports until it ends).
-func (p *Provider) hostPortsTaken(pod *corev1.Pod, ports []vm.HostPort) bool {
-	if len(ports) == 0 {
-		return false
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, other := range p.pods {
-		if other.UID == pod.UID || other.Status.Phase == corev1.PodSucceeded || other.Status.Phase == corev1.PodFailed {
-			continue
-		}
+// hostPortsTaken reports whether one of ports (a pod's, see hostPorts) overlaps a host port of one of others (the
+// node's other active pods, see activePods). It is a pure function.
+func hostPortsTaken(ports []vm.HostPort, others []*corev1.Pod) bool {
+	for _, other := range others {
 		held, _ := hostPorts(other, true)
 		for _, h := range held {
 			for _, w := range ports {

@@ -13,6 +13,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	resourcehelper "k8s.io/component-helpers/resource"
 
 	"github.com/i2kit/i2kit/provider/vm"
 	"github.com/i2kit/i2kit/vmimage"
@@ -48,8 +50,8 @@ func (p *Provider) createVM(ctx context.Context, pod *corev1.Pod) {
 	}
 	// After a node restart the pod's VM may already run: adopt it as it is, launch nothing (it was admitted before
 	// the restart, its host ports with it). Its status stays what the API server has until the agent reports.
-	v := p.vmOf(pod)
 	if st, err := p.backend.Get(ctx, string(pod.UID)); err == nil && st.State == vm.Running {
+		v := p.vmOf(pod)
 		v.mu.Lock()
 		v.vm = st
 		v.mu.Unlock()
@@ -57,24 +59,86 @@ func (p *Provider) createVM(ctx context.Context, pod *corev1.Pod) {
 		p.connectAgent(ctx, pod)
 		return
 	}
-	if !p.admitHostPorts(pod, ports) {
+	if !p.admitOnNode(pod, ports) {
 		return
 	}
-	p.startPull(pod, v)
+	p.startPull(pod, p.vmOf(pod))
 }
 
-// admitHostPorts admits a pod as a kubelet's NodePorts check does, one pod at a time: it rejects the pod (reject,
-// ReasonNodePorts) when one of its host ports (ports) is another pod's on the node, else stores it as admitted
-// (Pending, its VM image being built) before the next pod is checked. It returns whether the pod was admitted.
-func (p *Provider) admitHostPorts(pod *corev1.Pod, ports []vm.HostPort) bool {
+// admitOnNode admits a pod against the node's other pods as a kubelet's general predicates do, one pod at a time:
+// it rejects the pod (see reject) when its requests do not fit beside theirs (fitsRequests) or one of its host
+// ports (ports) is another pod's (ReasonNodePorts), else stores it as admitted (Pending, its VM image being built)
+// before the next pod is checked. It returns whether the pod was admitted.
+func (p *Provider) admitOnNode(pod *corev1.Pod, ports []vm.HostPort) bool {
 	p.admitMu.Lock()
 	defer p.admitMu.Unlock()
-	if p.hostPortsTaken(pod, ports) {
+	others := p.activePods(pod.UID)
+	if reason, msg := fitsRequests(pod, others, p.cfg.Capacity); reason != "" {
+		p.reject(pod, reason, msg)
+		return false
+	}
+	if hostPortsTaken(ports, others) {
 		p.reject(pod, ReasonNodePorts, nodePortsMessage)
 		return false
 	}
 	p.store(pendingStatus(pod, p.cfg.InternalIP, waitingReason(pod), "building the pod's VM image", time.Now()))
 	return true
+}
+
+// activePods returns the node's pods other than uid that hold what they were admitted with: those neither
+// Succeeded nor Failed (a pod that terminates holds it until it ends).
+func (p *Provider) activePods(uid types.UID) []*corev1.Pod {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []*corev1.Pod
+	for _, other := range p.pods {
+		if other.UID != uid && other.Status.Phase != corev1.PodSucceeded && other.Status.Phase != corev1.PodFailed {
+			out = append(out, other)
+		}
+	}
+	return out
+}
+
+// fitsRequests is a kubelet's admission of pod's requests beside those of the node's other pods (others, see
+// activePods), against the node's capacity (its allocatable): the number of pods, then CPU and memory, as the
+// scheduler's NodeResourcesFit reckons them (init containers, sidecars, overhead, resized resources). It returns
+// the kubelet's reason (OutOfpods, OutOfcpu, OutOfmemory) and message for the first that does not fit, or "" and
+// "". A resource the capacity leaves out is not checked. It is a pure function.
+func fitsRequests(pod *corev1.Pod, others []*corev1.Pod, capacity corev1.ResourceList) (reason, msg string) {
+	insufficient := func(name corev1.ResourceName, requested, used, capacity int64) (string, string) {
+		return "OutOf" + string(name), fmt.Sprintf("Node didn't have enough resource: %s, requested: %d, used: %d, capacity: %d",
+			name, requested, used, capacity)
+	}
+	if q, ok := capacity[corev1.ResourcePods]; ok && int64(len(others))+1 > q.Value() {
+		return insufficient(corev1.ResourcePods, 1, int64(len(others)), q.Value())
+	}
+	opts := resourcehelper.PodResourcesOptions{UseStatusResources: true}
+	want := resourcehelper.PodRequests(pod, opts)
+	used := corev1.ResourceList{}
+	for _, o := range others {
+		for name, q := range resourcehelper.PodRequests(o, opts) {
+			sum := used[name]
+			sum.Add(q)
+			used[name] = sum
+		}
+	}
+	for _, r := range []struct {
+		name  corev1.ResourceName
+		value func(*resource.Quantity) int64
+	}{
+		{corev1.ResourceCPU, (*resource.Quantity).MilliValue},
+		{corev1.ResourceMemory, (*resource.Quantity).Value},
+	} {
+		q, ok := capacity[r.name]
+		w, u := want[r.name], used[r.name]
+		if !ok || r.value(&w) <= 0 {
+			continue
+		}
+		if c := r.value(&q); r.value(&w) > c-r.value(&u) {
+			return insufficient(r.name, r.value(&w), r.value(&u), c)
+		}
+	}
+	return "", ""
 }
 
 // reject fails a pod the node does not admit as a kubelet's rejectPod does: a Warning Event with the reason and
