@@ -11,7 +11,8 @@
 #              runs with --insecure-registry REGISTRY); default 127.0.0.1:5001, the demo's registry
 #   OUT        report directory (junit_01.xml, e2e.log, repo-list.yaml); default _output/conformance/<timestamp>
 #   TIMEOUT    ginkgo's timeout for the whole run; default 8h (serial, VMs under TCG)
-#   FOCUS, SKIP  override the spec filters below
+#   FOCUS_FILE, FOCUS, SKIP  override the spec filters below (FOCUS_FILE=test/e2e/common/ adds common/storage's
+#              [NodeConformance] volume specs: the set kubelet's own node e2e runs)
 #   E2E_ARGS   extra flags for e2e.test (e.g. --ginkgo.fail-fast)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,7 +25,7 @@ TIMEOUT=${TIMEOUT:-8h}
 # The specs of test/e2e/common/node: the code location of each spec is in that directory (the binary is built with
 # -trimpath, so locations read k8s.io/kubernetes/test/e2e/common/node/<file>.go). --ginkgo.focus-file keeps out the
 # [sig-node] specs of test/e2e/node, which are not node conformance.
-FOCUS_FILE='test/e2e/common/node/'
+FOCUS_FILE=${FOCUS_FILE:-test/e2e/common/node/}
 FOCUS=${FOCUS:-'\[NodeConformance\]|\[Conformance\]'}
 SKIP=${SKIP:-'\[Slow\]|\[Serial\]|\[Disruptive\]|\[Flaky\]|\[Feature:'}
 
@@ -40,7 +41,9 @@ if [ "${DRY_RUN:-}" = 1 ]; then
   say "specs selected (dry run)"
   # A dry run walks the spec tree without running any node, BeforeSuite included: no cluster is contacted.
   "$E2E" --provider=skeleton --ginkgo.dry-run --ginkgo.v --ginkgo.no-color "${filters[@]}" >"${TMPDIR:-/tmp}/conformance-dry-run.log" 2>&1 || true
-  grep -E '^\[sig-node\]|^  \[sig-node\]' "${TMPDIR:-/tmp}/conformance-dry-run.log" | sed 's/^ *//' | sort -u
+  # A spec's text is the line before its code location; the trailing [labels] repeat what the text says.
+  grep -B1 -E "^k8s.io/kubernetes@[^/]+/$FOCUS_FILE" "${TMPDIR:-/tmp}/conformance-dry-run.log" |
+    grep -vE '^(k8s.io/|--$)' | sed 's/ \[[^]]*\]$//' | sort
   grep -E '^Ran [0-9]+ of [0-9]+ Specs' "${TMPDIR:-/tmp}/conformance-dry-run.log" >&2 ||
     { echo "run.sh: the dry run did not finish; its log: ${TMPDIR:-/tmp}/conformance-dry-run.log" >&2; exit 1; }
   exit 0

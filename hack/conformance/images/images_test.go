@@ -74,14 +74,15 @@ func TestRefs(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]string{
-		"Agnhost":     "127.0.0.1:5001/e2e-test-images/agnhost:2.66.1",
-		"AgnhostPrev": "127.0.0.1:5001/e2e-test-images/agnhost:2.55",
-		"BusyBox":     "127.0.0.1:5001/e2e-test-images/busybox:1.37.0-2",
-		"Nginx":       "127.0.0.1:5001/e2e-test-images/nginx:1.27.0-2",
-		"NginxNew":    "127.0.0.1:5001/e2e-test-images/nginx:1.28.0-2",
-		"NonRoot":     "127.0.0.1:5001/e2e-test-images/nonroot:1.5",
-		"Nonewprivs":  "127.0.0.1:5001/e2e-test-images/nonewprivs:1.4",
-		"Pause":       "127.0.0.1:5001/pause:3.10.2",
+		"Agnhost":         "127.0.0.1:5001/e2e-test-images/agnhost:2.66.1",
+		"AgnhostPrev":     "127.0.0.1:5001/e2e-test-images/agnhost:2.55",
+		"BusyBox":         "127.0.0.1:5001/e2e-test-images/busybox:1.37.0-2",
+		"GlibcDnsTesting": "127.0.0.1:5001/e2e-test-images/glibc-dns-testing:2.1.1",
+		"Nginx":           "127.0.0.1:5001/e2e-test-images/nginx:1.27.0-2",
+		"NginxNew":        "127.0.0.1:5001/e2e-test-images/nginx:1.28.0-2",
+		"NonRoot":         "127.0.0.1:5001/e2e-test-images/nonroot:1.5",
+		"Nonewprivs":      "127.0.0.1:5001/e2e-test-images/nonewprivs:1.4",
+		"Pause":           "127.0.0.1:5001/pause:3.10.2",
 	}
 	if len(standIns) != len(want) {
 		t.Errorf("%d stand-ins, want %d", len(standIns), len(want))

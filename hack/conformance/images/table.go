@@ -47,13 +47,14 @@ type standIn struct {
 }
 
 // standIns are the images test/e2e/common/node and the framework code it calls reference (grep imageutils.),
-// except those on kept registries and those of specs outside the selection (Kitten: ImageVolume;
-// GlibcDnsTesting: HostnameOverride; both feature-gated). NginxNew is not referenced by the node specs but costs
-// nothing: it shares the nginx stand-in.
+// except those on kept registries and Kitten, whose ImageVolume specs are feature-gated, outside the selection.
+// NginxNew is not referenced by the node specs but costs nothing: it shares the nginx stand-in.
 var standIns = []standIn{
 	{"AgnhostPrev", "promoterE2eRegistry", "agnhost", "2.55", kindAgnhost},
 	{"Agnhost", "promoterE2eRegistry", "agnhost", "2.66.1", kindAgnhost},
 	{"BusyBox", "promoterE2eRegistry", "busybox", "1.37.0-2", kindBusybox},
+	// The hostnameOverride specs run `sh -c 'echo $(hostname)";"$(hostname -f)";"'` in it.
+	{"GlibcDnsTesting", "promoterE2eRegistry", "glibc-dns-testing", "2.1.1", kindBusybox},
 	{"Nginx", "promoterE2eRegistry", "nginx", "1.27.0-2", kindNginx},
 	{"NginxNew", "promoterE2eRegistry", "nginx", "1.28.0-2", kindNginx},
 	{"NonRoot", "promoterE2eRegistry", "nonroot", "1.5", kindNonRoot},
