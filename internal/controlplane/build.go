@@ -131,6 +131,43 @@ func buildEtcd(ctx context.Context, dir, binDir string, out io.Writer) error {
 }
 
 func buildKube(ctx context.Context, dir, binDir string, out io.Writer) error {
+	fmt.Fprintf(out, "[2/2] kubernetes: kube-apiserver, kube-controller-manager, kube-scheduler, kubectl\n")
+	return BuildKubeCommands(ctx, dir, binDir, out, "cmd/kube-apiserver", "cmd/kube-controller-manager", "cmd/kube-scheduler", "cmd/kubectl")
+}
+
+// BuildKubeCommands compiles main packages of k8s.io/kubernetes at KubernetesVersion, named by their path in that
+// module ("cmd/kubectl", "test/images/agnhost"), into binDir as static executables named after the package's last
+// element, with the tags and version stamp of the control plane. work is a scratch directory for the wrapper
+// module the build needs; progress goes to out.
+func BuildKubeCommands(ctx context.Context, work, binDir string, out io.Writer, pkgs ...string) error {
+	if err := writeKubeModule(work); err != nil {
+		return err
+	}
+	var full, gets []string
+	for _, p := range pkgs {
+		full = append(full, "k8s.io/kubernetes/"+p)
+		gets = append(gets, "k8s.io/kubernetes/"+p+"@v"+KubernetesVersion)
+	}
+	fmt.Fprintf(out, "      fetching modules\n")
+	if err := goCmd(ctx, work, out, append([]string{"get"}, gets...)...); err != nil {
+		return fmt.Errorf("fetching kubernetes, %w", err)
+	}
+	fmt.Fprintf(out, "      compiling %s\n", strings.Join(pkgs, ", "))
+	args := append([]string{"build", "-v", "-trimpath", "-buildvcs=false", "-tags", kubeTags,
+		"-ldflags", kubeLdflags(), "-o", binDir + "/"}, full...)
+	if err := goCmd(ctx, work, out, args...); err != nil {
+		return fmt.Errorf("compiling kubernetes, %w", err)
+	}
+	return nil
+}
+
+// kubeTags are the build tags of every k8s.io/kubernetes binary we build, as upstream's release builds set them.
+const kubeTags = "selinux,notest,grpcnotrace"
+
+// writeKubeModule writes into dir a throw-away module that requires k8s.io/kubernetes at KubernetesVersion and
+// pins each of its staging modules to the matching published tag (k8s.io/kubernetes replaces them with local paths,
+// which `go install pkg@version` refuses and a dependent module cannot resolve).
+func writeKubeModule(dir string) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "module i2kit.local/kubebins\n\ngo 1.26.0\n\nrequire k8s.io/kubernetes v%s\n\nreplace (\n", KubernetesVersion)
 	staging := "0." + strings.TrimPrefix(KubernetesVersion, "1.")
@@ -138,31 +175,18 @@ func buildKube(ctx context.Context, dir, binDir string, out io.Writer) error {
 		fmt.Fprintf(&b, "\tk8s.io/%s => k8s.io/%s v%s\n", m, m, staging)
 	}
 	b.WriteString(")\n")
-	if err := writeModule(dir, b.String()); err != nil {
-		return err
-	}
-	var pkgs, gets []string
-	for _, c := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"} {
-		pkgs = append(pkgs, "k8s.io/kubernetes/cmd/"+c)
-		gets = append(gets, "k8s.io/kubernetes/cmd/"+c+"@v"+KubernetesVersion)
-	}
-	fmt.Fprintf(out, "[2/2] kubernetes: fetching modules\n")
-	if err := goCmd(ctx, dir, out, append([]string{"get"}, gets...)...); err != nil {
-		return fmt.Errorf("fetching kubernetes, %w", err)
-	}
+	return writeModule(dir, b.String())
+}
+
+// kubeLdflags stamps KubernetesVersion into a binary, as upstream's release builds do, and strips it.
+func kubeLdflags() string {
 	minor := strings.Split(KubernetesVersion, ".")[1]
 	ld := "-s -w"
 	for _, p := range []string{"k8s.io/component-base/version", "k8s.io/client-go/pkg/version"} {
 		ld += fmt.Sprintf(" -X %s.gitVersion=v%s -X %s.gitMajor=1 -X %s.gitMinor=%s -X %s.gitTreeState=clean",
 			p, KubernetesVersion, p, p, minor, p)
 	}
-	fmt.Fprintf(out, "[2/2] kubernetes: compiling kube-apiserver, kube-controller-manager, kube-scheduler, kubectl\n")
-	args := append([]string{"build", "-v", "-trimpath", "-buildvcs=false", "-tags", "selinux,notest,grpcnotrace",
-		"-ldflags", ld, "-o", binDir + "/"}, pkgs...)
-	if err := goCmd(ctx, dir, out, args...); err != nil {
-		return fmt.Errorf("compiling kubernetes, %w", err)
-	}
-	return nil
+	return ld
 }
 
 func writeModule(dir, goMod string) error {
