@@ -14,6 +14,8 @@
 #   FOCUS_FILE, FOCUS, SKIP  override the spec filters below (FOCUS_FILE=test/e2e/common/ adds common/storage's
 #              [NodeConformance] volume specs: the set kubelet's own node e2e runs)
 #   E2E_ARGS   extra flags for e2e.test (e.g. --ginkgo.fail-fast)
+#   PROCS      specs run in parallel by the ginkgo CLI (v2.32.0, the one e2e.test is built with, installed beside
+#              it); default 1, serially by the bare binary
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -74,6 +76,20 @@ mkdir -p "$OUT"
 say "pushing the test images' stand-ins to $REGISTRY"
 go run ./hack/conformance/images --registry "$REGISTRY" --repo-list "$OUT/repo-list.yaml"
 
+e2e_flags=(--kubeconfig="$KUBECONFIG_PATH" --provider=skeleton --node-os-distro=custom --kubectl-path="$KUBECTL"
+  --report-dir="$OUT" --e2e-output-dir="$OUT" --disable-log-dump --allowed-not-ready-nodes=0)
+PROCS=${PROCS:-1}
+if [ "$PROCS" -gt 1 ]; then
+  GINKGO=$(dirname "$E2E")/ginkgo
+  [ -x "$GINKGO" ] || GOBIN=$(dirname "$E2E") go install github.com/onsi/ginkgo/v2/ginkgo@v2.32.0
+  say "running the node conformance specs, $PROCS at a time (report: $OUT)"
+  set +e
+  KUBE_TEST_REPO_LIST=$OUT/repo-list.yaml "$GINKGO" run --procs="$PROCS" --timeout="$TIMEOUT" --no-color -v \
+    --focus-file="$FOCUS_FILE" --focus="$FOCUS" --skip="$SKIP" --junit-report=junit_01.xml --output-dir="$OUT" \
+    "$E2E" -- "${e2e_flags[@]}" ${E2E_ARGS:-} 2>&1 | tee "$OUT/e2e.log"
+  rc=${PIPESTATUS[0]}
+  set -e
+else
 say "running the node conformance specs serially (report: $OUT)"
 set +e
 KUBE_TEST_REPO_LIST=$OUT/repo-list.yaml "$E2E" \
@@ -92,6 +108,7 @@ KUBE_TEST_REPO_LIST=$OUT/repo-list.yaml "$E2E" \
   ${E2E_ARGS:-} 2>&1 | tee "$OUT/e2e.log"
 rc=${PIPESTATUS[0]}
 set -e
+fi
 
 say "results (e2e.test exited $rc)"
 if [ ! -f "$OUT/junit_01.xml" ]; then
