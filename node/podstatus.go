@@ -52,7 +52,9 @@ func (c statusPods) UpdateStatus(ctx context.Context, pod *corev1.Pod, opts meta
 	if pod.UID != "" && cur.UID != pod.UID {
 		return nil, apierrors.NewNotFound(corev1.Resource("pods"), pod.Name)
 	}
-	patch, unchanged, err := statusPatch(cur.UID, cur.Status, mergeStatus(cur.Status, pod.Status))
+	st := mergeStatus(cur.Status, pod.Status)
+	observe(&st, pod.Generation, cur.Status.ObservedGeneration)
+	patch, unchanged, err := statusPatch(cur.UID, cur.Status, st)
 	if err != nil {
 		return nil, err
 	}
@@ -93,6 +95,23 @@ func mergeStatus(api, node corev1.PodStatus) corev1.PodStatus {
 		}
 	}
 	return out
+}
+
+// observe stamps a status the node writes with gen, the generation of the pod it was computed from, as a kubelet's
+// status manager does (PodObservedGenerationTracking, GA): status.observedGeneration, never below prev (what the API
+// has), and the observedGeneration of each condition the node owns. Clients wait on it: an in-place resize is
+// actuated once observedGeneration reaches the resize's generation and no resize condition is left. A pod copy
+// without a generation (0) stamps nothing.
+func observe(st *corev1.PodStatus, gen, prev int64) {
+	if gen == 0 {
+		return
+	}
+	st.ObservedGeneration = max(gen, prev)
+	for i := range st.Conditions {
+		if provider.OwnsCondition(st.Conditions[i].Type) {
+			st.Conditions[i].ObservedGeneration = gen
+		}
+	}
 }
 
 // statusPatch is the strategic-merge patch from old to updated, with uid as the patch's precondition, and whether

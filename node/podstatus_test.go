@@ -164,3 +164,44 @@ func TestStatusWriteKeepsClaimStatuses(t *testing.T) {
 		t.Errorf("the node's status was not written: %+v", got.Status)
 	}
 }
+
+// TestStatusWriteObservesTheGeneration: the node's status carries the generation of the pod it was computed from, as
+// a kubelet's does: status.observedGeneration and that of the conditions the node owns; others' conditions keep
+// theirs, and a write from an older copy does not lower status.observedGeneration.
+func TestStatusWriteObservesTheGeneration(t *testing.T) {
+	ctx := context.Background()
+	api := apiPod()
+	api.Generation = 2
+	api.Status.Conditions[2].ObservedGeneration = 7 // the gate's, its controller's
+	client := fake.NewClientset(api)
+	pods := statusWriter(client).CoreV1().Pods("default")
+	write := func(gen int64) *corev1.Pod {
+		t.Helper()
+		cp := nodeCopy()
+		cp.Generation = gen
+		if _, err := pods.UpdateStatus(ctx, cp, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := client.CoreV1().Pods("default").Get(ctx, "web", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	got := write(2)
+	if got.Status.ObservedGeneration != 2 {
+		t.Errorf("status.observedGeneration = %d, want 2", got.Status.ObservedGeneration)
+	}
+	for _, c := range got.Status.Conditions {
+		want := int64(2)
+		if c.Type == "example.com/gate" {
+			want = 7
+		}
+		if c.ObservedGeneration != want {
+			t.Errorf("condition %s observedGeneration = %d, want %d", c.Type, c.ObservedGeneration, want)
+		}
+	}
+	if got := write(1); got.Status.ObservedGeneration != 2 {
+		t.Errorf("an older copy's write set status.observedGeneration to %d, want it kept at 2", got.Status.ObservedGeneration)
+	}
+}

@@ -43,7 +43,8 @@ func testResize(t *testing.T, nodeName, reg string, nodeLog func() string) {
 		return strings.TrimSpace(kubectl(t, "exec", "resize", "-c", "c1", "--", "head", "-n", "1", "/sys/fs/cgroup/"+file))
 	}
 	// waitResized waits until the container's status resources are want (compared as the specs compare them),
-	// no resize condition is left and the pod is Ready.
+	// no resize condition is left, the status has observed the pod's generation (what the specs wait on first)
+	// and the pod is Ready.
 	waitResized := func(want corev1.ResourceRequirements) *corev1.Pod {
 		t.Helper()
 		var got *corev1.Pod
@@ -53,6 +54,9 @@ func testResize(t *testing.T, nodeName, reg string, nodeLog func() string) {
 				return false, nil
 			}
 			cs := got.Status.ContainerStatuses[0]
+			if got.Status.ObservedGeneration < got.Generation {
+				return false, nil
+			}
 			if cs.Resources == nil || !reflect.DeepEqual(*cs.Resources, want) || !reflect.DeepEqual(cs.AllocatedResources, want.Requests) {
 				return false, nil
 			}
