@@ -97,6 +97,22 @@ func testHostPort(t *testing.T, nodeName, reg string, nodeLog func() string) {
 			t.Fatalf("the pod's hostPort: %v\n%s", err, nodeLog())
 		}
 	}
+	// A second pod bound to the node with the same host port (no scheduler to keep it away) is rejected at
+	// admission, as a kubelet rejects it.
+	clash := pod.DeepCopy()
+	clash.Name = "hostport-clash"
+	t.Cleanup(func() { pods.Delete(ctx, clash.Name, metav1.DeleteOptions{}) }) //nolint:errcheck
+	if _, err := pods.Create(ctx, clash, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		p, err := pods.Get(ctx, clash.Name, metav1.GetOptions{})
+		return err == nil && p.Status.Phase == corev1.PodFailed && p.Status.Reason == "NodePorts" &&
+			strings.HasPrefix(p.Status.Message, "Pod was rejected: Predicate NodePorts failed"), nil
+	})
+	if err != nil {
+		t.Errorf("a second pod with host port %d was not rejected with NodePorts: %v\n%s", hostPort, err, nodeLog())
+	}
 	if err := pods.Delete(ctx, "hostport", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
