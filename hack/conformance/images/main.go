@@ -11,8 +11,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -68,8 +70,10 @@ func run(ctx context.Context, registry, repoListPath, busybox, binDir string) er
 	return nil
 }
 
-// binaries are the files of the stand-ins that are not the host's busybox.
-type binaries struct{ agnhost, nnp []byte }
+// binaries are the files of the stand-ins that are not the host's busybox: the agnhost and nnp binaries, and the
+// TLS key pair upstream's agnhost image has at /localhost.crt and /localhost.key (from the module's
+// test/images/agnhost/porter, which its Dockerfile adds; the https lifecycle-hook specs serve with it).
+type binaries struct{ agnhost, nnp, localhostCrt, localhostKey []byte }
 
 // buildBinaries builds agnhost and nonewprivs (nnp) of KubernetesVersion into binDir unless they are there, and
 // reads them.
@@ -99,8 +103,27 @@ func buildBinaries(ctx context.Context, binDir string) (binaries, error) {
 	if b.nnp, err = os.ReadFile(nnp); err != nil {
 		return binaries{}, fmt.Errorf("reading nonewprivs, %w", err)
 	}
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMODCACHE").Output()
+	if err != nil {
+		return binaries{}, fmt.Errorf("finding the module cache, %w", err)
+	}
+	porter := filepath.Join(strings.TrimSpace(string(out)), "k8s.io", "kubernetes@v"+controlplane.KubernetesVersion, "test", "images", "agnhost", "porter")
+	if b.localhostCrt, err = os.ReadFile(filepath.Join(porter, "localhost.crt")); err != nil {
+		return binaries{}, fmt.Errorf("reading agnhost's TLS certificate, %w", err)
+	}
+	if b.localhostKey, err = os.ReadFile(filepath.Join(porter, "localhost.key")); err != nil {
+		return binaries{}, fmt.Errorf("reading agnhost's TLS key, %w", err)
+	}
 	return b, nil
 }
+
+// curlShim stands in for curl in the agnhost image (upstream's is alpine with curl): the exec lifecycle hooks run
+// `sh -c "curl http://…"`. It fetches the last argument that is not a flag with busybox wget.
+const curlShim = `#!/bin/sh
+url=
+for a; do case "$a" in -*) ;; *) url=$a ;; esac; done
+exec wget -q -O - "$url"
+`
 
 func regular(path string) bool {
 	fi, err := os.Stat(path)
@@ -134,6 +157,9 @@ func standInImages(busyboxPath string, bins binaries) (map[kind]v1.Image, error)
 	// busybox sh runs. The accounts are those upstream's Dockerfile adds for the supplemental-groups specs.
 	agnExtra, err := layer([]entry{
 		{Name: "bin/bash", Mode: 0o755, Body: []byte("#!/bin/sh\nexec /bin/sh \"$@\"\n")},
+		{Name: "bin/curl", Mode: 0o755, Body: []byte(curlShim)},
+		{Name: "localhost.crt", Mode: 0o644, Body: bins.localhostCrt},
+		{Name: "localhost.key", Mode: 0o644, Body: bins.localhostKey},
 		{Name: "uploads", Mode: 0o755, Dir: true},
 		{Name: "etc/passwd", Mode: 0o644, Body: []byte(passwd + "user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh\n")},
 		{Name: "etc/group", Mode: 0o644, Body: []byte(group + "user-defined-in-image:x:1000:\ngroup-defined-in-image:x:50000:user-defined-in-image\n")},
