@@ -60,24 +60,18 @@ func startOrder(image []*container, cfg []protocol.ContainerConfig) (order []*co
 	return order, true
 }
 
-// restarts reports whether a container of kind k that exited with code restarts, under the pod's restartPolicy
-// and the container's own (own, "" for none, overrides the pod's), as a kubelet decides: a sidecar always restarts;
-// a regular init container restarts only after a failure, unless the policy is Never; an app container by the
-// policy.
-func restarts(k containerKind, pod, own string, code int) bool {
-	policy := pod
-	if own != "" {
-		policy = own
-	}
-	switch {
-	case k == sidecarKind:
-		return true
-	case policy == protocol.RestartNever:
-		return false
-	case policy == protocol.RestartAlways && k == appKind:
+// restarts reports whether a container of kind k that exited with code restarts, as a kubelet decides: a sidecar
+// always restarts; a regular init container only after a failure, if its policy would restart it; an app
+// container by its policy (protocol.ShouldRestart: its restart rules, its own restartPolicy (own), the pod's).
+func restarts(k containerKind, pod, own string, rules []protocol.RestartRule, code int) bool {
+	if k == sidecarKind {
 		return true
 	}
-	return code != 0 // OnFailure, or a regular init container under Always
+	should := protocol.ShouldRestart(pod, own, rules, code)
+	if k == appKind {
+		return should
+	}
+	return code != 0 && should
 }
 
 // podRunner is what startPod drives: the runtime, or a fake in tests.

@@ -273,30 +273,44 @@ func TestStartPodSidecarThatNeverStarts(t *testing.T) {
 
 func TestRestarts(t *testing.T) {
 	const A, O, N = protocol.RestartAlways, protocol.RestartOnFailure, protocol.RestartNever
+	in42 := []protocol.RestartRule{{Action: "Restart", Operator: "In", Values: []int32{42}}}
+	notIn0 := []protocol.RestartRule{{Action: "Restart", Operator: "NotIn", Values: []int32{0}}}
+	allFirst := []protocol.RestartRule{{Action: "RestartAllContainers", Operator: "In", Values: []int32{42}}, in42[0]}
 	for _, tc := range []struct {
 		kind     containerKind
 		pod, own string
+		rules    []protocol.RestartRule
 		code     int
 		want     bool
 		name     string
 	}{
-		{appKind, A, "", 0, true, "app, Always, success"},
-		{appKind, A, "", 1, true, "app, Always, failure"},
-		{appKind, O, "", 0, false, "app, OnFailure, success"},
-		{appKind, O, "", 1, true, "app, OnFailure, failure"},
-		{appKind, N, "", 1, false, "app, Never, failure"},
-		{appKind, N, A, 0, true, "app with its own Always in a Never pod"},
-		{appKind, A, N, 1, false, "app with its own Never in an Always pod"},
-		{initKind, A, "", 0, false, "init, Always, success"},
-		{initKind, A, "", 1, true, "init, Always, failure"},
-		{initKind, O, "", 1, true, "init, OnFailure, failure"},
-		{initKind, N, "", 1, false, "init, Never, failure"},
-		{sidecarKind, N, A, 0, true, "sidecar, Never pod, success"},
-		{sidecarKind, N, A, 1, true, "sidecar, Never pod, failure"},
-		{sidecarKind, O, A, 0, true, "sidecar, OnFailure pod, success"},
-		{sidecarKind, A, A, 137, true, "sidecar, Always pod, killed"},
+		// The restart rules of Kubernetes' node specs (container_restart_policy.go) and the kubelet's order.
+		{appKind, N, N, in42, 42, true, "a rule that matches restarts a Never container in a Never pod"},
+		{appKind, N, N, in42, 1, false, "a rule that does not match leaves the container's Never"},
+		{appKind, A, N, in42, 1, false, "a container's Never in an Always pod, rule mismatch"},
+		{appKind, N, N, notIn0, 3, true, "NotIn"},
+		{appKind, N, N, notIn0, 0, false, "NotIn, a listed code"},
+		{appKind, N, N, allFirst, 42, false, "the first match decides: RestartAllContainers falls to the policy"},
+		{appKind, N, "", in42, 42, false, "rules without a policy of the container's own are not read"},
+		{initKind, N, N, in42, 42, true, "an init container's rule"},
+		{initKind, A, N, nil, 1, false, "an init container's own Never in an Always pod"},
+		{appKind, A, "", nil, 0, true, "app, Always, success"},
+		{appKind, A, "", nil, 1, true, "app, Always, failure"},
+		{appKind, O, "", nil, 0, false, "app, OnFailure, success"},
+		{appKind, O, "", nil, 1, true, "app, OnFailure, failure"},
+		{appKind, N, "", nil, 1, false, "app, Never, failure"},
+		{appKind, N, A, nil, 0, true, "app with its own Always in a Never pod"},
+		{appKind, A, N, nil, 1, false, "app with its own Never in an Always pod"},
+		{initKind, A, "", nil, 0, false, "init, Always, success"},
+		{initKind, A, "", nil, 1, true, "init, Always, failure"},
+		{initKind, O, "", nil, 1, true, "init, OnFailure, failure"},
+		{initKind, N, "", nil, 1, false, "init, Never, failure"},
+		{sidecarKind, N, A, nil, 0, true, "sidecar, Never pod, success"},
+		{sidecarKind, N, A, nil, 1, true, "sidecar, Never pod, failure"},
+		{sidecarKind, O, A, nil, 0, true, "sidecar, OnFailure pod, success"},
+		{sidecarKind, A, A, nil, 137, true, "sidecar, Always pod, killed"},
 	} {
-		if got := restarts(tc.kind, tc.pod, tc.own, tc.code); got != tc.want {
+		if got := restarts(tc.kind, tc.pod, tc.own, tc.rules, tc.code); got != tc.want {
 			t.Errorf("%s: restarts = %v, want %v", tc.name, got, tc.want)
 		}
 	}

@@ -372,7 +372,7 @@ func (r *runtime) supervise(c *container) bool {
 		c.restartNow = false
 		r.changedLocked()
 		r.mu.Unlock()
-		restart := resized || restarts(c.kind, policy, c.rc.RestartPolicy, code)
+		restart := resized || restarts(c.kind, policy, c.rc.RestartPolicy, c.rc.RestartRules, code)
 		if stopping || !restart || c.ephemeral {
 			return code == 0
 		}

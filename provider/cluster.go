@@ -175,6 +175,7 @@ func podConfig(pod *corev1.Pod, podIP string, rt podRuntime, resolv []byte) prot
 			TerminationMessagePath: c.TerminationMessagePath, TerminationMessagePolicy: string(c.TerminationMessagePolicy)}
 		if c.RestartPolicy != nil {
 			cc.RestartPolicy = string(*c.RestartPolicy)
+			cc.RestartRules = restartRules(c)
 		}
 		if l := c.Lifecycle; l != nil {
 			cc.PostStart, cc.PreStop = hookFor(c, l.PostStart), hookFor(c, l.PreStop)

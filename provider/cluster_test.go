@@ -70,3 +70,18 @@ func TestPodConfigSysctls(t *testing.T) {
 		t.Errorf("Sysctls = %+v, want %+v", got, want)
 	}
 }
+
+// TestPodConfigCarriesRestartRules: a container's own restartPolicy and its restartPolicyRules reach the agent,
+// which decides restarts with them.
+func TestPodConfigCarriesRestartRules(t *testing.T) {
+	never := corev1.ContainerRestartPolicyNever
+	pod := plainPod("p")
+	pod.Spec.Containers[0].RestartPolicy = &never
+	pod.Spec.Containers[0].RestartPolicyRules = []corev1.ContainerRestartRule{{Action: corev1.ContainerRestartRuleActionRestart,
+		ExitCodes: &corev1.ContainerRestartRuleOnExitCodes{Operator: corev1.ContainerRestartRuleOnExitCodesOpNotIn, Values: []int32{0, 1}}}}
+	cfg := podConfig(pod, "10.0.0.2", podRuntime{}, nil)
+	want := []protocol.RestartRule{{Action: "Restart", Operator: "NotIn", Values: []int32{0, 1}}}
+	if c := cfg.Containers[0]; c.RestartPolicy != "Never" || !reflect.DeepEqual(c.RestartRules, want) {
+		t.Errorf("container config %q %+v, want Never %+v", c.RestartPolicy, c.RestartRules, want)
+	}
+}

@@ -2,6 +2,7 @@ package provider
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -297,14 +298,14 @@ func containerState(s protocol.ContainerState) corev1.ContainerState {
 	return corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: s.Reason, Message: s.Message}}
 }
 
-// podPhase is the kubelet's (kubelet_pods.go getPhase): Failed once a regular init container failed under
-// restartPolicy Never; Pending while a regular init container is not done, a sidecar has not started before any app
-// container ran, or a container waits to be created; Succeeded or Failed once every app container has terminated
-// for good under the restart policy (a sidecar that stopped does not count); Running otherwise.
+// podPhase is the kubelet's (kubelet_pods.go getPhase, with ContainerRestartRules, beta and on): Failed once a
+// regular init container failed and will not restart (see shouldRestart); Pending while a regular init container is
+// not done, a sidecar has not started before any app container ran, or a container waits to be created; once no
+// app container runs, Running while one of those that stopped will restart, else Succeeded if they all succeeded,
+// Failed if not (a sidecar that stopped does not count); Running otherwise.
 func podPhase(pod *corev1.Pod, inits, apps []corev1.ContainerStatus) corev1.PodPhase {
-	policy := pod.Spec.RestartPolicy
-	var pendingInit, pendingSidecar, failedInit int
-	var running, waiting, succeeded, failed int
+	var pendingInit, pendingSidecar, failedInitForGood int
+	var running, waiting, stopped, stoppedForGood, succeeded int
 	for i, c := range pod.Spec.InitContainers {
 		cs := inits[i]
 		last := cs.LastTerminationState.Terminated
@@ -322,26 +323,40 @@ func podPhase(pod *corev1.Pod, inits, apps []corev1.ContainerStatus) corev1.PodP
 			continue // a sidecar that stopped, or waits to restart, does not count
 		}
 		switch t := cs.State.Terminated; {
-		case t != nil && t.ExitCode != 0, cs.State.Waiting != nil && last != nil && last.ExitCode != 0:
-			failedInit++
+		case t != nil && t.ExitCode != 0:
+			if !shouldRestart(pod, c, t.ExitCode) {
+				failedInitForGood++
+			}
+		case cs.State.Waiting != nil && last != nil && last.ExitCode != 0:
+			if !shouldRestart(pod, c, last.ExitCode) {
+				failedInitForGood++
+			}
 		case t != nil, cs.State.Waiting != nil && last != nil:
 		default:
 			pendingInit++ // running, or not started yet
 		}
 	}
-	if failedInit > 0 && policy == corev1.RestartPolicyNever {
+	if failedInitForGood > 0 {
 		return corev1.PodFailed
 	}
-	for _, c := range apps {
+	for i, c := range apps {
+		spec := pod.Spec.Containers[i]
 		switch {
 		case c.State.Running != nil:
 			running++
-		case c.State.Terminated != nil && c.State.Terminated.ExitCode == 0:
-			succeeded++
 		case c.State.Terminated != nil:
-			failed++
-		case c.LastTerminationState.Terminated != nil:
-			running++ // waiting to restart: the pod runs on
+			stopped++
+			if !shouldRestart(pod, spec, c.State.Terminated.ExitCode) {
+				stoppedForGood++
+			}
+			if c.State.Terminated.ExitCode == 0 {
+				succeeded++
+			}
+		case c.LastTerminationState.Terminated != nil: // waiting to restart
+			stopped++
+			if !shouldRestart(pod, spec, c.LastTerminationState.Terminated.ExitCode) {
+				stoppedForGood++
+			}
 		default:
 			waiting++
 		}
@@ -351,11 +366,33 @@ func podPhase(pod *corev1.Pod, inits, apps []corev1.ContainerStatus) corev1.PodP
 		return corev1.PodPending
 	case running > 0:
 		return corev1.PodRunning
-	case failed > 0 && policy == corev1.RestartPolicyNever:
-		return corev1.PodFailed
-	case failed == 0 && policy != corev1.RestartPolicyAlways:
+	case stopped != stoppedForGood:
+		return corev1.PodRunning // a container will restart
+	case stopped == succeeded:
 		return corev1.PodSucceeded
 	default:
-		return corev1.PodRunning // terminated containers that will restart
+		return corev1.PodFailed
 	}
+}
+
+// shouldRestart reports whether container c of pod restarts after exiting with code, as a kubelet decides (see
+// protocol.ShouldRestart, which the agent follows).
+func shouldRestart(pod *corev1.Pod, c corev1.Container, code int32) bool {
+	own := ""
+	if c.RestartPolicy != nil {
+		own = string(*c.RestartPolicy)
+	}
+	return protocol.ShouldRestart(string(pod.Spec.RestartPolicy), own, restartRules(c), int(code))
+}
+
+// restartRules are c's restartPolicyRules as the agent takes them (rules on exit codes; others it cannot match).
+func restartRules(c corev1.Container) []protocol.RestartRule {
+	var out []protocol.RestartRule
+	for _, r := range c.RestartPolicyRules {
+		if r.ExitCodes != nil {
+			out = append(out, protocol.RestartRule{Action: string(r.Action), Operator: string(r.ExitCodes.Operator),
+				Values: slices.Clone(r.ExitCodes.Values)})
+		}
+	}
+	return out
 }

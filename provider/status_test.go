@@ -306,3 +306,45 @@ func TestReadyConditionWithReadinessGates(t *testing.T) {
 		t.Errorf("Ready with every gate true = %+v", c)
 	}
 }
+
+// TestPodPhaseWithContainerRestartPolicies: the phase as a kubelet with ContainerRestartRules (beta, on) computes
+// it, for the cases of Kubernetes' node specs (container_restart_policy.go): a container whose own policy or rule
+// will not restart it ends the pod; one that will restart keeps it Running.
+func TestPodPhaseWithContainerRestartPolicies(t *testing.T) {
+	never, always := corev1.ContainerRestartPolicyNever, corev1.ContainerRestartPolicyAlways
+	exited := func(code int32) corev1.ContainerStatus {
+		return corev1.ContainerStatus{Name: "main", State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: code}}}
+	}
+	restarting := func(code int32) corev1.ContainerStatus {
+		return corev1.ContainerStatus{Name: "main", State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff"}},
+			LastTerminationState: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: code}}}
+	}
+	rule42 := []corev1.ContainerRestartRule{{Action: corev1.ContainerRestartRuleActionRestart,
+		ExitCodes: &corev1.ContainerRestartRuleOnExitCodes{Operator: corev1.ContainerRestartRuleOnExitCodesOpIn, Values: []int32{42}}}}
+	for _, tc := range []struct {
+		name   string
+		pod    corev1.RestartPolicy
+		own    *corev1.ContainerRestartPolicy
+		rules  []corev1.ContainerRestartRule
+		status corev1.ContainerStatus
+		want   corev1.PodPhase
+	}{
+		{"own Never in an Always pod: exit 1 ends it", corev1.RestartPolicyAlways, &never, nil, exited(1), corev1.PodFailed},
+		{"own Never in an Always pod: exit 0", corev1.RestartPolicyAlways, &never, nil, exited(0), corev1.PodSucceeded},
+		{"own Always in a Never pod restarts", corev1.RestartPolicyNever, &always, nil, restarting(1), corev1.PodRunning},
+		{"a rule that matches restarts", corev1.RestartPolicyNever, &never, rule42, restarting(42), corev1.PodRunning},
+		{"a rule that does not match", corev1.RestartPolicyNever, &never, rule42, exited(1), corev1.PodFailed},
+		{"the pod's Always", corev1.RestartPolicyAlways, nil, nil, restarting(1), corev1.PodRunning},
+		{"the pod's Never", corev1.RestartPolicyNever, nil, nil, exited(1), corev1.PodFailed},
+		{"the pod's OnFailure after a success", corev1.RestartPolicyOnFailure, nil, nil, exited(0), corev1.PodSucceeded},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := plainPod("p")
+			pod.Spec.RestartPolicy = tc.pod
+			pod.Spec.Containers = []corev1.Container{{Name: "main", Image: "busybox", RestartPolicy: tc.own, RestartPolicyRules: tc.rules}}
+			if got := podPhase(pod, nil, []corev1.ContainerStatus{tc.status}); got != tc.want {
+				t.Errorf("phase %s, want %s", got, tc.want)
+			}
+		})
+	}
+}

@@ -145,6 +145,9 @@ type ContainerConfig struct {
 	Init bool `json:"init,omitempty"`
 	// RestartPolicy is the container's own (Always for a sidecar), overriding the pod's; "" follows the pod's.
 	RestartPolicy string `json:"restartPolicy,omitempty"`
+	// RestartRules are the container's restartPolicyRules, tried in order on each exit before RestartPolicy (see
+	// ShouldRestart); only with a RestartPolicy of its own.
+	RestartRules []RestartRule `json:"restartRules,omitempty"`
 	// Command and Args are the container's, as in a PodSpec with $(VAR) references already expanded: Command
 	// replaces the image's entrypoint (and drops its cmd), Args its cmd. Nil keeps the image's.
 	Command []string `json:"command,omitempty"`
@@ -192,6 +195,56 @@ type Resources struct {
 	CPULimit      int64 `json:"cpuLimit,omitempty"`
 	MemoryRequest int64 `json:"memoryRequest,omitempty"`
 	MemoryLimit   int64 `json:"memoryLimit,omitempty"`
+}
+
+// RestartRule is one of a container's restartPolicyRules: Action ("Restart") when the exit code is (Operator "In")
+// or is not ("NotIn") one of Values.
+type RestartRule struct {
+	Action   string  `json:"action"`
+	Operator string  `json:"operator"`
+	Values   []int32 `json:"values,omitempty"`
+}
+
+// matches reports whether code is (In) or is not (NotIn) one of the rule's values; another operator matches
+// nothing.
+func (r RestartRule) matches(code int) bool {
+	in := false
+	for _, v := range r.Values {
+		in = in || int(v) == code
+	}
+	switch r.Operator {
+	case "In":
+		return in
+	case "NotIn":
+		return !in
+	}
+	return false
+}
+
+// ShouldRestart reports whether a container that exited with code restarts, as a kubelet decides with
+// ContainerRestartRules (podutil.ContainerShouldRestart): with a restart policy of its own (own), the first of its
+// rules that matches code decides when its action is Restart (another action falls through: RestartAllContainers
+// is an alpha feature a node does not have), then its own policy; without one, the pod's. It is a pure function.
+func ShouldRestart(pod, own string, rules []RestartRule, code int) bool {
+	policy := pod
+	if own != "" {
+		for _, r := range rules {
+			if r.matches(code) {
+				if r.Action == "Restart" {
+					return true
+				}
+				break
+			}
+		}
+		policy = own
+	}
+	switch policy {
+	case RestartNever:
+		return false
+	case RestartOnFailure:
+		return code != 0
+	}
+	return true // Always, and a kubelet's default
 }
 
 // Resources returns the container's configured resources.
