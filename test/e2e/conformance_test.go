@@ -37,6 +37,29 @@ func testKubeletDetails(t *testing.T, nodeName, reg string, nodeLog func() strin
 		t.Cleanup(func() { pods.Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}) }) //nolint:errcheck
 	}
 
+	// A container's own restartPolicy and restartPolicyRules (ContainerRestartRules): Never in an Always pod ends
+	// the pod at its first failure; a rule on exit code 42 restarts a Never container in a Never pod.
+	never := corev1.ContainerRestartPolicyNever
+	mk(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "own-never"}, Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyAlways,
+		Containers: []corev1.Container{{Name: "main", Image: reg + "/hello:1", Command: []string{"sh", "-c", "exit 1"}, RestartPolicy: &never}}}})
+	mk(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "rule-42"}, Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever,
+		Containers: []corev1.Container{{Name: "main", Image: reg + "/hello:1", Command: []string{"sh", "-c", "exit 42"}, RestartPolicy: &never,
+			RestartPolicyRules: []corev1.ContainerRestartRule{{Action: corev1.ContainerRestartRuleActionRestart,
+				ExitCodes: &corev1.ContainerRestartRuleOnExitCodes{Operator: corev1.ContainerRestartRuleOnExitCodesOpIn, Values: []int32{42}}}}}}}})
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		own, err1 := pods.Get(ctx, "own-never", metav1.GetOptions{})
+		rule, err2 := pods.Get(ctx, "rule-42", metav1.GetOptions{})
+		return err1 == nil && err2 == nil && own.Status.Phase == corev1.PodFailed && len(own.Status.ContainerStatuses) == 1 &&
+			own.Status.ContainerStatuses[0].RestartCount == 0 && len(rule.Status.ContainerStatuses) == 1 &&
+			rule.Status.ContainerStatuses[0].RestartCount > 0, nil
+	})
+	if err != nil {
+		own, _ := pods.Get(ctx, "own-never", metav1.GetOptions{})
+		rule, _ := pods.Get(ctx, "rule-42", metav1.GetOptions{})
+		t.Errorf("container restart policies: own-never %s %+v, rule-42 %s %+v: %v\n%s", own.Status.Phase, own.Status.ContainerStatuses,
+			rule.Status.Phase, rule.Status.ContainerStatuses, err, nodeLog())
+	}
+
 	// A liveness probe redirected to another host.
 	mk(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "redirected"}, Spec: corev1.PodSpec{Containers: []corev1.Container{{
 		Name: "web", Image: reg + "/hello:1",
@@ -56,7 +79,7 @@ func testKubeletDetails(t *testing.T, nodeName, reg string, nodeLog func() strin
 				Env: []corev1.EnvVar{{Name: "POD_SUBPATH", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{
 					FieldPath: "metadata.annotations['mysubpath']"}}}},
 				VolumeMounts: []corev1.VolumeMount{{Name: "work", MountPath: "/sub", SubPathExpr: "$(POD_SUBPATH)"}}}}}})
-	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 		p, err := pods.Get(ctx, "subpath-expr", metav1.GetOptions{})
 		if err != nil || len(p.Status.ContainerStatuses) == 0 || p.Status.ContainerStatuses[0].State.Waiting == nil {
 			return false, nil
