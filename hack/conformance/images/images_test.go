@@ -83,6 +83,7 @@ func TestRefs(t *testing.T) {
 		"NonRoot":         "127.0.0.1:5001/e2e-test-images/nonroot:1.5",
 		"Nonewprivs":      "127.0.0.1:5001/e2e-test-images/nonewprivs:1.4",
 		"Pause":           "127.0.0.1:5001/pause:3.10.2",
+		"Kitten":          "127.0.0.1:5001/e2e-test-images/kitten:1.8",
 	}
 	if len(standIns) != len(want) {
 		t.Errorf("%d stand-ins, want %d", len(standIns), len(want))

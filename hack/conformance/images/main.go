@@ -181,6 +181,16 @@ func standInImages(busyboxPath string, bins binaries) (map[kind]v1.Image, error)
 		return nil, err
 	}
 
+	// What the ImageVolume spec reads of upstream's kitten image (an alpine with a picture and its index).
+	kitten, err := layer([]entry{
+		{Name: "data.json", Mode: 0o644, Body: []byte(`{"file": "kitten.jpg"}` + "\n")},
+		{Name: "etc", Mode: 0o755, Dir: true},
+		{Name: "etc/os-release", Mode: 0o644, Body: []byte("NAME=\"Alpine Linux\"\nID=alpine\n")},
+	})
+	if err != nil {
+		return nil, err
+	}
+
 	type recipe struct {
 		cfg    v1.Config
 		layers []v1.Layer
@@ -192,6 +202,7 @@ func standInImages(busyboxPath string, bins binaries) (map[kind]v1.Image, error)
 		kindNonRoot:    {v1.Config{Cmd: []string{"sh"}, Env: []string{path}, User: "1234"}, []v1.Layer{base}},
 		kindNoNewPrivs: {v1.Config{Cmd: []string{"nnp"}, Env: []string{path}}, []v1.Layer{base, nnp}},
 		kindPause:      {v1.Config{Entrypoint: []string{"/agnhost", "pause"}, Env: []string{path}}, []v1.Layer{agn}},
+		kindKitten:     {v1.Config{Env: []string{path}}, []v1.Layer{kitten}},
 	}
 	out := make(map[kind]v1.Image, len(recipes))
 	for k, r := range recipes {

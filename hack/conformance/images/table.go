@@ -34,6 +34,7 @@ const (
 	kindNonRoot    kind = "nonroot"    // busybox whose image user is 1234
 	kindNoNewPrivs kind = "nonewprivs" // busybox with the setuid nnp binary, which prints its effective uid
 	kindPause      kind = "pause"      // agnhost pause: sleeps until SIGTERM or SIGINT
+	kindKitten     kind = "kitten"     // upstream's kitten files the ImageVolume spec reads: /data.json, /etc/os-release
 )
 
 // standIn is one image the node specs pull, as manifest.go names it (registry field, name, tag), and what we push
@@ -47,7 +48,7 @@ type standIn struct {
 }
 
 // standIns are the images test/e2e/common/node and the framework code it calls reference (grep imageutils.),
-// except those on kept registries and Kitten, whose ImageVolume specs are feature-gated, outside the selection.
+// except those on kept registries. Kitten is the ImageVolume spec's volume image (a conformance spec since v1.36).
 // NginxNew is not referenced by the node specs but costs nothing: it shares the nginx stand-in.
 var standIns = []standIn{
 	{"AgnhostPrev", "promoterE2eRegistry", "agnhost", "2.55", kindAgnhost},
@@ -60,6 +61,7 @@ var standIns = []standIn{
 	{"NonRoot", "promoterE2eRegistry", "nonroot", "1.5", kindNonRoot},
 	{"Nonewprivs", "promoterE2eRegistry", "nonewprivs", "1.4", kindNoNewPrivs},
 	{"Pause", "gcRegistry", "pause", "3.10.2", kindPause},
+	{"Kitten", "promoterE2eRegistry", "kitten", "1.8", kindKitten},
 }
 
 // repoList maps every KUBE_TEST_REPO_LIST field to its registry under host (host:port), which mirrors upstream's
