@@ -52,6 +52,11 @@ func summarize(r io.Reader) (summary, error) {
 	var s summary
 	for _, suite := range rep.Suites {
 		for _, c := range suite.Cases {
+			if !strings.HasPrefix(c.Name, "[It] ") {
+				// The suite's own nodes ([SynchronizedBeforeSuite], [ReportAfterSuite], ...), one per
+				// process under the ginkgo CLI: not specs.
+				continue
+			}
 			switch c.Status {
 			case "passed":
 				s.Passed++

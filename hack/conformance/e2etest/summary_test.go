@@ -6,16 +6,19 @@ import (
 	"testing"
 )
 
-// report is shaped as the e2e framework's junit_01.xml (Ginkgo's JUnit reporter, messages omitted).
+// report is shaped as the e2e framework's junit_01.xml (Ginkgo's JUnit reporter, messages omitted): specs are
+// named "[It] ...", and the suite's own nodes (one per process under the ginkgo CLI) are not specs.
 const report = `<?xml version="1.0" encoding="UTF-8"?>
 <testsuites tests="6" disabled="3" errors="0" failures="2" time="12.5">
   <testsuite name="Kubernetes e2e suite" package="/" tests="6" disabled="3" skipped="0" errors="0" failures="2" time="12.5">
-    <testcase name="[sig-node] Pods should be submitted and removed [NodeConformance] [Conformance]" classname="Kubernetes e2e suite" status="passed" time="3.1"></testcase>
-    <testcase name="[sig-node] Sysctls should support sysctls [MinimumKubeletVersion:1.21] [Environment:NotInUserNS] [Conformance]" classname="Kubernetes e2e suite" status="failed" time="5.0"><failure type="failed">[FAILED] timed out</failure><system-err>log</system-err></testcase>
-    <testcase name="[sig-node] Probing container should be restarted [NodeConformance]" classname="Kubernetes e2e suite" status="timedout" time="4.4"><failure type="timedout">timeout</failure></testcase>
-    <testcase name="[sig-node] AppArmor load profile [Feature:AppArmor]" classname="Kubernetes e2e suite" status="skipped" time="0"><skipped message="skipped"></skipped></testcase>
-    <testcase name="[sig-storage] Volumes NFS" classname="Kubernetes e2e suite" status="skipped" time="0"><skipped message="skipped"></skipped></testcase>
-    <testcase name="[sig-node] Container Runtime should not be able to pull from private registry with secret [NodeConformance]" classname="Kubernetes e2e suite" status="skipped" time="0.1"><skipped message="skipped - Only supported for node OS distro [gci ubuntu]"></skipped></testcase>
+    <testcase name="[SynchronizedBeforeSuite]" classname="Kubernetes e2e suite" status="passed" time="0.2"></testcase>
+    <testcase name="[ReportAfterSuite] Kubernetes e2e suite report" classname="Kubernetes e2e suite" status="passed" time="0"></testcase>
+    <testcase name="[It] [sig-node] Pods should be submitted and removed [NodeConformance] [Conformance]" classname="Kubernetes e2e suite" status="passed" time="3.1"></testcase>
+    <testcase name="[It] [sig-node] Sysctls should support sysctls [MinimumKubeletVersion:1.21] [Environment:NotInUserNS] [Conformance]" classname="Kubernetes e2e suite" status="failed" time="5.0"><failure type="failed">[FAILED] timed out</failure><system-err>log</system-err></testcase>
+    <testcase name="[It] [sig-node] Probing container should be restarted [NodeConformance]" classname="Kubernetes e2e suite" status="timedout" time="4.4"><failure type="timedout">timeout</failure></testcase>
+    <testcase name="[It] [sig-node] AppArmor load profile [Feature:AppArmor]" classname="Kubernetes e2e suite" status="skipped" time="0"><skipped message="skipped"></skipped></testcase>
+    <testcase name="[It] [sig-storage] Volumes NFS" classname="Kubernetes e2e suite" status="skipped" time="0"><skipped message="skipped"></skipped></testcase>
+    <testcase name="[It] [sig-node] Container Runtime should not be able to pull from private registry with secret [NodeConformance]" classname="Kubernetes e2e suite" status="skipped" time="0.1"><skipped message="skipped - Only supported for node OS distro [gci ubuntu]"></skipped></testcase>
   </testsuite>
 </testsuites>`
 
@@ -31,8 +34,8 @@ func TestSummarize(t *testing.T) {
 	s.write(&b)
 	for _, want := range []string{
 		"selected 4: passed 1, failed 2, skipped at run time 1 (not selected 2, pending 0)",
-		"FAILED [sig-node] Probing container should be restarted [NodeConformance]",
-		"FAILED [sig-node] Sysctls should support sysctls",
+		"FAILED [It] [sig-node] Probing container should be restarted [NodeConformance]",
+		"FAILED [It] [sig-node] Sysctls should support sysctls",
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("summary lacks %q:\n%s", want, b.String())
