@@ -69,8 +69,10 @@ down() {
   if [ -f "$STATE/node.pid" ]; then
     pid=$(cat "$STATE/node.pid")
     if kill -TERM "$pid" 2>/dev/null; then
-      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      echo "i2kit node stopped"
+      for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      # A node that has not stopped in 30 s (its pods' VMs ending, an apiserver gone) is killed: it holds the
+      # image store's lock, which the next `up` needs.
+      kill -KILL "$pid" 2>/dev/null && echo "i2kit node killed after 30 s" || echo "i2kit node stopped"
     fi
     rm -f "$STATE/node.pid"
   fi
