@@ -77,7 +77,7 @@ down() {
     rm -f "$STATE/node.pid"
   fi
   if [ -f "$STATE/registry.pid" ]; then kill "$(cat "$STATE/registry.pid")" 2>/dev/null || true; rm -f "$STATE/registry.pid"; fi
-  for p in "$STATE"/vms/*/qemu.pid; do [ -f "$p" ] && kill -KILL "$(cat "$p")" 2>/dev/null; done; rm -rf "$STATE/vms"
+  for p in "$STATE"/vms/*/qemu.pid; do [ -f "$p" ] && kill -KILL "$(cat "$p")" 2>/dev/null; done; rm -rf "$STATE/vms" "$STATE/images" # the next up pulls the stand-ins afresh (IfNotPresent keeps a cached tag)
   if [ -f "$STATE/plane/plane.json" ]; then
     if ip netns list | grep -qw "$NS"; then inns "$I2KIT" dev down --purge --state-dir "$STATE/plane"; else "$I2KIT" dev down --purge --state-dir "$STATE/plane"; fi
   fi
