@@ -177,7 +177,7 @@ func TestPush(t *testing.T) {
 	if err := os.MkdirAll(bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{"agnhost", "nonewprivs"} {
+	for _, f := range []string{"agnhost", "nonewprivs", "localhost.crt", "localhost.key"} {
 		if err := os.WriteFile(filepath.Join(bin, f), []byte("fake "+f), 0o755); err != nil {
 			t.Fatal(err)
 		}

@@ -75,11 +75,14 @@ func run(ctx context.Context, registry, repoListPath, busybox, binDir string) er
 // test/images/agnhost/porter, which its Dockerfile adds; the https lifecycle-hook specs serve with it).
 type binaries struct{ agnhost, nnp, localhostCrt, localhostKey []byte }
 
-// buildBinaries builds agnhost and nonewprivs (nnp) of KubernetesVersion into binDir unless they are there, and
-// reads them.
+// buildBinaries builds agnhost and nonewprivs (nnp) of KubernetesVersion into binDir, with agnhost's TLS key pair
+// beside them (copied from the module they were built from), unless they are all there, and reads them.
 func buildBinaries(ctx context.Context, binDir string) (binaries, error) {
-	agnhost, nnp := filepath.Join(binDir, "agnhost"), filepath.Join(binDir, "nonewprivs")
-	if !regular(agnhost) || !regular(nnp) {
+	files := []string{"agnhost", "nonewprivs", "localhost.crt", "localhost.key"}
+	for _, f := range files {
+		if regular(filepath.Join(binDir, f)) {
+			continue
+		}
 		fmt.Printf("building agnhost and nonewprivs (kubernetes v%s) into %s\n", controlplane.KubernetesVersion, binDir)
 		tmp := binDir + ".tmp"
 		if err := os.RemoveAll(tmp); err != nil {
@@ -88,33 +91,45 @@ func buildBinaries(ctx context.Context, binDir string) (binaries, error) {
 		if err := controlplane.BuildKubeCommands(ctx, binDir+".work", tmp, os.Stdout, "test/images/agnhost", "test/images/nonewprivs"); err != nil {
 			return binaries{}, err
 		}
+		if err := copyKeyPair(ctx, tmp); err != nil {
+			return binaries{}, err
+		}
 		if err := os.RemoveAll(binDir); err != nil {
 			return binaries{}, fmt.Errorf("replacing %s, %w", binDir, err)
 		}
 		if err := os.Rename(tmp, binDir); err != nil {
 			return binaries{}, fmt.Errorf("installing %s, %w", binDir, err)
 		}
+		break
 	}
 	var b binaries
-	var err error
-	if b.agnhost, err = os.ReadFile(agnhost); err != nil {
-		return binaries{}, fmt.Errorf("reading agnhost, %w", err)
-	}
-	if b.nnp, err = os.ReadFile(nnp); err != nil {
-		return binaries{}, fmt.Errorf("reading nonewprivs, %w", err)
-	}
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMODCACHE").Output()
-	if err != nil {
-		return binaries{}, fmt.Errorf("finding the module cache, %w", err)
-	}
-	porter := filepath.Join(strings.TrimSpace(string(out)), "k8s.io", "kubernetes@v"+controlplane.KubernetesVersion, "test", "images", "agnhost", "porter")
-	if b.localhostCrt, err = os.ReadFile(filepath.Join(porter, "localhost.crt")); err != nil {
-		return binaries{}, fmt.Errorf("reading agnhost's TLS certificate, %w", err)
-	}
-	if b.localhostKey, err = os.ReadFile(filepath.Join(porter, "localhost.key")); err != nil {
-		return binaries{}, fmt.Errorf("reading agnhost's TLS key, %w", err)
+	for i, dst := range []*[]byte{&b.agnhost, &b.nnp, &b.localhostCrt, &b.localhostKey} {
+		var err error
+		if *dst, err = os.ReadFile(filepath.Join(binDir, files[i])); err != nil {
+			return binaries{}, fmt.Errorf("reading %s, %w", files[i], err)
+		}
 	}
 	return b, nil
+}
+
+// copyKeyPair copies test/images/agnhost/porter's localhost.crt and localhost.key from the module cache (where
+// BuildKubeCommands has just fetched k8s.io/kubernetes) into dir.
+func copyKeyPair(ctx context.Context, dir string) error {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMODCACHE").Output()
+	if err != nil {
+		return fmt.Errorf("finding the module cache, %w", err)
+	}
+	porter := filepath.Join(strings.TrimSpace(string(out)), "k8s.io", "kubernetes@v"+controlplane.KubernetesVersion, "test", "images", "agnhost", "porter")
+	for _, f := range []string{"localhost.crt", "localhost.key"} {
+		b, err := os.ReadFile(filepath.Join(porter, f))
+		if err != nil {
+			return fmt.Errorf("reading agnhost's TLS key pair, %w", err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // curlShim stands in for curl in the agnhost image (upstream's is alpine with curl): the exec lifecycle hooks run
