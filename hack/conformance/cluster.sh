@@ -17,6 +17,8 @@ I2KIT=$PWD/bin/i2kit
 KUBECONFIG_PATH=$STATE/plane/admin.kubeconfig
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+# inns runs a command in the namespace. Background processes are started with `ip netns exec` itself, not inns: $!
+# of a backgrounded shell function is a subshell's, and killing it would leave the process running.
 inns() { ip netns exec "$NS" "$@"; }
 kubectl_path() { echo "$(inns "$I2KIT" dev env --state-dir "$STATE/plane" | sed -n 's/^export PATH=\([^:]*\):.*/\1/p')/kubectl"; }
 
@@ -39,7 +41,7 @@ up() {
     say "registry already runs"
   else
     say "starting an in-memory registry at $REGISTRY in the namespace (run.sh pushes the test images to it)"
-    inns nohup "$I2KIT" dev registry --addr "$REGISTRY" >"$STATE/registry.log" 2>&1 </dev/null &
+    ip netns exec "$NS" nohup "$I2KIT" dev registry --addr "$REGISTRY" >"$STATE/registry.log" 2>&1 </dev/null &
     echo $! >"$STATE/registry.pid"
     for _ in $(seq 100); do grep -q "registry serving" "$STATE/registry.log" && break; sleep 0.1; done
     cat "$STATE/registry.log"
@@ -48,7 +50,7 @@ up() {
     say "i2kit node already runs (pid $(cat "$STATE/node.pid"))"
   else
     say "starting the i2kit node without taints (log: $STATE/node.log)"
-    inns nohup "$I2KIT" node --kubeconfig "$KUBECONFIG_PATH" --node-name i2kit --internal-ip "$NODE_IP" \
+    ip netns exec "$NS" nohup "$I2KIT" node --kubeconfig "$KUBECONFIG_PATH" --node-name i2kit --internal-ip "$NODE_IP" \
       --client-ca-file "$STATE/plane/pki/ca.crt" --backend qemu --insecure-registry "$REGISTRY" \
       --qemu-runtime-dir "$STATE/vms" --image-store "$STATE/images" --taints= >"$STATE/node.log" 2>&1 </dev/null &
     echo $! >"$STATE/node.pid"
