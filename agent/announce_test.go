@@ -3,8 +3,6 @@ package agent
 import (
 	"bytes"
 	"net"
-	"os"
-	"os/exec"
 	"testing"
 	"time"
 
@@ -27,27 +25,11 @@ func TestARPAnnouncement(t *testing.T) {
 	}
 }
 
-// announceNetns is set in the environment of the test run again in a network namespace of its own.
-const announceNetns = "I2KIT_ANNOUNCE_NETNS"
-
 // TestAnnounceAddressUpdatesNeighbours: a host whose neighbour entry for the VM's address holds another MAC (the
 // address's previous pod's) points it at the VM's once the VM announces. The VM is a network namespace behind a
 // veth pair, in a network namespace made for the test (as root, with unshare(1)).
 func TestAnnounceAddressUpdatesNeighbours(t *testing.T) {
-	if os.Getenv(announceNetns) == "" {
-		if os.Geteuid() != 0 {
-			t.Skip("needs root (network namespaces)")
-		}
-		if _, err := exec.LookPath("unshare"); err != nil {
-			t.Skip("needs unshare(1)")
-		}
-		cmd := exec.Command("unshare", "-n", os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1")
-		cmd.Env = append(os.Environ(), announceNetns+"=1")
-		out, err := cmd.CombinedOutput()
-		t.Logf("in a network namespace:\n%s", out)
-		if err != nil {
-			t.Fatalf("the test in a network namespace failed: %v", err)
-		}
+	if !netnstest.Reexec(t) {
 		return
 	}
 	vmIP := net.IPv4(10, 94, 0, 2).To4()

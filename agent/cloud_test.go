@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"os/exec"
 	"reflect"
 	"slices"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/i2kit/i2kit/agent/boot"
 	"github.com/i2kit/i2kit/agent/protocol"
+	"github.com/i2kit/i2kit/internal/netnstest"
 )
 
 func TestMetadataRules(t *testing.T) {
@@ -77,27 +77,11 @@ func TestCloudBootRefusesBadHostname(t *testing.T) {
 	}
 }
 
-// inMetadataNetns is set in the child that TestMetadataBlocked runs in a network namespace of its own.
-const inMetadataNetns = "I2KIT_METADATA_NETNS"
-
 // TestMetadataBlocked proves the rule in a fresh network namespace: the metadata addresses (IPv4 and IPv6) are
 // put on lo with a listener behind each, as a stand-in for the real service; so is a Service whose endpoint is the
 // metadata address. Each is reachable before blockMetadata and refused, at once, after.
 func TestMetadataBlocked(t *testing.T) {
-	if os.Getenv(inMetadataNetns) == "" {
-		if os.Geteuid() != 0 {
-			t.Skip("needs root (a network namespace and nftables)")
-		}
-		if _, err := exec.LookPath("unshare"); err != nil {
-			t.Skip("needs unshare(1)")
-		}
-		cmd := exec.Command("unshare", "-n", os.Args[0], "-test.run=^TestMetadataBlocked$", "-test.v", "-test.count=1")
-		cmd.Env = append(os.Environ(), inMetadataNetns+"=1")
-		out, err := cmd.CombinedOutput()
-		t.Logf("in a network namespace:\n%s", out)
-		if err != nil {
-			t.Fatalf("the test in a network namespace failed: %v", err)
-		}
+	if !netnstest.Reexec(t) {
 		return
 	}
 

@@ -4,6 +4,7 @@ package netnstest
 
 import (
 	"os"
+	"os/exec"
 	"runtime"
 	"testing"
 
@@ -66,4 +67,35 @@ func (n *NS) Run(t *testing.T, f func() error) {
 	if err := n.Do(f); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// childEnv marks the process Reexec runs a test in.
+const childEnv = "I2KIT_TEST_NETNS"
+
+// Reexec reports whether the test runs in a network namespace made for it; if not, it runs the test again in a
+// fresh one (as root, with unshare(1)), logs its output and fails with it, or skips when it cannot, and the
+// caller returns:
+//
+//	if !netnstest.Reexec(t) {
+//		return
+//	}
+func Reexec(t *testing.T) bool {
+	t.Helper()
+	if os.Getenv(childEnv) != "" {
+		return true
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (a network namespace)")
+	}
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("needs unshare(1)")
+	}
+	cmd := exec.Command("unshare", "-n", os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1")
+	cmd.Env = append(os.Environ(), childEnv+"=1")
+	out, err := cmd.CombinedOutput()
+	t.Logf("in a network namespace:\n%s", out)
+	if err != nil {
+		t.Fatalf("the test in a network namespace failed: %v", err)
+	}
+	return false
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/i2kit/i2kit/internal/netnstest"
 	"net"
 	"net/netip"
 	"os"
@@ -16,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/i2kit/i2kit/internal/netnstest"
+
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -23,32 +24,6 @@ import (
 
 	"github.com/i2kit/i2kit/netsync"
 )
-
-// inNetnsEnv is set in the child that a test re-runs itself in, inside a network namespace of its own.
-const inNetnsEnv = "I2KIT_LOCALLB_NETNS"
-
-// inNetns reports whether the test runs in its own network namespace; if not, it runs the test again there (as
-// root, with unshare(1)), or skips it, and the caller returns.
-func inNetns(t *testing.T) bool {
-	t.Helper()
-	if os.Getenv(inNetnsEnv) != "" {
-		return true
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (a network namespace, nftables)")
-	}
-	if _, err := exec.LookPath("unshare"); err != nil {
-		t.Skip("needs unshare(1)")
-	}
-	cmd := exec.Command("unshare", "-n", os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1")
-	cmd.Env = append(os.Environ(), inNetnsEnv+"=1")
-	out, err := cmd.CombinedOutput()
-	t.Logf("in a network namespace:\n%s", out)
-	if err != nil {
-		t.Fatalf("the test in a network namespace failed: %v", err)
-	}
-	return false
-}
 
 // pods stands for pod VMs: addresses on the namespace's loopback, each with a TCP and a UDP server that answer
 // with the pod's name.
@@ -287,7 +262,7 @@ func listKeys(t *testing.T, b *Balancer) []netsync.ServiceKey {
 // host side (the output hook, as `curl` on the node): spreading, an update that keeps established connections,
 // refusals, a restart, two Services, and Delete leaving nothing.
 func TestBalancer(t *testing.T) {
-	if !inNetns(t) {
+	if !netnstest.Reexec(t) {
 		return
 	}
 	p := newPods(t, "a", "b", "c", "d")
@@ -440,7 +415,7 @@ func TestBalancer(t *testing.T) {
 
 // TestBalancerMovesOutOfAShrunkPool: a node restarted with another pool moves the Service's address into it.
 func TestBalancerMovesOutOfAShrunkPool(t *testing.T) {
-	if !inNetns(t) {
+	if !netnstest.Reexec(t) {
 		return
 	}
 	p := newPods(t, "a")
@@ -471,7 +446,7 @@ func TestBalancerMovesOutOfAShrunkPool(t *testing.T) {
 
 // TestBalancerFullPool: Services beyond the pool's size are refused, not given a shared address.
 func TestBalancerFullPool(t *testing.T) {
-	if !inNetns(t) {
+	if !netnstest.Reexec(t) {
 		return
 	}
 	p := newPods(t, "a")
@@ -521,7 +496,7 @@ func assertNothingLeft(t *testing.T, b *Balancer) {
 // TestBalancerSweepsAddresses: an address of the pool that no record holds (the table was flushed behind the
 // node's back, or another node's pool overlaps) is removed by the next Ensure or Delete.
 func TestBalancerSweepsAddresses(t *testing.T) {
-	if !inNetns(t) {
+	if !netnstest.Reexec(t) {
 		return
 	}
 	p := newPods(t, "a")
@@ -606,7 +581,7 @@ func newNamespace(t *testing.T, nic string) *remote {
 // TestBalancerRemoteClient: a client in another network namespace is spread over the targets and refused at once
 // when there are none.
 func TestBalancerRemoteClient(t *testing.T) {
-	if !inNetns(t) {
+	if !netnstest.Reexec(t) {
 		return
 	}
 	p := newPods(t, "a", "b")
@@ -695,7 +670,7 @@ func newBridgePod(t *testing.T, name string, addr netip.Addr) *remote {
 // through the masquerade, and the target sees the bridge's gateway as the client; a client on the host or the
 // LAN keeps its address. Without Masquerade the rule goes, and a restart does not add a second one.
 func TestBalancerPodClient(t *testing.T) {
-	if !inNetns(t) {
+	if !netnstest.Reexec(t) {
 		return
 	}
 	newBridge(t)

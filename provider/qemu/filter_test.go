@@ -17,6 +17,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/i2kit/i2kit/internal/netnstest"
 	"golang.org/x/sys/unix"
 )
 
@@ -79,29 +80,13 @@ func TestJumpRule(t *testing.T) {
 	}
 }
 
-// inNetns is set in the child that TestTapFilter runs in a network namespace of its own.
-const inNetns = "I2KIT_TAPFILTER_NETNS"
-
 // TestTapFilter proves the filter on a real bridge without VMs: in a fresh network namespace, two veth pairs
 // stand for pods A and B, one end a port of the bridge (the TAP), the other the VM's NIC. From A's NIC it sends
 // frames that impersonate B or the gateway, and two honest ones; B's NIC and the host (the bridge device) must
 // see only the honest ones. Then the host sends to B's MAC, which must reach B: a spoofed frame taught the bridge
 // nothing.
 func TestTapFilter(t *testing.T) {
-	if os.Getenv(inNetns) == "" {
-		if os.Geteuid() != 0 {
-			t.Skip("needs root (a network namespace and nftables)")
-		}
-		if _, err := exec.LookPath("unshare"); err != nil {
-			t.Skip("needs unshare(1)")
-		}
-		cmd := exec.Command("unshare", "-n", os.Args[0], "-test.run=^TestTapFilter$", "-test.v", "-test.count=1")
-		cmd.Env = append(os.Environ(), inNetns+"=1")
-		out, err := cmd.CombinedOutput()
-		t.Logf("in a network namespace:\n%s", out)
-		if err != nil {
-			t.Fatalf("the test in a network namespace failed: %v", err)
-		}
+	if !netnstest.Reexec(t) {
 		return
 	}
 
@@ -411,20 +396,7 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 // with lower addresses join and leave (a bridge left to itself takes its lowest port's), also for a bridge that
 // existed before; the host forwards what arrives on the bridge; and a pod's TAP is in hairpin mode.
 func TestBridgeKeepsItsMAC(t *testing.T) {
-	if os.Getenv(inNetns) == "" {
-		if os.Geteuid() != 0 {
-			t.Skip("needs root (a network namespace)")
-		}
-		if _, err := exec.LookPath("unshare"); err != nil {
-			t.Skip("needs unshare(1)")
-		}
-		cmd := exec.Command("unshare", "-n", os.Args[0], "-test.run=^TestBridgeKeepsItsMAC$", "-test.v", "-test.count=1")
-		cmd.Env = append(os.Environ(), inNetns+"=1")
-		out, err := cmd.CombinedOutput()
-		t.Logf("in a network namespace:\n%s", out)
-		if err != nil {
-			t.Fatalf("the test in a network namespace failed: %v", err)
-		}
+	if !netnstest.Reexec(t) {
 		return
 	}
 	// A bridge made by an older node, its address left to the kernel.

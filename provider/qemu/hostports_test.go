@@ -4,16 +4,16 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"github.com/i2kit/i2kit/internal/netnstest"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"reflect"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/i2kit/i2kit/internal/netnstest"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -144,29 +144,6 @@ func TestHostPortConflict(t *testing.T) {
 	}
 }
 
-// reexecInNetns reports whether the test runs in a network namespace of its own; if not, it runs the test again
-// there (as root, with unshare(1)), or skips it, and the caller returns.
-func reexecInNetns(t *testing.T) bool {
-	t.Helper()
-	if os.Getenv(inNetns) != "" {
-		return true
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (a network namespace and nftables)")
-	}
-	if _, err := exec.LookPath("unshare"); err != nil {
-		t.Skip("needs unshare(1)")
-	}
-	cmd := exec.Command("unshare", "-n", os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1")
-	cmd.Env = append(os.Environ(), inNetns+"=1")
-	out, err := cmd.CombinedOutput()
-	t.Logf("in a network namespace:\n%s", out)
-	if err != nil {
-		t.Fatalf("the test in a network namespace failed: %v", err)
-	}
-	return false
-}
-
 // podNS stands for a pod VM on the bridge: a network namespace whose NIC is one end of a veth pair, the other end
 // a port of the bridge (the TAP). Its loopback stays down, so that what it sends to 127.0.0.1 leaves by its NIC,
 // as a hostile guest's may.
@@ -290,7 +267,7 @@ func refused(addr string) error {
 // port on one address answers there only; B reaches A through the node's address; B cannot reach what the node
 // serves on the loopback; after remove nothing is forwarded.
 func TestPortForwarder(t *testing.T) {
-	if !reexecInNetns(t) {
+	if !netnstest.Reexec(t) {
 		return
 	}
 	n, err := newNetwork("br-hp", "10.92.0.0/24")

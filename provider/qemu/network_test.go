@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/i2kit/i2kit/internal/netnstest"
 	"github.com/vishvananda/netlink"
 )
 
@@ -13,7 +14,7 @@ import (
 // than send to the old pod's MAC until neighbour discovery notices (the entry was just confirmed: tens of
 // seconds). On a real bridge, pods as network namespaces.
 func TestAReusedAddressReachesItsNewPod(t *testing.T) {
-	if !reexecInNetns(t) {
+	if !netnstest.Reexec(t) {
 		return
 	}
 	n, err := newNetwork("br-reuse", "10.93.0.0/24")

@@ -16,9 +16,8 @@ import (
 	"time"
 
 	"github.com/i2kit/i2kit/devcloud/ec2"
+	"github.com/i2kit/i2kit/internal/netnstest"
 )
-
-const inRunnerNetns = "VMRUNNER_TEST_NETNS"
 
 // syncBuffer is a console safe for concurrent use.
 type syncBuffer struct {
@@ -42,20 +41,7 @@ func (s *syncBuffer) String() string {
 // the TAP, a DHCP exchange on the bridge from the instance's MAC, the metadata service from the instance's address,
 // QEMU's own exit reported as Exited, Stop and Close cleaning up.
 func TestRunnerLifecycle(t *testing.T) {
-	if os.Getenv(inRunnerNetns) == "" {
-		if os.Geteuid() != 0 {
-			t.Skip("needs root (a network namespace, bridges, TAPs)")
-		}
-		if _, err := exec.LookPath("unshare"); err != nil {
-			t.Skip("needs unshare(1)")
-		}
-		cmd := exec.Command("unshare", "-n", os.Args[0], "-test.run=^TestRunnerLifecycle$", "-test.v", "-test.count=1")
-		cmd.Env = append(os.Environ(), inRunnerNetns+"=1")
-		out, err := cmd.CombinedOutput()
-		t.Logf("in a network namespace:\n%s", out)
-		if err != nil {
-			t.Fatalf("the test in a network namespace failed: %v", err)
-		}
+	if !netnstest.Reexec(t) {
 		return
 	}
 	if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
