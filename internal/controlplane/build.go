@@ -65,13 +65,19 @@ func Built(binDir string) bool {
 // It holds a file lock so that concurrent callers build once; progress goes to out. A cold build takes about ten
 // minutes on two cores. Binaries appear in binDir only when all of them have been built.
 func Build(ctx context.Context, binDir string, out io.Writer) error {
-	if Built(binDir) {
+	return buildOnce(binDir, func() bool { return Built(binDir) }, func() error { return build(ctx, binDir, out) })
+}
+
+// buildOnce runs build unless built says target is there, holding a file lock beside target (target.lock) so that
+// concurrent callers, in this process or others, build once: built is asked again once the lock is held.
+func buildOnce(target string, built func() bool, build func() error) error {
+	if built() {
 		return nil
 	}
-	if err := os.MkdirAll(filepath.Dir(binDir), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
 		return fmt.Errorf("creating cache directory, %w", err)
 	}
-	lock, err := os.OpenFile(binDir+".lock", os.O_CREATE|os.O_RDWR, 0o644)
+	lock, err := os.OpenFile(target+".lock", os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return fmt.Errorf("opening build lock, %w", err)
 	}
@@ -80,10 +86,14 @@ func Build(ctx context.Context, binDir string, out io.Writer) error {
 		return fmt.Errorf("taking build lock, %w", err)
 	}
 	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN) //nolint:errcheck
-	if Built(binDir) {                                   // another process built it while we waited
+	if built() {                                         // another process built it while we waited
 		return nil
 	}
+	return build()
+}
 
+// build is Build's work, under its lock.
+func build(ctx context.Context, binDir string, out io.Writer) error {
 	work := binDir + ".work"
 	tmpBin := filepath.Join(work, "bin")
 	if err := os.RemoveAll(tmpBin); err != nil {

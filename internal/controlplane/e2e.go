@@ -5,8 +5,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
-	"syscall"
+	"strings"
 	"time"
 )
 
@@ -23,26 +24,11 @@ func DefaultE2ETestPath() string {
 // file lock so concurrent callers build once, and path appears only once the binary is complete. A cold build
 // takes 15 to 25 minutes on two cores.
 func BuildE2ETest(ctx context.Context, path string, out io.Writer) error {
-	if executable(path) {
-		return nil
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("creating cache directory, %w", err)
-	}
-	lock, err := os.OpenFile(path+".lock", os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return fmt.Errorf("opening build lock, %w", err)
-	}
-	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		return fmt.Errorf("taking build lock, %w", err)
-	}
-	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN) //nolint:errcheck
-	// Another process may have built it while we waited.
-	if executable(path) {
-		return nil
-	}
+	return buildOnce(path, func() bool { return executable(path) }, func() error { return buildE2ETest(ctx, path, out) })
+}
 
+// buildE2ETest is BuildE2ETest's work, under its lock.
+func buildE2ETest(ctx context.Context, path string, out io.Writer) error {
 	work := path + ".work"
 	if err := writeKubeModule(work); err != nil {
 		return err
@@ -70,4 +56,14 @@ func BuildE2ETest(ctx context.Context, path string, out io.Writer) error {
 func executable(path string) bool {
 	fi, err := os.Stat(path)
 	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
+}
+
+// KubernetesModuleDir is where the Go module cache holds k8s.io/kubernetes at KubernetesVersion (there once a
+// build fetched it; it may not be): the source of files the suite's images carry, such as agnhost's TLS key pair.
+func KubernetesModuleDir(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMODCACHE").Output()
+	if err != nil {
+		return "", fmt.Errorf("finding the module cache, %w", err)
+	}
+	return filepath.Join(strings.TrimSpace(string(out)), "k8s.io", "kubernetes@v"+KubernetesVersion), nil
 }

@@ -11,10 +11,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -115,11 +113,11 @@ func buildBinaries(ctx context.Context, binDir string) (binaries, error) {
 // copyKeyPair copies test/images/agnhost/porter's localhost.crt and localhost.key from the module cache (where
 // BuildKubeCommands has just fetched k8s.io/kubernetes) into dir.
 func copyKeyPair(ctx context.Context, dir string) error {
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMODCACHE").Output()
+	mod, err := controlplane.KubernetesModuleDir(ctx)
 	if err != nil {
-		return fmt.Errorf("finding the module cache, %w", err)
+		return err
 	}
-	porter := filepath.Join(strings.TrimSpace(string(out)), "k8s.io", "kubernetes@v"+controlplane.KubernetesVersion, "test", "images", "agnhost", "porter")
+	porter := filepath.Join(mod, "test", "images", "agnhost", "porter")
 	for _, f := range []string{"localhost.crt", "localhost.key"} {
 		b, err := os.ReadFile(filepath.Join(porter, f))
 		if err != nil {
