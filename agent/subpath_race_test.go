@@ -4,7 +4,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	goruntime "runtime"
 	"sync/atomic"
 	"testing"
 
@@ -48,21 +47,8 @@ func TestSubPathMountResistsSymlinkSwap(t *testing.T) {
 		mounts, escapes int
 		err             error
 	}
-	done := make(chan result)
-	go func() {
-		// This goroutine's thread enters a mount namespace of its own and is never unlocked: it ends with the
-		// goroutine, and its mounts with it.
-		goruntime.LockOSThread()
-		var r result
-		defer func() { done <- r }()
-		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
-			r.err = err
-			return
-		}
-		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-			r.err = err
-			return
-		}
+	var r result
+	r.err = inMountNamespace(func() error {
 		target := filepath.Join(ctr, "mnt")
 		for i := 0; i < 50000 && r.mounts < 300 && r.escapes == 0; i++ {
 			// Resolved and bound as the supervisor does; refused when resolved while it was the symlink.
@@ -74,12 +60,11 @@ func TestSubPathMountResistsSymlinkSwap(t *testing.T) {
 				r.escapes++
 			}
 			if err := unix.Unmount(target, unix.MNT_DETACH); err != nil {
-				r.err = err
-				return
+				return err
 			}
 		}
-	}()
-	r := <-done
+		return nil
+	})
 	stop.Store(true)
 	n := <-swaps
 	if errors.Is(r.err, unix.EPERM) {

@@ -171,11 +171,12 @@ func Supervise() error {
 }
 
 // systemMount is a filesystem the supervisor mounts in every container's root, at dst under it; with file, dst is
-// a file (a device node bound from the VM's /dev), else a directory.
+// a file (a device node bound from the VM's /dev), else a directory. An optional bind is left out when its source
+// does not exist (a VM whose kernel lacks POSIX message queues has no /dev/mqueue).
 type systemMount struct {
 	src, dst, fstype string
 	flags            uintptr
-	file             bool
+	file, optional   bool
 }
 
 // containerDevices are the device nodes an unprivileged container has in its /dev, as a container runtime gives
@@ -205,21 +206,22 @@ func systemMounts(privileged, cgroup bool) []systemMount {
 	if !privileged {
 		sys |= syscall.MS_RDONLY
 	}
-	ms := []systemMount{{"proc", "proc", "proc", noexec, false}}
+	ms := []systemMount{{src: "proc", dst: "proc", fstype: "proc", flags: noexec}}
 	if privileged {
-		ms = append(ms, systemMount{"/dev", "dev", "", syscall.MS_BIND | syscall.MS_REC, false})
+		ms = append(ms, systemMount{src: "/dev", dst: "dev", flags: syscall.MS_BIND | syscall.MS_REC})
 	} else {
-		ms = append(ms, systemMount{"tmpfs", "dev", "tmpfs", syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOEXEC, false})
+		ms = append(ms, systemMount{src: "tmpfs", dst: "dev", fstype: "tmpfs", flags: syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOEXEC})
 		for _, d := range containerDevices {
-			ms = append(ms, systemMount{"/dev/" + d, "dev/" + d, "", syscall.MS_BIND, true})
+			ms = append(ms, systemMount{src: "/dev/" + d, dst: "dev/" + d, flags: syscall.MS_BIND, file: true})
 		}
-		for _, d := range []string{"pts", "shm", "mqueue"} {
-			ms = append(ms, systemMount{"/dev/" + d, "dev/" + d, "", syscall.MS_BIND, false})
+		ms = append(ms, systemMount{src: "/dev/pts", dst: "dev/pts", flags: syscall.MS_BIND})
+		for _, d := range []string{"shm", "mqueue"} {
+			ms = append(ms, systemMount{src: "/dev/" + d, dst: "dev/" + d, flags: syscall.MS_BIND, optional: true})
 		}
 	}
-	ms = append(ms, systemMount{"sysfs", "sys", "sysfs", sys, false})
+	ms = append(ms, systemMount{src: "sysfs", dst: "sys", fstype: "sysfs", flags: sys})
 	if cgroup {
-		ms = append(ms, systemMount{"cgroup2", "sys/fs/cgroup", "cgroup2", sys, false})
+		ms = append(ms, systemMount{src: "cgroup2", dst: "sys/fs/cgroup", fstype: "cgroup2", flags: sys})
 	}
 	return ms
 }
@@ -273,10 +275,9 @@ func setUpRoot(c supervisorSpec) error {
 	return nil
 }
 
-// mountSystem mounts m under root. Its source must exist, except for /dev/mqueue and /dev/shm, which a VM without
-// them (a kernel without POSIX message queues) leaves out.
+// mountSystem mounts m under root (see systemMount for an optional one).
 func mountSystem(root string, m systemMount) error {
-	if m.fstype == "" && (m.src == "/dev/mqueue" || m.src == "/dev/shm") {
+	if m.optional {
 		if _, err := os.Stat(m.src); errors.Is(err, os.ErrNotExist) {
 			return nil
 		}
