@@ -322,18 +322,12 @@ func podPhase(pod *corev1.Pod, inits, apps []corev1.ContainerStatus) corev1.PodP
 			}
 			continue // a sidecar that stopped, or waits to restart, does not count
 		}
-		switch t := cs.State.Terminated; {
-		case t != nil && t.ExitCode != 0:
-			if !shouldRestart(pod, c, t.ExitCode) {
-				failedInitForGood++
-			}
-		case cs.State.Waiting != nil && last != nil && last.ExitCode != 0:
-			if !shouldRestart(pod, c, last.ExitCode) {
-				failedInitForGood++
-			}
-		case t != nil, cs.State.Waiting != nil && last != nil:
-		default:
+		code, stopped := stoppedCode(cs)
+		switch {
+		case !stopped:
 			pendingInit++ // running, or not started yet
+		case code != 0 && !shouldRestart(pod, c, code):
+			failedInitForGood++
 		}
 	}
 	if failedInitForGood > 0 {
@@ -341,24 +335,20 @@ func podPhase(pod *corev1.Pod, inits, apps []corev1.ContainerStatus) corev1.PodP
 	}
 	for i, c := range apps {
 		spec := pod.Spec.Containers[i]
+		code, ok := stoppedCode(c)
 		switch {
 		case c.State.Running != nil:
 			running++
-		case c.State.Terminated != nil:
+		case !ok:
+			waiting++
+		default:
 			stopped++
-			if !shouldRestart(pod, spec, c.State.Terminated.ExitCode) {
+			if !shouldRestart(pod, spec, code) {
 				stoppedForGood++
 			}
-			if c.State.Terminated.ExitCode == 0 {
+			if c.State.Terminated != nil && code == 0 { // a kubelet counts a success only while it shows
 				succeeded++
 			}
-		case c.LastTerminationState.Terminated != nil: // waiting to restart
-			stopped++
-			if !shouldRestart(pod, spec, c.LastTerminationState.Terminated.ExitCode) {
-				stoppedForGood++
-			}
-		default:
-			waiting++
 		}
 	}
 	switch {
@@ -373,6 +363,18 @@ func podPhase(pod *corev1.Pod, inits, apps []corev1.ContainerStatus) corev1.PodP
 	default:
 		return corev1.PodFailed
 	}
+}
+
+// stoppedCode returns the exit code of a container that is stopped — terminated, or waiting to restart after a
+// run — and whether it is.
+func stoppedCode(cs corev1.ContainerStatus) (int32, bool) {
+	switch last := cs.LastTerminationState.Terminated; {
+	case cs.State.Terminated != nil:
+		return cs.State.Terminated.ExitCode, true
+	case cs.State.Waiting != nil && last != nil:
+		return last.ExitCode, true
+	}
+	return 0, false
 }
 
 // shouldRestart reports whether container c of pod restarts after exiting with code, as a kubelet decides (see
