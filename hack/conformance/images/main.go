@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"syscall"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -77,10 +78,7 @@ type binaries struct{ agnhost, nnp, localhostCrt, localhostKey []byte }
 // beside them (copied from the module they were built from), unless they are all there, and reads them.
 func buildBinaries(ctx context.Context, binDir string) (binaries, error) {
 	files := []string{"agnhost", "nonewprivs", "localhost.crt", "localhost.key"}
-	for _, f := range files {
-		if regular(filepath.Join(binDir, f)) {
-			continue
-		}
+	if slices.ContainsFunc(files, func(f string) bool { return !regular(filepath.Join(binDir, f)) }) {
 		fmt.Printf("building agnhost and nonewprivs (kubernetes v%s) into %s\n", controlplane.KubernetesVersion, binDir)
 		tmp := binDir + ".tmp"
 		if err := os.RemoveAll(tmp); err != nil {
@@ -98,7 +96,6 @@ func buildBinaries(ctx context.Context, binDir string) (binaries, error) {
 		if err := os.Rename(tmp, binDir); err != nil {
 			return binaries{}, fmt.Errorf("installing %s, %w", binDir, err)
 		}
-		break
 	}
 	var b binaries
 	for i, dst := range []*[]byte{&b.agnhost, &b.nnp, &b.localhostCrt, &b.localhostKey} {
